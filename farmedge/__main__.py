@@ -1,0 +1,5 @@
+import sys
+
+from farmedge.cli import main
+
+sys.exit(main())

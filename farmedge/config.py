@@ -1,0 +1,217 @@
+"""Loading typed configuration: a TOML file plus ``FARMEDGE_*`` environment
+variables, and YAML data files, with errors that name the file, the line and
+the key.
+
+Settings classes derive from :class:`FileSettings`; nested sections are plain
+pydantic models with ``extra="forbid"`` (derive from :class:`Section`). An
+environment variable overrides the file: ``FARMEDGE_MQTT_URL`` sets
+``[mqtt] url``, ``FARMEDGE_DATA_DIR`` the top-level ``data_dir``.
+
+A wrong file stops the program at start with :class:`ConfigError`, whose
+message reads like ``edge.toml:12: [influx] batch_size: Input should be greater
+than 0``.
+"""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+__all__ = ["ConfigError", "FileSettings", "Section", "load_settings", "load_yaml_model"]
+
+M = TypeVar("M", bound=BaseModel)
+S = TypeVar("S", bound="FileSettings")
+
+
+class ConfigError(Exception):
+    """A configuration or data file that cannot be used. ``str()`` is the
+    message for the operator: file, line, key and reason, one per line."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class FileSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="FARMEDGE_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        extra="forbid",
+        validate_default=True,
+    )
+    _toml_data: ClassVar[dict[str, Any]] = {}
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # Order is priority: explicit arguments, environment, then the file.
+        return (init_settings, env_settings, file_secret_settings)
+
+
+def _loc_str(loc: Sequence[int | str]) -> str:
+    parts = [str(p) for p in loc]
+    if len(parts) == 1:
+        return parts[0]
+    return f"[{'.'.join(parts[:-1])}] {parts[-1]}"
+
+
+_TABLE = re.compile(r"^\s*\[\[?\s*([^\]]+?)\s*\]\]?\s*(#.*)?$")
+_KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)\s*=""")
+
+
+def toml_line(text: str, loc: Sequence[int | str]) -> int | None:
+    """Best-effort line number (1-based) of the key at ``loc`` in TOML ``text``."""
+    want = [str(p) for p in loc if not isinstance(p, int)]
+    table: list[str] = []
+    best: int | None = None
+    for n, line in enumerate(text.splitlines(), 1):
+        m = _TABLE.match(line)
+        if m:
+            table = [p.strip().strip("\"'") for p in m.group(1).split(".")]
+            if table == want and best is None:
+                best = n
+            continue
+        k = _KEY.match(line)
+        if k:
+            key = k.group(1).strip("\"'")
+            if [*table, key] == want[: len(table) + 1] and len(want) >= len(table) + 1:
+                return n
+            if table and table == want[: len(table)] and best is None:
+                best = n if len(want) > len(table) else best
+    return best
+
+
+def _format(exc: ValidationError, source: str, text: str | None,
+            line_of: Any = None, env_prefix: str = "FARMEDGE_") -> str:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err.get("loc", ()))
+        msg = err.get("msg", "invalid")
+        line = line_of(loc) if line_of and text is not None else None
+        where = f"{source}:{line}" if line else source
+        if err.get("type") == "extra_forbidden":
+            msg = "unknown key (check its spelling and its section)"
+        lines.append(f"{where}: {_loc_str(loc)}: {msg}")
+    return "\n".join(lines)
+
+
+def load_settings(cls: type[S], path: Path | str | None) -> S:
+    """Build ``cls`` from the TOML file at ``path`` (optional) and the
+    environment, which wins over the file. Raises ConfigError naming the file
+    and line (or the environment variable), the key and the reason."""
+    data: dict[str, Any] = {}
+    text = ""
+    source = "environment"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        try:
+            text = p.read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    from pydantic_settings import EnvSettingsSource
+
+    env_values = dict(EnvSettingsSource(cls)())
+    try:
+        return cls.model_validate(_deep_merge(data, env_values))
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors(include_url=False):
+            loc = tuple(err.get("loc", ()))
+            msg = err.get("msg", "invalid")
+            if err.get("type") == "extra_forbidden":
+                msg = "unknown key (check its spelling and its section)"
+            if _lookup(env_values, loc):
+                env_name = "FARMEDGE_" + "_".join(str(x) for x in loc).upper()
+                where = f"environment variable {env_name}"
+            else:
+                line = toml_line(text, loc) if text else None
+                where = f"{source}:{line}" if line else source
+            lines.append(f"{where}: {_loc_str(loc)}: {msg}")
+        raise ConfigError("\n".join(lines)) from None
+
+
+def _lookup(values: dict[str, Any], loc: Sequence[int | str]) -> bool:
+    node: Any = values
+    for part in loc:
+        if isinstance(node, dict) and part in node:
+            node = node[part]
+        else:
+            return False
+    return True
+
+
+def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _deep_merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def yaml_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
+    """Line (1-based) of the node at ``loc`` in a composed YAML tree."""
+    node = root
+    line = node.start_mark.line + 1 if node is not None else None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value == str(part):
+                    node = v
+                    line = k.start_mark.line + 1
+                    break
+            else:
+                return line
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int):
+            if part >= len(node.value):
+                return line
+            node = node.value[part]
+            line = node.start_mark.line + 1
+        else:
+            return line
+    return line
+
+
+def load_yaml_model(model: type[M], path: Path | str) -> M:
+    """Load a YAML data file (registry, alert rules) into ``model``; errors
+    name the file, line and key."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read: {exc.strerror or exc}") from None
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
+        raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    try:
+        return model.model_validate(data if data is not None else {})
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, str(p), text, lambda loc: yaml_line(root, loc))) from None

@@ -1,0 +1,47 @@
+"""Wire contract v1: topics, payload models, units and encodings.
+
+Both the gateway agent and the edge service import this package; neither
+imports the other. docs/protocol.md is its human-readable form.
+"""
+
+from .codec import JSON, Codec, CodecError, codec_for, register
+from .ids import ID_PATTERN, InvalidId, check_id, is_valid_id
+from .kinds import KINDS, Kind, RangeError, UnitError, normalize
+from .models import (
+    MAX_PAYLOAD_BYTES,
+    MAX_READINGS,
+    Clock,
+    GatewayStatus,
+    Quality,
+    Reading,
+    TelemetryEnvelope,
+)
+from .parse import (
+    MessageRejected,
+    NormalizedReading,
+    ParsedTelemetry,
+    ReadingRejected,
+    excerpt,
+    parse_telemetry,
+)
+from .topics import (
+    PREFIX,
+    STATUS_FILTER,
+    TELEMETRY_FILTER,
+    GatewayTopic,
+    TopicError,
+    alerts_topic,
+    parse_gateway_topic,
+    status_topic,
+    telemetry_topic,
+)
+
+__all__ = [
+    "ID_PATTERN", "JSON", "KINDS", "MAX_PAYLOAD_BYTES", "MAX_READINGS", "PREFIX",
+    "STATUS_FILTER", "TELEMETRY_FILTER", "Clock", "Codec", "CodecError", "GatewayStatus",
+    "GatewayTopic", "InvalidId", "Kind", "MessageRejected", "NormalizedReading",
+    "ParsedTelemetry", "Quality", "RangeError", "Reading", "ReadingRejected",
+    "TelemetryEnvelope", "TopicError", "UnitError", "alerts_topic", "check_id", "codec_for",
+    "excerpt", "is_valid_id", "normalize", "parse_gateway_topic", "parse_telemetry",
+    "register", "status_topic", "telemetry_topic",
+]

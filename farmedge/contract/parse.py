@@ -1,0 +1,150 @@
+"""Turning a telemetry payload into normalized readings, or reasons why not.
+
+Which failures reject the whole message, and which only one reading, is part
+of the contract (docs/protocol.md, "Validation"):
+
+whole message
+    payload too large, undecodable (bad JSON / unknown encoding), envelope
+    schema wrong (``v``, ``gateway``, ``seq``, ``sent``, ``clock``,
+    ``readings`` with 1-1000 entries, no unknown keys).
+one reading
+    reading schema wrong, unknown kind, unit not accepted for the kind,
+    NaN/infinity, value out of the kind's physical range.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import ValidationError
+
+from .codec import CodecError, codec_for
+from .kinds import KINDS, Kind, RangeError, UnitError
+from .models import MAX_PAYLOAD_BYTES, Quality, Reading, TelemetryEnvelope
+
+__all__ = [
+    "EXCERPT_CHARS",
+    "MessageRejected",
+    "NormalizedReading",
+    "ParsedTelemetry",
+    "ReadingRejected",
+    "excerpt",
+    "parse_telemetry",
+]
+
+EXCERPT_CHARS = 200
+
+
+def excerpt(data: bytes | str | object, limit: int = EXCERPT_CHARS) -> str:
+    """A bounded, printable excerpt of untrusted input for the dead-letter path."""
+    if isinstance(data, bytes):
+        text = data[: limit * 4].decode("utf-8", errors="replace")
+    elif isinstance(data, str):
+        text = data
+    else:
+        text = repr(data)
+    text = "".join(ch if ch.isprintable() else "\\x%02x" % (ord(ch) & 0xFF) for ch in text[:limit])
+    return text if len(text) <= limit else text[:limit]
+
+
+class MessageRejected(ValueError):
+    """The whole message is invalid."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class NormalizedReading:
+    sensor: str
+    kind: Kind
+    ts_ms: int
+    value: float  # in kind.unit
+    quality: Quality
+    animal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadingRejected:
+    index: int
+    reason: str
+    detail: str
+    excerpt: str
+
+
+@dataclass(slots=True)
+class ParsedTelemetry:
+    envelope: TelemetryEnvelope
+    readings: list[NormalizedReading] = field(default_factory=list)
+    rejected: list[ReadingRejected] = field(default_factory=list)
+
+
+def _first_error(exc: ValidationError) -> str:
+    errs = exc.errors(include_url=False, include_input=False)
+    if not errs:
+        return str(exc)[:200]
+    e = errs[0]
+    loc = ".".join(str(p) for p in e.get("loc", ())) or "payload"
+    more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
+    return f"{loc}: {e.get('msg', 'invalid')}{more}"[:300]
+
+
+def parse_telemetry(payload: bytes, *, content_type: str | None = None) -> ParsedTelemetry:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise MessageRejected(
+            "too_large", f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}"
+        )
+    try:
+        codec = codec_for(payload, content_type)
+    except CodecError as exc:
+        raise MessageRejected("bad_encoding", str(exc)) from None
+    try:
+        if codec.decode is None:
+            env = TelemetryEnvelope.model_validate_json(payload)
+        else:
+            try:
+                obj = codec.decode(payload)
+            except Exception as exc:
+                raise MessageRejected(
+                    "bad_encoding", f"{codec.content_type}: {type(exc).__name__}: {exc}"[:300]
+                ) from None
+            env = TelemetryEnvelope.model_validate(obj)
+    except ValidationError as exc:
+        errs = exc.errors(include_url=False, include_input=False)
+        if errs and errs[0].get("type") in {"json_invalid", "json_type"}:
+            raise MessageRejected("bad_json", _first_error(exc)) from None
+        raise MessageRejected("schema", _first_error(exc)) from None
+
+    out = ParsedTelemetry(envelope=env)
+    for i, raw in enumerate(env.readings):
+        try:
+            out.readings.append(_normalize(raw))
+        except _Reject as rej:
+            out.rejected.append(ReadingRejected(i, rej.reason, rej.detail, excerpt(raw)))
+    return out
+
+
+class _Reject(Exception):
+    def __init__(self, reason: str, detail: str) -> None:
+        self.reason = reason
+        self.detail = detail
+
+
+def _normalize(raw: Any) -> NormalizedReading:
+    try:
+        r = Reading.model_validate(raw)
+    except ValidationError as exc:
+        raise _Reject("schema", _first_error(exc)) from None
+    kind = KINDS.get(r.kind)
+    if kind is None:
+        raise _Reject("unknown_kind", f"kind {r.kind[:40]!r} is not in the contract")
+    try:
+        value = kind.convert(float(r.value), r.unit)
+    except UnitError as exc:
+        raise _Reject("unknown_unit", str(exc)) from None
+    except RangeError as exc:
+        raise _Reject("out_of_range", str(exc)) from None
+    return NormalizedReading(r.sensor, kind, r.ts, value, r.quality, r.animal)

@@ -1,0 +1,70 @@
+"""MQTT topics of wire contract v1.
+
+``farm/v1/{county}/{farm}/{gateway}/telemetry``  readings (QoS 1)
+``farm/v1/{county}/{farm}/{gateway}/status``     retained status, last will
+``farm/v1/{county}/{farm}/alerts``               alerts the edge raised
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from .ids import is_valid_id
+
+__all__ = [
+    "PREFIX",
+    "STATUS_FILTER",
+    "TELEMETRY_FILTER",
+    "GatewayTopic",
+    "TopicError",
+    "alerts_topic",
+    "parse_gateway_topic",
+    "status_topic",
+    "telemetry_topic",
+]
+
+PREFIX = "farm/v1"
+TELEMETRY_FILTER = f"{PREFIX}/+/+/+/telemetry"
+STATUS_FILTER = f"{PREFIX}/+/+/+/status"
+
+Channel = Literal["telemetry", "status"]
+
+
+class TopicError(ValueError):
+    """A topic outside the contract."""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayTopic:
+    county: str
+    farm: str
+    gateway: str
+    channel: Channel
+
+
+def telemetry_topic(county: str, farm: str, gateway: str) -> str:
+    return f"{PREFIX}/{county}/{farm}/{gateway}/telemetry"
+
+
+def status_topic(county: str, farm: str, gateway: str) -> str:
+    return f"{PREFIX}/{county}/{farm}/{gateway}/status"
+
+
+def alerts_topic(county: str, farm: str) -> str:
+    return f"{PREFIX}/{county}/{farm}/alerts"
+
+
+def parse_gateway_topic(topic: str) -> GatewayTopic:
+    parts = topic.split("/")
+    if len(parts) != 6 or parts[0] != "farm" or parts[1] != "v1":
+        raise TopicError("topic is not farm/v1/{county}/{farm}/{gateway}/{channel}")
+    county, farm, gateway, channel = parts[2], parts[3], parts[4], parts[5]
+    for name, value in (("county", county), ("farm", farm), ("gateway", gateway)):
+        if not is_valid_id(value):
+            raise TopicError(f"topic {name} {value[:70]!r} is not a valid id")
+    if channel == "telemetry":
+        return GatewayTopic(county, farm, gateway, "telemetry")
+    if channel == "status":
+        return GatewayTopic(county, farm, gateway, "status")
+    raise TopicError(f"topic channel {channel[:20]!r} is not telemetry or status")

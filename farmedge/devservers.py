@@ -1,0 +1,249 @@
+"""Start real Mosquitto and InfluxDB 1.x servers on free local ports.
+
+Used by the test fixtures, the demo (``farmedge demo``) and the benchmarks,
+so that all three run against the same real servers from Debian's packages
+(``mosquitto``, ``influxdb``), each with its data in its own folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = [
+    "InfluxServer",
+    "MosquittoServer",
+    "ServerError",
+    "free_port",
+    "influx_query",
+    "wait_for_port",
+]
+
+
+class ServerError(RuntimeError):
+    """A server could not be started."""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None,
+                  log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            tail = log.read_text(errors="replace")[-2000:] if log and log.exists() else ""
+            raise ServerError(f"server exited with {proc.returncode} before listening:\n{tail}")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise ServerError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def _binary(name: str, *candidates: str) -> str:
+    for c in (shutil.which(name), *candidates):
+        if c and os.access(c, os.X_OK):
+            return c
+    raise ServerError(
+        f"{name} is not installed: run 'sudo apt-get install -y mosquitto influxdb' "
+        "(or ./scripts/bootstrap)"
+    )
+
+
+@dataclass
+class _Proc:
+    workdir: Path
+    port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def log_path(self) -> Path:
+        return self.workdir / "server.log"
+
+    def _spawn(self, argv: list[str]) -> None:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        logf = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            argv, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        logf.close()
+
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self.proc = None
+
+
+@dataclass
+class MosquittoServer(_Proc):
+    """A Mosquitto broker with persistence, tuned so that nothing is dropped.
+
+    Mosquitto's defaults drop QoS 1 messages silently past 1000 queued per
+    client (``max_queued_messages``) and hold at most 20 in flight; both are
+    lifted here and in the shipped broker config (deploy/mosquitto/).
+    """
+
+    extra_conf: str = ""
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def conf_text(self) -> str:
+        data = self.workdir / "data"
+        return (
+            f"listener {self.port} 127.0.0.1\n"
+            "allow_anonymous true\n"
+            "persistence true\n"
+            f"persistence_location {data}/\n"
+            "autosave_interval 5\n"
+            "max_queued_messages 0\n"
+            "max_queued_bytes 0\n"
+            "max_inflight_messages 0\n"
+            "max_packet_size 1048576\n"
+            "log_dest stdout\n"
+            "log_type error\nlog_type warning\nlog_type notice\n"
+            + self.extra_conf
+        )
+
+    def start(self, timeout: float = 15.0) -> MosquittoServer:
+        if self.running():
+            return self
+        if not self.port:
+            self.port = free_port()
+        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+        conf = self.workdir / "mosquitto.conf"
+        conf.write_text(self.conf_text())
+        self._spawn([_binary("mosquitto", "/usr/sbin/mosquitto"), "-c", str(conf)])
+        wait_for_port(self.port, timeout, self.proc, self.log_path)
+        return self
+
+
+@dataclass
+class InfluxServer(_Proc):
+    """An InfluxDB 1.x server (v1 HTTP API) with its data in ``workdir``."""
+
+    rpc_port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def conf_text(self) -> str:
+        d = self.workdir
+        return f"""
+reporting-disabled = true
+bind-address = "127.0.0.1:{self.rpc_port}"
+[meta]
+  dir = "{d}/meta"
+  logging-enabled = false
+[data]
+  dir = "{d}/data"
+  wal-dir = "{d}/wal"
+  query-log-enabled = false
+  trace-logging-enabled = false
+  wal-fsync-delay = "0s"
+[coordinator]
+  log-queries-after = "0s"
+[retention]
+  enabled = true
+[monitor]
+  store-enabled = false
+[subscriber]
+  enabled = false
+[http]
+  enabled = true
+  bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = false
+  log-enabled = false
+  max-body-size = 0
+[logging]
+  level = "warn"
+[continuous_queries]
+  log-enabled = false
+"""
+
+    def start(self, timeout: float = 30.0) -> InfluxServer:
+        if self.running():
+            return self
+        if not self.port:
+            self.port = free_port()
+        if not self.rpc_port:
+            self.rpc_port = free_port()
+        conf = self.workdir / "influxdb.conf"
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        conf.write_text(self.conf_text())
+        self._spawn([_binary("influxd", "/usr/bin/influxd"), "-config", str(conf)])
+        wait_for_port(self.port, timeout, self.proc, self.log_path)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(OSError, urllib.error.URLError):
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=1) as r:
+                    if r.status == 204:
+                        return self
+            time.sleep(0.05)
+        raise ServerError("InfluxDB did not answer /ping")
+
+    def query(self, q: str, db: str | None = None) -> list[dict[str, object]]:
+        return influx_query(self.url, q, db)
+
+    def create_database(self, name: str) -> None:
+        self.query(f'CREATE DATABASE "{name}"')
+
+
+def influx_query(url: str, q: str, db: str | None = None) -> list[dict[str, object]]:
+    """Run InfluxQL over the v1 HTTP API; return the list of series (may be empty)."""
+    import json
+
+    params = {"q": q, "epoch": "ms"}
+    if db:
+        params["db"] = db
+    body = urllib.parse.urlencode(params).encode()
+    req = urllib.request.Request(f"{url}/query", data=body, method="POST")
+    with urllib.request.urlopen(req, timeout=30) as r:
+        doc = json.loads(r.read())
+    series: list[dict[str, object]] = []
+    for res in doc.get("results", []):
+        if "error" in res:
+            raise ServerError(f"InfluxQL error: {res['error']}")
+        series.extend(res.get("series", []))
+    return series
+
+
+@contextlib.contextmanager
+def running_servers(root: Path) -> Iterator[tuple[MosquittoServer, InfluxServer]]:
+    """Start both servers under ``root`` and stop them on exit."""
+    mq = MosquittoServer(root / "mosquitto").start()
+    try:
+        ix = InfluxServer(root / "influxdb").start()
+        try:
+            yield mq, ix
+        finally:
+            ix.stop()
+    finally:
+        mq.stop()

@@ -1,0 +1,1 @@
+"""The edge service: MQTT → validate → InfluxDB (+ spool) → alert engine."""

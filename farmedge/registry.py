@@ -1,0 +1,143 @@
+"""The gateway registry: which farms and gateways exist, what each sensor
+measures and where (plot, crop, animal), and who hears about it.
+
+One YAML file (``FARMEDGE_REGISTRY``), kept by the service center (and by
+``farmedge provision``). Without a registry the edge accepts any gateway whose
+topic and payload agree (open enrollment); with one, unknown gateways are
+rejected. See docs/registry.md and registry.example.yaml.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .config import load_yaml_model
+from .contract.ids import check_id
+from .contract.models import Id
+
+__all__ = [
+    "Contact",
+    "Farm",
+    "GatewayEntry",
+    "Plot",
+    "Registry",
+    "SensorMeta",
+    "load_registry",
+]
+
+Language = Literal["zh", "en"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class SensorMeta(_Model):
+    """What a sensor is attached to. Each set field becomes an InfluxDB tag."""
+
+    plot: Id | None = None
+    crop: Id | None = None
+    animal: Id | None = None
+    #: Seconds between two readings; device rules use it to notice silence.
+    interval_s: Annotated[float, Field(gt=0)] | None = None
+    #: Soil probe depth in cm (informative).
+    depth_cm: Annotated[float, Field(ge=0)] | None = None
+
+    def tags(self) -> dict[str, str]:
+        out: dict[str, str] = {}
+        if self.plot:
+            out["plot"] = self.plot
+        if self.crop:
+            out["crop"] = self.crop
+        if self.animal:
+            out["animal"] = self.animal
+        return out
+
+
+class GatewayEntry(_Model):
+    sensors: dict[str, SensorMeta] = Field(default_factory=dict)
+    #: Seconds between two status or telemetry messages, for the offline rule.
+    interval_s: Annotated[float, Field(gt=0)] | None = None
+
+    @model_validator(mode="after")
+    def _ids(self) -> GatewayEntry:
+        for sid in self.sensors:
+            check_id(sid, what="sensor id")
+        return self
+
+
+class Plot(_Model):
+    name: str | None = None
+    crop: Id | None = None
+    #: Alert profile for this plot (overrides the farm's).
+    profile: Id | None = None
+    #: Per-field soil constants, volumetric %, since published values differ.
+    field_capacity: Annotated[float, Field(gt=0, le=100)] | None = None
+    wilting_point: Annotated[float, Field(ge=0, le=100)] | None = None
+
+
+class Contact(_Model):
+    name: str
+    #: Apprise URLs (json://, mailto://, dingtalk://, wecombot://, ...).
+    notify: list[str] = Field(default_factory=list)
+    language: Language = "zh"
+    #: "21:00-07:00" local time: only critical alerts are sent then.
+    quiet_hours: str | None = None
+    #: True for the county agronomist who gets escalations.
+    agronomist: bool = False
+
+
+class Farm(_Model):
+    county: Id
+    farm: Id
+    name: str | None = None
+    language: Language = "zh"
+    timezone: str = "Asia/Shanghai"
+    profile: Id | None = None
+    gateways: dict[str, GatewayEntry] = Field(default_factory=dict)
+    plots: dict[str, Plot] = Field(default_factory=dict)
+    contacts: list[Contact] = Field(default_factory=list)
+    #: Most messages a farm's contacts get in one day (critical ones excepted).
+    daily_message_budget: Annotated[int, Field(ge=0)] = 10
+
+    @model_validator(mode="after")
+    def _ids(self) -> Farm:
+        for gid in self.gateways:
+            check_id(gid, what="gateway id")
+        for pid in self.plots:
+            check_id(pid, what="plot id")
+        return self
+
+
+class Registry(_Model):
+    farms: list[Farm] = Field(default_factory=list)
+    #: The service center's people (escalations, device alerts).
+    center_contacts: list[Contact] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> Registry:
+        seen: set[tuple[str, str, str]] = set()
+        for f in self.farms:
+            for g in f.gateways:
+                key = (f.county, f.farm, g)
+                if key in seen:
+                    raise ValueError(f"gateway {'/'.join(key)} is listed twice")
+                seen.add(key)
+        return self
+
+    def index(self) -> dict[tuple[str, str, str], tuple[Farm, GatewayEntry]]:
+        """(county, farm, gateway) -> (farm, gateway entry)."""
+        return {(f.county, f.farm, g): (f, e) for f in self.farms for g, e in f.gateways.items()}
+
+    def farm(self, county: str, farm: str) -> Farm | None:
+        for f in self.farms:
+            if f.county == county and f.farm == farm:
+                return f
+        return None
+
+
+def load_registry(path: Path | str) -> Registry:
+    return load_yaml_model(Registry, path)
