@@ -240,7 +240,7 @@ class AlertEngine:
         self._next_id = 0
         self._started = 0.0
         self.stats: dict[str, int] = {
-            "readings": 0, "evaluations": 0, "stale": 0, "raised": 0, "cleared": 0,
+            "readings": 0, "status": 0, "evaluations": 0, "stale": 0, "raised": 0, "cleared": 0,
             "delivered": 0, "failed": 0, "suppressed": 0, "held": 0, "dropped_early": 0,
         }
         #: Called with (delivery, now) just before the notifier (benchmark hook).
@@ -583,6 +583,7 @@ class AlertEngine:
     # ------------------------------------------------------------ status and timers
 
     def _status(self, ev: StatusEvent, now: float) -> None:
+        self.stats["status"] += 1
         gk = (ev.county, ev.farm, ev.gateway)
         prev = self._seen_gw.get(gk, self._started)
         ctx = self._ctx(ev.county, ev.farm, ev.gateway, "", None, None)
@@ -704,8 +705,10 @@ class AlertEngine:
         if st is None:
             if not raise_holds:
                 return
-            stype = rule.scope
-            sid = (eid if stype == etype else self._scope_id(ctx, stype)) or "-"
+            stype: str = rule.scope
+            sid = eid if stype == etype else self._scope_id(ctx, stype)
+            if sid is None:            # e.g. group by plot, but the sensor has none
+                stype, sid = etype, eid
             family = rule.family or br.key
             gkey = f"{ctx.county}/{ctx.farm}|{family}|{stype}:{sid}"
             st = _State(br.key, ctx.county, ctx.farm, etype, eid, gkey, since=now,

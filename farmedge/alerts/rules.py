@@ -279,6 +279,14 @@ class Rule(_M):
                 raise ValueError(f"value {self.value} needs a window")
         elif self.check in ("outbox_backlog",) and self.when is None:
             raise ValueError(f"check {self.check} needs when")
+        if self.when is not None and self.clear is not None:
+            w, c = self.when, self.clear
+            if w.rising == c.rising:
+                raise ValueError("clear must point the other way from when (hysteresis)")
+            if (w.rising and c.threshold > w.threshold) or (
+                    not w.rising and c.threshold < w.threshold):
+                raise ValueError("clear overlaps when: with hysteresis the clear threshold "
+                                 "lies on the safe side of the raise threshold")
         if self.check in ("flatline", "out_of_range") and not self.window:
             raise ValueError(f"check {self.check} needs a window")
         return self
