@@ -240,18 +240,17 @@ class Demo:
                 if (snap and snap.stored >= good) or time.monotonic() > deadline:
                     break
                 time.sleep(0.3)
-        if self._edge is not None:
-            if self._edge.poll() is None:
-                self._edge.send_signal(signal.SIGTERM)
-                try:
-                    rc = self._edge.wait(30)
-                except subprocess.TimeoutExpired:
-                    self._edge.kill()
-                    rc = self._edge.wait(5)
-                    self._say("farmedge demo: the edge did not stop within 30 s; killed it")
-                if rc != 0:
-                    self._say(f"farmedge demo: the edge exited with {rc}")
-                    code = 1
+        if self._edge is not None and self._edge.poll() is None:
+            self._edge.send_signal(signal.SIGTERM)
+            try:
+                rc = self._edge.wait(30)
+            except subprocess.TimeoutExpired:
+                self._edge.kill()
+                rc = self._edge.wait(5)
+                self._say("farmedge demo: the edge did not stop within 30 s; killed it")
+            if rc != 0:
+                self._say(f"farmedge demo: the edge exited with {rc}")
+                code = 1
         if stats is not None:
             self._final(stats, snap)
         for p in reversed(self._procs):
