@@ -710,9 +710,16 @@ class GatewaySim:
         """One sampling round starting at ``ts``. Sensors are read one after the
         other (a 7-register Modbus read takes about 56 ms, DOMAIN), so each
         channel has its own ``ts``, all before the next round."""
-        step = min(60, interval_ms // max(1, len(self.sensors)))
+        step = self._step(interval_ms)
         return [s.reading(ts + i * step, interval_ms=interval_ms, bad_rate=bad_rate)
                 for i, s in enumerate(self.sensors)]
+
+    def _step(self, interval_ms: int) -> int:
+        return min(60, interval_ms // max(1, len(self.sensors)))
+
+    def round_span(self, interval_ms: int = 60_000) -> int:
+        """Milliseconds from a round's first reading to its last."""
+        return self._step(interval_ms) * (len(self.sensors) - 1)
 
 
 @dataclass(frozen=True)
