@@ -489,8 +489,10 @@ def add_parser(subparsers: Any) -> None:
             "wall-clock time; with --rate, readings go out at that many per second and "
             "simulated time runs ahead."),
     )
-    p.add_argument("--mqtt-url", default="mqtt://127.0.0.1:1883",
-                   help="broker, mqtt://[user:pass@]host[:port] or mqtts://")
+    p.add_argument("--mqtt-url",
+                   default=os.environ.get("FARMEDGE_MQTT_URL") or "mqtt://127.0.0.1:1883",
+                   help="broker, mqtt://[user:pass@]host[:port] or mqtts:// "
+                        "(default: $FARMEDGE_MQTT_URL or mqtt://127.0.0.1:1883)")
     p.add_argument("--county", default="demo", help="county id in the topics")
     p.add_argument("--farms", type=_positive_int, default=3)
     p.add_argument("--gateways-per-farm", type=_positive_int, default=1)
@@ -536,6 +538,8 @@ def _main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"farmedge simulate: {exc}", file=sys.stderr)
         return 2
+    from farmedge.logs import redact_url
+
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -545,7 +549,8 @@ def _main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     n_gw = len(sim.streams)
     print(f"farmedge simulate: {args.farms} farms, {n_gw} gateways, "
-          f"{n_gw * args.sensors} sensor channels -> {args.mqtt_url} (county {args.county})",
+          f"{n_gw * args.sensors} sensor channels -> {redact_url(args.mqtt_url)} "
+          f"(county {args.county})",
           file=sys.stderr, flush=True)
     try:
         stats = sim.run(stop)

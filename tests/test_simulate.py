@@ -109,8 +109,9 @@ def test_rate_and_live_pacing(mosquitto: MosquittoServer, county: str,
 
 def test_command_line_prints_summary_and_exits_0(mosquitto: MosquittoServer, county: str,
                                                  subscriber: Subscriber) -> None:
+    url = mosquitto.url.replace("mqtt://", "mqtt://sim:s3cret@")
     out = subprocess.run(
-        [sys.executable, "-m", "farmedge", "simulate", "--mqtt-url", mosquitto.url,
+        [sys.executable, "-m", "farmedge", "simulate", "--mqtt-url", url,
          "--county", county, "--farms", "2", "--gateways-per-farm", "2", "--sensors", "4",
          "--rate", "0", "--messages", "40", "--bad-rate", "0.1", "--seed", "3"],
         capture_output=True, text=True, timeout=60, check=False)
@@ -118,6 +119,7 @@ def test_command_line_prints_summary_and_exits_0(mosquitto: MosquittoServer, cou
     assert "published 40 messages (160 readings)" in out.stdout
     assert "acked 40 of 40 sent, 0 refused, 0 unacknowledged" in out.stdout
     assert "bad readings injected:" in out.stdout
+    assert "s3cret" not in out.stdout + out.stderr
     eventually(lambda: subscriber.count() == 40, what="40 messages received")
 
 
