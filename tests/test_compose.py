@@ -127,20 +127,20 @@ def test_docker_compose_refuses_to_start_without_passwords(tmp_path: Path) -> No
     assert "in .env" in out.stderr
 
 
-def _simulator_args(**env: str) -> list[str]:
-    """The simulator's command as compose runs it with ``env`` (else defaults)."""
-    cmd = compose()["services"]["simulator"]["command"]
-    defaults = {"SIMULATOR_MQTT_USER": "simulator", "DEMO_COUNTY": "demo", "DEMO_FARMS": "5",
-                **env}
+def _subst(text: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR:-default} interpolation, with ``env`` before defaults."""
+    return re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: env.get(m.group(1), m.group(2)), text)
 
-    def sub(m: re.Match[str]) -> str:
-        return defaults.get(m.group(1), m.group(2))
 
-    return [re.sub(r"\$\{(\w+):-([^}]*)\}", sub, a) for a in cmd]
+def _simulator(**env: str) -> tuple[list[str], dict[str, str]]:
+    """The simulator's command and environment as compose runs them."""
+    svc = compose()["services"]["simulator"]
+    return ([_subst(a, env) for a in svc["command"]],
+            {k: _subst(v, env) for k, v in svc["environment"].items()})
 
 
 def test_demo_registry_lists_every_simulated_gateway() -> None:
-    args = _simulator_args()
+    args, _ = _simulator()
     opt = {args[i]: args[i + 1] for i in range(1, len(args) - 1, 2)}
     reg = load_registry(ROOT / "deploy" / "demo" / "registry.yaml").index()
     farms = make_farms(county=opt["--county"], farms=int(opt["--farms"]),
@@ -177,12 +177,14 @@ def test_simulator_command_line_publishes_through_the_shipped_broker(
 
         sub = eventually(edge_client, what="edge credential accepted")
         assert sub.subscribe("farm/v1/+/+/+/telemetry") == [1]
-        args = [a.replace("@mosquitto:1883", f"@127.0.0.1:{broker.port}")
-                for a in _simulator_args(SIMULATOR_MQTT_PASSWORD=sim_pw)]
+        args, env = _simulator(SIMULATOR_MQTT_PASSWORD=sim_pw)
         assert args[0] == "simulate"
+        env = {k: v.replace("@mosquitto:1883", f"@127.0.0.1:{broker.port}")
+               for k, v in env.items()}
         out = subprocess.run([sys.executable, "-m", "farmedge", *args, "--messages", "10",
                               "--rate", "1000"], cwd=ROOT, capture_output=True, text=True,
-                             timeout=120, check=False)
+                             timeout=120, check=False, env={**os.environ, **env})
+        assert sim_pw not in out.stdout + out.stderr
         assert out.returncode == 0, out.stderr + out.stdout
         got = [sub.messages.get(timeout=10) for _ in range(10)]
         assert {m.topic.split("/")[2] for m in got} == {"demo"}
