@@ -814,7 +814,9 @@ class AlertEngine:
                     if rule.severity == "critical":
                         g.critical_since = g.critical_since or now
                     g.last_sent = now
-                    self._emit(g, "raise", worst, now, first=first)
+                    # The first raise is "raise"; a higher level of the family
+                    # joining later (severe drought after dry) is "worse".
+                    self._emit(g, "raise" if first else "worse", worst, now)
                 elif g.rule is not None:
                     rule = self._rule_index[g.rule][0]
                     if rule.remind_after and g.last_sent is not None and \
@@ -854,8 +856,7 @@ class AlertEngine:
             out = {lang: REMIND_PREFIX[lang] + txt for lang, txt in out.items()}
         return out
 
-    def _emit(self, g: _Group, event: str, st: _State | None, now: float,
-              first: bool = False) -> None:
+    def _emit(self, g: _Group, event: str, st: _State | None, now: float) -> None:
         vars_ = dict(st.vars) if st is not None else dict(g.last_vars)
         texts = self._texts(g, "clear" if event == "clear" else
                             ("remind" if event == "remind" else "raise"), vars_)
@@ -875,12 +876,12 @@ class AlertEngine:
                 recipients += [(c, False) for c in self.registry.center_contacts]
         if not recipients:
             return
-        critical = g.severity == "critical" and event in ("raise", "remind", "escalate")
+        critical = g.severity == "critical" and event in ("raise", "worse", "remind", "escalate")
         # Daily budget per farm (critical messages are neither limited nor counted).
         if any(is_farm for _, is_farm in recipients):
             if event == "clear" and g.suppressed:
                 recipients = [(c, x) for c, x in recipients if not x]
-            elif event in ("raise", "remind") and not critical:
+            elif event in ("raise", "worse", "remind") and not critical:
                 budget = f.daily_message_budget if f is not None else 10
                 tz = ZoneInfo(f.timezone) if f is not None else ZoneInfo("Asia/Shanghai")
                 day = f"{g.county}/{g.farm}/{datetime.fromtimestamp(now, tz).date().isoformat()}"
@@ -932,7 +933,7 @@ class AlertEngine:
         """A clear for a raise still held (quiet hours): drop both."""
         held = [k for k, d in self._outbox.items()
                 if d["group"] == gkey and d["contact"] == contact and d["url"] == url
-                and d["event"] in ("raise", "remind") and d["due"] > now
+                and d["event"] in ("raise", "worse", "remind") and d["due"] > now
                 and k not in self._inflight]
         for k in held:
             d = self._outbox.pop(k)

@@ -29,7 +29,8 @@ log = logging.getLogger("farmedge.alerts")
 @dataclass(frozen=True, slots=True)
 class AlertEvent:
     ts_ms: int
-    #: raise | clear | remind | escalate | delivered | failed | held | suppressed | dropped
+    #: raise | worse | clear | remind | escalate | delivered | failed | held | suppressed |
+    #: dropped (docs/alerts.md)
     event: str
     county: str
     farm: str
