@@ -6,7 +6,6 @@ to wait for a result (polling with a deadline only)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import subprocess
 import sys
@@ -124,7 +123,6 @@ class Rig:
     engine: AlertEngine
     clock: SimClock
     county: str
-    task: asyncio.Task[None]
     memory: MemoryRecorder
     feeder: MqttFeeder | None = None
     pub: Publisher | None = None
@@ -154,9 +152,7 @@ class Rig:
         await settle(self.engine, passes=1)
 
     async def stop(self) -> None:
-        self.task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
+        await self.engine.close()
         if self.feeder is not None:
             self.feeder.close()
         if self.pub is not None:
@@ -181,9 +177,8 @@ async def make_rig(*, county: str, registry: Registry, rules_path: Path | None,
     engine = AlertEngine(rules=rs, registry=registry, notifier=AppriseNotifier(),
                          state_path=state_path, recorders=recorders, clock=clock,
                          settings=settings or AlertsSettings(tick_s=0.05, backoff_s=60))
-    task = asyncio.create_task(engine.run())
-    await until(lambda: engine._loaded, what="engine loaded")
-    rig = Rig(engine, clock, county, task, memory)
+    await engine.start()
+    rig = Rig(engine, clock, county, memory)
     if broker is not None:
         rig.feeder = MqttFeeder(broker.port, county, engine, asyncio.get_running_loop(), clock)
         rig.pub = Publisher(broker.url)

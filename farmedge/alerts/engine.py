@@ -239,6 +239,7 @@ class AlertEngine:
         self._sent_times: dict[str, deque[float]] = {}
         self._next_id = 0
         self._started = 0.0
+        self._task: asyncio.Task[None] | None = None
         self.stats: dict[str, int] = {
             "readings": 0, "status": 0, "evaluations": 0, "stale": 0, "raised": 0, "cleared": 0,
             "delivered": 0, "failed": 0, "suppressed": 0, "held": 0, "dropped_early": 0,
@@ -1107,8 +1108,11 @@ class AlertEngine:
                 self._pass(now)
                 self._commit()
                 self._dispatch(now)
+                # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
+                # cancel that arrives just as the event is set.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.settings.tick_s)
+                    async with asyncio.timeout(self.settings.tick_s):
+                        await self._wake.wait()
         finally:
             for t in list(self._inflight.values()):
                 t.cancel()
@@ -1121,6 +1125,28 @@ class AlertEngine:
             await asyncio.gather(*tasks, return_exceptions=True)
             self._store.close()
             self._loaded = False
+
+    async def start(self) -> None:
+        """Start ``run()`` as a task and return once state is loaded (the edge
+        calls this before it takes messages)."""
+        if self._task is None:
+            self._task = asyncio.create_task(self.run())
+        task = self._task
+        while not self._loaded:
+            if task.done():
+                task.result()
+            await asyncio.sleep(0.01)
+
+    async def close(self) -> None:
+        """Stop the task started by ``start()``: state is written, sends in
+        flight are cancelled (their messages stay in the outbox)."""
+        task, self._task = self._task, None
+        if task is not None:
+            while not task.done():
+                task.cancel()
+                await asyncio.wait({task}, timeout=5)
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
 
     # ------------------------------------------------------------ inspection
 

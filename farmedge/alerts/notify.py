@@ -66,8 +66,8 @@ class AppriseNotifier:
     async def send(self, url: str, *, title: str, body: str) -> None:
         async with self._sem:
             try:
-                await asyncio.wait_for(asyncio.to_thread(self._send_sync, url, title, body),
-                                       self._timeout)
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.to_thread(self._send_sync, url, title, body)
             except TimeoutError:
                 raise DeliveryFailed(f"{scheme_of(url)}: no answer in {self._timeout:g}s") from None
             except DeliveryFailed:

@@ -167,7 +167,8 @@ class InfluxRecorder:
             try:
                 while True:
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.flush_s)
+                        async with asyncio.timeout(self.flush_s):
+                            await self._wake.wait()
                     self._wake.clear()
                     await self._flush(session)
             finally:
