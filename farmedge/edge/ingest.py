@@ -55,6 +55,7 @@ class Batch:
 class _GatewayState:
     last_seq: int | None = None
     clock_offset_ms: int | None = None
+    last_status_ts: int = 0
 
 
 @dataclass(slots=True)
@@ -157,7 +158,7 @@ class Ingestor:
         if state is None:
             state = self._gateways[key] = _GatewayState()
         if gt.channel == "status":
-            self._handle_status(msg, batch, key)
+            self._handle_status(msg, batch, key, state)
             return
         try:
             parsed = parse_telemetry(msg.payload, content_type=msg.content_type)
@@ -261,7 +262,8 @@ class Ingestor:
         else:
             self.counters.seq_duplicates += 1
 
-    def _handle_status(self, msg: Inbound, batch: Batch, key: tuple[str, str, str]) -> None:
+    def _handle_status(self, msg: Inbound, batch: Batch, key: tuple[str, str, str],
+                       state: _GatewayState) -> None:
         county, farm, gateway = key
         try:
             st = GatewayStatus.model_validate_json(msg.payload)
@@ -294,8 +296,11 @@ class Ingestor:
             fields["clock_synced"] = "true" if st.clock is Clock.SYNCED else "false"
         tags = (f"gateway,county={escape_tag(county)},farm={escape_tag(farm)}"
                 f",gateway={escape_tag(gateway)}")
-        batch.lines.append(f"{tags} {','.join(f'{k}={v}' for k, v in fields.items())} "
-                           f"{msg.received_ms}")
+        # Stored at the edge's receive time (the gateway's clock may be wrong),
+        # one point per status message even when two arrive in the same ms.
+        ts = max(msg.received_ms, state.last_status_ts + 1)
+        state.last_status_ts = ts
+        batch.lines.append(f"{tags} {','.join(f'{k}={v}' for k, v in fields.items())} {ts}")
         if self.keep_readings:
             batch.statuses.append(StatusEvent(county, farm, gateway, st, msg.received_ms))
 
