@@ -326,10 +326,11 @@ class EdgeService:
                 self._mark_up()
                 return []
             if res.kind is WriteKind.AUTH:
-                if self._auth_alarm != res.error:
+                alarm = f"InfluxDB answered {res.status}: {res.error[:200]}"
+                if self._auth_alarm != alarm:
                     self.log.error("influx.refused", status=res.status, error=res.error,
                                    hint="check [influx] credentials, database or bucket")
-                self._auth_alarm = f"InfluxDB answered {res.status}: {res.error[:200]}"
+                self._auth_alarm = alarm
                 self._mark_down(self._auth_alarm)
                 return lines
             # transient: retry with capped, jittered backoff until the deadline
