@@ -264,6 +264,17 @@ def test_config_errors_name_the_line_and_key(tmp_path: Path) -> None:
     assert f"{reg}:3: farms[0].farm: Value error, id 'f 1' is not valid" in r.stderr
 
 
+def test_the_example_config_is_valid() -> None:
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "farmedge", "edge", "check-config", "--config",
+                        "config.example.toml"], capture_output=True, text=True, check=False,
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path.cwd())})
+    assert r.returncode == 0, r.stderr
+    assert "configuration OK" in r.stdout
+
+
 def test_secrets_never_reach_the_log(mosquitto: MosquittoServer, influxdb: InfluxServer,
                                      influx_db: str, county: str, tmp_path: Path) -> None:
     url = mosquitto.url.replace("mqtt://", "mqtt://edgeuser:s3cret-pw@")

@@ -108,8 +108,6 @@ class SpoolSection(Section):
     #: Most disk the spool may use; past it the oldest batches are dropped
     #: (counted in farmedge_spool_dropped_lines_total and logged).
     max_mb: PosFloat = 1024.0
-    #: Lines per replay request when the spool drains.
-    replay_batch_lines: Annotated[int, Field(ge=1)] = 20_000
 
 
 class HttpSection(Section):
