@@ -19,6 +19,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "edge": "farmedge.edge.cli",
     "simulate": "farmedge.simulate",
     "demo": "farmedge.demo",
+    "provision": "farmedge.provision.cli",
 }
 
 

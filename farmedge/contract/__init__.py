@@ -5,6 +5,7 @@ imports the other. docs/protocol.md is its human-readable form.
 """
 
 from .codec import JSON, Codec, CodecError, codec_for, register
+from .compact import COMPACT, decode_compact, encode_compact
 from .ids import ID_PATTERN, InvalidId, check_id, is_valid_id
 from .kinds import KINDS, Kind, RangeError, UnitError, normalize
 from .models import (
@@ -37,11 +38,12 @@ from .topics import (
 )
 
 __all__ = [
-    "ID_PATTERN", "JSON", "KINDS", "MAX_PAYLOAD_BYTES", "MAX_READINGS", "PREFIX",
+    "COMPACT", "ID_PATTERN", "JSON", "KINDS", "MAX_PAYLOAD_BYTES", "MAX_READINGS", "PREFIX",
     "STATUS_FILTER", "TELEMETRY_FILTER", "Clock", "Codec", "CodecError", "GatewayStatus",
     "GatewayTopic", "InvalidId", "Kind", "MessageRejected", "NormalizedReading",
     "ParsedTelemetry", "Quality", "RangeError", "Reading", "ReadingRejected",
     "TelemetryEnvelope", "TopicError", "UnitError", "alerts_topic", "check_id", "codec_for",
+    "decode_compact", "encode_compact",
     "excerpt", "is_valid_id", "normalize", "parse_gateway_topic", "parse_telemetry",
     "register", "status_topic", "telemetry_topic",
 ]

@@ -1,0 +1,332 @@
+"""The compact encoding of wire contract v1, for metered links.
+
+A compact payload carries the same envelope and readings as JSON, but batched
+column by column, with every id and unit sent once per message, values as
+decimal integers delta-coded per series, and the whole body compressed.
+docs/protocol-compact.md ("Compact encoding") specifies it byte by byte for
+third-party firmware; this module is the reference implementation.
+
+Layout::
+
+    byte 0     magic 0xFE (never white space or "{", so it is told from JSON
+               without a content type)
+    byte 1     compression: 0 none, 1 zstd, 2 deflate with the shared
+               dictionary, 3 zstd with the shared dictionary
+    bytes 2..  the (compressed) MessagePack body:
+               [1, gateway, seq, sent, clock, series, idx, ts, exps, vals, quality]
+
+MQTT 5 content type: ``application/vnd.farmedge.v1+compact``.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from .codec import Codec, register
+
+__all__ = [
+    "COMPACT",
+    "COMPRESSIONS",
+    "MAGIC",
+    "MAX_BODY_BYTES",
+    "SHARED_DICTIONARY",
+    "decode_compact",
+    "encode_compact",
+]
+
+COMPACT = "application/vnd.farmedge.v1+compact"
+MAGIC = 0xFE
+#: A decompressed body larger than this is refused (decompression bombs).
+MAX_BODY_BYTES = 1024 * 1024
+
+NONE, ZSTD, DEFLATE_DICT, ZSTD_DICT = 0, 1, 2, 3
+COMPRESSIONS: dict[str, int] = {
+    "none": NONE, "zstd": ZSTD, "deflate-dict": DEFLATE_DICT, "zstd-dict": ZSTD_DICT,
+}
+
+_QUALITY = ("ok", "suspect", "error")
+_CLOCK = ("synced", "unsynced")
+# Values whose decimal mantissa does not fit a signed 64-bit integer are sent
+# as floats instead.
+_INT64 = 2**63 - 1
+_MAX_EXP = 30
+
+
+def _shared_dictionary() -> bytes:
+    """The shared dictionary: the strings a payload most often holds.
+
+    It is the UTF-8 bytes of the canonical kind names, each followed by its
+    canonical unit, joined with no separator, in the order of the contract's
+    kinds table, followed by a few common words. docs/protocol-compact.md
+    prints the exact bytes; changing them is a new compression code.
+    """
+    names = (
+        "soil_moisture", "%", "soil_temperature", "degC", "soil_ec", "uS/cm", "soil_ph", "pH",
+        "soil_nitrogen", "mg/kg", "soil_phosphorus", "mg/kg", "soil_potassium", "mg/kg",
+        "air_temperature", "degC", "air_humidity", "%RH", "rainfall", "mm",
+        "animal_body_temperature", "degC", "animal_activity", "steps/h",
+        "animal_presence", "count", "water_level", "%", "battery_voltage", "V",
+        "soil-", "gw-", "farm-", "rfid-", "trough-", "gate-",
+    )
+    return "".join(names).encode()
+
+
+SHARED_DICTIONARY: bytes = _shared_dictionary()
+
+
+class _Bad(ValueError):
+    pass
+
+
+# -- encoding ---------------------------------------------------------------
+
+
+def _decimal(value: float) -> tuple[int, int] | None:
+    """(mantissa, exponent) of the shortest decimal that reads back as value."""
+    if isinstance(value, int):
+        return (value, 0) if -_INT64 <= value <= _INT64 else None
+    if not math.isfinite(value):
+        raise ValueError("value must be finite")
+    sign, digits, exp = Decimal(repr(value)).as_tuple()
+    assert isinstance(exp, int)
+    m = 0
+    for d in digits:
+        m = m * 10 + d
+    # Strip trailing zeros so that 20.0 is (2, 1) and shares an exponent.
+    while m and m % 10 == 0:
+        m //= 10
+        exp += 1
+    if m == 0:
+        exp = 0
+    if -_MAX_EXP <= exp <= _MAX_EXP and m <= _INT64:
+        return (-m if sign else m), exp
+    return None
+
+
+def encode_compact(
+    *,
+    gateway: str,
+    seq: int,
+    sent: int,
+    clock: str,
+    readings: Sequence[Mapping[str, Any]],
+    compression: str = "deflate-dict",
+    level: int = 19,
+) -> bytes:
+    """Encode one telemetry message. ``readings`` are mappings with the keys
+    of a JSON reading (``sensor kind ts value unit`` and optional ``quality``,
+    ``animal``); their order is kept."""
+    import msgpack
+
+    code = COMPRESSIONS.get(compression)
+    if code is None:
+        raise ValueError(f"compression {compression!r} is not one of {sorted(COMPRESSIONS)}")
+    if clock not in _CLOCK:
+        raise ValueError(f"clock {clock!r} is not one of {_CLOCK}")
+    series: list[list[Any]] = []
+    index: dict[tuple[Any, ...], int] = {}
+    idx: list[int] = []
+    decs: list[tuple[int, int] | None] = []
+    for r in readings:
+        key = (r["sensor"], r["kind"], r.get("unit", ""), r.get("animal"))
+        i = index.get(key)
+        if i is None:
+            i = index[key] = len(series)
+            series.append(list(key[:3]) if key[3] is None else list(key))
+        idx.append(i)
+        decs.append(_decimal(r["value"]))
+    # One decimal exponent per series: the smallest its values need.
+    exps: list[int | None] = [None] * len(series)
+    floats = [False] * len(series)
+    for i, d in zip(idx, decs, strict=True):
+        if d is None:
+            floats[i] = True
+        else:
+            e = exps[i]
+            exps[i] = d[1] if e is None else min(e, d[1])
+    vals: list[int | float] = []
+    last: dict[int, int] = {}
+    for i, d, r in zip(idx, decs, readings, strict=True):
+        e = exps[i]
+        if floats[i] or d is None or e is None:
+            vals.append(float(r["value"]))
+            continue
+        m = d[0] * 10 ** (d[1] - e)
+        if abs(m) > _INT64:
+            raise ValueError(f"value {r['value']!r} does not fit the compact encoding")
+        vals.append(m - last.get(i, 0))
+        last[i] = m
+    for i, f in enumerate(floats):
+        if f:
+            exps[i] = None
+    ts: list[int] = []
+    prev = 0
+    for r in readings:
+        t = int(r["ts"])
+        ts.append(t - prev)
+        prev = t
+    qual: list[int] | None = [_QUALITY.index(str(r.get("quality", "ok"))) for r in readings]
+    if qual is not None and not any(qual):
+        qual = None
+    body = msgpack.packb(
+        [1, gateway, seq, sent, _CLOCK.index(clock), series, idx, ts, exps, vals, qual],
+        use_bin_type=True,
+    )
+    return bytes([MAGIC, code]) + _compress(code, body, level)
+
+
+def _compress(code: int, body: bytes, level: int) -> bytes:
+    if code == NONE:
+        return body
+    if code == DEFLATE_DICT:
+        c = zlib.compressobj(9, zlib.DEFLATED, -15, 9, zlib.Z_DEFAULT_STRATEGY,
+                             zdict=SHARED_DICTIONARY)
+        return c.compress(body) + c.flush()
+    import zstandard
+
+    params = zstandard.ZstdCompressionParameters.from_level(
+        level, write_checksum=False, write_content_size=True, write_dict_id=False)
+    d = _zstd_dict() if code == ZSTD_DICT else None
+    return zstandard.ZstdCompressor(compression_params=params, dict_data=d).compress(body)
+
+
+_ZDICT: Any = None
+
+
+def _zstd_dict() -> Any:
+    global _ZDICT
+    if _ZDICT is None:
+        import zstandard
+
+        _ZDICT = zstandard.ZstdCompressionDict(
+            SHARED_DICTIONARY, dict_type=zstandard.DICT_TYPE_RAWCONTENT)
+    return _ZDICT
+
+
+# -- decoding ---------------------------------------------------------------
+
+
+def _decompress(code: int, data: bytes) -> bytes:
+    if code == NONE:
+        body = data
+    elif code == DEFLATE_DICT:
+        d = zlib.decompressobj(-15, zdict=SHARED_DICTIONARY)
+        try:
+            body = d.decompress(data, MAX_BODY_BYTES + 1)
+        except zlib.error as exc:
+            raise _Bad(f"deflate data is corrupt: {exc}") from None
+        if not d.eof:
+            raise _Bad("deflate data is truncated or the body is too large")
+        if d.unused_data:
+            raise _Bad("bytes follow the deflate stream")
+    elif code in (ZSTD, ZSTD_DICT):
+        import zstandard
+
+        dctx = zstandard.ZstdDecompressor(
+            dict_data=_zstd_dict() if code == ZSTD_DICT else None)
+        try:
+            dobj = dctx.decompressobj()
+            body = dobj.decompress(data)
+        except zstandard.ZstdError as exc:
+            raise _Bad(f"zstd data is corrupt: {exc}") from None
+        if not dobj.eof:
+            raise _Bad("zstd frame is truncated")
+        if dobj.unused_data:
+            raise _Bad("bytes follow the zstd frame")
+    else:
+        raise _Bad(f"compression code {code} is unknown")
+    if len(body) > MAX_BODY_BYTES:
+        raise _Bad(f"body is larger than {MAX_BODY_BYTES} bytes")
+    return body
+
+
+def _list(x: Any, what: str, n: int | None = None) -> list[Any]:
+    if not isinstance(x, list):
+        raise _Bad(f"{what} must be an array")
+    if n is not None and len(x) != n:
+        raise _Bad(f"{what} has {len(x)} entries, expected {n}")
+    return x
+
+
+def _int(x: Any, what: str) -> int:
+    if not isinstance(x, int) or isinstance(x, bool):
+        raise _Bad(f"{what} must be an integer")
+    return x
+
+
+def decode_compact(payload: bytes) -> dict[str, Any]:
+    """The JSON-equivalent message of a compact payload. Raises ValueError
+    with the reason when the payload is not a well-formed compact message."""
+    import msgpack
+
+    if len(payload) < 3 or payload[0] != MAGIC:
+        raise _Bad("payload does not start with the compact magic byte 0xFE")
+    body = _decompress(payload[1], payload[2:])
+    try:
+        doc = msgpack.unpackb(
+            body, raw=False, strict_map_key=True, use_list=True,
+            max_str_len=1024, max_bin_len=0, max_array_len=100_000, max_map_len=0,
+            max_ext_len=0,
+        )
+    except Exception as exc:  # msgpack raises several unrelated types
+        raise _Bad(f"body is not MessagePack: {type(exc).__name__}: {exc}"[:200]) from None
+    top = _list(doc, "body", 11)
+    ver, gateway, seq, sent, clock, series, idx, ts, exps, vals, qual = top
+    if ver != 1:
+        raise _Bad(f"body version {ver!r} is not 1")
+    clock_i = _int(clock, "clock")
+    if clock_i not in (0, 1):
+        raise _Bad("clock must be 0 (synced) or 1 (unsynced)")
+    series = _list(series, "series")
+    for j, s in enumerate(series):
+        s = _list(s, f"series[{j}]")
+        if len(s) not in (3, 4) or not all(isinstance(p, str) for p in s):
+            raise _Bad(f"series[{j}] must be [sensor, kind, unit] or [sensor, kind, unit, animal]")
+    idx = _list(idx, "idx")
+    n = len(idx)
+    ts = _list(ts, "ts", n)
+    exps = _list(exps, "exps", len(series))
+    vals = _list(vals, "vals", n)
+    if qual is not None:
+        qual = _list(qual, "quality", n)
+    for j, e in enumerate(exps):
+        if e is not None and not (-_MAX_EXP <= _int(e, f"exps[{j}]") <= _MAX_EXP):
+            raise _Bad(f"exps[{j}] is outside -{_MAX_EXP}..{_MAX_EXP}")
+    readings: list[dict[str, Any]] = []
+    last: dict[int, int] = {}
+    t = 0
+    for k in range(n):
+        i = _int(idx[k], f"idx[{k}]")
+        if not 0 <= i < len(series):
+            raise _Bad(f"idx[{k}] = {i} names no series")
+        t += _int(ts[k], f"ts[{k}]")
+        e = exps[i]
+        v = vals[k]
+        value: float
+        if e is None:
+            if not isinstance(v, float):
+                raise _Bad(f"vals[{k}] must be a float (its series has no exponent)")
+            value = v
+        else:
+            m = last.get(i, 0) + _int(v, f"vals[{k}]")
+            last[i] = m
+            value = float(f"{m}e{e}")
+        s = series[i]
+        r: dict[str, Any] = {"sensor": s[0], "kind": s[1], "ts": t, "value": value, "unit": s[2]}
+        if qual is not None:
+            q = _int(qual[k], f"quality[{k}]")
+            if not 0 <= q < len(_QUALITY):
+                raise _Bad(f"quality[{k}] = {q} is not 0, 1 or 2")
+            r["quality"] = _QUALITY[q]
+        if len(s) == 4:
+            r["animal"] = s[3]
+        readings.append(r)
+    return {"v": 1, "gateway": gateway, "seq": seq, "sent": sent, "clock": _CLOCK[clock_i],
+            "readings": readings}
+
+
+register(Codec(COMPACT, MAGIC, decode_compact))

@@ -1,0 +1,308 @@
+"""Helpers for the service-center stack tests: a Mosquitto broker running the
+shipped configuration (deploy/mosquitto/) and small MQTT clients that report
+what the broker answered."""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from farmedge.devservers import MosquittoServer
+
+ROOT = Path(__file__).resolve().parent.parent
+DEPLOY = ROOT / "deploy"
+#: Client.publish's answer when the broker closed the connection instead of a PUBACK.
+DROPPED = -1
+
+
+@dataclass
+class ShippedBroker(MosquittoServer):
+    """Mosquitto started with deploy/mosquitto/mosquitto.conf, only its paths
+    and listener moved into a temporary folder. Password file and ACL live in
+    ``config_dir`` (what ``farmedge provision --broker-dir`` writes)."""
+
+    @property
+    def config_dir(self) -> Path:
+        return self.workdir / "config"
+
+    def conf_text(self) -> str:
+        text = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+        lines = []
+        for line in text.splitlines():
+            if line.strip() == "listener 1883":
+                line = f"listener {self.port} 127.0.0.1"
+            lines.append(line.replace("/mosquitto/config/", f"{self.config_dir}/")
+                         .replace("/mosquitto/data/", f"{self.workdir}/data/"))
+        # Run as root, Mosquitto switches to the user "mosquitto", which cannot
+        # read pytest's temporary folders; stay the user the tests run as.
+        own_user = "user root\n" if os.geteuid() == 0 else ""
+        return "\n".join(lines) + "\n" + own_user + self.extra_conf
+
+    def start(self, timeout: float = 15.0) -> ShippedBroker:
+        self.config_dir.mkdir(parents=True, exist_ok=True)
+        for name in ("passwd", "acl"):
+            p = self.config_dir / name
+            if not p.exists():
+                p.write_text((DEPLOY / "mosquitto" / name).read_text()
+                             if (DEPLOY / "mosquitto" / name).exists() else "")
+        super().start(timeout)
+        return self
+
+    def reload(self) -> None:
+        """SIGHUP: Mosquitto reads the password file and ACL again."""
+        import signal
+
+        assert self.proc is not None
+        self.proc.send_signal(signal.SIGHUP)
+
+
+class Client:
+    """A paho MQTT 5 client that records the CONNACK, SUBACK and messages."""
+
+    def __init__(self, port: int, username: str | None = None, password: str | None = None,
+                 *, client_id: str = "") -> None:
+        self.port = port
+        self.c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5)
+        if username is not None:
+            self.c.username_pw_set(username, password)
+        self.connack: queue.Queue[int] = queue.Queue()
+        self.suback: queue.Queue[list[int]] = queue.Queue()
+        self.messages: queue.Queue[mqtt.MQTTMessage] = queue.Queue()
+        self.puback: dict[int, int] = {}
+        self.dropped = threading.Event()
+        self._lock = threading.Lock()
+        self.c.on_connect = lambda c, u, f, rc, p=None: self.connack.put(rc.value)
+        self.c.on_subscribe = lambda c, u, mid, rcs, p=None: self.suback.put(
+            [r.value for r in rcs])
+        self.c.on_message = lambda c, u, m: self.messages.put(m)
+
+        def on_publish(c: object, u: object, mid: int, rc: object, p: object = None) -> None:
+            with self._lock:
+                self.puback[mid] = getattr(rc, "value", 0)
+
+        self.c.on_publish = on_publish
+
+    def connect(self, timeout: float = 10.0) -> int:
+        """Connect; return the CONNACK reason code (0 = accepted)."""
+        self.c.connect("127.0.0.1", self.port)
+        self.c.loop_start()
+        try:
+            return self.connack.get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError("no CONNACK from the broker") from None
+
+    def subscribe(self, topic: str, qos: int = 1) -> list[int]:
+        self.c.subscribe(topic, qos)
+        return self.suback.get(timeout=10)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> int:
+        """Publish and wait for the PUBACK; return its reason code, or
+        DROPPED when the broker closed the connection instead (Mosquitto 2.0
+        does that for an MQTT 5 publish the ACL denies)."""
+        self.c.on_disconnect = lambda *a: self.dropped.set()
+        info = self.c.publish(topic, payload, qos=qos)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with self._lock:
+                if info.mid in self.puback:
+                    return self.puback[info.mid]
+            if self.dropped.is_set():
+                return DROPPED
+            time.sleep(0.01)
+        raise AssertionError(f"no PUBACK for {topic}")
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+# -- simulated farms for the dashboard tests ------------------------------------
+
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class Scenario:
+    """Simulated farms of one county over the last ``hours``, as MQTT messages
+    (topic, payload) in publishing order, plus what the registry says."""
+
+    county: str
+    start_ms: int
+    end_ms: int
+    messages: list[tuple[str, bytes]]
+    registry_yaml: str
+    sick_animal: str
+    farms: list[str]
+
+
+def make_scenario(county: str, *, now_ms: int | None = None, hours: int = 6,
+                  interval_min: int = 10, farms: int = 3) -> Scenario:
+    """Three farms with one gateway each reading every contract kind every
+    ``interval_min`` minutes (farmedge.simdata), some bad values, one gap in
+    a gateway's sequence numbers, one sick cow, status messages with one
+    gateway gone offline at the end."""
+    import json
+
+    from farmedge.simdata import make_farms
+
+    now = now_ms if now_ms is not None else int(time.time() * 1000)
+    start = now - hours * HOUR_MS
+    sims = make_farms(seed=7, county=county, farms=farms, sensors=11, fever_rate=0.0)
+    step = interval_min * 60_000
+    messages: list[tuple[str, bytes]] = []
+    reg_farms = []
+    sick = ""
+    for fi, f in enumerate(sims):
+        gw = f.gateways[0]
+        sensors: dict[str, dict[str, object]] = {}
+        for s in gw.sensors:
+            if s.kind.startswith("soil_"):
+                sensors[s.sensor] = {"plot": f"field-{s.sensor.rsplit('-', 1)[1]}",
+                                     "crop": "maize"}
+        reg_farms.append({"county": county, "farm": f.farm,
+                          "plots": {p["plot"]: {"crop": "maize", "field_capacity": 36,
+                                                "wilting_point": 19}
+                                    for p in sensors.values()},
+                          "gateways": {gw.gateway: {"interval_s": interval_min * 60,
+                                                    "sensors": sensors}}})
+        seq = 0
+        t = start
+        while t <= now - 60_000:
+            readings = [r.to_wire() for r in gw.round(t, interval_ms=step,
+                                                       bad_rate=0.03)]
+            if fi == 0 and not sick:
+                sick = next(r["animal"] for r in readings if r.get("animal"))
+            if fi == 0 and t + step > now - 60_000:
+                # A sick cow: the last bolus reading of the first farm is a fever.
+                readings.append({"sensor": "bolus-1", "kind": "animal_body_temperature",
+                                 "ts": t + 1, "value": 40.3, "unit": "degC", "animal": sick})
+            seq += 2 if (fi == 0 and t == start + 5 * step) else 1  # one message missing
+            messages.append((gw.topic, json.dumps({
+                "v": 1, "gateway": gw.gateway, "seq": seq, "sent": t + 2000,
+                "clock": "synced", "readings": readings}).encode()))
+            t += step
+        status_topic = gw.topic.rsplit("/", 1)[0] + "/status"
+        for k in range(3):
+            online = not (fi == farms - 1 and k == 2)
+            messages.append((status_topic, json.dumps({
+                "v": 1, "gateway": gw.gateway, "online": online, "ts": now - (2 - k) * 60_000,
+                **({"uptime_s": 3600.0 * (k + 1), "version": "0.1.0",
+                    "outbox_depth": 10 * fi + k, "outbox_oldest_age_s": 30.0 * (fi + k),
+                    "dropped": fi, "clock": "synced" if fi != 1 else "unsynced",
+                    "cpu_temperature": 48.5 + fi, "disk_free_mb": 1200.0 - k}
+                   if online else {})}).encode()))
+    import yaml
+
+    return Scenario(county, start, now, messages,
+                    yaml.safe_dump({"farms": reg_farms}, allow_unicode=True, sort_keys=False),
+                    sick, [f.farm for f in sims])
+
+
+def alert_lines(county: str, farm: str, now_ms: int) -> list[str]:
+    """Alert events shaped like the alert engine's InfluxDB records
+    (measurement ``alerts``; docs/alerts.md): a dry plot raised and cleared, a
+    fever raised and still firing."""
+    def ev(ts: int, event: str, rule: str, severity: str, scope: str, scope_id: str,
+           text: str) -> str:
+        return (f"alerts,county={county},farm={farm},event={event},rule={rule},"
+                f"family=agronomic,severity={severity},scope={scope},scope_id={scope_id} "
+                f'group="{scope_id}",count=1i,title="{event} {rule}",text="{text}" {ts}')
+    return [
+        ev(now_ms - 3 * HOUR_MS, "raise", "maize-blacksoil/dry", "warning", "plot", "field-1",
+           "3号地土壤偏干"),
+        ev(now_ms - 2 * HOUR_MS, "clear", "maize-blacksoil/dry", "warning", "plot", "field-1",
+           "3号地土壤恢复"),
+        ev(now_ms - HOUR_MS, "raise", "cattle/fever", "critical", "animal", "cow-17",
+           "17号牛发烧"),
+    ]
+
+
+def write_lines(url: str, db: str, lines: list[str]) -> None:
+    """Write line protocol (ms precision), retrying the 500s Debian's
+    InfluxDB 1.6 answers now and then under concurrent writes."""
+    import urllib.error
+    import urllib.request
+
+    body = "\n".join(lines).encode()
+    for attempt in range(20):
+        req = urllib.request.Request(f"{url}/write?db={db}&precision=ms", data=body,
+                                     method="POST")
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                assert r.status == 204
+                return
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == 19:
+                raise
+        time.sleep(0.1 * (attempt + 1))
+
+
+def lines_like_the_edge(sc: Scenario, *, now_ms: int) -> list[str]:
+    """The scenario's messages as the edge stores them (docs/storage.md):
+    readings with registry tags, dead letters, gateway status and sequence
+    gaps, and the edge's own metrics every 10 s. Used until the edge runs in
+    these tests."""
+    import json
+
+    import yaml
+
+    from farmedge.contract import parse_gateway_topic, parse_telemetry
+    from farmedge.registry import Registry
+
+    index = Registry.model_validate(yaml.safe_load(sc.registry_yaml)).index()
+    out: list[str] = []
+    last_seq: dict[str, int] = {}
+    readings = errors = 0
+    for topic, payload in sc.messages:
+        gt = parse_gateway_topic(topic)
+        base = f"county={gt.county},farm={gt.farm},gateway={gt.gateway}"
+        if gt.channel == "status":
+            st = json.loads(payload)
+            fields = [f"online={'true' if st['online'] else 'false'}"]
+            for k in ("uptime_s", "outbox_oldest_age_s", "cpu_temperature", "disk_free_mb"):
+                if k in st:
+                    fields.append(f"{k}={float(st[k])}")
+            for k in ("outbox_depth", "dropped"):
+                if k in st:
+                    fields.append(f"{k}={int(st[k])}i")
+            if "clock" in st:
+                fields += [f'clock="{st["clock"]}"',
+                           f"clock_synced={'true' if st['clock'] == 'synced' else 'false'}"]
+            out.append(f"gateway,{base} {','.join(fields)} {st['ts']}")
+            continue
+        parsed = parse_telemetry(payload)
+        env = parsed.envelope
+        prev = last_seq.get(gt.gateway)
+        if prev is not None and env.seq > prev + 1:
+            out.append(f"gateway,{base} seq_gap={env.seq - prev - 1}i {env.sent}")
+        last_seq[gt.gateway] = env.seq
+        sensors = index[(gt.county, gt.farm, gt.gateway)][1].sensors
+        for r in parsed.readings:
+            meta = sensors.get(r.sensor)
+            tags = dict(meta.tags()) if meta else {}
+            if r.animal:
+                tags["animal"] = r.animal
+            extra = "".join(f",{k}={v}" for k, v in sorted(tags.items()))
+            out.append(f"{r.kind.measurement},{base},sensor={r.sensor}{extra} "
+                       f"{r.kind.field}={r.value} {r.ts_ms}")
+        for rej in parsed.rejected:
+            # The edge stamps dead letters with its own clock, 1 ms apart.
+            errors += 1
+            out.append(f"ingest_errors,{base},reason={rej.reason},edge=edge-1 "
+                       f'topic="{topic}",detail="{rej.detail}",excerpt="-",count=1i '
+                       f"{now_ms - 60_000 + errors}")
+        readings += len(parsed.readings)
+    for k in range(7):
+        ts = now_ms - (6 - k) * 10_000
+        out.append(f"edge,instance=edge-1 messages={k * 40}i,readings={k * 400}i,"
+                   f"spool_lines={max(0, 3 - k)}i,spool_dropped=0i,pending={k % 3}i,"
+                   f"write_p50_ms={4.0 + k},write_p99_ms={12.0 + k} {ts}")
+    return out

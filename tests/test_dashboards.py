@@ -1,0 +1,243 @@
+"""The Grafana dashboards: every panel's every query, expanded the way
+Grafana expands it, runs against a real InfluxDB filled with simulated farms
+and returns the series the panel expects. No Grafana server runs here:
+tests/grafana_support.py reimplements its InfluxQL interpolation, and the
+JSON is checked against tests/schemas/grafana-dashboard.schema.json."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+
+from farmedge import dashboards as gen
+from farmedge.devservers import InfluxServer, influx_query
+
+from .grafana_support import Selection, expand, panel_interval_ms
+from .stack_support import (
+    ROOT,
+    Scenario,
+    alert_lines,
+    lines_like_the_edge,
+    make_scenario,
+    write_lines,
+)
+
+pytestmark = pytest.mark.servers
+
+DASHBOARDS = gen.dashboards()
+EXPECT = gen.expectations()
+MODES = ("all", "listed", "one-farm")
+
+
+@dataclass
+class Filled:
+    url: str
+    db: str
+    sc: Scenario
+    ingest_start_ms: int
+    ingest_end_ms: int
+
+
+@pytest.fixture(scope="module")
+def filled(influxdb: InfluxServer) -> Iterator[Filled]:
+    db = f"dash_{int(time.time() * 1000) % 10**9}"
+    influxdb.create_database(db)
+    now = int(time.time() * 1000)
+    sc = make_scenario("suihua", now_ms=now)
+    lines = lines_like_the_edge(sc, now_ms=now)
+    lines += alert_lines(sc.county, sc.farms[0], now)
+    for i in range(0, len(lines), 2000):
+        write_lines(influxdb.url, db, lines[i:i + 2000])
+    yield Filled(influxdb.url, db, sc, now - 120_000, now)
+    influxdb.query(f'DROP DATABASE "{db}"')
+
+
+def _variables(doc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {v["name"]: v for v in doc["templating"]["list"]}
+
+
+def _tag_values(f: Filled, query: str) -> list[str]:
+    series = influx_query(f.url, query, f.db)
+    out: list[str] = []
+    for s in series:
+        for row in s["values"]:  # type: ignore[union-attr]
+            if row[1] not in out:
+                out.append(row[1])
+    return sorted(out)
+
+
+def _selections(f: Filled, doc: dict[str, Any], mode: str, start: int, end: int
+                ) -> dict[str, Selection]:
+    """Resolve the dashboard's variables in order (each may depend on the
+    previous ones), running their queries like Grafana does."""
+    variables = _variables(doc)
+    sel: dict[str, Selection] = {}
+    for name, v in variables.items():
+        if v["type"] == "custom":
+            sel[name] = Selection(values=[v["current"]["value"]])
+            continue
+        q = expand(v["query"], start_ms=start, end_ms=end, interval_ms=60_000,
+                   variables=variables, selections=sel)
+        values = _tag_values(f, q)
+        assert values, f"variable {name}: {q} returned nothing"
+        v["_all_values"] = values
+        if name == "county":
+            assert values == [f.sc.county]
+        if name == "farm":
+            assert values == f.sc.farms if mode != "one-farm" else set(f.sc.farms) >= set(values)
+        if mode == "all":
+            sel[name] = Selection(all=True)
+        elif mode == "one-farm" and name == "farm":
+            sel[name] = Selection(values=[f.sc.farms[0]])
+        else:
+            sel[name] = Selection(values=values)
+    return sel
+
+
+def _check(series: list[dict[str, Any]], e: gen.Expect, query: str) -> None:
+    assert series, f"no series for {e.dashboard} / {e.panel} / {e.ref}:\n{query}"
+    if e.shape == "single":
+        assert len(series) == 1 and len(series[0]["values"]) == 1, series
+    cols = series[0]["columns"]
+    assert cols[0] == "time"
+    assert len(cols) - 1 == len(e.types), f"columns {cols} vs {e.types}"
+    for i, want in enumerate(e.types, start=1):
+        seen = [row[i] for s in series for row in s["values"] if row[i] is not None]
+        assert seen, f"column {cols[i]} of {e.panel}/{e.ref} is all null:\n{query}"
+        for v in seen:
+            if want == "bool":
+                ok = isinstance(v, bool)
+            elif want == "number":
+                ok = isinstance(v, int | float) and not isinstance(v, bool)
+            else:
+                ok = isinstance(v, str)
+            assert ok, f"{e.panel}/{e.ref} column {cols[i]}: {v!r} is not {want}"
+    if e.shape == "timeseries":
+        assert any(len(s["values"]) >= 1 for s in series)
+        for s in series:
+            times = [row[0] for row in s["values"]]
+            assert times == sorted(times)
+
+
+def _panel(e: gen.Expect) -> dict[str, Any]:
+    return next(p for p in DASHBOARDS[e.dashboard]["panels"] if p["title"] == e.panel)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("e", EXPECT, ids=lambda e: f"{e.dashboard}:{e.panel}:{e.ref}")
+def test_every_panel_query_returns_its_series(filled: Filled, e: gen.Expect, mode: str
+                                              ) -> None:
+    doc = json.loads(json.dumps(DASHBOARDS[e.dashboard]))
+    panel = _panel(e)
+    target = next(t for t in panel["targets"] if t["refId"] == e.ref)
+    if e.dashboard == "farmedge-ingest":
+        start, end = filled.ingest_start_ms, filled.ingest_end_ms
+    else:
+        start, end = filled.sc.start_ms, filled.sc.end_ms
+    sel = _selections(filled, doc, mode, start, end)
+    interval = panel_interval_ms(start, end, min_interval=panel.get("interval"),
+                                 datasource_interval="10s")
+    q = expand(target["query"], start_ms=start, end_ms=end, interval_ms=interval,
+               variables=_variables(doc), selections=sel)
+    _check(influx_query(filled.url, q, filled.db), e, q)
+
+
+def test_alert_annotations_return_title_and_text(filled: Filled) -> None:
+    doc = json.loads(json.dumps(DASHBOARDS["farmedge-farm"]))
+    anno = next(a for a in doc["annotations"]["list"] if a["name"] == "Alerts")
+    sel = _selections(filled, doc, "one-farm", filled.sc.start_ms, filled.sc.end_ms)
+    q = expand(anno["query"], start_ms=filled.sc.start_ms, end_ms=filled.sc.end_ms,
+               interval_ms=60_000, variables=_variables(doc), selections=sel)
+    series = influx_query(filled.url, q, filled.db)
+    rows = [dict(zip(s["columns"], r, strict=True)) for s in series for r in s["values"]]
+    assert len(rows) == 3
+    assert {r["title"] for r in rows} == {"raise maize-blacksoil/dry", "clear maize-blacksoil/dry",
+                                          "raise cattle/fever"}
+    for col in anno["tagsColumn"].split(","):
+        assert col in {"severity", "event", "scope_id"}
+
+
+def test_county_figures_are_right(filled: Filled) -> None:
+    """Not only non-empty: the county overview counts what the simulation did."""
+    doc = json.loads(json.dumps(DASHBOARDS["farmedge-county"]))
+    sc = filled.sc
+    sel = _selections(filled, doc, "all", sc.start_ms, sc.end_ms)
+
+    def run(title: str, ref: str = "A") -> list[dict[str, Any]]:
+        p = next(p for p in doc["panels"] if p["title"] == title)
+        t = next(t for t in p["targets"] if t["refId"] == ref)
+        q = expand(t["query"], start_ms=sc.start_ms, end_ms=sc.end_ms, interval_ms=300_000,
+                   variables=_variables(doc), selections=sel)
+        return influx_query(filled.url, q, filled.db)
+
+    assert run("Farms online")[0]["values"][0][1] == 2      # farm-003's gateway went offline
+    assert run("Gateways online", "A")[0]["values"][0][1] == 2
+    assert run("Gateways online", "B")[0]["values"][0][1] == 3
+    counts = {s["name"]: s["values"][0][1:] for s in run("Devices reporting vs installed")}
+    # 11 channels per gateway: soil x4, weather x3, livestock x2, water, battery.
+    assert counts == {"soil": [12, 12], "weather": [9, 9], "livestock": [6, 6],
+                      "water": [3, 3], "device": [3, 3]}
+    assert {s["name"]: s["values"][0][1] for s in run("Idle equipment")} == dict.fromkeys(
+        counts, 0)
+    firing = {s["tags"]["severity"]: s["values"][0][1]
+              for s in run("Alerts firing by severity")}
+    assert firing == {"critical": 1, "warning": 0}
+    fever = run("Animals with fever")[0]
+    rows = [dict(zip(fever["columns"], r, strict=True)) for r in fever["values"]]
+    assert [r["animal"] for r in rows] == [sc.sick_animal]
+    assert rows[0]["highest"] == pytest.approx(40.3)
+
+
+def test_committed_json_is_what_the_generator_writes() -> None:
+    assert gen.main(["--check", "--out", str(ROOT / "dashboards" / "json")]) == 0
+
+
+@pytest.mark.parametrize("uid", sorted(DASHBOARDS))
+def test_dashboard_matches_the_grafana_schema(uid: str) -> None:
+    schema = json.loads((ROOT / "tests" / "schemas" / "grafana-dashboard.schema.json").read_text())
+    doc = json.loads((ROOT / "dashboards" / "json" / f"{uid}.json").read_text())
+    jsonschema.Draft7Validator.check_schema(schema)
+    jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)
+
+
+@pytest.mark.parametrize("uid", sorted(DASHBOARDS))
+def test_layout_fits_a_laptop_and_a_phone(uid: str) -> None:
+    """24 columns, no overlaps, ids unique, units and descriptions set."""
+    doc = DASHBOARDS[uid]
+    cells: set[tuple[int, int]] = set()
+    ids = [p["id"] for p in doc["panels"]]
+    assert len(ids) == len(set(ids))
+    for p in doc["panels"]:
+        g = p["gridPos"]
+        assert g["x"] + g["w"] <= 24
+        for x in range(g["x"], g["x"] + g["w"]):
+            for y in range(g["y"], g["y"] + g["h"]):
+                assert (x, y) not in cells, f"{p['title']} overlaps"
+                cells.add((x, y))
+        if p["type"] == "row":
+            continue
+        assert p["description"], p["title"]
+        assert p["fieldConfig"]["defaults"]["unit"], p["title"]
+        assert p["gridPos"]["w"] >= 6, "narrower panels are unreadable on a phone"
+        for t in p["targets"]:
+            assert t["datasource"]["uid"] == gen.DATASOURCE_UID
+
+
+def test_provisioning_points_at_the_dashboards() -> None:
+    prov = ROOT / "dashboards" / "provisioning"
+    ds = yaml.safe_load((prov / "datasources" / "farmedge.yaml").read_text())
+    [source] = ds["datasources"]
+    assert source["uid"] == gen.DATASOURCE_UID and source["type"] == "influxdb"
+    assert "password" in source["secureJsonData"]
+    dp = yaml.safe_load((prov / "dashboards" / "farmedge.yaml").read_text())
+    [provider] = dp["providers"]
+    assert provider["type"] == "file"
+    assert Path(provider["options"]["path"]).name == "farmedge"
