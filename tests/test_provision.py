@@ -49,7 +49,7 @@ def gateway(broker: ShippedBroker, tmp_path: Path, county: str, farm: str, gw: s
                     "--registry", str(tmp_path / "registry.yaml"),
                     "--mqtt-url", broker.url, capsys=capsys)
     doc = tomllib.loads(out)
-    assert doc["gateway"] == {"county": county, "farm": farm, "id": gw}
+    assert (doc["county"], doc["farm"], doc["gateway"]) == (county, farm, gw)
     mq: dict[str, str] = doc["mqtt"]
     broker.reload()
     eventually(lambda: _try_connect(broker, mq["username"], mq["password"]),
