@@ -4,17 +4,24 @@ what the broker answered."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import queue
+import re
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from farmedge.devservers import MosquittoServer
+from farmedge.devservers import InfluxServer, MosquittoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -306,3 +313,71 @@ def lines_like_the_edge(sc: Scenario, *, now_ms: int) -> list[str]:
                    f"spool_lines={max(0, 3 - k)}i,spool_dropped=0i,pending={k % 3}i,"
                    f"write_p50_ms={4.0 + k},write_p99_ms={12.0 + k} {ts}")
     return out
+
+
+# -- InfluxDB 1.x with authentication and deploy/influxdb/v1-setup.iql --------
+
+ENV = {"INFLUX_DATABASE": "farmedge", "INFLUX_EDGE_USER": "farmedge-edge",
+       "INFLUX_EDGE_PASSWORD": "edge-pw-1", "INFLUX_GRAFANA_USER": "farmedge-grafana",
+       "INFLUX_GRAFANA_PASSWORD": "grafana-pw-1"}
+ADMIN = ("admin", "admin-pw-1")
+
+
+@dataclass
+class AuthInflux(InfluxServer):
+    def conf_text(self) -> str:
+        return super().conf_text().replace("auth-enabled = false", "auth-enabled = true")
+
+
+def _request(url: str, path: str, *, user: tuple[str, str] | None, data: dict[str, str] | None
+             = None, body: bytes | None = None) -> tuple[int, Any]:
+    if data is not None:
+        body = urllib.parse.urlencode(data).encode()
+    req = urllib.request.Request(url + path, data=body, method="POST")
+    if user:
+        token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None
+
+
+def query(url: str, q: str, user: tuple[str, str], db: str = "farmedge") -> list[dict[str, Any]]:
+    status, doc = _request(url, "/query", user=user, data={"q": q, "db": db, "epoch": "ms"})
+    assert status == 200, (status, doc)
+    out: list[dict[str, Any]] = []
+    for res in doc["results"]:
+        assert "error" not in res, res["error"]
+        out.extend(res.get("series", []))
+    return out
+
+
+def envsubst(text: str, env: dict[str, str]) -> str:
+    """What GNU envsubst does: $NAME and ${NAME} become the variable's value
+    (empty when unset); every other "$" stays."""
+    return re.sub(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)",
+                  lambda m: env.get(m.group(1) or m.group(2), ""), text)
+
+
+def statements() -> list[str]:
+    text = envsubst((DEPLOY / "influxdb" / "v1-setup.iql").read_text(), ENV)
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("--")]
+
+
+def setup_v1(server: AuthInflux) -> AuthInflux:
+    """Create the admin user, then run v1-setup.iql as the admin."""
+    # The first user may be created without credentials; it must be an admin.
+    status, doc = _request(server.url, "/query", user=None, data={
+        "q": f"CREATE USER {ADMIN[0]} WITH PASSWORD '{ADMIN[1]}' WITH ALL PRIVILEGES"})
+    assert status == 200, doc
+    for stmt in statements():
+        query(server.url, stmt, ADMIN)
+    return server
+
+
+EDGE_USER = (ENV["INFLUX_EDGE_USER"], ENV["INFLUX_EDGE_PASSWORD"])
+GRAFANA_USER = (ENV["INFLUX_GRAFANA_USER"], ENV["INFLUX_GRAFANA_PASSWORD"])
