@@ -35,6 +35,10 @@ class ShippedBroker(MosquittoServer):
     and listener moved into a temporary folder. Password file and ACL live in
     ``config_dir`` (what ``farmedge provision --broker-dir`` writes)."""
 
+    #: Also enable the shipped (commented) TLS listener on this port, with
+    #: certificates from ``workdir``/certs.
+    tls_port: int = 0
+
     @property
     def config_dir(self) -> Path:
         return self.workdir / "config"
@@ -45,8 +49,13 @@ class ShippedBroker(MosquittoServer):
         for line in text.splitlines():
             if line.strip() == "listener 1883":
                 line = f"listener {self.port} 127.0.0.1"
+            if self.tls_port and line.startswith("# ") and any(
+                    line[2:].startswith(k) for k in ("listener 8883", "certfile", "keyfile",
+                                                     "cafile", "tls_version")):
+                line = line[2:].replace("listener 8883", f"listener {self.tls_port} 127.0.0.1")
             lines.append(line.replace("/mosquitto/config/", f"{self.config_dir}/")
-                         .replace("/mosquitto/data/", f"{self.workdir}/data/"))
+                         .replace("/mosquitto/data/", f"{self.workdir}/data/")
+                         .replace("/mosquitto/certs/", f"{self.workdir}/certs/"))
         # Run as root, Mosquitto switches to the user "mosquitto", which cannot
         # read pytest's temporary folders; stay the user the tests run as.
         own_user = "user root\n" if os.geteuid() == 0 else ""
@@ -232,16 +241,17 @@ def alert_lines(county: str, farm: str, now_ms: int) -> list[str]:
     ]
 
 
-def write_lines(url: str, db: str, lines: list[str]) -> None:
+def write_lines(url: str, db: str, lines: list[str],
+                user: tuple[str, str] | None = None) -> None:
     """Write line protocol (ms precision), retrying the 500s Debian's
     InfluxDB 1.6 answers now and then under concurrent writes."""
-    import urllib.error
-    import urllib.request
-
     body = "\n".join(lines).encode()
     for attempt in range(20):
         req = urllib.request.Request(f"{url}/write?db={db}&precision=ms", data=body,
                                      method="POST")
+        if user:
+            token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 assert r.status == 204
@@ -381,3 +391,87 @@ def setup_v1(server: AuthInflux) -> AuthInflux:
 
 EDGE_USER = (ENV["INFLUX_EDGE_USER"], ENV["INFLUX_EDGE_PASSWORD"])
 GRAFANA_USER = (ENV["INFLUX_GRAFANA_USER"], ENV["INFLUX_GRAFANA_PASSWORD"])
+
+
+# -- the real pipeline: simulated gateways → Mosquitto → edge → InfluxDB ------
+
+@dataclass
+class Pipeline:
+    """Servers and credentials of one run of the whole pipeline, as the
+    service center runs it: the shipped broker config with provisioned
+    credentials, InfluxDB with authentication and v1-setup.iql's users (the
+    edge writes with the write-only one), the edge with the registry."""
+
+    broker: ShippedBroker
+    influx: AuthInflux
+    edge: Any  # tests.edgeproc.EdgeProcess
+    edge_started_ms: int
+    simulator_password: str
+
+    def stop(self) -> None:
+        self.edge.stop()
+        self.broker.stop()
+        self.influx.stop()
+
+
+def start_pipeline(root: Path, registry_yaml: str, *, county: str) -> Pipeline:
+    from farmedge.provision import broker as creds
+
+    from .edgeproc import EdgeProcess
+
+    influx = setup_v1(AuthInflux(root / "influxdb").start())
+    broker = ShippedBroker(root / "broker").start()
+    passwd, acl = broker.config_dir / "passwd", broker.config_dir / "acl"
+    edge_pw, sim_pw = creds.new_password(), creds.new_password()
+    creds.acl_add_edge(acl, "edge")
+    creds.passwd_set(passwd, "edge", edge_pw)
+    creds.acl_add_publisher(acl, "simulator")
+    creds.passwd_set(passwd, "simulator", sim_pw)
+    broker.reload()
+
+    def loaded() -> bool:
+        c = Client(broker.port, "edge", edge_pw)
+        ok = c.connect() == 0
+        c.close()
+        return ok
+
+    from .support import eventually
+
+    eventually(loaded, what="broker credentials loaded")
+    reg = root / "registry.yaml"
+    reg.write_text(registry_yaml)
+    started = int(time.time() * 1000)
+    edge = EdgeProcess(
+        mqtt_url=f"mqtt://127.0.0.1:{broker.port}", influx_url=influx.url,
+        database=ENV["INFLUX_DATABASE"], data_dir=root / "edge", county=county,
+        extra_env={"FARMEDGE_MQTT_USERNAME": "edge", "FARMEDGE_MQTT_PASSWORD": edge_pw,
+                   "FARMEDGE_INFLUX_USERNAME": EDGE_USER[0],
+                   "FARMEDGE_INFLUX_PASSWORD": EDGE_USER[1],
+                   "FARMEDGE_INFLUX_CREATE_DATABASE": "false",
+                   "FARMEDGE_REGISTRY": str(reg), "FARMEDGE_INSTANCE": "edge-1"}).start()
+    return Pipeline(broker, influx, edge, started, sim_pw)
+
+
+def publish_scenario(p: Pipeline, sc: Scenario) -> int:
+    """Publish the scenario's messages as the gateways would (status
+    retained), each acknowledged by the broker; return the number of valid
+    readings sent."""
+    import json
+
+    from farmedge.contract import parse_telemetry
+
+    c = Client(p.broker.port, "simulator", p.simulator_password)
+    assert c.connect() == 0
+    readings = 0
+    try:
+        for topic, payload in sc.messages:
+            if topic.endswith("/status"):
+                info = c.c.publish(topic, payload, qos=1, retain=True)
+                info.wait_for_publish(10)
+                assert json.loads(payload)["gateway"]
+                continue
+            assert c.publish(topic, payload) in {0, 16}
+            readings += len(parse_telemetry(payload).readings)
+    finally:
+        c.close()
+    return readings
