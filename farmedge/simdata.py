@@ -745,16 +745,18 @@ def _channels(count: int, channels: tuple[tuple[str, str], ...]) -> list[tuple[s
 def make_farms(*, seed: int = 0, county: str = "demo", farms: int = 3,
                gateways_per_farm: int = 1, sensors: int = 6,
                channels: tuple[tuple[str, str], ...] = DEFAULT_CHANNELS,
-               fever_rate: float = 0.01) -> list[FarmSim]:
-    """``farms`` farms named ``farm-001``..., each with ``gateways_per_farm``
-    gateways (``gw-001-1``...) reading ``sensors`` channels each.
+               fever_rate: float = 0.01, first_farm: int = 1) -> list[FarmSim]:
+    """``farms`` farms named ``farm-001``... (numbered from ``first_farm``),
+    each with ``gateways_per_farm`` gateways (``gw-001-1``...) reading
+    ``sensors`` channels each. A farm's values do not depend on which other
+    farms are made with it.
 
     Channel ids are unique within a farm: a soil probe of the second gateway
     of a farm is ``g2-soil-1``. Boluses and collars with the same number on
     one gateway belong to the same cow.
     """
     out: list[FarmSim] = []
-    for f in range(1, farms + 1):
+    for f in range(first_farm, first_farm + farms):
         farm = f"farm-{f:03d}"
         gws: list[GatewaySim] = []
         for g in range(1, gateways_per_farm + 1):

@@ -146,9 +146,10 @@ class GatewayStream:
 
 def _streams(*, seed: int, county: str, farms: int, gateways_per_farm: int, sensors: int,
              interval_ms: int, readings_per_message: int, bad_rate: float, start_ms: int,
-             seq_start: int, fever_rate: float = 0.01) -> list[GatewayStream]:
+             seq_start: int, fever_rate: float = 0.01, first_farm: int = 1
+             ) -> list[GatewayStream]:
     sims = make_farms(seed=seed, county=county, farms=farms, gateways_per_farm=gateways_per_farm,
-                      sensors=sensors, fever_rate=fever_rate)
+                      sensors=sensors, fever_rate=fever_rate, first_farm=first_farm)
     return [GatewayStream(gw, start_ms=start_ms, interval_ms=interval_ms,
                           readings_per_message=readings_per_message, bad_rate=bad_rate,
                           seq_start=seq_start)
@@ -336,7 +337,8 @@ class Simulator:
                  duration: float | None = None, messages: int | None = None,
                  bad_rate: float = 0.0, seed: int = 0, start_ms: int | None = None,
                  seq_start: int = 0, connections: int = 2, window: int = 1000,
-                 fever_rate: float = 0.01, client_prefix: str = "farmedge-sim") -> None:
+                 fever_rate: float = 0.01, client_prefix: str = "farmedge-sim",
+                 processes: int = 1, first_farm: int = 1) -> None:
         if farms < 1 or gateways_per_farm < 1 or sensors < 1:
             raise ValueError("farms, gateways per farm and sensors must be at least 1")
         if not 0 <= bad_rate <= 1:
@@ -354,6 +356,16 @@ class Simulator:
         self.window = window
         self.client_prefix = client_prefix
         self.stats = SimStats()
+        # Everything a worker process needs to simulate a share of the farms.
+        self._options: dict[str, Any] = dict(
+            mqtt_url=mqtt_url, county=county, gateways_per_farm=gateways_per_farm,
+            sensors=sensors, interval=interval, readings_per_message=readings_per_message,
+            duration=duration, bad_rate=bad_rate, seed=seed, seq_start=seq_start,
+            connections=connections, window=window, fever_rate=fever_rate,
+            client_prefix=client_prefix)
+        self.processes = max(1, min(processes, farms))
+        self.farms = farms
+        self.first_farm = first_farm
         now = int(time.time() * 1000)
         n_gw = farms * gateways_per_farm
         if start_ms is None:
@@ -373,7 +385,8 @@ class Simulator:
                                 interval_ms=self.interval_ms,
                                 readings_per_message=self.readings_per_message,
                                 bad_rate=bad_rate, start_ms=start_ms, seq_start=seq_start,
-                                fever_rate=fever_rate)
+                                fever_rate=fever_rate, first_farm=first_farm)
+        self.start_ms = start_ms
 
     def _messages(self, stop: threading.Event) -> Iterator[SimMessage]:
         if self.rate is None:
@@ -403,8 +416,14 @@ class Simulator:
 
     def run(self, stop: threading.Event | None = None, *, ack_timeout: float = 30.0) -> SimStats:
         """Publish until ``duration`` or ``messages`` is reached or ``stop`` is set;
-        then wait up to ``ack_timeout`` seconds for outstanding PUBACKs."""
+        then wait up to ``ack_timeout`` seconds for outstanding PUBACKs.
+
+        With ``processes`` > 1 the farms are shared among that many worker
+        processes (one Python process publishes a few thousand messages a
+        second); the stats are then complete only when run returns."""
         stop = stop or threading.Event()
+        if self.processes > 1:
+            return self._run_processes(stop, ack_timeout)
         lock = threading.Lock()
 
         conns = [_Conn(self.mqtt_url, f"{self.client_prefix}-{os.getpid()}-{i}",
@@ -448,6 +467,79 @@ class Simulator:
             for c in started:
                 c.close()
         return self.stats
+
+
+    def _run_processes(self, stop: threading.Event, ack_timeout: float) -> SimStats:
+        import multiprocessing as mp
+
+        ctx = mp.get_context("spawn")
+        mp_stop = ctx.Event()
+        results: Any = ctx.Queue()
+        n = self.processes
+        workers = []
+        first = self.first_farm
+        assigned = 0
+        for i in range(n):
+            farms = self.farms // n + (1 if i < self.farms % n else 0)
+            share = dict(self._options, farms=farms, first_farm=first, start_ms=self.start_ms,
+                         client_prefix=f"{self._options['client_prefix']}-p{i}")
+            if self.rate is not None:
+                share["rate"] = self.rate * farms / self.farms
+            if self.messages is not None:
+                m = self.messages * (first - self.first_farm + farms) // self.farms - assigned
+                assigned += m
+                share["messages"] = m
+                if m == 0:
+                    first += farms
+                    continue
+            first += farms
+            w = ctx.Process(target=_worker, args=(share, mp_stop, results, ack_timeout),
+                            name=f"farmedge-sim-{i}", daemon=True)
+            workers.append(w)
+        self.stats.started = time.monotonic()
+        for w in workers:
+            w.start()
+        errors: list[str] = []
+        pending = len(workers)
+        while pending:
+            if stop.is_set():
+                mp_stop.set()
+            try:
+                res = results.get(timeout=0.2)
+            except Exception:  # queue.Empty
+                if not any(w.is_alive() for w in workers) and results.empty():
+                    errors.append("a simulator process died")
+                    break
+                continue
+            pending -= 1
+            if "error" in res:
+                errors.append(res["error"])
+                continue
+            st = self.stats
+            st.sent += res["sent"]
+            st.published += res["published"]
+            st.failed += res["failed"]
+            st.readings += res["readings"]
+            st.bad += res["bad"]
+            st.bad_by_kind.update(res["bad_by_kind"])
+        for w in workers:
+            w.join(5)
+        self.stats.finished = time.monotonic()
+        if errors:
+            raise SimError("; ".join(sorted(set(errors))))
+        return self.stats
+
+
+def _worker(options: dict[str, Any], stop: Any, results: Any, ack_timeout: float) -> None:
+    # Ctrl-C reaches the whole process group: the parent stops the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        st = Simulator(**options).run(stop, ack_timeout=ack_timeout)
+    except SimError as exc:
+        results.put({"error": str(exc)})
+        return
+    results.put({"sent": st.sent, "published": st.published, "failed": st.failed,
+                 "readings": st.readings, "bad": st.bad, "bad_by_kind": dict(st.bad_by_kind)})
 
 
 # --- command line -------------------------------------------------------
@@ -518,7 +610,9 @@ def add_parser(subparsers: Any) -> None:
                    help="simulated time of the first round (epoch ms or ISO 8601)")
     p.add_argument("--seq-start", type=int, default=0, help="first seq of every gateway")
     p.add_argument("--connections", type=_positive_int, default=2,
-                   help="MQTT connections shared by the simulated gateways")
+                   help="MQTT connections per process shared by the simulated gateways")
+    p.add_argument("--processes", type=_positive_int, default=1,
+                   help="share the farms among this many processes (for high rates)")
     p.set_defaults(func=_main)
 
 
@@ -534,7 +628,8 @@ def _main(args: argparse.Namespace) -> int:
             interval=args.interval, readings_per_message=args.readings_per_message,
             rate=args.rate, duration=args.duration, messages=args.messages,
             bad_rate=args.bad_rate, seed=args.seed, start_ms=args.start,
-            seq_start=args.seq_start, connections=args.connections)
+            seq_start=args.seq_start, connections=args.connections,
+            processes=args.processes)
     except ValueError as exc:
         print(f"farmedge simulate: {exc}", file=sys.stderr)
         return 2

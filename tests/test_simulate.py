@@ -151,3 +151,28 @@ def test_build_messages_without_a_broker() -> None:
                            readings_per_message=50, interval=1.0, seed=9,
                            start_ms=msgs[0].readings[0].ts)
     assert [m.readings for m in again] == [m.readings for m in msgs]
+
+
+def test_processes_share_the_farms(mosquitto: MosquittoServer, county: str,
+                                   subscriber: Subscriber) -> None:
+    stats = Simulator(mqtt_url=mosquitto.url, county=county, farms=3, sensors=4, rate=0,
+                      messages=90, processes=2, seed=2).run()
+    assert (stats.published, stats.readings) == (90, 360)
+    eventually(lambda: subscriber.count() == 90, what="90 messages received")
+    seqs: dict[str, list[int]] = defaultdict(list)
+    for _topic, payload in subscriber.messages:
+        env = parse_telemetry(payload).envelope
+        seqs[env.gateway].append(env.seq)
+    assert {g: sorted(s) for g, s in seqs.items()} == {
+        f"gw-00{f}-1": list(range(30)) for f in (1, 2, 3)}
+    # A farm's messages do not depend on how the farms were shared out.
+    alone = build_messages(count=3, farms=3, sensors=4, seed=2, county=county,
+                           start_ms=parse_telemetry(subscriber.messages[0][1]).readings[0].ts_ms)
+    first = {m.gateway: m for m in alone}
+    got = {}
+    for _topic, payload in subscriber.messages:
+        p = parse_telemetry(payload)
+        if p.envelope.seq == 0:
+            got[p.envelope.gateway] = [(r.sensor, r.ts_ms, r.value) for r in p.readings]
+    g0 = parse_telemetry(subscriber.messages[0][1]).envelope.gateway
+    assert got[g0] == [(r.sensor, r.ts, r.value) for r in first[g0].readings]
