@@ -262,69 +262,6 @@ def write_lines(url: str, db: str, lines: list[str],
         time.sleep(0.1 * (attempt + 1))
 
 
-def lines_like_the_edge(sc: Scenario, *, now_ms: int) -> list[str]:
-    """The scenario's messages as the edge stores them (docs/storage.md):
-    readings with registry tags, dead letters, gateway status and sequence
-    gaps, and the edge's own metrics every 10 s. Used until the edge runs in
-    these tests."""
-    import json
-
-    import yaml
-
-    from farmedge.contract import parse_gateway_topic, parse_telemetry
-    from farmedge.registry import Registry
-
-    index = Registry.model_validate(yaml.safe_load(sc.registry_yaml)).index()
-    out: list[str] = []
-    last_seq: dict[str, int] = {}
-    readings = errors = 0
-    for topic, payload in sc.messages:
-        gt = parse_gateway_topic(topic)
-        base = f"county={gt.county},farm={gt.farm},gateway={gt.gateway}"
-        if gt.channel == "status":
-            st = json.loads(payload)
-            fields = [f"online={'true' if st['online'] else 'false'}"]
-            for k in ("uptime_s", "outbox_oldest_age_s", "cpu_temperature", "disk_free_mb"):
-                if k in st:
-                    fields.append(f"{k}={float(st[k])}")
-            for k in ("outbox_depth", "dropped"):
-                if k in st:
-                    fields.append(f"{k}={int(st[k])}i")
-            if "clock" in st:
-                fields += [f'clock="{st["clock"]}"',
-                           f"clock_synced={'true' if st['clock'] == 'synced' else 'false'}"]
-            out.append(f"gateway,{base} {','.join(fields)} {st['ts']}")
-            continue
-        parsed = parse_telemetry(payload)
-        env = parsed.envelope
-        prev = last_seq.get(gt.gateway)
-        if prev is not None and env.seq > prev + 1:
-            out.append(f"gateway,{base} seq_gap={env.seq - prev - 1}i {env.sent}")
-        last_seq[gt.gateway] = env.seq
-        sensors = index[(gt.county, gt.farm, gt.gateway)][1].sensors
-        for r in parsed.readings:
-            meta = sensors.get(r.sensor)
-            tags = dict(meta.tags()) if meta else {}
-            if r.animal:
-                tags["animal"] = r.animal
-            extra = "".join(f",{k}={v}" for k, v in sorted(tags.items()))
-            out.append(f"{r.kind.measurement},{base},sensor={r.sensor}{extra} "
-                       f"{r.kind.field}={r.value} {r.ts_ms}")
-        for rej in parsed.rejected:
-            # The edge stamps dead letters with its own clock, 1 ms apart.
-            errors += 1
-            out.append(f"ingest_errors,{base},reason={rej.reason},edge=edge-1 "
-                       f'topic="{topic}",detail="{rej.detail}",excerpt="-",count=1i '
-                       f"{now_ms - 60_000 + errors}")
-        readings += len(parsed.readings)
-    for k in range(7):
-        ts = now_ms - (6 - k) * 10_000
-        out.append(f"edge,instance=edge-1 messages={k * 40}i,readings={k * 400}i,"
-                   f"spool_lines={max(0, 3 - k)}i,spool_dropped=0i,pending={k % 3}i,"
-                   f"write_p50_ms={4.0 + k},write_p99_ms={12.0 + k} {ts}")
-    return out
-
-
 # -- InfluxDB 1.x with authentication and deploy/influxdb/v1-setup.iql --------
 
 ENV = {"INFLUX_DATABASE": "farmedge", "INFLUX_EDGE_USER": "farmedge-edge",
