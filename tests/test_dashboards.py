@@ -2,7 +2,7 @@
 Grafana expands it, runs against a real InfluxDB filled with simulated farms
 and returns the series the panel expects. No Grafana server runs here:
 tests/grafana_support.py reimplements its InfluxQL interpolation, and the
-JSON is checked against tests/grafana-dashboard.schema.json."""
+JSON is checked against tests/schemas/grafana-dashboard.schema.json."""
 
 from __future__ import annotations
 
@@ -202,7 +202,7 @@ def test_committed_json_is_what_the_generator_writes() -> None:
 
 @pytest.mark.parametrize("uid", sorted(DASHBOARDS))
 def test_dashboard_matches_the_grafana_schema(uid: str) -> None:
-    schema = json.loads((ROOT / "tests" / "grafana-dashboard.schema.json").read_text())
+    schema = json.loads((ROOT / "tests" / "schemas" / "grafana-dashboard.schema.json").read_text())
     doc = json.loads((ROOT / "dashboards" / "json" / f"{uid}.json").read_text())
     jsonschema.Draft7Validator.check_schema(schema)
     jsonschema.validate(doc, schema, cls=jsonschema.Draft7Validator)
