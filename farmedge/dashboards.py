@@ -576,12 +576,13 @@ def gateway_health() -> _Board:
             ("number",))], w=12, h=8, unit=unit, thresholds=steps,
             custom=_DASHED if steps else _LINE, options=_LEGEND, description=desc)
     b.panel("timeseries", "Readings dropped", [(_target(
-        f'SELECT non_negative_difference(max("dropped")) FROM "gateway" WHERE $timeFilter '
+        f'SELECT max("dropped") FROM "gateway" WHERE $timeFilter '
         f'AND {where} {_TS}, "gateway" fill(none)', alias="$tag_gateway"), "timeseries",
         ("number",))], w=12, h=8, unit="short", decimals=0,
-        thresholds=_thresholds((None, "green"), (1, "red")), custom=_BARS, options=_LEGEND,
-        description="Readings the gateway had to drop (outbox full), per interval. Should "
-                    "stay at 0.")
+        thresholds=_thresholds((None, "green"), (1, "red")), custom=_DASHED, options=_LEGEND,
+        description="Readings the gateway had to drop since its agent started (outbox full "
+                    "or too old), as its status reports them. Should stay at 0; a step up "
+                    "means readings were lost on the farm.")
     b.panel("timeseries", "Messages missing (sequence gaps)", [(_target(
         f'SELECT sum("seq_gap") FROM "gateway" WHERE $timeFilter AND {where} '
         f'{_TS}, "gateway" fill(none)', alias="$tag_gateway"), "timeseries", ("number",))],
