@@ -222,22 +222,36 @@ def make_scenario(county: str, *, now_ms: int | None = None, hours: int = 6,
                     sick, [f.farm for f in sims])
 
 
-def alert_lines(county: str, farm: str, now_ms: int) -> list[str]:
+def alert_lines(county: str, farm: str, now_ms: int, *, other_farm: str) -> list[str]:
     """Alert events shaped like the alert engine's InfluxDB records
-    (measurement ``alerts``; docs/alerts.md): a dry plot raised and cleared, a
-    fever raised and still firing."""
-    def ev(ts: int, event: str, rule: str, severity: str, scope: str, scope_id: str,
-           text: str) -> str:
-        return (f"alerts,county={county},farm={farm},event={event},rule={rule},"
-                f"family=agronomic,severity={severity},scope={scope},scope_id={scope_id} "
+    (measurement ``alerts``, tags county/farm/event/rule/family/severity/
+    scope/scope_id; docs/alerts.md). Firing at the end: two critical (a
+    fever; a dry plot that worsened to severe drought), one warning (a dry
+    plot on ``other_farm``), one info (an unsynced clock); one dry plot
+    raised and cleared."""
+    def ev(ts: int, event: str, rule: str, family: str, severity: str, scope: str,
+           scope_id: str, text: str, on: str = farm) -> str:
+        return (f"alerts,county={county},farm={on},event={event},rule={rule},"
+                f"family={family},severity={severity},scope={scope},scope_id={scope_id} "
                 f'group="{scope_id}",count=1i,title="{event} {rule}",text="{text}" {ts}')
+    h = HOUR_MS
     return [
-        ev(now_ms - 3 * HOUR_MS, "raise", "maize-blacksoil/dry", "warning", "plot", "field-1",
-           "3号地土壤偏干"),
-        ev(now_ms - 2 * HOUR_MS, "clear", "maize-blacksoil/dry", "warning", "plot", "field-1",
-           "3号地土壤恢复"),
-        ev(now_ms - HOUR_MS, "raise", "cattle/fever", "critical", "animal", "cow-17",
+        ev(now_ms - 3 * h, "raise", "maize-blacksoil/dry", "drought", "warning", "plot",
+           "field-1", "1号地土壤偏干"),
+        ev(now_ms - 3 * h + 5, "delivered", "maize-blacksoil/dry", "drought", "warning",
+           "plot", "field-1", "sent"),
+        ev(now_ms - 2 * h, "clear", "maize-blacksoil/dry", "drought", "warning", "plot",
+           "field-1", "1号地土壤恢复"),
+        ev(now_ms - h, "raise", "cattle/fever", "fever", "critical", "animal", "cow-17",
            "17号牛发烧"),
+        ev(now_ms - 50 * 60_000, "raise", "maize-blacksoil/dry", "drought", "warning", "plot",
+           "field-2", "2号地土壤偏干"),
+        ev(now_ms - 40 * 60_000, "worse", "maize-blacksoil/severe-drought", "drought",
+           "critical", "plot", "field-2", "2号地严重干旱"),
+        ev(now_ms - 30 * 60_000, "raise", "device/clock-unsynced", "device", "info", "gateway",
+           "gw-001-1", "网关时钟未同步"),
+        ev(now_ms - 20 * 60_000, "raise", "maize-blacksoil/dry", "drought", "warning", "plot",
+           "field-1", "1号地土壤偏干", on=other_farm),
     ]
 
 
