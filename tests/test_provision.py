@@ -49,7 +49,7 @@ def gateway(broker: ShippedBroker, tmp_path: Path, county: str, farm: str, gw: s
                     "--registry", str(tmp_path / "registry.yaml"),
                     "--mqtt-url", broker.url, capsys=capsys)
     doc = tomllib.loads(out)
-    assert doc["gateway"] == {"county": county, "farm": farm, "id": gw}
+    assert (doc["county"], doc["farm"], doc["gateway"]) == (county, farm, gw)
     mq: dict[str, str] = doc["mqtt"]
     broker.reload()
     eventually(lambda: _try_connect(broker, mq["username"], mq["password"]),
@@ -260,3 +260,43 @@ def test_bad_ids_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert rc == 1
     assert "county" in capsys.readouterr().err
     assert not (tmp_path / "passwd").exists()
+
+
+def _certs(folder: Path) -> None:
+    """A CA and a server certificate for 127.0.0.1, made with openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt")
+
+
+def test_shipped_tls_listener_works_with_the_sites_certificates(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The TLS block of mosquitto.conf, uncommented as docs/stack.md says,
+    with certificates in the certs folder: a gateway connects over TLS with
+    its credential, verifying the broker; anonymous TLS clients are refused."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    from farmedge.devservers import free_port
+
+    work = tmp_path / "broker"
+    _certs(work / "certs")
+    b = ShippedBroker(work, tls_port=free_port()).start()
+    try:
+        creds = gateway(b, tmp_path, "suihua", "wang-12", "gw-tls", capsys)
+        for user, password, want in ((creds["username"], creds["password"], {0}),
+                                     (None, None, REFUSED)):
+            c = Client(b.tls_port, user, password)
+            c.c.tls_set(ca_certs=str(work / "certs" / "ca.crt"))
+            assert c.connect() in want
+            c.close()
+    finally:
+        b.stop()
