@@ -282,7 +282,7 @@ def latency(mq: MosquittoServer, ix: InfluxServer, tmp: Path, rate_readings: flo
                                      "AND time > now() - 10m", db)
             now = time.monotonic()
             for row in (s[0]["values"] if s else []):  # type: ignore[index]
-                i = int(round((row[1] - 1) * 1000))
+                i = round((row[1] - 1) * 1000)
                 seen.setdefault(i, now)
             if stop.is_set() and time.monotonic() > deadline:
                 break
