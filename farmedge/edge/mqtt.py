@@ -1,15 +1,19 @@
-"""The MQTT side of the edge: a paho-mqtt 2.x client with manual
-acknowledgement, so a message is PUBACKed only once its readings are durable.
+"""The MQTT side of the edge: paho-mqtt 2.x driven by the asyncio event loop,
+with manual acknowledgement, so a message is PUBACKed only once its readings
+are durable.
 
-paho runs its network loop (and its reconnection loop, with exponential
-back-off) in its own thread. Messages cross into asyncio in one place: a list
-under a lock, drained by a single ``call_soon_threadsafe`` per burst.
+paho runs without a thread of its own: its socket is registered with the
+event loop (``add_reader``/``add_writer``, the way aiomqtt does it), so
+messages and acknowledgements never cross threads. Reconnection is the
+visible loop in :meth:`MqttSource._run`, with capped, jittered back-off.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import random
 import ssl
 import threading
 import time
@@ -19,7 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
@@ -29,6 +33,9 @@ from farmedge.logs import get_logger, redact_url
 from .settings import MqttSection
 
 __all__ = ["Inbound", "MqttSource"]
+
+# Packets read per readiness event before yielding to the loop.
+_READ_BURST = 2000
 
 
 @dataclass(slots=True)
@@ -52,11 +59,13 @@ class MqttSource:
         self._on_messages = on_messages
         self._log = get_logger("farmedge.edge.mqtt", broker=redact_url(settings.url))
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock = threading.Lock()
-        self._buffer: list[Inbound] = []
-        self._scheduled = False
+        self._loop_thread = 0
+        self._pending: list[Inbound] = []
         self._generation = 0
         self._accepting = True
+        self._closing = False
+        self._lost = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
         self.connected = False
         #: True once the broker granted the subscriptions on this connection.
         self.subscribed = False
@@ -70,6 +79,10 @@ class MqttSource:
         pw = settings.password.get_secret_value() if settings.password else None
         self._password = pw or (unquote(u.password) if u.password else None)
         self._client = self._build_client()
+        # paho reads one packet per call of its (internal) reader; use it to
+        # drain the socket in one go, or fall back to the public loop_read.
+        self._read_packet: Callable[[], MQTTErrorCode] = getattr(
+            self._client, "_packet_read", self._client.loop_read)
 
     def _build_client(self) -> mqtt.Client:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._s.client_id,
@@ -81,25 +94,70 @@ class MqttSource:
                       certfile=str(self._s.cert_file) if self._s.cert_file else None,
                       keyfile=str(self._s.key_file) if self._s.key_file else None,
                       cert_reqs=ssl.CERT_REQUIRED)
-        c.reconnect_delay_set(max(1, int(self._s.reconnect_min_s)),
-                              max(1, int(self._s.reconnect_max_s)))
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_socket_register_write
+        c.on_socket_unregister_write = self._on_socket_unregister_write
         return c
 
     # -- lifecycle -------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        """Connect, stay connected, and reconnect with capped, jittered
+        back-off until stopped."""
+        attempt = 0
+        while not self._closing:
+            self._lost.clear()
+            try:
+                await self._connect()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self._log.warning("mqtt.connect_failed", error=f"{type(exc).__name__}: {exc}",
+                                  attempt=attempt + 1)
+            else:
+                misc = asyncio.create_task(self._misc())
+                await self._lost.wait()
+                misc.cancel()
+                if self.connects and self.connected_since is not None and \
+                        time.monotonic() - self.connected_since > 30:
+                    attempt = 0
+            if self.closing:
+                break
+            base = min(self._s.reconnect_max_s, self._s.reconnect_min_s * 2 ** min(attempt, 16))
+            delay = random.uniform(base / 2, base)
+            attempt += 1
+            self._log.info("mqtt.reconnect_in", seconds=round(delay, 2), attempt=attempt)
+            await asyncio.sleep(delay)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    async def _connect(self) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._s.session_expiry_s
         props.ReceiveMaximum = self._s.receive_maximum
-        self._client.connect_async(self._host, self._port, keepalive=self._s.keepalive_s,
-                                   clean_start=False, properties=props)
-        self._client.loop_start()
         self._log.info("mqtt.connecting", client_id=self._s.client_id)
+        loop = asyncio.get_running_loop()
+        # The TCP (and TLS) connect blocks: do it off the loop.
+        rc = await loop.run_in_executor(None, functools.partial(
+            self._client.connect, self._host, self._port, keepalive=self._s.keepalive_s,
+            clean_start=False, properties=props))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise OSError(f"connect failed: {mqtt.error_string(rc)}")
+
+    async def _misc(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._client.loop_misc()  # keepalive pings, and their timeouts
 
     def stop_accepting(self) -> None:
         """Messages that arrive from now on are neither processed nor
@@ -108,13 +166,20 @@ class MqttSource:
 
     async def stop(self) -> None:
         self._accepting = False
-        await asyncio.to_thread(self._stop_sync)
-
-    def _stop_sync(self) -> None:
-        try:
+        self._closing = True
+        if self.connected:
             self._client.disconnect()
-        finally:
-            self._client.loop_stop()
+            deadline = time.monotonic() + 5
+            while self._client.socket() is not None and time.monotonic() < deadline:
+                self._client.loop_write()
+                await asyncio.sleep(0.01)
+        if self._client.socket() is not None:
+            with contextlib.suppress(Exception):
+                self._client._sock_close()
+        self._lost.set()
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await self._task
         self.connected = False
 
     # -- acknowledgement -------------------------------------------------
@@ -123,21 +188,93 @@ class MqttSource:
         acknowledged here: the broker redelivers it and the idempotent write
         stores it once. Returns how many were acknowledged."""
         gen = self._generation
+        if not self.connected:
+            return 0
         n = 0
+        ack = self._client.ack
         for m in messages:
             if m.qos > 0 and m.generation == gen:
-                self._client.ack(m.mid, m.qos)
+                ack(m.mid, m.qos)
                 n += 1
         return n
 
-    # -- paho callbacks (paho's thread) ----------------------------------
+    # -- the socket, on the event loop -----------------------------------
+    def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._call_in_loop(self._add_reader, sock)
+
+    def _add_reader(self, sock: Any) -> None:
+        assert self._loop is not None
+        self._loop.add_reader(sock, self._on_readable)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._call_in_loop(self._remove_socket, sock)
+
+    def _remove_socket(self, sock: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(sock)
+        with contextlib.suppress(Exception):
+            self._loop.remove_writer(sock)
+        self._mark_lost()
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._call_in_loop(self._add_writer, sock)
+
+    def _add_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        fd: Any = sock  # the paho socket, or a stale one from a closed connection
+        if self._client.socket() is fd:
+            self._loop.add_writer(sock, self._client.loop_write)
+
+    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any,
+                                    sock: Any) -> None:
+        self._call_in_loop(self._remove_writer, sock)
+
+    def _remove_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(Exception):
+            self._loop.remove_writer(sock)
+
+    def _on_readable(self) -> None:
+        read = self._read_packet
+        for _ in range(_READ_BURST):
+            if self._client.socket() is None:
+                break
+            rc = read()
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                break
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._client._loop_rc_handle(rc)
+                break
+            if read is not self._client.loop_read:
+                continue
+            break
+        if self._pending:
+            items, self._pending = self._pending, []
+            self._on_messages(items)
+
+    def _mark_lost(self) -> None:
+        was = self.connected
+        self.connected = False
+        self.subscribed = False
+        if self.disconnected_since is None or was:
+            self.disconnected_since = time.monotonic()
+        self._lost.set()
+
+    # -- paho callbacks (on the event loop) ------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
                     reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             self._log.error("mqtt.connect_refused", reason=str(reason_code))
             return
-        with self._lock:
-            self._generation += 1
+        self._generation += 1
         self.connected = True
         self.connects += 1
         self.connected_since = time.monotonic()
@@ -163,28 +300,13 @@ class MqttSource:
                 self._log.warning("mqtt.disconnected", reason=str(reason_code))
             else:
                 self._log.info("mqtt.disconnected", reason=str(reason_code))
-        self.connected = False
-        self.subscribed = False
-        self.disconnected_since = time.monotonic()
+        self._mark_lost()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        if not self._accepting or self._loop is None:
+        if not self._accepting:
             return
         props = getattr(msg, "properties", None)
         ctype = getattr(props, "ContentType", None) if props is not None else None
-        item = Inbound(msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain), ctype,
-                       int(time.time() * 1000), time.monotonic(), self._generation)
-        with self._lock:
-            self._buffer.append(item)
-            if self._scheduled:
-                return
-            self._scheduled = True
-        with contextlib.suppress(RuntimeError):  # the loop closed during shutdown
-            self._loop.call_soon_threadsafe(self._drain)
-
-    def _drain(self) -> None:
-        with self._lock:
-            items, self._buffer = self._buffer, []
-            self._scheduled = False
-        if items:
-            self._on_messages(items)
+        self._pending.append(Inbound(
+            msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain), ctype,
+            int(time.time() * 1000), time.monotonic(), self._generation))
