@@ -300,3 +300,42 @@ def test_shipped_tls_listener_works_with_the_sites_certificates(
             c.close()
     finally:
         b.stop()
+
+
+def test_shipped_broker_queues_past_mosquittos_default_limit(
+        broker: ShippedBroker, capsys: pytest.CaptureFixture[str]) -> None:
+    """With the edge away, the broker keeps every QoS 1 message for its
+    persistent session: 2,500 messages, past Mosquitto's default of 1000
+    queued per client (which it would drop silently)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    edge_pw = edge(broker, capsys)
+    out = provision("simulator", "--broker-dir", str(broker.config_dir), capsys=capsys)
+    sim_pw = dict(ln.split(": ", 1) for ln in out.splitlines())["password"]
+    broker.reload()
+
+    def session() -> Client:
+        c = Client(broker.port, "edge", edge_pw, client_id="farmedge-edge-1")
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.c.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+        c.c.loop_start()
+        assert c.connack.get(timeout=10) == 0
+        return c
+
+    eventually(lambda: _try_connect(broker, "edge", edge_pw), what="edge credential").close()
+    e = session()
+    assert e.subscribe("farm/v1/+/+/+/telemetry") == [1]
+    e.close()  # away, its session kept
+    pub = eventually(lambda: _try_connect(broker, "simulator", sim_pw), what="simulator")
+    n = 2500
+    infos = [pub.c.publish("farm/v1/c/f/gw/telemetry", str(i).encode(), qos=1)
+             for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(30)
+    pub.close()
+    e = session()
+    got = [int(e.messages.get(timeout=20).payload) for _ in range(n)]
+    assert sorted(got) == list(range(n))
+    e.close()
