@@ -336,26 +336,25 @@ def county_overview() -> _Board:
                                                              "fixedColor": "green"}}]}],
         description=f"Device channels reporting within $silence against those seen within "
                     f"{_INSTALLED_WINDOW}, per kind of device.")
-    firing = (f'SELECT sum("n") AS "firing" FROM (SELECT count("title") AS "n" FROM "alerts" '
-              f"WHERE \"event\" = 'raise' AND time > now() - {_FIRING_WINDOW} AND {_F_COUNTY} "
-              f'GROUP BY "severity"), (SELECT -1 * count("title") AS "n" FROM "alerts" '
-              f"WHERE \"event\" = 'clear' AND time > now() - {_FIRING_WINDOW} AND {_F_COUNTY} "
-              f'GROUP BY "severity") GROUP BY "severity"')
-    b.panel("bargauge", "Alerts firing by severity", [(_target(firing, alias="$tag_severity"),
-                                                       "table", ("number",))],
-            w=8, h=7, unit="none", decimals=0, interval=None,
-            thresholds=_thresholds((None, "green"), (1, "orange")),
-            overrides=[{"matcher": {"id": "byName", "options": n},
-                        "properties": [{"id": "color", "value": {"mode": "fixed",
-                                                                 "fixedColor": c}}]}
-                       for n, c in (("critical", "red"), ("warning", "orange"),
-                                    ("info", "blue"))],
-            options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "",
-                                       "values": False},
-                     "orientation": "horizontal", "displayMode": "basic",
-                     "showUnfilled": True, "valueMode": "color"},
-            description=f"Alerts raised and not cleared (raises minus clears over "
-                        f"{_FIRING_WINDOW}, from the alert engine's 'alerts' measurement).")
+    last_event = ('SELECT last("count") AS "n", "event", "severity" FROM "alerts" WHERE '
+                  f'"event" =~ /^(raise|worse|clear)$/ AND time > now() - {_FIRING_WINDOW} '
+                  f'AND {_F_COUNTY} GROUP BY "county", "farm", "family", "scope", "scope_id"')
+    b.panel("bargauge", "Alerts firing by severity", [
+        (_target(f'SELECT count("n") AS "{sev}" FROM ({last_event}) WHERE "event" != \'clear\' '
+                 f"AND \"severity\" = '{sev}'", ref, fmt="table"), "single", ("number",))
+        for ref, sev in (("A", "critical"), ("B", "warning"), ("C", "info"))],
+        w=8, h=7, unit="none", decimals=0, interval=None,
+        thresholds=_thresholds((None, "green"), (1, "orange")),
+        overrides=[{"matcher": {"id": "byName", "options": n},
+                    "properties": [{"id": "color", "value": {"mode": "fixed",
+                                                             "fixedColor": c}}]}
+                   for n, c in (("critical", "red"), ("warning", "orange"), ("info", "blue"))],
+        options={"reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+                 "orientation": "horizontal", "displayMode": "basic", "showUnfilled": True,
+                 "valueMode": "color"},
+        description=f"Alert groups whose last event (raise, worse or clear) within "
+                    f"{_FIRING_WINDOW} is not a clear, by their current severity, from the "
+                    f"alert engine's 'alerts' measurement. An empty bar: none firing.")
     per_min = ", ".join(
         f'(SELECT count("{f}") AS "n" FROM "{m}" WHERE $timeFilter AND {_F_COUNTY} {_TS})'
         for m, f in _fields())
@@ -406,7 +405,7 @@ def farm() -> _Board:
         "name": "Alerts", "datasource": DS, "enable": True, "hide": False,
         "iconColor": "red",
         "query": ('SELECT "title", "text" FROM "alerts" WHERE $timeFilter AND '
-                  f"{_F_FARM} AND \"event\" =~ /^(raise|clear|escalate)$/"),
+                  f"{_F_FARM} AND \"event\" =~ /^(raise|worse|clear|escalate)$/"),
         "tagsColumn": "severity,event,scope_id", "textColumn": "text",
         "titleColumn": "title",
     }
@@ -476,11 +475,12 @@ def farm() -> _Board:
         description="Battery of each sensor node.")
     b.panel("table", "Alerts in the time range", [(_target(
         'SELECT "text", "severity", "event", "scope_id" FROM "alerts" WHERE $timeFilter AND '
-        f"{_F_FARM} AND \"event\" =~ /^(raise|clear)$/ ORDER BY time DESC LIMIT 50",
+        f"{_F_FARM} AND \"event\" =~ /^(raise|worse|clear|escalate)$/ ORDER BY time DESC "
+        "LIMIT 50",
         fmt="table"), "table", ("string", "string", "string", "string"))],
         w=12, h=7, unit="none", interval=None, options=_TABLE,
         custom={"align": "auto", "cellOptions": {"type": "auto"}, "inspect": True},
-        description="Raised and cleared alerts, newest first.")
+        description="Alerts raised, worsened, escalated and cleared, newest first.")
     return b
 
 
@@ -576,12 +576,13 @@ def gateway_health() -> _Board:
             ("number",))], w=12, h=8, unit=unit, thresholds=steps,
             custom=_DASHED if steps else _LINE, options=_LEGEND, description=desc)
     b.panel("timeseries", "Readings dropped", [(_target(
-        f'SELECT non_negative_difference(max("dropped")) FROM "gateway" WHERE $timeFilter '
+        f'SELECT max("dropped") FROM "gateway" WHERE $timeFilter '
         f'AND {where} {_TS}, "gateway" fill(none)', alias="$tag_gateway"), "timeseries",
         ("number",))], w=12, h=8, unit="short", decimals=0,
-        thresholds=_thresholds((None, "green"), (1, "red")), custom=_BARS, options=_LEGEND,
-        description="Readings the gateway had to drop (outbox full), per interval. Should "
-                    "stay at 0.")
+        thresholds=_thresholds((None, "green"), (1, "red")), custom=_DASHED, options=_LEGEND,
+        description="Readings the gateway had to drop since its agent started (outbox full "
+                    "or too old), as its status reports them. Should stay at 0; a step up "
+                    "means readings were lost on the farm.")
     b.panel("timeseries", "Messages missing (sequence gaps)", [(_target(
         f'SELECT sum("seq_gap") FROM "gateway" WHERE $timeFilter AND {where} '
         f'{_TS}, "gateway" fill(none)', alias="$tag_gateway"), "timeseries", ("number",))],

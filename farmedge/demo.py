@@ -86,6 +86,7 @@ class Demo:
         self._sim_thread: threading.Thread | None = None
         self._sim_error: BaseException | None = None
         self._sim_stop = threading.Event()
+        self._inbox = _Inbox()
 
     # -- output ------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -130,12 +131,66 @@ class Demo:
         self._say(f"  broker   {mq.url}  (Mosquitto, log {mq.log_path})")
         self._say(f"  InfluxDB {ix.url}  database {DATABASE!r}  (log {ix.log_path})")
 
+    def _registry(self) -> Path:
+        """A gateway registry for the simulated farms: plots with their soil
+        constants and crop, the herd, and contacts whose messages the demo's
+        own receiver collects (json:// is Apprise's JSON-over-HTTP target)."""
+        import yaml
+
+        from farmedge.simdata import make_farms
+
+        base = f"json://127.0.0.1:{self._inbox.port}/sms"
+        farms = []
+        for i, fs in enumerate(make_farms(seed=self.seed, county=COUNTY, farms=self.farms,
+                                          gateways_per_farm=self.gateways_per_farm,
+                                          sensors=self.sensors), start=1):
+            crop = "maize" if i % 3 else "soybean"
+            plots: dict[str, Any] = {}
+            animals: list[str] = []
+            gateways: dict[str, Any] = {}
+            for gw in fs.gateways:
+                sensors: dict[str, Any] = {}
+                for s in gw.sensors:
+                    meta: dict[str, Any] = {"interval_s": self.interval}
+                    soil = s.soil_constants()
+                    if soil is not None:
+                        plot = s.sensor.replace("soil", "field")
+                        plots[plot] = {"name": plot.replace("field-", "") + "号地", "crop": crop,
+                                       "field_capacity": soil[0], "wilting_point": soil[1]}
+                        meta.update(plot=plot, crop=crop, depth_cm=10)
+                    if s.animal is not None:
+                        meta["animal"] = s.animal
+                        if s.animal not in animals:
+                            animals.append(s.animal)
+                    sensors.setdefault(s.sensor, {}).update(meta)
+                gateways[gw.gateway] = {"interval_s": self.interval, "sensors": sensors}
+            farm: dict[str, Any] = {
+                "county": COUNTY, "farm": fs.farm, "name": f"示范农场 {i}",
+                "language": "zh", "gateways": gateways, "plots": plots,
+                "contacts": [{"name": f"farmer {i}", "language": "zh" if i % 2 else "en",
+                              "notify": [f"{base}/{fs.farm}"]}],
+            }
+            if animals and _has_herds():
+                farm["herds"] = {"cattle": {"name": "肉牛", "animals": animals}}
+            farms.append(farm)
+        doc = {"farms": farms, "center_contacts": [
+            {"name": "county agronomist", "language": "en", "agronomist": True,
+             "notify": [f"{base}/center"]}]}
+        path = self.root / "registry.yaml"
+        path.write_text("## Gateway registry of the demo's simulated farms, written by "
+                        "'farmedge demo'.\n"
+                        + yaml.safe_dump(doc, allow_unicode=True, sort_keys=False),
+                        encoding="utf-8")
+        return path
+
     def _edge_config(self, http_port: int) -> Path:
         path = self.root / "edge.toml"
+        registry = self._registry()
         path.write_text(
             "## Edge service configuration written by 'farmedge demo'\n"
             "## (config.example.toml documents every key).\n"
-            f"data_dir = {json.dumps(str(self.root / 'edge'))}\n\n"
+            f"data_dir = {json.dumps(str(self.root / 'edge'))}\n"
+            f"registry = {json.dumps(str(registry))}\n\n"
             "[mqtt]\n"
             f"url = {json.dumps(self._mqtt_url)}\n\n"
             "[influx]\n"
@@ -150,6 +205,7 @@ class Demo:
     def _start_edge(self) -> None:
         from farmedge.devservers import free_port
 
+        self._inbox.start()
         port = free_port()
         config = self._edge_config(port)
         log_path = self.root / "edge.log"
@@ -255,6 +311,7 @@ class Demo:
             self._final(stats, snap)
         for p in reversed(self._procs):
             p.stop()
+        self._inbox.stop()
         if not self.keep_data and self.root.exists():
             shutil.rmtree(self.root, ignore_errors=True)
             self._say(f"Removed {self.root} (--keep-data keeps it).")
@@ -323,13 +380,23 @@ class Demo:
             lines.append(f"  [{a.get('severity', '?')}] {a.get('farm', '?')}: {text}"[:120])
         return lines
 
+    def _message_lines(self, limit: int = 5) -> list[str]:
+        got = self._inbox.messages()
+        if not got:
+            return []
+        lines = [f"  messages to farmers  {len(got)} (latest first)"]
+        for to, text in reversed(got[-limit:]):
+            lines.append(f"  -> {to}: {' '.join(text.split())}"[:120])
+        return lines
+
     def _show(self, snap: Snapshot, rate: float, elapsed: float) -> None:
         stats = self._sim.stats if self._sim else None
         rejected = sum(snap.rejected.values())
         reasons = ", ".join(f"{r} {n}" for r, n in snap.rejected.most_common()) or "none"
         if not self.live_screen:
             self._say(f"[{elapsed:5.0f} s] {rate:6.0f} readings/s written, {snap.stored} stored, "
-                      f"{rejected} rejected ({reasons}), {snap.alerts_raised} alerts")
+                      f"{rejected} rejected ({reasons}), {snap.alerts_raised} alerts, "
+                      f"{len(self._inbox.messages())} messages to farmers")
             return
         lines = [
             f"farmedge demo  {time.strftime('%H:%M:%S')}  running {elapsed:.0f} s"
@@ -344,6 +411,7 @@ class Demo:
                   f"  rejected by the edge {rejected}: {reasons}", "",
                   f"  alerts raised        {snap.alerts_raised}"]
         lines += self._alert_lines(snap)
+        lines += self._message_lines()
         self.out.write("\x1b[H\x1b[2J" + "\n".join(lines) + "\n")
         self.out.flush()
 
@@ -365,8 +433,64 @@ class Demo:
         self._say(f"  alerts raised {snap.alerts_raised}")
         for line in self._alert_lines(snap):
             self._say(line)
+        for line in self._message_lines():
+            self._say(line)
         for line in self._farm_lines(snap):
             self._say(line)
+
+
+def _has_herds() -> bool:
+    from farmedge.registry import Farm
+
+    return "herds" in Farm.model_fields
+
+
+class _Inbox:
+    """A local HTTP endpoint standing in for the SMS gateway: the registry's
+    contacts notify ``json://127.0.0.1:<port>/sms/<farm>`` (Apprise posts
+    ``{"title": ..., "message": ...}``) and the demo shows what arrived."""
+
+    def __init__(self) -> None:
+        self._got: list[tuple[str, str]] = []
+        self._lock = threading.Lock()
+        self._server: Any = None
+        self.port = 0
+
+    def start(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        inbox = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    doc = json.loads(body)
+                    text = str(doc.get("message") or doc.get("body") or doc.get("title") or "")
+                except (ValueError, AttributeError):
+                    text = body.decode("utf-8", "replace")
+                with inbox._lock:
+                    inbox._got.append((self.path.rsplit("/", 1)[-1], text))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: Any) -> None:
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = int(self._server.server_address[1])
+        threading.Thread(target=self._server.serve_forever, name="inbox", daemon=True).start()
+
+    def messages(self) -> list[tuple[str, str]]:
+        with self._lock:
+            return list(self._got)
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+            self._server = None
 
 
 def _tail(path: Path, chars: int = 2000) -> str:

@@ -605,6 +605,13 @@ class SensorSim:
     def unit(self) -> str:
         return self._kind.unit
 
+    def soil_constants(self) -> tuple[float, float] | None:
+        """(field capacity, wilting point) in %VWC of a soil sensor's plot,
+        as a registry would list them; None for other kinds."""
+        if isinstance(self._model, _Plot):
+            return round(self._model.fc, 1), round(self._model.wp, 1)
+        return None
+
     def true_value(self, ts: int, *, interval_ms: int = 60_000) -> float:
         """The physical quantity at ``ts`` in the kind's unit, without sensor noise.
         ``interval_ms`` is the time since the previous reading (for rainfall)."""

@@ -4,17 +4,24 @@ what the broker answered."""
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import queue
+import re
 import threading
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from farmedge.devservers import MosquittoServer
+from farmedge.devservers import InfluxServer, MosquittoServer
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -28,6 +35,10 @@ class ShippedBroker(MosquittoServer):
     and listener moved into a temporary folder. Password file and ACL live in
     ``config_dir`` (what ``farmedge provision --broker-dir`` writes)."""
 
+    #: Also enable the shipped (commented) TLS listener on this port, with
+    #: certificates from ``workdir``/certs.
+    tls_port: int = 0
+
     @property
     def config_dir(self) -> Path:
         return self.workdir / "config"
@@ -38,8 +49,13 @@ class ShippedBroker(MosquittoServer):
         for line in text.splitlines():
             if line.strip() == "listener 1883":
                 line = f"listener {self.port} 127.0.0.1"
+            if self.tls_port and line.startswith("# ") and any(
+                    line[2:].startswith(k) for k in ("listener 8883", "certfile", "keyfile",
+                                                     "cafile", "tls_version")):
+                line = line[2:].replace("listener 8883", f"listener {self.tls_port} 127.0.0.1")
             lines.append(line.replace("/mosquitto/config/", f"{self.config_dir}/")
-                         .replace("/mosquitto/data/", f"{self.workdir}/data/"))
+                         .replace("/mosquitto/data/", f"{self.workdir}/data/")
+                         .replace("/mosquitto/certs/", f"{self.workdir}/certs/"))
         # Run as root, Mosquitto switches to the user "mosquitto", which cannot
         # read pytest's temporary folders; stay the user the tests run as.
         own_user = "user root\n" if os.geteuid() == 0 else ""
@@ -206,35 +222,50 @@ def make_scenario(county: str, *, now_ms: int | None = None, hours: int = 6,
                     sick, [f.farm for f in sims])
 
 
-def alert_lines(county: str, farm: str, now_ms: int) -> list[str]:
+def alert_lines(county: str, farm: str, now_ms: int, *, other_farm: str) -> list[str]:
     """Alert events shaped like the alert engine's InfluxDB records
-    (measurement ``alerts``; docs/alerts.md): a dry plot raised and cleared, a
-    fever raised and still firing."""
-    def ev(ts: int, event: str, rule: str, severity: str, scope: str, scope_id: str,
-           text: str) -> str:
-        return (f"alerts,county={county},farm={farm},event={event},rule={rule},"
-                f"family=agronomic,severity={severity},scope={scope},scope_id={scope_id} "
+    (measurement ``alerts``, tags county/farm/event/rule/family/severity/
+    scope/scope_id; docs/alerts.md). Firing at the end: two critical (a
+    fever; a dry plot that worsened to severe drought), one warning (a dry
+    plot on ``other_farm``), one info (an unsynced clock); one dry plot
+    raised and cleared."""
+    def ev(ts: int, event: str, rule: str, family: str, severity: str, scope: str,
+           scope_id: str, text: str, on: str = farm) -> str:
+        return (f"alerts,county={county},farm={on},event={event},rule={rule},"
+                f"family={family},severity={severity},scope={scope},scope_id={scope_id} "
                 f'group="{scope_id}",count=1i,title="{event} {rule}",text="{text}" {ts}')
+    h = HOUR_MS
     return [
-        ev(now_ms - 3 * HOUR_MS, "raise", "maize-blacksoil/dry", "warning", "plot", "field-1",
-           "3号地土壤偏干"),
-        ev(now_ms - 2 * HOUR_MS, "clear", "maize-blacksoil/dry", "warning", "plot", "field-1",
-           "3号地土壤恢复"),
-        ev(now_ms - HOUR_MS, "raise", "cattle/fever", "critical", "animal", "cow-17",
+        ev(now_ms - 3 * h, "raise", "maize-blacksoil/dry", "drought", "warning", "plot",
+           "field-1", "1号地土壤偏干"),
+        ev(now_ms - 3 * h + 5, "delivered", "maize-blacksoil/dry", "drought", "warning",
+           "plot", "field-1", "sent"),
+        ev(now_ms - 2 * h, "clear", "maize-blacksoil/dry", "drought", "warning", "plot",
+           "field-1", "1号地土壤恢复"),
+        ev(now_ms - h, "raise", "cattle/fever", "fever", "critical", "animal", "cow-17",
            "17号牛发烧"),
+        ev(now_ms - 50 * 60_000, "raise", "maize-blacksoil/dry", "drought", "warning", "plot",
+           "field-2", "2号地土壤偏干"),
+        ev(now_ms - 40 * 60_000, "worse", "maize-blacksoil/severe-drought", "drought",
+           "critical", "plot", "field-2", "2号地严重干旱"),
+        ev(now_ms - 30 * 60_000, "raise", "device/clock-unsynced", "device", "info", "gateway",
+           "gw-001-1", "网关时钟未同步"),
+        ev(now_ms - 20 * 60_000, "raise", "maize-blacksoil/dry", "drought", "warning", "plot",
+           "field-1", "1号地土壤偏干", on=other_farm),
     ]
 
 
-def write_lines(url: str, db: str, lines: list[str]) -> None:
+def write_lines(url: str, db: str, lines: list[str],
+                user: tuple[str, str] | None = None) -> None:
     """Write line protocol (ms precision), retrying the 500s Debian's
     InfluxDB 1.6 answers now and then under concurrent writes."""
-    import urllib.error
-    import urllib.request
-
     body = "\n".join(lines).encode()
     for attempt in range(20):
         req = urllib.request.Request(f"{url}/write?db={db}&precision=ms", data=body,
                                      method="POST")
+        if user:
+            token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+            req.add_header("Authorization", f"Basic {token}")
         try:
             with urllib.request.urlopen(req, timeout=30) as r:
                 assert r.status == 204
@@ -245,64 +276,153 @@ def write_lines(url: str, db: str, lines: list[str]) -> None:
         time.sleep(0.1 * (attempt + 1))
 
 
-def lines_like_the_edge(sc: Scenario, *, now_ms: int) -> list[str]:
-    """The scenario's messages as the edge stores them (docs/storage.md):
-    readings with registry tags, dead letters, gateway status and sequence
-    gaps, and the edge's own metrics every 10 s. Used until the edge runs in
-    these tests."""
+# -- InfluxDB 1.x with authentication and deploy/influxdb/v1-setup.iql --------
+
+ENV = {"INFLUX_DATABASE": "farmedge", "INFLUX_EDGE_USER": "farmedge-edge",
+       "INFLUX_EDGE_PASSWORD": "edge-pw-1", "INFLUX_GRAFANA_USER": "farmedge-grafana",
+       "INFLUX_GRAFANA_PASSWORD": "grafana-pw-1"}
+ADMIN = ("admin", "admin-pw-1")
+
+
+@dataclass
+class AuthInflux(InfluxServer):
+    def conf_text(self) -> str:
+        return super().conf_text().replace("auth-enabled = false", "auth-enabled = true")
+
+
+def _request(url: str, path: str, *, user: tuple[str, str] | None, data: dict[str, str] | None
+             = None, body: bytes | None = None) -> tuple[int, Any]:
+    if data is not None:
+        body = urllib.parse.urlencode(data).encode()
+    req = urllib.request.Request(url + path, data=body, method="POST")
+    if user:
+        token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
+        req.add_header("Authorization", f"Basic {token}")
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            raw = r.read()
+            return r.status, json.loads(raw) if raw else None
+    except urllib.error.HTTPError as exc:
+        raw = exc.read()
+        return exc.code, json.loads(raw) if raw else None
+
+
+def query(url: str, q: str, user: tuple[str, str], db: str = "farmedge") -> list[dict[str, Any]]:
+    status, doc = _request(url, "/query", user=user, data={"q": q, "db": db, "epoch": "ms"})
+    assert status == 200, (status, doc)
+    out: list[dict[str, Any]] = []
+    for res in doc["results"]:
+        assert "error" not in res, res["error"]
+        out.extend(res.get("series", []))
+    return out
+
+
+def envsubst(text: str, env: dict[str, str]) -> str:
+    """What GNU envsubst does: $NAME and ${NAME} become the variable's value
+    (empty when unset); every other "$" stays."""
+    return re.sub(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)",
+                  lambda m: env.get(m.group(1) or m.group(2), ""), text)
+
+
+def statements() -> list[str]:
+    text = envsubst((DEPLOY / "influxdb" / "v1-setup.iql").read_text(), ENV)
+    return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("--")]
+
+
+def setup_v1(server: AuthInflux) -> AuthInflux:
+    """Create the admin user, then run v1-setup.iql as the admin."""
+    # The first user may be created without credentials; it must be an admin.
+    status, doc = _request(server.url, "/query", user=None, data={
+        "q": f"CREATE USER {ADMIN[0]} WITH PASSWORD '{ADMIN[1]}' WITH ALL PRIVILEGES"})
+    assert status == 200, doc
+    for stmt in statements():
+        query(server.url, stmt, ADMIN)
+    return server
+
+
+EDGE_USER = (ENV["INFLUX_EDGE_USER"], ENV["INFLUX_EDGE_PASSWORD"])
+GRAFANA_USER = (ENV["INFLUX_GRAFANA_USER"], ENV["INFLUX_GRAFANA_PASSWORD"])
+
+
+# -- the real pipeline: simulated gateways → Mosquitto → edge → InfluxDB ------
+
+@dataclass
+class Pipeline:
+    """Servers and credentials of one run of the whole pipeline, as the
+    service center runs it: the shipped broker config with provisioned
+    credentials, InfluxDB with authentication and v1-setup.iql's users (the
+    edge writes with the write-only one), the edge with the registry."""
+
+    broker: ShippedBroker
+    influx: AuthInflux
+    edge: Any  # tests.edgeproc.EdgeProcess
+    edge_started_ms: int
+    simulator_password: str
+
+    def stop(self) -> None:
+        self.edge.stop()
+        self.broker.stop()
+        self.influx.stop()
+
+
+def start_pipeline(root: Path, registry_yaml: str, *, county: str) -> Pipeline:
+    from farmedge.provision import broker as creds
+
+    from .edgeproc import EdgeProcess
+
+    influx = setup_v1(AuthInflux(root / "influxdb").start())
+    broker = ShippedBroker(root / "broker").start()
+    passwd, acl = broker.config_dir / "passwd", broker.config_dir / "acl"
+    edge_pw, sim_pw = creds.new_password(), creds.new_password()
+    creds.acl_add_edge(acl, "edge")
+    creds.passwd_set(passwd, "edge", edge_pw)
+    creds.acl_add_publisher(acl, "simulator")
+    creds.passwd_set(passwd, "simulator", sim_pw)
+    broker.reload()
+
+    def loaded() -> bool:
+        c = Client(broker.port, "edge", edge_pw)
+        ok = c.connect() == 0
+        c.close()
+        return ok
+
+    from .support import eventually
+
+    eventually(loaded, what="broker credentials loaded")
+    reg = root / "registry.yaml"
+    reg.write_text(registry_yaml)
+    started = int(time.time() * 1000)
+    edge = EdgeProcess(
+        mqtt_url=f"mqtt://127.0.0.1:{broker.port}", influx_url=influx.url,
+        database=ENV["INFLUX_DATABASE"], data_dir=root / "edge", county=county,
+        extra_env={"FARMEDGE_MQTT_USERNAME": "edge", "FARMEDGE_MQTT_PASSWORD": edge_pw,
+                   "FARMEDGE_INFLUX_USERNAME": EDGE_USER[0],
+                   "FARMEDGE_INFLUX_PASSWORD": EDGE_USER[1],
+                   "FARMEDGE_INFLUX_CREATE_DATABASE": "false",
+                   "FARMEDGE_REGISTRY": str(reg), "FARMEDGE_INSTANCE": "edge-1"}).start()
+    return Pipeline(broker, influx, edge, started, sim_pw)
+
+
+def publish_scenario(p: Pipeline, sc: Scenario) -> int:
+    """Publish the scenario's messages as the gateways would (status
+    retained), each acknowledged by the broker; return the number of valid
+    readings sent."""
     import json
 
-    import yaml
+    from farmedge.contract import parse_telemetry
 
-    from farmedge.contract import parse_gateway_topic, parse_telemetry
-    from farmedge.registry import Registry
-
-    index = Registry.model_validate(yaml.safe_load(sc.registry_yaml)).index()
-    out: list[str] = []
-    last_seq: dict[str, int] = {}
-    readings = errors = 0
-    for topic, payload in sc.messages:
-        gt = parse_gateway_topic(topic)
-        base = f"county={gt.county},farm={gt.farm},gateway={gt.gateway}"
-        if gt.channel == "status":
-            st = json.loads(payload)
-            fields = [f"online={'true' if st['online'] else 'false'}"]
-            for k in ("uptime_s", "outbox_oldest_age_s", "cpu_temperature", "disk_free_mb"):
-                if k in st:
-                    fields.append(f"{k}={float(st[k])}")
-            for k in ("outbox_depth", "dropped"):
-                if k in st:
-                    fields.append(f"{k}={int(st[k])}i")
-            if "clock" in st:
-                fields += [f'clock="{st["clock"]}"',
-                           f"clock_synced={'true' if st['clock'] == 'synced' else 'false'}"]
-            out.append(f"gateway,{base} {','.join(fields)} {st['ts']}")
-            continue
-        parsed = parse_telemetry(payload)
-        env = parsed.envelope
-        prev = last_seq.get(gt.gateway)
-        if prev is not None and env.seq > prev + 1:
-            out.append(f"gateway,{base} seq_gap={env.seq - prev - 1}i {env.sent}")
-        last_seq[gt.gateway] = env.seq
-        sensors = index[(gt.county, gt.farm, gt.gateway)][1].sensors
-        for r in parsed.readings:
-            meta = sensors.get(r.sensor)
-            tags = dict(meta.tags()) if meta else {}
-            if r.animal:
-                tags["animal"] = r.animal
-            extra = "".join(f",{k}={v}" for k, v in sorted(tags.items()))
-            out.append(f"{r.kind.measurement},{base},sensor={r.sensor}{extra} "
-                       f"{r.kind.field}={r.value} {r.ts_ms}")
-        for rej in parsed.rejected:
-            # The edge stamps dead letters with its own clock, 1 ms apart.
-            errors += 1
-            out.append(f"ingest_errors,{base},reason={rej.reason},edge=edge-1 "
-                       f'topic="{topic}",detail="{rej.detail}",excerpt="-",count=1i '
-                       f"{now_ms - 60_000 + errors}")
-        readings += len(parsed.readings)
-    for k in range(7):
-        ts = now_ms - (6 - k) * 10_000
-        out.append(f"edge,instance=edge-1 messages={k * 40}i,readings={k * 400}i,"
-                   f"spool_lines={max(0, 3 - k)}i,spool_dropped=0i,pending={k % 3}i,"
-                   f"write_p50_ms={4.0 + k},write_p99_ms={12.0 + k} {ts}")
-    return out
+    c = Client(p.broker.port, "simulator", p.simulator_password)
+    assert c.connect() == 0
+    readings = 0
+    try:
+        for topic, payload in sc.messages:
+            if topic.endswith("/status"):
+                info = c.c.publish(topic, payload, qos=1, retain=True)
+                info.wait_for_publish(10)
+                assert json.loads(payload)["gateway"]
+                continue
+            assert c.publish(topic, payload) in {0, 16}
+            readings += len(parse_telemetry(payload).readings)
+    finally:
+        c.close()
+    return readings

@@ -13,6 +13,7 @@ import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from farmedge.registry import load_registry
 from farmedge.simdata import make_farms
 
 from .stack_support import ROOT, Client, ShippedBroker
-from .support import eventually
+from .support import eventually, make_payload
 
 COMPOSE = ROOT / "docker-compose.yml"
 SERVICES = ("mosquitto", "influxdb", "grafana", "edge", "simulator")
@@ -254,3 +255,116 @@ if args[:2] == ["bucket", "list"]:
     assert 'from(bucket: "farmedge")' in task["file"]
     assert 'to(bucket: "farmedge_hourly", org: "farmedge")' in task["file"]
     assert "every: 1h" in task["file"]
+
+
+def _dotenv(path: Path) -> dict[str, str]:
+    out = {}
+    for ln in path.read_text().splitlines():
+        if ln and not ln.startswith("#") and "=" in ln:
+            k, v = ln.split("=", 1)
+            out[k] = v
+    return out
+
+
+def _interpolate(value: str, env: dict[str, str]) -> str:
+    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} interpolation."""
+    def sub(m: re.Match[str]) -> str:
+        name, op, arg = m.group(1), m.group(2), m.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise AssertionError(f"{name} unset: {arg}")
+        return arg or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", sub, value)
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
+    """The edge service's command and environment from docker-compose.yml,
+    with .env.example filled in, run here: host names point at a local
+    Mosquitto (shipped config) and InfluxDB 1.x (v1-setup.iql's write-only
+    user, which the compose file's INFLUX_EDGE_* name), container paths at a
+    temporary folder. The Dockerfile's HEALTHCHECK command then passes, and a
+    gateway provisioned for the registry gets its readings stored."""
+    from farmedge.provision import broker as creds
+
+    from .stack_support import (
+        ENV,
+        GRAFANA_USER,
+        AuthInflux,
+        query,
+        setup_v1,
+    )
+
+    env_file = filled_env(tmp_path)
+    site = _dotenv(env_file)
+    # The InfluxDB users as the site's .env names them.
+    site.update({"INFLUX_EDGE_USER": ENV["INFLUX_EDGE_USER"],
+                 "INFLUX_EDGE_PASSWORD": ENV["INFLUX_EDGE_PASSWORD"],
+                 "INFLUX_DATABASE": ENV["INFLUX_DATABASE"]})
+    influx = setup_v1(AuthInflux(tmp_path / "influx").start())
+    broker = ShippedBroker(tmp_path / "broker").start()
+    proc = None
+    try:
+        edge_pw, gw_pw = creds.new_password(), creds.new_password()
+        creds.acl_add_edge(broker.config_dir / "acl", "edge")
+        creds.passwd_set(broker.config_dir / "passwd", "edge", edge_pw)
+        creds.passwd_set(broker.config_dir / "passwd", "suihua/wang-12/gw-0007", gw_pw)
+        broker.reload()
+        site["EDGE_MQTT_PASSWORD"] = edge_pw
+        site["FARMEDGE_REGISTRY_FILE"] = str(ROOT / "registry.example.yaml")
+
+        svc = compose()["services"]["edge"]
+        http_port = _free_port()
+        env = {k: _interpolate(str(v), site) for k, v in svc["environment"].items()}
+        env.update({
+            "FARMEDGE_MQTT_URL": env["FARMEDGE_MQTT_URL"].replace(
+                "mosquitto:1883", f"127.0.0.1:{broker.port}"),
+            "FARMEDGE_INFLUX_URL": influx.url,
+            "FARMEDGE_HTTP_HOST": "127.0.0.1", "FARMEDGE_HTTP_PORT": str(http_port),
+            "FARMEDGE_DATA_DIR": str(tmp_path / "edge-data"),
+        })
+        binds = [_interpolate(v, site).split(":") for v in svc["volumes"]]
+        mounts = {b[1]: b[0] for b in binds if b[0].startswith(("./", "/"))}
+        env["FARMEDGE_REGISTRY"] = mounts[env["FARMEDGE_REGISTRY"]]
+        base = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
+        log = (tmp_path / "edge.log").open("wb")
+        proc = subprocess.Popen([sys.executable, "-m", "farmedge", *svc["command"]], cwd=ROOT,
+                                env={**base, **env, "PYTHONPATH": str(ROOT)}, stdout=log,
+                                stderr=subprocess.STDOUT)
+        check = json.loads(re.findall(r"^HEALTHCHECK .*\n\s+CMD (\[.*\])",
+                                      (ROOT / "Dockerfile").read_text(), re.M)[0])
+        check = [sys.executable if a == "python" else a.replace(":8080/", f":{http_port}/")
+                 for a in check]
+
+        def healthy() -> bool:
+            assert proc is not None and proc.poll() is None, (tmp_path / "edge.log").read_text()
+            return subprocess.run(check, capture_output=True, timeout=10,
+                                  check=False).returncode == 0
+
+        eventually(healthy, timeout=30, what="the image's health check passes")
+
+        gw = Client(broker.port, "suihua/wang-12/gw-0007", gw_pw)
+        assert gw.connect() == 0
+        ts = int(time.time() * 1000) - 1000
+        payload = make_payload("gw-0007", 1, [{"sensor": "soil-1", "kind": "soil_moisture",
+                                                "ts": ts, "value": 23.4, "unit": "%"}])
+        assert gw.publish("farm/v1/suihua/wang-12/gw-0007/telemetry", payload) in {0, 16}
+        gw.close()
+        rows = eventually(lambda: query(influx.url, 'SELECT "moisture", "plot" FROM "soil"',
+                                        GRAFANA_USER), what="the reading stored")
+        assert rows[0]["values"] == [[ts, 23.4, "field-3"]]
+    finally:
+        if proc is not None:
+            proc.terminate()
+            assert proc.wait(30) == 0
+        broker.stop()
+        influx.stop()
+
+
+def _free_port() -> int:
+    from farmedge.devservers import free_port
+
+    return free_port()

@@ -3,7 +3,6 @@ simulated farms, run without a terminal as ``scripts/demo`` would."""
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
 import signal
@@ -15,12 +14,7 @@ import pytest
 
 from tests.support import eventually
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.servers,
-    pytest.mark.skipif(importlib.util.find_spec("farmedge.edge.cli") is None,
-                       reason="the edge service (farmedge.edge.cli) is not on this branch"),
-]
+pytestmark = [pytest.mark.slow, pytest.mark.servers]
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -5,86 +5,19 @@ writes only, Grafana's reads only)."""
 
 from __future__ import annotations
 
-import base64
 import json
-import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import Any
 
 import pytest
 
-from farmedge.devservers import InfluxServer
-
-from .stack_support import DEPLOY
+from .stack_support import ADMIN, ENV, HOUR_MS, AuthInflux, _request, query, setup_v1, statements
 
 pytestmark = pytest.mark.servers
 
-ENV = {"INFLUX_DATABASE": "farmedge", "INFLUX_EDGE_USER": "farmedge-edge",
-       "INFLUX_EDGE_PASSWORD": "edge-pw-1", "INFLUX_GRAFANA_USER": "farmedge-grafana",
-       "INFLUX_GRAFANA_PASSWORD": "grafana-pw-1"}
-ADMIN = ("admin", "admin-pw-1")
-HOUR = 3_600_000
-
-
-@dataclass
-class AuthInflux(InfluxServer):
-    def conf_text(self) -> str:
-        return super().conf_text().replace("auth-enabled = false", "auth-enabled = true")
-
-
-def _request(url: str, path: str, *, user: tuple[str, str] | None, data: dict[str, str] | None
-             = None, body: bytes | None = None) -> tuple[int, Any]:
-    if data is not None:
-        body = urllib.parse.urlencode(data).encode()
-    req = urllib.request.Request(url + path, data=body, method="POST")
-    if user:
-        token = base64.b64encode(f"{user[0]}:{user[1]}".encode()).decode()
-        req.add_header("Authorization", f"Basic {token}")
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            raw = r.read()
-            return r.status, json.loads(raw) if raw else None
-    except urllib.error.HTTPError as exc:
-        raw = exc.read()
-        return exc.code, json.loads(raw) if raw else None
-
-
-def query(url: str, q: str, user: tuple[str, str], db: str = "farmedge") -> list[dict[str, Any]]:
-    status, doc = _request(url, "/query", user=user, data={"q": q, "db": db, "epoch": "ms"})
-    assert status == 200, (status, doc)
-    out: list[dict[str, Any]] = []
-    for res in doc["results"]:
-        assert "error" not in res, res["error"]
-        out.extend(res.get("series", []))
-    return out
-
-
-def envsubst(text: str, env: dict[str, str]) -> str:
-    """What GNU envsubst does: $NAME and ${NAME} become the variable's value
-    (empty when unset); every other "$" stays."""
-    return re.sub(r"\$\{([A-Za-z_]\w*)\}|\$([A-Za-z_]\w*)",
-                  lambda m: env.get(m.group(1) or m.group(2), ""), text)
-
-
-def statements() -> list[str]:
-    text = envsubst((DEPLOY / "influxdb" / "v1-setup.iql").read_text(), ENV)
-    return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("--")]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthInflux]:
-    s = AuthInflux(tmp_path_factory.mktemp("influx-auth")).start()
-    # The first user may be created without credentials; it must be an admin.
-    status, doc = _request(s.url, "/query", user=None, data={
-        "q": f"CREATE USER {ADMIN[0]} WITH PASSWORD '{ADMIN[1]}' WITH ALL PRIVILEGES"})
-    assert status == 200, doc
-    for stmt in statements():
-        query(s.url, stmt, ADMIN)
+    s = setup_v1(AuthInflux(tmp_path_factory.mktemp("influx-auth")).start())
     yield s
     s.stop()
 
@@ -132,7 +65,7 @@ def test_hourly_downsample_keeps_tags_and_aggregates(server: AuthInflux) -> None
     backfill for late data: mean/min/max per field and series into "hourly",
     rainfall summed, strings and booleans left out."""
     edge = (ENV["INFLUX_EDGE_USER"], ENV["INFLUX_EDGE_PASSWORD"])
-    start = (int(time.time() * 1000) // HOUR - 5) * HOUR
+    start = (int(time.time() * 1000) // HOUR_MS - 5) * HOUR_MS
     lines = []
     for i in range(12):  # every 10 minutes for two hours
         ts = start + i * 600_000
@@ -148,14 +81,14 @@ def test_hourly_downsample_keeps_tags_and_aggregates(server: AuthInflux) -> None
     for stmt in (cq, rain):
         body = stmt[stmt.index("BEGIN ") + 6: stmt.rindex(" END")]
         at = body.index(" GROUP BY")
-        backfill = (f"{body[:at]} WHERE time >= {start}ms AND time < {start + 2 * HOUR}ms"
+        backfill = (f"{body[:at]} WHERE time >= {start}ms AND time < {start + 2 * HOUR_MS}ms"
                     f"{body[at:]}")
         query(server.url, backfill, ADMIN)
     [soil] = query(server.url, 'SELECT * FROM "hourly"."soil" GROUP BY *', ADMIN)
     assert soil["tags"] == {"county": "c", "crop": "maize", "farm": "f", "gateway": "g",
                             "plot": "p1", "sensor": "s1"}
     rows = [dict(zip(soil["columns"], r, strict=True)) for r in soil["values"]]
-    assert [r["time"] for r in rows] == [start, start + HOUR]
+    assert [r["time"] for r in rows] == [start, start + HOUR_MS]
     assert rows[0]["mean_moisture"] == pytest.approx(22.5)
     assert (rows[0]["min_moisture"], rows[0]["max_moisture"]) == (20, 25)
     assert rows[1]["mean_temperature"] == 11.5

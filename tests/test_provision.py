@@ -49,7 +49,7 @@ def gateway(broker: ShippedBroker, tmp_path: Path, county: str, farm: str, gw: s
                     "--registry", str(tmp_path / "registry.yaml"),
                     "--mqtt-url", broker.url, capsys=capsys)
     doc = tomllib.loads(out)
-    assert doc["gateway"] == {"county": county, "farm": farm, "id": gw}
+    assert (doc["county"], doc["farm"], doc["gateway"]) == (county, farm, gw)
     mq: dict[str, str] = doc["mqtt"]
     broker.reload()
     eventually(lambda: _try_connect(broker, mq["username"], mq["password"]),
@@ -260,3 +260,82 @@ def test_bad_ids_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert rc == 1
     assert "county" in capsys.readouterr().err
     assert not (tmp_path / "passwd").exists()
+
+
+def _certs(folder: Path) -> None:
+    """A CA and a server certificate for 127.0.0.1, made with openssl."""
+    folder.mkdir(parents=True, exist_ok=True)
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=folder, check=True, capture_output=True)
+
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test CA",
+        "-keyout", "ca.key", "-out", "ca.crt")
+    (folder / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1",
+        "-keyout", "server.key", "-out", "server.csr")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "2", "-extfile", "ext.cnf", "-out", "server.crt")
+
+
+def test_shipped_tls_listener_works_with_the_sites_certificates(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The TLS block of mosquitto.conf, uncommented as docs/stack.md says,
+    with certificates in the certs folder: a gateway connects over TLS with
+    its credential, verifying the broker; anonymous TLS clients are refused."""
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl is not installed")
+    from farmedge.devservers import free_port
+
+    work = tmp_path / "broker"
+    _certs(work / "certs")
+    b = ShippedBroker(work, tls_port=free_port()).start()
+    try:
+        creds = gateway(b, tmp_path, "suihua", "wang-12", "gw-tls", capsys)
+        for user, password, want in ((creds["username"], creds["password"], {0}),
+                                     (None, None, REFUSED)):
+            c = Client(b.tls_port, user, password)
+            c.c.tls_set(ca_certs=str(work / "certs" / "ca.crt"))
+            assert c.connect() in want
+            c.close()
+    finally:
+        b.stop()
+
+
+def test_shipped_broker_queues_past_mosquittos_default_limit(
+        broker: ShippedBroker, capsys: pytest.CaptureFixture[str]) -> None:
+    """With the edge away, the broker keeps every QoS 1 message for its
+    persistent session: 2,500 messages, past Mosquitto's default of 1000
+    queued per client (which it would drop silently)."""
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+
+    edge_pw = edge(broker, capsys)
+    out = provision("simulator", "--broker-dir", str(broker.config_dir), capsys=capsys)
+    sim_pw = dict(ln.split(": ", 1) for ln in out.splitlines())["password"]
+    broker.reload()
+
+    def session() -> Client:
+        c = Client(broker.port, "edge", edge_pw, client_id="farmedge-edge-1")
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        c.c.connect("127.0.0.1", broker.port, clean_start=False, properties=props)
+        c.c.loop_start()
+        assert c.connack.get(timeout=10) == 0
+        return c
+
+    eventually(lambda: _try_connect(broker, "edge", edge_pw), what="edge credential").close()
+    e = session()
+    assert e.subscribe("farm/v1/+/+/+/telemetry") == [1]
+    e.close()  # away, its session kept
+    pub = eventually(lambda: _try_connect(broker, "simulator", sim_pw), what="simulator")
+    n = 2500
+    infos = [pub.c.publish("farm/v1/c/f/gw/telemetry", str(i).encode(), qos=1)
+             for i in range(n)]
+    for info in infos:
+        info.wait_for_publish(30)
+    pub.close()
+    e = session()
+    got = [int(e.messages.get(timeout=20).payload) for _ in range(n)]
+    assert sorted(got) == list(range(n))
+    e.close()

@@ -27,17 +27,21 @@ def gateway_config_toml(*, county: str, farm: str, gateway: str, mqtt_url: str,
 ## farmedge gateway agent: {user}.
 ## Written by `farmedge provision gateway` on {when}. Copy it onto the gateway
 ## as /etc/farmedge/gateway.toml, readable only by the user the agent runs as:
-## it holds the gateway's broker password. Sensors and every other setting are
-## described in gateway.example.toml; add them below.
+## it holds the gateway's broker password (or move the password to the
+## environment, FARMEDGE_MQTT_PASSWORD). Add the sensors ([[sensors]]) and any
+## other setting from gateway.example.toml, then check the file with
+##   farmedge gateway check-config --config /etc/farmedge/gateway.toml
 
-[gateway]
+## Who this gateway is: its topics are farm/v1/{county}/{farm}/{gateway}/...
+## and the broker lets this account publish nowhere else.
 county = {_s(county)}
 farm = {_s(farm)}
-id = {_s(gateway)}
+gateway = {_s(gateway)}
 
 [mqtt]
-## mqtts:// (TLS, port 8883) for gateways out in the field.
-url = {_s(mqtt_url)}
-username = {_s(user)}
-password = {_s(password)}
+  ## mqtts:// (TLS, port 8883) for gateways out in the field.
+  url = {_s(mqtt_url)}
+  ## The broker account is the gateway's path county/farm/gateway.
+  username = {_s(user)}
+  password = {_s(password)}
 """
