@@ -641,16 +641,16 @@ def test_shipped_profiles_load_and_fit_one_sms() -> None:
 @pytest.mark.parametrize(("text", "expect"), [
     ("profiles:\n  x:\n    rules:\n      - id: a\n        kind: soil_moisture\n"
      "        when: {below: 3}\n        template: nope\n",
-     ":7: profiles.x.rules.a.template: no template 'nope'"),
+     ":7: profiles.x.rules[0].template: no template 'nope'"),
     ("profiles:\n  x:\n    rules:\n      - id: a\n        kind: soil_moist\n"
      "        when: {below: 3}\n        template: soil-dry\n",
-     ":4: [profiles.x.rules] 0: Value error, kind 'soil_moist' is not a contract kind"),
+     ":4: profiles.x.rules[0]: Value error, kind 'soil_moist' is not a contract kind"),
     ("profiles:\n  x:\n    rules:\n      - id: a\n        kind: soil_moisture\n"
      "        when: {below: 3}\n        for: soon\n        template: soil-dry\n",
-     ":7: [profiles.x.rules.0] for: Value error, 'soon' is not a duration"),
+     ":7: profiles.x.rules[0].for: Value error, 'soon' is not a duration"),
     ("templates:\n  t:\n    raise: {zh: '{where}" + "很" * 62 + "', en: x}\n"
      "    clear: {zh: a, en: b}\n",
-     ":2: [templates] t: Value error, raise.zh: 68 characters with the widest values"),
+     ":2: templates.t: Value error, raise.zh: 68 characters with the widest values"),
     ("profiles:\n  a:\n    include: [b]\n  b:\n    include: [a]\n",
      ":3: profiles.a.include: include cycle a -> b -> a"),
 ])
@@ -674,7 +674,7 @@ def test_cli_check_and_templates(tmp_path: Path, dry_rules: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("profiles:\n  x:\n    rulez: []\n")
     r = run("check", str(bad))
-    assert r.returncode == 1 and f"{bad}:3: [profiles.x] rulez: unknown key" in r.stderr
+    assert r.returncode == 1 and f"{bad}:3: profiles.x.rulez: unknown key" in r.stderr
     t = run("templates", "--style", "aliyun", "--language", "zh", "--format", "csv")
     assert t.returncode == 0
     assert "soil-dry,raise,zh,${where}土壤偏干：含水量${reading}%（适宜${low}–${high}%），" \

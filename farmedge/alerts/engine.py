@@ -62,6 +62,7 @@ _RAW_MAX_S = 6 * 3600.0          # raw points kept for short windows
 _FRESH_S = 2 * 3600.0            # latest values that count in a plot/farm aggregate
 _THI_PAIR_S = 1800.0             # temperature and humidity at most this far apart
 _HISTORY_SAVE_S = 300.0          # how often hourly history goes to disk (real seconds)
+_SILENCE_CHECK_S = 10.0         # silence and offline checks at most this often (clock s)
 _STATUS_CHECKS = ("gateway_offline", "sensor_silent", "clock_unsynced", "outbox_backlog")
 
 GKey = tuple[str, str, str]          # county, farm, gateway
@@ -198,8 +199,9 @@ class AlertEngine:
                  clock: Callable[[], float] = time.time) -> None:
         check_registry(rules, registry)
         s = settings or AlertsSettings()
-        if s.default_profile is not None and s.default_profile not in rules.profiles:
-            raise AlertsError(f"default_profile {s.default_profile!r} is not defined")
+        for name in [s.default_profile, *s.crop_profiles.values()]:
+            if name is not None and name not in rules.profiles:
+                raise AlertsError(f"[alerts] profile {name!r} is not defined")
         self.rules = rules
         self.registry = registry
         self.notifier = notifier
@@ -220,8 +222,12 @@ class AlertEngine:
         self._hourly: dict[str, dict[int, list[float]]] = {}
         self._raw: dict[str, deque[tuple[float, float]]] = {}
         self._latest: dict[str, dict[str, tuple[float, float]]] = {}
-        self._flat: dict[str, list[float]] = {}
-        self._bad: dict[str, deque[float]] = {}
+        self._flat: dict[tuple[SKey, str, str], list[float]] = {}
+        self._flat_states: set[tuple[SKey, str]] = set()
+        self._bad: dict[tuple[SKey, str], deque[float]] = {}
+        #: gateways and sensors with a device state (offline, silent, clock, ...)
+        self._flagged: set[tuple[str, ...]] = set()
+        self._last_silence_check = float("-inf")
         self._air: dict[GKey, dict[str, tuple[float, float]]] = {}
         self._base_cache: dict[str, tuple[int, float | None]] = {}
         self._seen_gw: dict[GKey, float] = {}
@@ -241,7 +247,7 @@ class AlertEngine:
         self._started = 0.0
         self._task: asyncio.Task[None] | None = None
         self.stats: dict[str, int] = {
-            "readings": 0, "status": 0, "evaluations": 0, "stale": 0, "raised": 0, "cleared": 0,
+            "readings": 0, "status": 0, "stale": 0, "raised": 0, "cleared": 0,
             "delivered": 0, "failed": 0, "suppressed": 0, "held": 0, "dropped_early": 0,
         }
         #: Called with (delivery, now) just before the notifier (benchmark hook).
@@ -256,6 +262,7 @@ class AlertEngine:
             self._early.append(("r", list(readings)))
             return
         now = self.clock()
+        self.stats["readings"] += len(readings)
         for r in readings:
             self._reading(r, now)
         self._poke()
@@ -279,6 +286,7 @@ class AlertEngine:
 
     def _ctx(self, county: str, farm: str, gateway: str, sensor: str,
              plot: str | None, animal: str | None) -> _Ctx:
+        plot_in, animal_in = plot, animal
         key = (county, farm, gateway, sensor, plot or "", animal or "")
         c = self._ctx_cache.get(key)
         if c is not None:
@@ -317,6 +325,10 @@ class AlertEngine:
                 profile = ge.profile
             if profile is None:
                 profile = f.profile
+            if profile is None:
+                crop = (p.crop if p is not None else None) or (meta.crop if meta else None)
+                if crop is not None:
+                    profile = self.settings.crop_profiles.get(crop)
         if profile is None:
             profile = self.settings.default_profile
         brs: list[BoundRule] = []
@@ -341,6 +353,8 @@ class AlertEngine:
         c = _Ctx(county, farm, gateway, sensor, f, ge, meta, plot, animal, tz, by_kind, any_kind,
                  status)
         self._ctx_cache[key] = c
+        if not plot_in and not animal_in:
+            self._ctx_cache[(county, farm, gateway, sensor)] = c
         return c
 
     def _where(self, ctx: _Ctx, stype: str, sid: str) -> str:
@@ -368,45 +382,64 @@ class AlertEngine:
     # ------------------------------------------------------------ readings
 
     def _reading(self, r: AcceptedReading, now: float) -> None:
-        self.stats["readings"] += 1
-        gk = (r.county, r.farm, r.gateway)
+        # The hot path: keep the common case (no device alert on this sensor
+        # or gateway, nothing out of range) to a few dict operations.
         sk = (r.county, r.farm, r.gateway, r.sensor)
+        gk = (r.county, r.farm, r.gateway)
         self._seen_sensor[sk] = now
         self._seen_gw[gk] = now
-        ctx = self._ctx(r.county, r.farm, r.gateway, r.sensor, r.tags.get("plot"),
-                        r.tags.get("animal"))
+        tags = r.tags
+        if tags:
+            ctx = self._ctx(r.county, r.farm, r.gateway, r.sensor, tags.get("plot"),
+                            tags.get("animal"))
+        else:
+            ctx = self._ctx_cache.get(sk) or self._ctx(r.county, r.farm, r.gateway, r.sensor,
+                                                       None, None)
         ts = r.ts_ms / 1000.0 if r.clock_ok else now
         stale = now - ts > self.settings.max_reading_age_s
         if stale:
             self.stats["stale"] += 1
-        # Device status carried by telemetry: the gateway is up, this sensor speaks.
-        for br, pr in ctx.status:
-            chk = br.rule.check
-            if chk == "gateway_offline" and gk not in self._gw_will:
-                if self._observe_if_present(br, ctx, "gateway", r.gateway, now):
-                    self._refresh_sensors(gk, now)
-            elif chk == "sensor_silent":
-                self._observe_if_present(br, ctx, "sensor", f"{r.gateway}/{r.sensor}", now)
-            elif chk == "clock_unsynced":
-                if not r.clock_ok:
-                    self._observe(br, pr, ctx, "gateway", r.gateway, True, False, 0.0, {}, now)
-                else:
-                    self._observe_if_present(br, ctx, "gateway", r.gateway, now)
-        seen_series: set[str] = set()
-        skey = f"{r.county}/{r.farm}/{r.gateway}/{r.sensor}/{r.kind}"
+        # Device status carried by telemetry: the gateway is up, this sensor
+        # speaks. Only entities that have a device state need a look.
+        if gk in self._flagged or sk in self._flagged or not r.clock_ok:
+            self._device_clear(r, ctx, gk, sk, now)
+        seen_series: set[str] | None = None
         for br, pr in ctx.any_kind:
-            self._out_of_range(br, pr, ctx, r, ts, now)
+            self._out_of_range(br, pr, ctx, r, sk, now)
         rules = ctx.by_kind.get(r.kind)
         if rules:
             for br, pr in rules:
                 rule = br.rule
-                self.stats["evaluations"] += 1
                 if rule.check == "flatline":
-                    self._flatline(br, pr, ctx, r, ts, now)
+                    self._flatline(br, pr, ctx, r, sk, ts, now)
                     continue
                 if stale or r.quality == "error":
                     continue
-                self._threshold(br, pr, ctx, r, ts, now, skey, seen_series)
+                if seen_series is None:
+                    seen_series = set()
+                self._threshold(br, pr, ctx, r, ts, now, seen_series)
+
+    def _device_clear(self, r: AcceptedReading, ctx: _Ctx, gk: GKey, sk: SKey,
+                      now: float) -> None:
+        found = False
+        for br, pr in ctx.status:
+            chk = br.rule.check
+            if chk == "gateway_offline" and gk not in self._gw_will:
+                if self._observe_if_present(br, ctx, "gateway", r.gateway, now):
+                    found = True
+                    self._refresh_sensors(gk, now)
+            elif chk == "sensor_silent":
+                found |= self._observe_if_present(br, ctx, "sensor", f"{r.gateway}/{r.sensor}",
+                                                  now)
+            elif chk == "clock_unsynced":
+                if not r.clock_ok:
+                    found = True
+                    self._observe(br, pr, ctx, "gateway", r.gateway, True, False, 0.0, {}, now)
+                else:
+                    found |= self._observe_if_present(br, ctx, "gateway", r.gateway, now)
+        if not found and not any(k[0] == sk for k in self._flat_states):
+            self._flagged.discard(gk)
+            self._flagged.discard(sk)
 
     def _history(self, skey: str, ts: float, v: float, exclude_below: float | None,
                  base: float | None = None) -> None:
@@ -450,8 +483,9 @@ class AlertEngine:
         return base
 
     def _threshold(self, br: BoundRule, pr: dict[str, float], ctx: _Ctx, r: AcceptedReading,
-                   ts: float, now: float, skey: str, seen_series: set[str]) -> None:
+                   ts: float, now: float, seen_series: set[str]) -> None:
         rule = br.rule
+        skey = f"{r.county}/{r.farm}/{r.gateway}/{r.sensor}/{r.kind}"
         eid = self._scope_id(ctx, rule.entity)
         if eid is None:
             return
@@ -540,31 +574,33 @@ class AlertEngine:
         return (buckets[b][0] / buckets[b][1] - buckets[a][0] / buckets[a][1]) / (b - a)
 
     def _flatline(self, br: BoundRule, pr: dict[str, float], ctx: _Ctx, r: AcceptedReading,
-                  ts: float, now: float) -> None:
-        rule = br.rule
-        eid = f"{ctx.gateway}/{ctx.sensor}"
-        fkey = f"{br.key}|{ctx.county}/{ctx.farm}/{eid}/{r.kind}"
+                  sk: SKey, ts: float, now: float) -> None:
+        fkey = (sk, r.kind, br.key)
         st = self._flat.get(fkey)
-        tol = pr.get("tolerance", 0.0)
-        if st is None or abs(r.value - st[0]) > tol:
+        if st is None or abs(r.value - st[0]) > pr.get("tolerance", 0.0):
             self._flat[fkey] = [r.value, ts]
-            self._observe_if_present(br, ctx, "sensor", eid, now)
+            if (sk, br.key) in self._flat_states:
+                self._flat_states.discard((sk, br.key))
+                self._observe_if_present(br, ctx, "sensor", f"{ctx.gateway}/{ctx.sensor}", now)
             return
         held = ts - st[1]
-        if held >= (rule.window or 43200.0):
-            self._observe(br, pr, ctx, "sensor", eid, True, False, r.value,
-                          {"hours": str(round(held / 3600)), "reading": _fmt(r.value, 1)}, now,
-                          decimals=1)
+        if held >= (br.rule.window or 43200.0):
+            self._flat_states.add((sk, br.key))
+            self._observe(br, pr, ctx, "sensor", f"{ctx.gateway}/{ctx.sensor}", True, False,
+                          r.value, {"hours": str(round(held / 3600)),
+                                    "reading": _fmt(r.value, 1)}, now, decimals=1)
 
     def _out_of_range(self, br: BoundRule, pr: dict[str, float], ctx: _Ctx, r: AcceptedReading,
-                      ts: float, now: float) -> None:
+                      sk: SKey, now: float) -> None:
         rule = br.rule
-        eid = f"{ctx.gateway}/{ctx.sensor}"
         bad = r.quality == "error"
         rng = rule.plausible.get(r.kind)
         if rng is not None and not (rng[0] <= r.value <= rng[1]):
             bad = True
-        bkey = f"{br.key}|{ctx.county}/{ctx.farm}/{eid}"
+        bkey = (sk, br.key)
+        if not bad and bkey not in self._bad:
+            return
+        eid = f"{ctx.gateway}/{ctx.sensor}"
         q = self._bad.get(bkey)
         if q is None:
             if not bad:
@@ -645,6 +681,9 @@ class AlertEngine:
             elif st.status == "clearing" and st.clear_since is not None and \
                     now - st.clear_since >= rule.clear_for:
                 self._resolve(key, st, now)
+        if 0 <= now - self._last_silence_check < _SILENCE_CHECK_S:
+            return
+        self._last_silence_check = now
         gws, sensors = self._known()
         down: set[GKey] = set(self._gw_will)
         for gk in gws:
@@ -712,6 +751,11 @@ class AlertEngine:
                 stype, sid = etype, eid
             family = rule.family or br.key
             gkey = f"{ctx.county}/{ctx.farm}|{family}|{stype}:{sid}"
+            if rule.check is not None:
+                if etype == "gateway":
+                    self._flagged.add((ctx.county, ctx.farm, eid))
+                elif etype == "sensor":
+                    self._flagged.add((ctx.county, ctx.farm, *eid.split("/", 1)))
             st = _State(br.key, ctx.county, ctx.farm, etype, eid, gkey, since=now,
                         family=family, stype=stype, sid=sid,
                         gwhere=self._where(ctx, stype, sid))
@@ -740,8 +784,16 @@ class AlertEngine:
 
     def _step(self, key: str, st: _State, rule: Rule, raise_holds: bool, clear_holds: bool,
               now: float) -> None:
+        prev = st.status
+        if st.holding != raise_holds or st.since == now:
+            self._dirty["states"][key] = st     # new, or its holding changed
         st.holding = raise_holds
-        self._dirty["states"][key] = st
+        self._step_status(key, st, rule, raise_holds, clear_holds, now)
+        if st.status != prev and key in self._states:
+            self._dirty["states"][key] = st
+
+    def _step_status(self, key: str, st: _State, rule: Rule, raise_holds: bool,
+                     clear_holds: bool, now: float) -> None:
         if st.status == "pending":
             if clear_holds and not raise_holds:
                 del self._states[key]
@@ -1046,7 +1098,15 @@ class AlertEngine:
         st.open()
         for k, v in st.load("states").items():
             if v.get("rule") in self._rule_index:
-                self._states[k] = _State(**v)
+                s = self._states[k] = _State(**v)
+                rule = self._rule_index[s.rule][0]
+                if rule.check is not None and s.etype == "gateway":
+                    self._flagged.add((s.county, s.farm, s.eid))
+                elif rule.check is not None and s.etype == "sensor":
+                    gw, _, sensor = s.eid.partition("/")
+                    self._flagged.add((s.county, s.farm, gw, sensor))
+                    if rule.check == "flatline":
+                        self._flat_states.add(((s.county, s.farm, gw, sensor), s.rule))
         for k, v in st.load("groups").items():
             v["dirty"] = False
             self._groups[k] = _Group(**v)
@@ -1087,6 +1147,7 @@ class AlertEngine:
         while self._early:
             what, item = self._early.popleft()
             if what == "r":
+                self.stats["readings"] += len(item)
                 for r in item:
                     self._reading(r, now)
             else:

@@ -114,15 +114,32 @@ class MemoryRecorder:
 
 
 class InfluxRecorder:
-    """Writes events to InfluxDB over the v1 write API (``/write``, precision
-    ms), in batches, retrying 5xx and connection errors with backoff. A bounded
-    queue: past ``max_queue`` events the oldest are dropped and counted."""
+    """Writes events to InfluxDB, v1 write API (``/write``) or v2
+    (``/api/v2/write`` with org, bucket, token), precision ms, in batches,
+    retrying 429/5xx and connection errors with backoff. A bounded queue: past
+    ``max_queue`` events the oldest are dropped and counted."""
 
-    def __init__(self, *, url: str, database: str, token: str | None = None,
-                 flush_s: float = 1.0, max_queue: int = 10_000, max_attempts: int = 5) -> None:
+    def __init__(self, *, url: str, database: str = "farmedge", api: str = "v1",
+                 token: str | None = None, org: str | None = None, bucket: str | None = None,
+                 username: str | None = None, password: str | None = None,
+                 retention_policy: str | None = None, flush_s: float = 1.0,
+                 max_queue: int = 10_000, max_attempts: int = 5) -> None:
         self.url = url.rstrip("/")
         self.database = database
+        self.api = api
         self.token = token
+        self._headers = {"Authorization": f"Token {token}"} if token else {}
+        if api == "v2":
+            self._path = "/api/v2/write"
+            self._params = {"org": org or "", "bucket": bucket or database, "precision": "ms"}
+        else:
+            self._path = "/write"
+            self._params = {"db": database, "precision": "ms"}
+            if retention_policy:
+                self._params["rp"] = retention_policy
+            if username:
+                self._params["u"] = username
+                self._params["p"] = password or ""
         self.flush_s = flush_s
         self.max_attempts = max_attempts
         self._q: deque[str] = deque(maxlen=max_queue)
@@ -139,14 +156,12 @@ class InfluxRecorder:
     async def _write(self, session: Any, lines: list[str]) -> bool:
         import aiohttp
 
-        headers = {"Authorization": f"Token {self.token}"} if self.token else {}
         body = "\n".join(lines).encode()
         delay = 0.2
         for _ in range(self.max_attempts):
             try:
-                async with session.post(f"{self.url}/write",
-                                        params={"db": self.database, "precision": "ms"},
-                                        data=body, headers=headers) as r:
+                async with session.post(f"{self.url}{self._path}", params=self._params,
+                                        data=body, headers=self._headers) as r:
                     if r.status < 300:
                         return True
                     text = (await r.text())[:200]
@@ -188,10 +203,16 @@ class MqttRecorder:
     topic. Uses its own paho client (MQTT 5) with a network thread; publishing
     only queues, so it never blocks the loop. Reconnects by itself."""
 
-    def __init__(self, *, url: str, client_id: str = "", qos: int = 1) -> None:
+    def __init__(self, *, url: str, client_id: str = "", qos: int = 1,
+                 username: str | None = None, password: str | None = None,
+                 ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None) -> None:
         self.url = url
         self.client_id = client_id
         self.qos = qos
+        self.username = username
+        self.password = password
+        self.tls_files = (ca_file, cert_file, key_file)
         self._client: Any = None
         self.published = 0
 
@@ -202,10 +223,12 @@ class MqttRecorder:
         u = urlsplit(self.url)
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
                         protocol=mqtt.MQTTv5)
-        if u.username:
-            c.username_pw_set(u.username, u.password)
-        if u.scheme in ("mqtts", "ssl", "tls"):
-            c.tls_set()
+        user = self.username or u.username
+        if user:
+            c.username_pw_set(user, self.password or u.password)
+        ca, cert, key = self.tls_files
+        if u.scheme in ("mqtts", "ssl", "tls") or ca:
+            c.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
         c.max_queued_messages_set(10_000)
         c.reconnect_delay_set(1, 30)
         port = u.port or (8883 if u.scheme == "mqtts" else 1883)

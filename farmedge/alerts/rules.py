@@ -417,18 +417,18 @@ def load_rules(paths: Sequence[Path | str] = (), *, shipped: bool = True) -> Rul
         for j, inc in enumerate(prof.include):
             if inc not in rs.profiles:
                 line = yaml_line(root, ("profiles", name, "include", j))
-                errors.append(f"{src}:{line}: profiles.{name}.include: no profile {inc!r}")
+                errors.append(f"{src}:{line}: profiles.{name}.include[{j}]: no profile {inc!r}")
         for j, r in enumerate(prof.rules):
             if r.template not in rs.templates:
                 line = yaml_line(root, ("profiles", name, "rules", j, "template"))
-                errors.append(f"{src}:{line}: profiles.{name}.rules.{r.id}.template: "
-                              f"no template {r.template!r}")
+                errors.append(f"{src}:{line}: profiles.{name}.rules[{j}].template: "
+                              f"no template {r.template!r} (rule {r.id})")
             if r.target_of is not None:
                 ok = r.target_of in prof.params
                 if not ok:
                     line = yaml_line(root, ("profiles", name, "rules", j, "target_of"))
-                    errors.append(f"{src}:{line}: profiles.{name}.rules.{r.id}.target_of: "
-                                  f"the profile has no param {r.target_of!r}")
+                    errors.append(f"{src}:{line}: profiles.{name}.rules[{j}].target_of: "
+                                  f"the profile has no param {r.target_of!r} (rule {r.id})")
     if not errors:
         for name in rs.profiles:
             stack: list[str] = []

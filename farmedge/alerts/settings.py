@@ -21,7 +21,11 @@ class AlertsSettings(Section):
     shipped_profiles: bool = True
     #: SQLite file with alert state; default: <data_dir>/alerts.sqlite.
     state_path: Path | None = None
-    #: Profile for farms the registry does not know (open enrollment).
+    #: Profile for plots without one, by the plot's (or sensor's) crop.
+    crop_profiles: dict[str, str] = Field(default_factory=lambda: {
+        "maize": "maize-blacksoil", "corn": "maize-blacksoil",
+        "soybean": "soybean-blacksoil", "rice": "paddy-rice"})
+    #: Profile when nothing else names one (and for farms the registry does not know).
     default_profile: str | None = None
     #: Seconds between timer passes (silence, offline, reminders, quiet hours).
     tick_s: Annotated[float, Field(gt=0)] = 1.0
