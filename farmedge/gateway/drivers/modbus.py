@@ -26,9 +26,9 @@ from .base import Sample, SensorConfig
 
 __all__ = [
     "PROFILES",
+    "ModbusProbe",
     "ModbusRtuConfig",
     "ModbusTcpConfig",
-    "ModbusProbe",
     "ProbeProfile",
     "Register",
 ]
