@@ -107,6 +107,7 @@ class Uplink:
         self._connack: asyncio.Future[int] | None = None
         self._gone = asyncio.Event()
         self._inflight: dict[int, list[Row]] = {}
+        self._gen = 0
         self._cursor = 0
         self._bucket = _Bucket(settings.uplink.max_rate, settings.uplink.batch_max)
         self.log = log.bind(gateway=settings.gateway)
@@ -115,30 +116,40 @@ class Uplink:
 
     # -- paho callbacks (network thread) --------------------------------------
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
-        code = int(getattr(rc, "value", rc))
-        if self._loop is not None and self._connack is not None:
-            self._loop.call_soon_threadsafe(_set_result, self._connack, code)
+    def _callbacks(self, client: Any, gen: int) -> None:
+        """Wire paho's callbacks to this connection's generation: message ids
+        restart with every client, so a late PUBACK of a dead connection must
+        never be taken for one of the next."""
+        loop = self._loop
+        assert loop is not None
 
-    def _on_disconnect(self, client: Any, userdata: Any, flags: Any, rc: Any,
-                       props: Any) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._lost)
+        def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+            code = int(getattr(rc, "value", rc))
+            if self._connack is not None:
+                loop.call_soon_threadsafe(_set_result, self._connack, code)
 
-    def _on_publish(self, client: Any, userdata: Any, mid: int, rc: Any, props: Any) -> None:
-        code = int(getattr(rc, "value", rc) or 0)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._acked, mid, code)
+        def on_disconnect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
+            loop.call_soon_threadsafe(self._lost, gen)
+
+        def on_publish(c: Any, u: Any, mid: int, rc: Any, props: Any) -> None:
+            code = int(getattr(rc, "value", rc) or 0)
+            loop.call_soon_threadsafe(self._acked, gen, mid, code)
+
+        client.on_connect = on_connect
+        client.on_disconnect = on_disconnect
+        client.on_publish = on_publish
 
     # -- loop side --------------------------------------------------------------
 
-    def _lost(self) -> None:
-        self._gone.set()
-        self._wake.set()
+    def _lost(self, gen: int) -> None:
+        if gen == self._gen:
+            self._gone.set()
+            self._wake.set()
 
-    def _acked(self, mid: int, code: int) -> None:
-        self._acks.append((mid, code))
-        self._wake.set()
+    def _acked(self, gen: int, mid: int, code: int) -> None:
+        if gen == self._gen:
+            self._acks.append((mid, code))
+            self._wake.set()
 
     def _make_client(self) -> Any:
         import paho.mqtt.client as mqtt
@@ -159,9 +170,8 @@ class Uplink:
                         retain=True)
         client.max_inflight_messages_set(self.s.uplink.max_inflight + 4)
         client.max_queued_messages_set(0)
-        client.on_connect = self._on_connect
-        client.on_disconnect = self._on_disconnect
-        client.on_publish = self._on_publish
+        self._gen += 1
+        self._callbacks(client, self._gen)
         return client
 
     async def _connect(self) -> Any:
@@ -202,7 +212,7 @@ class Uplink:
             client.disconnect()
         await asyncio.to_thread(client.loop_stop)
 
-    async def run(self, stop: asyncio.Event, *, drained: asyncio.Event | None = None) -> None:
+    async def run(self, stop: asyncio.Event) -> None:
         """Connect, publish, reconnect, until ``stop`` is set and (when
         ``flushing`` is set by the agent) the outbox is empty or the drain
         time is over."""
@@ -229,9 +239,16 @@ class Uplink:
             finally:
                 self.connected = False
                 self._client = None
-                self._inflight.clear()
-                self._acks.clear()
-                self._cursor = 0
+            if not stop.is_set():
+                await self._close(client)
+            # PUBACKs that came in before the connection died still count.
+            await asyncio.sleep(0)
+            with contextlib.suppress(_Disconnected):
+                self._handle_acks()
+            self._gen += 1  # anything later of this connection is ignored
+            self._inflight.clear()
+            self._acks.clear()
+            self._cursor = 0
             if stop.is_set():
                 with contextlib.suppress(Exception):
                     info = client.publish(self.status_topic,
@@ -240,7 +257,6 @@ class Uplink:
                     await asyncio.to_thread(info.wait_for_publish, 2.0)
                 await self._close(client)
                 break
-            await self._close(client)
             wait = self.backoff.next()
             self.log.info("reconnecting", retry_in_s=round(wait, 1))
             await _wait(stop, wait)
@@ -282,6 +298,7 @@ class Uplink:
             if code >= 0x80:
                 self.stats.refused += 1
                 raise _Disconnected(f"broker refused a message (reason code {code:#x})")
+            self.log.debug("acked", mid=mid, gen=self._gen, n=len(rows))
             self.outbox.delete(rows)
             self.stats.readings += len(rows)
         self._progress()
@@ -366,6 +383,9 @@ class Uplink:
         if info.rc != 0:
             raise _Disconnected(f"publish failed (rc {info.rc})")
         self._inflight[info.mid] = rows
+        self.log.debug("sent", mid=info.mid, gen=self._gen, n=len(rows), seq=seq,
+                       first=f"{rows[0].sensor}={rows[0].value:g}",
+                       last=f"{rows[-1].sensor}={rows[-1].value:g}")
         self._cursor = rows[-1].id
         self.stats.messages += 1
         self.stats.bytes += len(payload)
