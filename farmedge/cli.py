@@ -20,6 +20,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "gateway": "farmedge.gateway.cli",
     "simulate": "farmedge.simulate",
     "demo": "farmedge.demo",
+    "provision": "farmedge.provision.cli",
 }
 
 

@@ -109,8 +109,15 @@ def _format(exc: ValidationError, source: str, text: str | None,
         where = f"{source}:{line}" if line else source
         if err.get("type") == "extra_forbidden":
             msg = "unknown key (check its spelling and its section)"
-        lines.append(f"{where}: {_loc_str(loc)}: {msg}")
+        lines.append(f"{where}: {_yaml_loc(loc)}: {msg}")
     return "\n".join(lines)
+
+
+def _yaml_loc(loc: Sequence[int | str]) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
 
 
 def load_settings(cls: type[S], path: Path | str | None) -> S:
@@ -143,6 +150,15 @@ def load_settings(cls: type[S], path: Path | str | None) -> S:
             msg = err.get("msg", "invalid")
             if err.get("type") == "extra_forbidden":
                 msg = "unknown key (check its spelling and its section)"
+            merged = _deep_merge(data, env_values)
+            if _lookup(merged, loc) and isinstance(_value(merged, loc), dict):
+                # A rule over a whole section (e.g. api = "v2" needs a token).
+                sect = "[" + ".".join(str(x) for x in loc) + "]"
+                line = toml_line(text, loc) if text else None
+                where = f"{source}:{line}" if line else (
+                    "environment" if _lookup(env_values, loc) else source)
+                lines.append(f"{where}: {sect}: {msg}")
+                continue
             if _lookup(env_values, loc):
                 env_name = "FARMEDGE_" + "_".join(str(x) for x in loc).upper()
                 where = f"environment variable {env_name}"
@@ -151,6 +167,13 @@ def load_settings(cls: type[S], path: Path | str | None) -> S:
                 where = f"{source}:{line}" if line else source
             lines.append(f"{where}: {_loc_str(loc)}: {msg}")
         raise ConfigError("\n".join(lines)) from None
+
+
+def _value(values: dict[str, Any], loc: Sequence[int | str]) -> Any:
+    node: Any = values
+    for part in loc:
+        node = node[part]
+    return node
 
 
 def _lookup(values: dict[str, Any], loc: Sequence[int | str]) -> bool:

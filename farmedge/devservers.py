@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import shutil
 import signal
 import socket
@@ -116,8 +117,13 @@ class MosquittoServer(_Proc):
 
     def conf_text(self) -> str:
         data = self.workdir / "data"
+        # Started as root, Mosquitto drops to the "mosquitto" user, which
+        # cannot write its persistence file in our folder: sessions and queued
+        # messages would then be lost on restart. Stay the user we are.
+        user = f"user {pwd.getpwuid(os.geteuid()).pw_name}\n"
         return (
-            f"listener {self.port} 127.0.0.1\n"
+            user
+            + f"listener {self.port} 127.0.0.1\n"
             "allow_anonymous true\n"
             "persistence true\n"
             f"persistence_location {data}/\n"

@@ -605,6 +605,13 @@ class SensorSim:
     def unit(self) -> str:
         return self._kind.unit
 
+    def soil_constants(self) -> tuple[float, float] | None:
+        """(field capacity, wilting point) in %VWC of a soil sensor's plot,
+        as a registry would list them; None for other kinds."""
+        if isinstance(self._model, _Plot):
+            return round(self._model.fc, 1), round(self._model.wp, 1)
+        return None
+
     def true_value(self, ts: int, *, interval_ms: int = 60_000) -> float:
         """The physical quantity at ``ts`` in the kind's unit, without sensor noise.
         ``interval_ms`` is the time since the previous reading (for rainfall)."""
@@ -710,9 +717,16 @@ class GatewaySim:
         """One sampling round starting at ``ts``. Sensors are read one after the
         other (a 7-register Modbus read takes about 56 ms, DOMAIN), so each
         channel has its own ``ts``, all before the next round."""
-        step = min(60, interval_ms // max(1, len(self.sensors)))
+        step = self._step(interval_ms)
         return [s.reading(ts + i * step, interval_ms=interval_ms, bad_rate=bad_rate)
                 for i, s in enumerate(self.sensors)]
+
+    def _step(self, interval_ms: int) -> int:
+        return min(60, interval_ms // max(1, len(self.sensors)))
+
+    def round_span(self, interval_ms: int = 60_000) -> int:
+        """Milliseconds from a round's first reading to its last."""
+        return self._step(interval_ms) * (len(self.sensors) - 1)
 
 
 @dataclass(frozen=True)
@@ -738,16 +752,18 @@ def _channels(count: int, channels: tuple[tuple[str, str], ...]) -> list[tuple[s
 def make_farms(*, seed: int = 0, county: str = "demo", farms: int = 3,
                gateways_per_farm: int = 1, sensors: int = 6,
                channels: tuple[tuple[str, str], ...] = DEFAULT_CHANNELS,
-               fever_rate: float = 0.01) -> list[FarmSim]:
-    """``farms`` farms named ``farm-001``..., each with ``gateways_per_farm``
-    gateways (``gw-001-1``...) reading ``sensors`` channels each.
+               fever_rate: float = 0.01, first_farm: int = 1) -> list[FarmSim]:
+    """``farms`` farms named ``farm-001``... (numbered from ``first_farm``),
+    each with ``gateways_per_farm`` gateways (``gw-001-1``...) reading
+    ``sensors`` channels each. A farm's values do not depend on which other
+    farms are made with it.
 
     Channel ids are unique within a farm: a soil probe of the second gateway
     of a farm is ``g2-soil-1``. Boluses and collars with the same number on
     one gateway belong to the same cow.
     """
     out: list[FarmSim] = []
-    for f in range(1, farms + 1):
+    for f in range(first_farm, first_farm + farms):
         farm = f"farm-{f:03d}"
         gws: list[GatewaySim] = []
         for g in range(1, gateways_per_farm + 1):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import unicodedata
+from functools import lru_cache
 
 __all__ = ["ID_MAX_LEN", "ID_PATTERN", "InvalidId", "check_id", "is_valid_id"]
 
@@ -23,7 +24,14 @@ class InvalidId(ValueError):
 
 
 def is_valid_id(value: object) -> bool:
-    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+    return isinstance(value, str) and _valid_str(value)
+
+
+@lru_cache(maxsize=65536)
+def _valid_str(value: str) -> bool:
+    # Ids repeat endlessly (every message names its county, farm, gateway and
+    # sensors), so the answer is cached.
+    if not ID_PATTERN.fullmatch(value):
         return False
     # \w admits a few marks and symbols of category "No"/"Mn"; keep to letters,
     # numbers and the three punctuation characters, and refuse "." and "..".

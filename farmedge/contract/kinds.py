@@ -77,7 +77,9 @@ class Kind:
                 conv = self.aliases.get(unit.strip())
             if conv is None:
                 raise UnitError(f"unit {unit[:20]!r} is not accepted for {self.name}")
-            out = conv(value)
+            # Round away binary noise of the conversion (0.234 m3/m3 -> 23.4 %,
+            # not 23.400000000000002), far below any sensor's resolution.
+            out = round(conv(value), 9)
         if not (self.low <= out <= self.high):
             raise RangeError(
                 f"{self.name} {out:g} {self.unit} is outside {self.low:g}..{self.high:g}"

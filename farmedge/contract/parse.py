@@ -21,7 +21,7 @@ from pydantic import ValidationError
 
 from .codec import CodecError, codec_for
 from .kinds import KINDS, Kind, RangeError, UnitError
-from .models import MAX_PAYLOAD_BYTES, Quality, Reading, TelemetryEnvelope
+from .models import MAX_PAYLOAD_BYTES, Quality, Reading, Telemetry, TelemetryEnvelope
 
 __all__ = [
     "EXCERPT_CHARS",
@@ -101,17 +101,33 @@ def parse_telemetry(payload: bytes, *, content_type: str | None = None) -> Parse
         codec = codec_for(payload, content_type)
     except CodecError as exc:
         raise MessageRejected("bad_encoding", str(exc)) from None
+    obj: Any = None
+    if codec.decode is not None:
+        try:
+            obj = codec.decode(payload)
+        except Exception as exc:  # any decoder failure is bad input
+            raise MessageRejected(
+                "bad_encoding", f"{codec.content_type}: {type(exc).__name__}: {exc}"[:300]
+            ) from None
+    # Fast path: the whole message, every reading included, in one pass.
     try:
-        if codec.decode is None:
-            env = TelemetryEnvelope.model_validate_json(payload)
-        else:
+        whole = (Telemetry.model_validate_json(payload) if obj is None
+                 else Telemetry.model_validate(obj))
+    except ValidationError:
+        pass
+    else:
+        out = ParsedTelemetry(envelope=whole)
+        for i, r in enumerate(whole.readings):
             try:
-                obj = codec.decode(payload)
-            except Exception as exc:
-                raise MessageRejected(
-                    "bad_encoding", f"{codec.content_type}: {type(exc).__name__}: {exc}"[:300]
-                ) from None
-            env = TelemetryEnvelope.model_validate(obj)
+                out.readings.append(_convert(r))
+            except _Reject as rej:
+                out.rejected.append(ReadingRejected(i, rej.reason, rej.detail,
+                                                    excerpt(r.model_dump(mode="json"))))
+        return out
+    # Something is wrong: find out whether it is the message or some readings.
+    try:
+        env = (TelemetryEnvelope.model_validate_json(payload) if obj is None
+               else TelemetryEnvelope.model_validate(obj))
     except ValidationError as exc:
         errs = exc.errors(include_url=False, include_input=False)
         if errs and errs[0].get("type") in {"json_invalid", "json_type"}:
@@ -138,11 +154,15 @@ def _normalize(raw: Any) -> NormalizedReading:
         r = Reading.model_validate(raw)
     except ValidationError as exc:
         raise _Reject("schema", _first_error(exc)) from None
+    return _convert(r)
+
+
+def _convert(r: Reading) -> NormalizedReading:
     kind = KINDS.get(r.kind)
     if kind is None:
         raise _Reject("unknown_kind", f"kind {r.kind[:40]!r} is not in the contract")
     try:
-        value = kind.convert(float(r.value), r.unit)
+        value = kind.convert(r.value, r.unit)
     except UnitError as exc:
         raise _Reject("unknown_unit", str(exc)) from None
     except RangeError as exc:

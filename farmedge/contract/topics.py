@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Literal
 
 from .ids import is_valid_id
@@ -55,7 +56,9 @@ def alerts_topic(county: str, farm: str) -> str:
     return f"{PREFIX}/{county}/{farm}/alerts"
 
 
+@lru_cache(maxsize=65536)
 def parse_gateway_topic(topic: str) -> GatewayTopic:
+    """Split a gateway topic; raises TopicError. Cached: topics repeat."""
     parts = topic.split("/")
     if len(parts) != 6 or parts[0] != "farm" or parts[1] != "v1":
         raise TopicError("topic is not farm/v1/{county}/{farm}/{gateway}/{channel}")

@@ -1,0 +1,50 @@
+"""Prometheus metrics of one edge service (its own registry, so several
+services can live in one process, as they do in the tests)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+__all__ = ["EdgeMetrics"]
+
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class EdgeMetrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.messages = Counter("farmedge_messages", "MQTT messages received", registry=r)
+        self.readings_written = Counter("farmedge_readings_written",
+                                        "Readings written to InfluxDB (directly or on replay)",
+                                        registry=r)
+        self.readings_accepted = Counter("farmedge_readings_accepted",
+                                         "Readings that passed validation", registry=r)
+        self.rejected = Counter("farmedge_rejected", "Messages or readings rejected, by reason",
+                                ["reason"], registry=r)
+        self.spooled_lines = Counter("farmedge_spooled_lines",
+                                     "Lines appended to the local spool", registry=r)
+        self.spool_dropped = Counter("farmedge_spool_dropped_lines",
+                                     "Lines dropped because the spool was full", registry=r)
+        self.spool_depth = Gauge("farmedge_spool_depth_lines", "Lines waiting in the spool",
+                                 registry=r)
+        self.spool_bytes = Gauge("farmedge_spool_bytes", "Bytes the spool holds", registry=r)
+        self.batch_size = Histogram("farmedge_batch_lines", "Lines per InfluxDB write",
+                                    buckets=(1, 10, 100, 500, 1000, 2500, 5000, 10000, 50000),
+                                    registry=r)
+        self.write_latency = Histogram("farmedge_write_latency_seconds",
+                                       "InfluxDB write request latency",
+                                       buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10),
+                                       registry=r)
+        self.write_failures = Counter("farmedge_write_failures",
+                                      "Failed InfluxDB write requests, by HTTP status (0: network)",
+                                      ["status"], registry=r)
+        self.seq_gaps = Counter("farmedge_seq_gap_messages",
+                                "Messages missing in gateways' sequence numbers", registry=r)
+        self.seq_duplicates = Counter("farmedge_seq_duplicate_messages",
+                                      "Messages received again (redelivery)", registry=r)
+        self.pending = Gauge("farmedge_pending_messages",
+                             "Messages received but not yet acknowledged", registry=r)
+        self.mqtt_connected = Gauge("farmedge_mqtt_connected", "1 while connected to the broker",
+                                    registry=r)
+        self.influx_up = Gauge("farmedge_influx_up", "1 while InfluxDB takes writes",
+                               registry=r)

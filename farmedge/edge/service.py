@@ -1,0 +1,509 @@
+"""The edge ingestion service: MQTT → validate → batch → InfluxDB (or the
+local spool) → acknowledge → observers (the alert engine).
+
+Built sink-first, stopped source-first. A message is acknowledged to the
+broker only when every line it produced is durable: accepted by InfluxDB,
+or appended to the spool. On SIGTERM the service stops taking messages,
+writes what it holds, acknowledges it, and exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from farmedge.logs import get_logger, redact_url
+from farmedge.registry import Registry, load_registry
+
+from .events import Observer
+from .influx import InfluxWriter, WriteKind
+from .ingest import Batch, Ingestor
+from .lineproto import escape_tag, field_str
+from .metrics import EdgeMetrics
+from .mqtt import Inbound, MqttSource
+from .settings import EdgeSettings
+from .spool import Spool
+
+__all__ = ["EdgeService", "Health", "build_observers"]
+
+
+def build_observers(settings: EdgeSettings, registry: Registry | None) -> list[Observer]:
+    """The parts that watch ingestion (the alert engine), built from the config.
+    Raises ConfigError for a wrong rules file."""
+    observers: list[Observer] = []
+    return observers
+
+
+@dataclass(slots=True)
+class Health:
+    ok: bool
+    reasons: list[str] = field(default_factory=list)
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class EdgeService:
+    def __init__(self, settings: EdgeSettings, *, registry: Registry | None = None,
+                 observers: Sequence[Observer] | None = None) -> None:
+        self.settings = settings
+        if registry is None and settings.registry is not None:
+            registry = load_registry(settings.registry)
+        self.registry = registry
+        self.observers = list(observers) if observers is not None else build_observers(
+            settings, registry)
+        self.metrics = EdgeMetrics()
+        self.log = get_logger("farmedge.edge", instance=settings.instance)
+        self.ingestor = Ingestor(settings.ingest, registry=registry, instance=settings.instance,
+                                 keep_readings=bool(self.observers))
+        self.writer = InfluxWriter(settings.influx)
+        self.spool = Spool(settings.data_dir / "spool.sqlite3",
+                           max_bytes=int(settings.spool.max_mb * 1024 * 1024))
+        self.mqtt = MqttSource(settings.mqtt, on_messages=self._on_messages)
+        self._inbox: deque[Inbound] = deque()
+        self._wake = asyncio.Event()
+        self._batch = Batch()
+        self._ready: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2)
+        self._queued: deque[Batch] = deque()  # what _ready holds, for health
+        self._writing: Batch | None = None
+        self._stopping = False
+        self._influx_down = False
+        self._influx_error = ""
+        self._auth_alarm = ""
+        self._last_write_ok = 0.0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._http: Any = None
+        self._started = time.monotonic()
+        self.http_port: int | None = None
+        # totals for the `edge` self-metrics point
+        self._written = 0
+        self._spooled = 0
+        self._latency_ms: deque[float] = deque(maxlen=2048)
+
+    # -- inbound ---------------------------------------------------------
+    def _on_messages(self, items: list[Inbound]) -> None:
+        self._inbox.extend(items)
+        self.metrics.messages.inc(len(items))
+        self._wake.set()
+
+    def pending_messages(self) -> int:
+        n = len(self._inbox) + len(self._batch.messages)
+        if self._writing is not None:
+            n += len(self._writing.messages)
+        for b in self._queued:
+            n += len(b.messages)
+        return n
+
+    def _oldest_pending_age(self) -> float:
+        candidates: list[float] = []
+        if self._writing is not None and self._writing.messages:
+            candidates.append(self._writing.messages[0].received_mono)
+        for b in self._queued:
+            if b.messages:
+                candidates.append(b.messages[0].received_mono)
+        if self._batch.messages:
+            candidates.append(self._batch.messages[0].received_mono)
+        if self._inbox:
+            candidates.append(self._inbox[0].received_mono)
+        return time.monotonic() - min(candidates) if candidates else 0.0
+
+    # -- run -------------------------------------------------------------
+    async def run(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        self.log.info("edge.starting", mqtt=redact_url(s.mqtt.url), influx=s.influx.url,
+                      api=s.influx.api, data_dir=str(s.data_dir),
+                      registry=str(s.registry) if s.registry else "open enrollment",
+                      observers=[type(o).__name__ for o in self.observers])
+        await asyncio.to_thread(self.spool.open)
+        if self.spool.lines:
+            self.log.info("spool.found", lines=self.spool.lines, batches=self.spool.batches)
+        await self.writer.start()
+        if not await self.writer.ensure_database():
+            self.log.warning("influx.create_database_failed", database=s.influx.database)
+        if s.http.port:
+            from .http import start_http
+
+            self._http, self.http_port = await start_http(self, s.http.host, s.http.port)
+        loop = asyncio.get_running_loop()
+        for coro in (self._process_loop(), self._write_loop(), self._replay_loop(),
+                     self._housekeeping_loop()):
+            self._tasks.append(asyncio.create_task(coro))
+        for obs in self.observers:
+            start = getattr(obs, "start", None)
+            if start is not None:
+                await start()
+        self.mqtt.start(loop)
+        try:
+            await self._wait_stop(stop)
+        finally:
+            await self._shutdown()
+
+    async def _wait_stop(self, stop: asyncio.Event) -> None:
+        stop_task = asyncio.create_task(stop.wait())
+        done, _ = await asyncio.wait([stop_task, *self._tasks],
+                                     return_when=asyncio.FIRST_COMPLETED)
+        for t in done:
+            if t is not stop_task and t.exception() is not None:
+                self.log.error("edge.task_failed", error=repr(t.exception()))
+        stop_task.cancel()
+
+    async def _shutdown(self) -> None:
+        self.log.info("edge.stopping", pending=self.pending_messages())
+        self._stopping = True
+        self.mqtt.stop_accepting()
+        self._wake.set()
+        process, writer, replay, house = self._tasks
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(process, 60)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(writer, 60)
+        for t in (replay, house):
+            t.cancel()
+            with contextlib.suppress(BaseException):
+                await t
+        for obs in self.observers:
+            close = getattr(obs, "close", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
+        await self.mqtt.stop()
+        if self._http is not None:
+            await self._http.cleanup()
+        await self.writer.close()
+        self.spool.close()
+        self.log.info("edge.stopped", written=self._written, spooled=self._spooled,
+                      spool_lines=self.spool.lines)
+
+    # -- batching --------------------------------------------------------
+    async def _ship(self) -> None:
+        batch, self._batch = self._batch, Batch()
+        self._queued.append(batch)
+        await self._ready.put(batch)
+
+    async def _process_loop(self) -> None:
+        s = self.settings.influx
+        inbox = self._inbox
+        handle = self.ingestor.handle
+        while True:
+            if not inbox:
+                if self._stopping:
+                    break
+                timeout = None
+                if self._batch.lines or self._batch.messages:
+                    age = time.monotonic() - self._batch.created_mono
+                    timeout = max(0.0, s.flush_interval_s - age)
+                if timeout is None or timeout > 0:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), timeout)
+                self._wake.clear()
+            n = 0
+            while inbox:
+                if not self._batch.lines and not self._batch.messages:
+                    self._batch.created_mono = time.monotonic()
+                handle(inbox.popleft(), self._batch)
+                n += 1
+                if len(self._batch.lines) >= s.batch_size:
+                    await self._ship()
+                elif n % 2000 == 0:
+                    await asyncio.sleep(0)  # let acks, health and timers run
+            b = self._batch
+            if (b.lines or b.messages) and (
+                    time.monotonic() - b.created_mono >= s.flush_interval_s or self._stopping):
+                await self._ship()
+        if self._batch.lines or self._batch.messages:
+            await self._ship()
+        await self._ready.put(None)
+
+    # -- writing ---------------------------------------------------------
+    async def _write_loop(self) -> None:
+        while True:
+            batch = await self._ready.get()
+            if batch is None:
+                return
+            self._queued.popleft()
+            self._writing = batch
+            try:
+                await self._deliver(batch)
+            finally:
+                self._writing = None
+
+    async def _deliver(self, batch: Batch) -> None:
+        m = self.metrics
+        if batch.lines:
+            if self._influx_down:
+                leftover = batch.lines
+            else:
+                deadline = time.monotonic() + self.settings.influx.retry_for_s
+                leftover = await self._write_lines(batch.lines, deadline)
+            if leftover:
+                await self._to_spool(leftover)
+            else:
+                m.readings_written.inc(batch.n_readings)
+        acked = self.mqtt.ack(batch.messages)
+        m.readings_accepted.inc(batch.n_readings)
+        self._sync_counters()
+        if acked < sum(1 for x in batch.messages if x.qos > 0):
+            self.log.debug("mqtt.ack_skipped_after_reconnect",
+                           skipped=len(batch.messages) - acked)
+        for obs in self.observers:
+            try:
+                if batch.readings:
+                    obs.on_readings(batch.readings)
+                for ev in batch.statuses:
+                    obs.on_status(ev)
+            except Exception as exc:  # an observer's bug must not stop ingestion
+                self.log.exception("observer.failed", observer=type(obs).__name__,
+                                   error=repr(exc))
+
+    async def _to_spool(self, lines: list[str]) -> None:
+        dropped = await self.spool.append(lines)
+        self._spooled += len(lines)
+        self.metrics.spooled_lines.inc(len(lines))
+        if dropped:
+            self.metrics.spool_dropped.inc(dropped)
+            self.log.error("spool.full_dropped_oldest", dropped_lines=dropped,
+                           total_dropped=self.spool.dropped_lines,
+                           max_mb=self.settings.spool.max_mb)
+        self._update_spool_gauges()
+
+    def _update_spool_gauges(self) -> None:
+        self.metrics.spool_depth.set(self.spool.lines)
+        self.metrics.spool_bytes.set(self.spool.bytes)
+
+    def _backoff(self, attempt: int, retry_after: float | None) -> float:
+        s = self.settings.influx
+        base = min(s.backoff_max_s, s.backoff_min_s * (2 ** min(attempt, 20)))
+        delay = random.uniform(base / 2, base)
+        if retry_after is not None:
+            delay = max(delay, min(retry_after, s.backoff_max_s * 4))
+        return delay
+
+    def _mark_down(self, error: str) -> None:
+        if not self._influx_down:
+            self.log.error("influx.unavailable_spooling", error=error[:300])
+        self._influx_down = True
+        self._influx_error = error
+        self.metrics.influx_up.set(0)
+
+    def _mark_up(self) -> None:
+        if self._influx_down:
+            self.log.info("influx.available_again", spool_lines=self.spool.lines)
+        self._influx_down = False
+        self._influx_error = ""
+        self._last_write_ok = time.monotonic()
+        self.metrics.influx_up.set(1)
+
+    async def _write_lines(self, lines: list[str], deadline: float) -> list[str]:
+        """Write ``lines``; returns the lines that could not be written before
+        ``deadline`` (for the spool). Rejected lines go to the dead-letter
+        path; 413 splits the batch."""
+        m = self.metrics
+        body = "\n".join(lines).encode()
+        attempt = 0
+        while True:
+            res = await self.writer.write(body)
+            if res.elapsed_s:
+                m.write_latency.observe(res.elapsed_s)
+                self._latency_ms.append(res.elapsed_s * 1000)
+            if res.ok:
+                m.batch_size.observe(len(lines))
+                self._written += len(lines)
+                self._mark_up()
+                self._auth_alarm = ""
+                return []
+            m.write_failures.labels(str(res.status)).inc()
+            if res.kind in (WriteKind.TOO_LARGE, WriteKind.REJECTED) and len(lines) > 1:
+                half = len(lines) // 2
+                left = await self._write_lines(lines[:half], deadline)
+                right = await self._write_lines(lines[half:], deadline)
+                return left + right
+            if res.kind is WriteKind.REJECTED or res.kind is WriteKind.TOO_LARGE:
+                self._reject_line(lines[0], res.status, res.error)
+                self._mark_up()
+                return []
+            if res.kind is WriteKind.AUTH:
+                alarm = f"InfluxDB answered {res.status}: {res.error[:200]}"
+                if self._auth_alarm != alarm:
+                    self.log.error("influx.refused", status=res.status, error=res.error,
+                                   hint="check [influx] credentials, database or bucket")
+                self._auth_alarm = alarm
+                self._mark_down(self._auth_alarm)
+                return lines
+            # transient: retry with capped, jittered backoff until the deadline
+            delay = self._backoff(attempt, res.retry_after_s)
+            if time.monotonic() + delay > deadline:
+                self._mark_down(f"{res.status or 'network'}: {res.error}")
+                return lines
+            self.log.warning("influx.retry", status=res.status, error=res.error[:200],
+                             attempt=attempt + 1, delay_s=round(delay, 2))
+            attempt += 1
+            await asyncio.sleep(delay)
+
+    def _reject_line(self, line: str, status: int, error: str) -> None:
+        """A line InfluxDB refuses: record it in the dead-letter path (in the
+        next batch) and move on."""
+        measurement = line.split(",", 1)[0].split(" ", 1)[0]
+        if measurement == "ingest_errors":
+            self.log.error("influx.dead_letter_refused", error=error[:300], line=line[:300])
+            return
+        self.ingestor.dead_letter(self._batch, topic="", reason="influx_rejected",
+                                  detail=f"InfluxDB {status}: {error}"[:500], raw=line)
+        self._wake.set()
+
+    # -- spool replay ----------------------------------------------------
+    async def _replay_loop(self) -> None:
+        s = self.settings
+        attempt = 0
+        progress_at = 0.0
+        started_lines = 0
+        started_at = 0.0
+        done = 0
+        while True:
+            if not self.spool.lines:
+                if started_lines:
+                    self.log.info("spool.replay_done", lines=done,
+                                  seconds=round(time.monotonic() - started_at, 1))
+                    started_lines = done = 0
+                self.spool.changed.clear()
+                await self.spool.changed.wait()
+                continue
+            if self._influx_down:
+                await asyncio.sleep(self._backoff(attempt, None))
+                attempt += 1
+                # After a 401/403/404 try a batch anyway: the credentials or
+                # the database may have been fixed in InfluxDB meanwhile.
+                if not self._auth_alarm and not await self.writer.ping():
+                    continue
+            batch = await self.spool.oldest()
+            if batch is None:
+                continue
+            if not started_lines:
+                started_lines = self.spool.lines
+                started_at = time.monotonic()
+                self.log.info("spool.replay_start", lines=started_lines,
+                              batches=self.spool.batches)
+            leftover = await self._write_lines(batch.lines,
+                                               time.monotonic() + s.influx.retry_for_s)
+            if leftover:
+                continue
+            attempt = 0
+            await self.spool.delete(batch.id)
+            done += len(batch.lines)
+            self.metrics.readings_written.inc(sum(1 for x in batch.lines if _is_reading(x)))
+            self._update_spool_gauges()
+            now = time.monotonic()
+            if now - progress_at >= 5:
+                progress_at = now
+                rate = done / max(1e-6, now - started_at)
+                total = done + self.spool.lines
+                self.log.info("spool.replay_progress", done=done, remaining=self.spool.lines,
+                              percent=round(100 * done / max(1, total), 1),
+                              lines_per_s=round(rate), eta_s=round(self.spool.lines / rate)
+                              if rate else None)
+
+    # -- housekeeping: health probes and the `edge` self-metrics point ----
+    async def _housekeeping_loop(self) -> None:
+        tick = 0
+        while True:
+            await asyncio.sleep(1.0)
+            tick += 1
+            self.metrics.mqtt_connected.set(1 if self.mqtt.connected else 0)
+            self.metrics.pending.set(self.pending_messages())
+            self._update_spool_gauges()
+            if tick % 5 == 0 and not self._influx_down and \
+                    time.monotonic() - self._last_write_ok > 10:
+                if await self.writer.ping():
+                    self._last_write_ok = time.monotonic()
+                    self.metrics.influx_up.set(1)
+                else:
+                    self._mark_down("InfluxDB does not answer /ping")
+            if tick % 10 == 0:
+                self._self_point()
+
+    def _sync_counters(self) -> None:
+        c = self.ingestor.counters
+        m = self.metrics
+        for reason, n in c.rejected.items():
+            m.rejected.labels(reason).inc(n)
+        c.rejected.clear()
+        m.seq_gaps.inc(c.seq_gaps)
+        m.seq_duplicates.inc(c.seq_duplicates)
+        c.seq_gaps = c.seq_duplicates = 0
+
+    def _self_point(self) -> None:
+        lat = sorted(self._latency_ms)
+        p50 = lat[len(lat) // 2] if lat else 0.0
+        p99 = lat[min(len(lat) - 1, int(len(lat) * 0.99))] if lat else 0.0
+        self._latency_ms.clear()
+        c = self.ingestor.counters
+        rejected = sum(int(v) for v in _counter_values(self.metrics.rejected))
+        fields = (f"messages={c.messages}i,readings={c.readings}i,lines_written={self._written}i,"
+                  f"rejected={rejected}i,spooled={self._spooled}i,spool_lines={self.spool.lines}i,"
+                  f"spool_dropped={self.spool.dropped_lines}i,"
+                  f"pending={self.pending_messages()}i,write_p50_ms={p50:.3f},"
+                  f"write_p99_ms={p99:.3f},influx_up={'false' if self._influx_down else 'true'},"
+                  f"mqtt_connected={'true' if self.mqtt.connected else 'false'},"
+                  f"version={field_str(_version())}")
+        self._batch.lines.append(
+            f"edge,instance={escape_tag(self.settings.instance)} {fields} "
+            f"{int(time.time() * 1000)}")
+        self._wake.set()
+
+    # -- health ----------------------------------------------------------
+    def health(self) -> Health:
+        reasons: list[str] = []
+        s = self.settings
+        now = time.monotonic()
+        if not self.mqtt.connected:
+            since = self.mqtt.disconnected_since or now
+            if now - since > 10 or self.mqtt.connects:
+                reasons.append(f"MQTT broker unreachable for {now - since:.0f} s")
+        if self._auth_alarm:
+            reasons.append(self._auth_alarm)
+        elif self._influx_down:
+            reasons.append(f"InfluxDB unavailable, spooling: {self._influx_error[:200]}")
+        age = self._oldest_pending_age()
+        if age > s.http.stall_after_s:
+            reasons.append(f"ingestion stalled: a message has waited {age:.0f} s")
+        details = {
+            "mqtt_connected": self.mqtt.connected,
+            "mqtt_subscribed": self.mqtt.subscribed,
+            "influx_up": not self._influx_down,
+            "pending_messages": self.pending_messages(),
+            "oldest_pending_s": round(age, 1),
+            "spool_lines": self.spool.lines,
+            "spool_bytes": self.spool.bytes,
+            "spool_dropped_lines": self.spool.dropped_lines,
+            "messages": self.ingestor.counters.messages,
+            "readings": self.ingestor.counters.readings,
+            "lines_written": self._written,
+            "uptime_s": round(now - self._started, 1),
+            "version": _version(),
+        }
+        return Health(ok=not reasons, reasons=reasons, details=details)
+
+
+def _counter_values(counter: Any) -> list[float]:
+    out: list[float] = []
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out.append(sample.value)
+    return out
+
+
+_NOT_READINGS = ("ingest_errors,", "edge,", "gateway,")
+
+
+def _is_reading(line: str) -> bool:
+    return not line.startswith(_NOT_READINGS)
+
+
+def _version() -> str:
+    from farmedge import __version__
+
+    return __version__

@@ -1,0 +1,19 @@
+"""Provisioning gateways and edge instances: registry entry, broker
+credential, ACL and the gateway's config file (``farmedge provision``)."""
+
+from __future__ import annotations
+
+from .broker import check_password, hash_password, new_password
+from .errors import ProvisionError
+from .gateway_config import gateway_config_toml
+from .registry_edit import add_gateway, remove_gateway
+
+__all__ = [
+    "ProvisionError",
+    "add_gateway",
+    "check_password",
+    "gateway_config_toml",
+    "hash_password",
+    "new_password",
+    "remove_gateway",
+]
