@@ -134,10 +134,6 @@ class MosquittoServer(_Proc):
             "max_packet_size 1048576\n"
             "log_dest stdout\n"
             "log_type error\nlog_type warning\nlog_type notice\n"
-            # Started as root, Mosquitto drops to user "mosquitto", which
-            # cannot write the persistence file in this folder: sessions
-            # would then be lost on restart ("Error: Permission denied").
-            + ("user root\n" if os.geteuid() == 0 else "")
             + self.extra_conf
         )
 
