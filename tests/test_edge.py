@@ -286,3 +286,20 @@ def test_secrets_never_reach_the_log(mosquitto: MosquittoServer, influxdb: Influ
     log = e.log_path.read_text()
     assert "edge.starting" in log
     assert "s3cret" not in log
+
+
+def test_sequence_gaps_and_duplicates_are_counted(
+        mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
+        tmp_path: Path) -> None:
+    r = [{"sensor": "s1", "kind": "soil_moisture", "ts": NOW, "value": 20.0, "unit": "%"}]
+    with edge_process(mqtt_url=mosquitto.url, influx_url=influxdb.url, database=influx_db,
+                      data_dir=tmp_path / "edge", county=county) as edge:
+        pub = Publisher(mosquitto.url)
+        for seq in (1, 2, 5, 5, 6):
+            pub.publish(f"farm/v1/{county}/f/gw-1/telemetry", make_payload("gw-1", seq, r))
+        pub.close()
+        eventually(lambda: count(influxdb.url, influx_db, "gateway", "seq_gap") == 1)
+        [s] = q(influxdb, influx_db, "SELECT seq_gap FROM gateway")
+        assert s["values"][0][1] == 2
+        eventually(lambda: "farmedge_seq_duplicate_messages_total 1.0" in edge.metrics())
+        assert "farmedge_seq_gap_messages_total 2.0" in edge.metrics()

@@ -213,12 +213,17 @@ class Ingestor:
             if prefix is None:
                 prefix = self._prefix(ck)
             fld = r.kind.field
-            fields = f"{fld}={float_field(r.value)}"
-            if r.quality is not Quality.OK:
-                fields += f',{fld}_quality="{r.quality.value}"'
-            if not synced:
-                fields += f",{fld}_time_estimated=true"
-            lines.append(f"{prefix} {fields} {ts}")
+            # r.value is a finite float (the contract guarantees it), and a
+            # float's repr always reads as a float to InfluxDB ("20.0", "1e+16").
+            if r.quality is Quality.OK and synced:
+                lines.append(f"{prefix} {fld}={r.value!r} {ts}")
+            else:
+                fields = f"{fld}={r.value!r}"
+                if r.quality is not Quality.OK:
+                    fields += f',{fld}_quality="{r.quality.value}"'
+                if not synced:
+                    fields += f",{fld}_time_estimated=true"
+                lines.append(f"{prefix} {fields} {ts}")
             if keep:
                 tags: dict[str, str] = {}
                 if meta.plot:
