@@ -17,6 +17,7 @@ from . import __version__
 # sets ``func`` (args -> exit code) as its default.
 _SUBCOMMANDS: dict[str, str] = {
     "edge": "farmedge.edge.cli",
+    "gateway": "farmedge.gateway.cli",
     "simulate": "farmedge.simulate",
     "demo": "farmedge.demo",
     "provision": "farmedge.provision.cli",

@@ -3,7 +3,7 @@
 A compact payload carries the same envelope and readings as JSON, but batched
 column by column, with every id and unit sent once per message, values as
 decimal integers delta-coded per series, and the whole body compressed.
-docs/protocol-compact.md ("Compact encoding") specifies it byte by byte for
+docs/protocol.md ("Compact encoding") specifies it byte by byte for
 third-party firmware; this module is the reference implementation.
 
 Layout::
@@ -61,7 +61,7 @@ def _shared_dictionary() -> bytes:
 
     It is the UTF-8 bytes of the canonical kind names, each followed by its
     canonical unit, joined with no separator, in the order of the contract's
-    kinds table, followed by a few common words. docs/protocol-compact.md
+    kinds table, followed by a few common words. docs/protocol.md
     prints the exact bytes; changing them is a new compression code.
     """
     names = (

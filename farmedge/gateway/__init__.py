@@ -1,0 +1,22 @@
+"""The farm gateway agent: sensor drivers, a durable SQLite outbox and an
+MQTT uplink, for a Raspberry Pi on a weak, metered link (docs/gateway.md).
+
+It imports the wire contract, the config loader and the simulated data
+generator; never the edge service.
+"""
+
+from __future__ import annotations
+
+from .agent import Agent
+from .clock import ClockSource, FakeClock, SystemClock
+from .drivers import DRIVERS, Driver, Sample
+from .errors import DriverError, GatewayError, OutboxError
+from .outbox import Outbox
+from .settings import GatewaySettings
+from .uplink import Backoff, Uplink
+
+__all__ = [
+    "DRIVERS", "Agent", "Backoff", "ClockSource", "Driver", "DriverError", "FakeClock",
+    "GatewayError", "GatewaySettings", "Outbox", "OutboxError", "Sample", "SystemClock",
+    "Uplink",
+]

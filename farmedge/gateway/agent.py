@@ -1,0 +1,222 @@
+"""The gateway agent: drivers -> sampler -> outbox -> uplink, plus status.
+
+``Agent(settings)`` builds everything and touches nothing; ``await
+agent.run(stop)`` opens the outbox, starts one sampling task per sensor, the
+committer, the uplink and the status task, and on ``stop`` shuts down source
+first: samplers stop, the outbox commits once more, the uplink gets
+``drain_s`` to send what is left, publishes "offline" and disconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from farmedge import __version__
+from farmedge.contract import KINDS, Quality, RangeError, UnitError
+from farmedge.logs import get_logger
+
+from .clock import ClockSource, SystemClock
+from .drivers import Driver, DriverContext, Sample, SensorConfig, build_driver
+from .errors import DriverError
+from .outbox import NewRow, Outbox
+from .settings import GatewaySettings
+from .uplink import Uplink
+
+__all__ = ["Agent", "check_sample"]
+
+log = get_logger("farmedge.gateway")
+
+CPU_TEMP = Path("/sys/class/thermal/thermal_zone0/temp")
+
+
+def check_sample(s: Sample) -> Quality:
+    """The quality a sample deserves: the driver's, or "error" when the
+    value is outside the kind's physical range or the unit is unknown."""
+    k = KINDS.get(s.kind)
+    if k is None:
+        return Quality.ERROR
+    try:
+        k.convert(float(s.value), s.unit)
+    except (RangeError, UnitError):
+        return Quality.ERROR
+    return s.quality
+
+
+class _Stuck:
+    """Counts identical values in a row per (sensor, kind)."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+        self.last: dict[tuple[str, str, str | None], tuple[float, int]] = {}
+
+    def check(self, sensor: str, s: Sample) -> bool:
+        if self.after <= 0:
+            return False
+        key = (sensor, s.kind, s.animal)
+        prev = self.last.get(key)
+        n = prev[1] + 1 if prev is not None and prev[0] == s.value else 1
+        self.last[key] = (s.value, n)
+        return n >= self.after
+
+
+class Agent:
+    def __init__(self, settings: GatewaySettings, *, clock: ClockSource | None = None,
+                 drivers: dict[str, Driver] | None = None, drain_s: float = 10.0) -> None:
+        self.s = settings
+        self.clock: ClockSource = clock or SystemClock(settings.clock.source)
+        ctx = DriverContext(settings.county, settings.farm, settings.gateway)
+        self.drivers: dict[str, Driver] = drivers if drivers is not None else {
+            cfg.id: build_driver(cfg, ctx) for cfg in settings.sensors}
+        self.outbox = Outbox(settings.outbox_path, max_bytes=int(settings.outbox.max_mb * 2**20),
+                             max_age_ms=int(settings.outbox.max_age_days * 86_400_000))
+        self.uplink = Uplink(settings, self.outbox, self.clock, status=self.status)
+        self.drain_s = drain_s
+        self.started_mono = time.monotonic()
+        self.read_errors = 0
+        self.samples = 0
+        self.log = log.bind(gateway=settings.gateway)
+
+    # -- status -------------------------------------------------------------
+
+    def status(self, online: bool) -> dict[str, Any]:
+        base: dict[str, Any] = {"v": 1, "gateway": self.s.gateway, "online": online}
+        if not online:
+            return base
+        st = self.outbox.stats() if self.outbox._db is not None else None
+        now = self.clock.wall_ms()
+        base.update(
+            ts=now,
+            uptime_s=round(time.monotonic() - self.started_mono, 1),
+            version=__version__,
+            clock="synced" if self.clock.synced() else "unsynced",
+        )
+        if st is not None:
+            base.update(outbox_depth=st.depth, dropped=st.dropped,
+                        outbox_oldest_age_s=round(max(0, now - st.oldest_ts) / 1000, 1)
+                        if st.oldest_ts is not None else 0.0)
+        temp = _cpu_temperature()
+        if temp is not None:
+            base["cpu_temperature"] = temp
+        with contextlib.suppress(OSError):
+            base["disk_free_mb"] = round(
+                shutil.disk_usage(self.s.outbox_path.parent).free / 2**20, 1)
+        return base
+
+    # -- tasks --------------------------------------------------------------
+
+    async def _sample_loop(self, cfg: SensorConfig, driver: Driver, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        stuck = _Stuck(cfg.stuck_after)
+        next_t = loop.time()
+        errors_in_row = 0
+        lg = self.log.bind(sensor=cfg.id)
+        while not stop.is_set():
+            try:
+                samples = await asyncio.wait_for(asyncio.to_thread(driver.read),
+                                                 max(10.0, 2 * cfg.interval_s))
+                errors_in_row = 0
+            except (DriverError, TimeoutError, OSError) as exc:
+                samples = []
+                self.read_errors += 1
+                errors_in_row += 1
+                if errors_in_row == 1 or errors_in_row % 100 == 0:
+                    lg.warning("sensor read failed", error=str(exc) or type(exc).__name__,
+                               in_a_row=errors_in_row)
+            except Exception:
+                samples = []
+                self.read_errors += 1
+                lg.exception("driver crashed")
+            if samples:
+                self._store(cfg.id, samples, stuck)
+            next_t += cfg.interval_s
+            now = loop.time()
+            if next_t < now:
+                next_t = now  # fell behind: skip the missed reads, do not burst
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), next_t - now)
+
+    def _store(self, sensor_id: str, samples: list[Sample], stuck: _Stuck) -> None:
+        c = self.clock
+        wall, mono, synced = c.wall_ms(), c.mono_ms(), c.synced()
+        rows = []
+        for s in samples:
+            q = check_sample(s)
+            sensor = s.sensor or sensor_id
+            if q is Quality.OK and stuck.check(sensor, s):
+                q = Quality.SUSPECT
+            m = s.mono_ms if s.mono_ms is not None else mono
+            rows.append(NewRow(sensor, s.kind, s.unit, float(s.value), q, s.animal,
+                               wall - (mono - m), m, synced))
+        self.outbox.add(rows, c.boot_id())
+        self.samples += len(rows)
+
+    async def _commit_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.s.outbox.commit_interval_s)
+            self._commit()
+
+    def _commit(self) -> None:
+        synced = self.clock.synced()
+        dropped = self.outbox.enforce_bounds(self.clock.wall_ms() if synced else None)
+        if dropped:
+            self.log.warning("outbox full: dropped the oldest readings", dropped=dropped,
+                             dropped_total=self.outbox.dropped)
+        self.outbox.commit()
+
+    async def _status_loop(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.s.status.interval_s)
+            if not stop.is_set():
+                self.uplink.publish_status()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self.outbox.open()
+        self.log.info("gateway starting", version=__version__, sensors=len(self.drivers),
+                      backlog=self.outbox.depth, outbox=str(self.outbox.path))
+        sensors = {cfg.id: cfg for cfg in self.s.sensors}
+        sampling = asyncio.Event()
+        tasks = [asyncio.create_task(self._sample_loop(sensors[i], d, sampling), name=f"read {i}")
+                 for i, d in self.drivers.items() if i in sensors]
+        committing = asyncio.Event()
+        committer = asyncio.create_task(self._commit_loop(committing))
+        uplink_stop = asyncio.Event()
+        uplink = asyncio.create_task(self.uplink.run(uplink_stop))
+        status = asyncio.create_task(self._status_loop(uplink_stop))
+        try:
+            await stop.wait()
+        finally:
+            self.log.info("gateway stopping")
+            sampling.set()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            committing.set()
+            await committer
+            self._commit()
+            self.uplink.flushing = True
+            uplink_stop.set()
+            try:
+                await asyncio.wait_for(asyncio.shield(uplink), self.drain_s)
+            except TimeoutError:
+                self.uplink.flushing = False
+                self.uplink._wake.set()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(uplink, 5)
+            await status
+            for d in self.drivers.values():
+                with contextlib.suppress(Exception):
+                    d.close()
+            self.outbox.close()
+            self.log.info("gateway stopped", backlog=self.outbox.depth)
+
+
+def _cpu_temperature() -> float | None:
+    try:
+        return round(int(CPU_TEMP.read_text().strip()) / 1000.0, 1)
+    except (OSError, ValueError):
+        return None

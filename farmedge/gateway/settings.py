@@ -1,0 +1,120 @@
+"""Settings of the gateway agent: ``gateway.toml`` plus ``FARMEDGE_*``
+environment variables (gateway.example.toml documents every key)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, model_validator
+
+from farmedge.config import FileSettings, Section
+from farmedge.contract.compact import COMPRESSIONS
+from farmedge.contract.models import Id
+
+from .drivers import SensorEntry
+
+__all__ = [
+    "ClockSection",
+    "GatewaySettings",
+    "MqttSection",
+    "OutboxSection",
+    "StatusSection",
+    "UplinkSection",
+]
+
+Compression = Literal["none", "zstd", "deflate-dict", "zstd-dict"]
+assert set(COMPRESSIONS) == {"none", "zstd", "deflate-dict", "zstd-dict"}
+
+
+class MqttSection(Section):
+    #: mqtt://host:port, or mqtts://host:port for TLS.
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: SecretStr | None = None
+    #: Default: the gateway id.
+    client_id: str | None = None
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 60
+    #: CA bundle for mqtts:// (default: the system's).
+    ca_file: Path | None = None
+    #: Reconnect backoff: doubles from min to max, each wait drawn at random
+    #: between half and all of it so that many gateways spread out.
+    backoff_min_s: Annotated[float, Field(gt=0)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0)] = 300.0
+    connect_timeout_s: Annotated[float, Field(gt=0)] = 30.0
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSection:
+        if not self.url.startswith(("mqtt://", "mqtts://")):
+            raise ValueError("url must start with mqtt:// or mqtts://")
+        if self.backoff_max_s < self.backoff_min_s:
+            raise ValueError("backoff_max_s must be at least backoff_min_s")
+        return self
+
+
+class OutboxSection(Section):
+    #: Default: <data_dir>/outbox.sqlite3
+    path: Path | None = None
+    #: Seconds between two commits. A power cut loses at most the readings
+    #: of this long; a longer interval spares the SD card.
+    commit_interval_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    #: Size bound in MB; when full, the oldest readings are dropped.
+    max_mb: Annotated[float, Field(gt=0)] = 64.0
+    #: Age bound in days; older readings are dropped.
+    max_age_days: Annotated[float, Field(gt=0)] = 30.0
+
+
+class UplinkSection(Section):
+    encoding: Literal["compact", "json"] = "compact"
+    compression: Compression = "deflate-dict"
+    #: Readings per message.
+    batch_max: Annotated[int, Field(ge=1, le=1000)] = 60
+    #: Send a partial batch once its oldest reading waited this long.
+    batch_max_wait_s: Annotated[float, Field(ge=0)] = 60.0
+    #: Upper bound on readings per second sent, so that a backlog replay
+    #: after a long outage does not flood the broker or the link.
+    max_rate: Annotated[float, Field(gt=0)] = 500.0
+    #: Messages awaiting PUBACK at once.
+    max_inflight: Annotated[int, Field(ge=1, le=100)] = 4
+    #: While the clock is unsynced, hold readings this long waiting for NTP
+    #: (so their time can be corrected), then send them marked "unsynced".
+    hold_unsynced_s: Annotated[float, Field(ge=0)] = 900.0
+
+
+class StatusSection(Section):
+    #: Seconds between two retained status messages.
+    interval_s: Annotated[float, Field(gt=0)] = 60.0
+
+
+class ClockSection(Section):
+    #: How to tell whether the system clock is set: "kernel" (adjtimex),
+    #: "timedatectl", or "trust" (a gateway with a real-time clock).
+    source: Literal["kernel", "timedatectl", "trust"] = "kernel"
+
+
+class GatewaySettings(FileSettings):
+    county: Id
+    farm: Id
+    gateway: Id
+    data_dir: Path = Path("/var/lib/farmedge")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["auto", "console", "json"] = "auto"
+    mqtt: MqttSection = MqttSection()
+    outbox: OutboxSection = OutboxSection()
+    uplink: UplinkSection = UplinkSection()
+    status: StatusSection = StatusSection()
+    clock: ClockSection = ClockSection()
+    sensors: list[SensorEntry] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique_sensors(self) -> GatewaySettings:
+        seen: set[str] = set()
+        for s in self.sensors:
+            if s.id in seen:
+                raise ValueError(f"sensor id {s.id!r} is used twice")
+            seen.add(s.id)
+        return self
+
+    @property
+    def outbox_path(self) -> Path:
+        return self.outbox.path or self.data_dir / "outbox.sqlite3"

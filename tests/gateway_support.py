@@ -1,0 +1,146 @@
+"""Helpers for the gateway tests: settings, an agent on its own thread, a
+telemetry subscriber with a persistent session."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+from farmedge.contract import ParsedTelemetry, parse_telemetry
+from farmedge.gateway import Agent, GatewaySettings
+from farmedge.gateway.clock import ClockSource
+from farmedge.gateway.drivers import Driver
+
+
+def gw_settings(tmp: Path, url: str, county: str, **over: Any) -> GatewaySettings:
+    doc: dict[str, Any] = {
+        "county": county, "farm": "farm-1", "gateway": "gw-1", "data_dir": str(tmp / "data"),
+        "log_format": "console",
+        "mqtt": {"url": url, "backoff_min_s": 0.1, "backoff_max_s": 0.5},
+        "outbox": {"commit_interval_s": 0.2},
+        "uplink": {"batch_max_wait_s": 0.2},
+        "status": {"interval_s": 0.5},
+        "clock": {"source": "trust"},
+        "sensors": [],
+    }
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(doc.get(k), dict):
+            doc[k] = {**doc[k], **v}
+        else:
+            doc[k] = v
+    return GatewaySettings.model_validate(doc)
+
+
+class AgentThread:
+    """Runs an Agent on an event loop of its own; ``stop()`` is SIGTERM."""
+
+    def __init__(self, settings: GatewaySettings, *, clock: ClockSource | None = None,
+                 drivers: dict[str, Driver] | None = None) -> None:
+        self.agent = Agent(settings, clock=clock, drivers=drivers, drain_s=5)
+        self._loop = asyncio.new_event_loop()
+        self._stop: asyncio.Event | None = None
+        self._started = threading.Event()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        async def main() -> None:
+            self._stop = asyncio.Event()
+            self._started.set()
+            await self.agent.run(self._stop)
+
+        try:
+            self._loop.run_until_complete(main())
+        except BaseException as exc:
+            self.error = exc
+            self._started.set()
+
+    def start(self) -> AgentThread:
+        self._thread.start()
+        assert self._started.wait(10)
+        return self
+
+    def stop(self) -> None:
+        if self._stop is not None and self._thread.is_alive():
+            self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "agent did not stop"
+        if self.error is not None:
+            raise self.error
+
+
+class Subscriber:
+    """Subscribes to everything under farm/v1/{county}/# with a persistent
+    session, so it gets every QoS 1 message even across broker restarts."""
+
+    def __init__(self, url: str, county: str) -> None:
+        u = urlsplit(url)
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or 1883
+        self.county = county
+        self.telemetry: list[ParsedTelemetry] = []
+        self.content_types: list[str | None] = []
+        self.sizes: list[int] = []
+        self.status: list[dict[str, Any]] = []
+        self.errors: list[str] = []
+        self.values: dict[str, set[float]] = {}
+        self.client = mqtt.Client(CallbackAPIVersion.VERSION2,
+                                  client_id="sub-" + uuid.uuid4().hex[:8], protocol=mqtt.MQTTv5)
+        self.client.on_message = self._on_message
+        self.client.on_connect = self._on_connect
+        self._connected = threading.Event()
+        self.client.reconnect_delay_set(0.1, 0.5)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect(self.host, self.port, clean_start=False, properties=props)
+        self.client.loop_start()
+        assert self._connected.wait(10)
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, rc: Any, props: Any) -> None:
+        client.subscribe(f"farm/v1/{self.county}/#", qos=1)
+        self._connected.set()
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            self._handle(msg)
+        except Exception as exc:  # keep the network thread alive; tests check this
+            self.errors.append(f"{msg.topic}: {type(exc).__name__}: {exc}")
+
+    def _handle(self, msg: Any) -> None:
+        import json
+
+        if msg.topic.endswith("/status"):
+            self.status.append(json.loads(msg.payload))
+            return
+        ct = getattr(msg.properties, "ContentType", None) if msg.properties else None
+        self.content_types.append(ct)
+        self.sizes.append(len(msg.payload))
+        p = parse_telemetry(msg.payload, content_type=ct)
+        self.telemetry.append(p)
+        for r in p.readings:
+            self.values.setdefault(r.sensor, set()).add(r.value)
+
+    def readings(self) -> list[tuple[str, str, int, float]]:
+        assert not self.errors, self.errors[:3]
+        return [(r.sensor, r.kind.name, r.ts_ms, r.value)
+                for p in list(self.telemetry) for r in p.readings]
+
+    def reconnect(self) -> None:
+        self._connected.clear()
+        self.client.disconnect()
+        self.client.loop_stop()
+        self.client.reconnect()
+        self.client.loop_start()
+        assert self._connected.wait(10)
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
