@@ -228,6 +228,7 @@ class AlertEngine:
         #: gateways and sensors with a device state (offline, silent, clock, ...)
         self._flagged: set[tuple[str, ...]] = set()
         self._last_silence_check = float("-inf")
+        self._changed = False
         self._air: dict[GKey, dict[str, tuple[float, float]]] = {}
         self._base_cache: dict[str, tuple[int, float | None]] = {}
         self._seen_gw: dict[GKey, float] = {}
@@ -265,7 +266,9 @@ class AlertEngine:
         self.stats["readings"] += len(readings)
         for r in readings:
             self._reading(r, now)
-        self._poke()
+        if self._changed:       # an alert fired or resolved: act now, not at the tick
+            self._changed = False
+            self._poke()
 
     def on_status(self, event: StatusEvent) -> None:
         if not self._loaded:
@@ -817,6 +820,7 @@ class AlertEngine:
     def _fire(self, key: str, st: _State, now: float) -> None:
         st.status = "firing"
         st.fired_at = now
+        self._changed = True
         self.stats["raised"] += 1
         self._dirty["states"][key] = st
         g = self._groups.get(st.group)
@@ -829,6 +833,7 @@ class AlertEngine:
 
     def _resolve(self, key: str, st: _State, now: float) -> None:
         self.stats["cleared"] += 1
+        self._changed = True
         del self._states[key]
         self._dirty["states"][key] = None
         g = self._groups.get(st.group)
