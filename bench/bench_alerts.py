@@ -223,6 +223,7 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
     mq = MosquittoServer(tmp / "mq").start()
     ix = InfluxServer(tmp / "ix").start()
     rates: dict[str, list[float]] = {"off": [], "on": []}
+    cpus: dict[str, list[float]] = {"off": [], "on": []}
     try:
         for rep in range(args.edge_repeats):
             for mode in ("off", "on"):
@@ -233,27 +234,31 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
                 edge = bi.Edge(mq, ix, db, tmp / db, extra=extra)
                 per = 50
                 n_msgs = args.edge_readings // per
-                handles, go = bi.publish_parallel(mq.port, f"c{mode}{rep}", n_msgs, per, 300)
+                pubs = bi.CPublishers(mq.port, f"c{mode}{rep}", n_msgs, per, bi.GATEWAYS, tmp)
+                c0 = bi.cpu_seconds(edge.proc.pid)
                 t0 = time.monotonic()
-                go.set()
+                pubs.start()
                 while bi.metric(edge.port, "farmedge_readings_written_total") < n_msgs * per:
                     time.sleep(0.05)
                     if time.monotonic() - t0 > 600:
                         raise RuntimeError("the edge did not finish in 10 minutes")
                 rates[mode].append(n_msgs * per / (time.monotonic() - t0))
-                for p, _, _ in handles:
-                    p.join(60)
+                cpus[mode].append((bi.cpu_seconds(edge.proc.pid) - c0) * 1e6 / (n_msgs * per))
+                pubs.wait(60)
                 edge.stop()
     finally:
         ix.stop()
         mq.stop()
     off, on = max(rates["off"]), max(rates["on"])
+    coff, con = min(cpus["off"]), min(cpus["on"])
     runs = ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(rates["off"], rates["on"],
                                                           strict=True))
-    return [f"edge throughput, {args.edge_readings:,} readings in 50-reading messages "
-            f"(best of {args.edge_repeats}; runs off/on: {runs}):",
-            f"  alerts off {off:,.0f} readings/s, alerts on {on:,.0f} readings/s: "
-            f"{(1 - on / off) * 100:+.1f} % drop (target ≤ 10 %)"]
+    return [f"edge, {args.edge_readings:,} readings in 50-reading messages, bench_ingest.py's "
+            f"load (runs off/on: {runs} readings/s):",
+            f"  throughput alerts off {off:,.0f}/s, on {on:,.0f}/s (best of "
+            f"{args.edge_repeats}): {(1 - on / off) * 100:+.1f} % drop (target ≤ 10 %)",
+            f"  edge CPU per reading alerts off {coff:.1f} µs, on {con:.1f} µs: "
+            f"{(con / coff - 1) * 100:+.1f} %"]
 
 
 def main() -> None:
