@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 from farmedge.contract.kinds import KINDS
 
-__all__ = ["DATASOURCE_UID", "Expect", "dashboards", "expectations", "main"]
+__all__ = ["DATASOURCE_UID", "Expect", "dashboards", "expectations", "main", "reading_fields"]
 
 DATASOURCE_UID = "farmedge-influxdb"
 DS: dict[str, str] = {"type": "influxdb", "uid": DATASOURCE_UID}
@@ -72,7 +72,7 @@ _FIRING_WINDOW = "30d"
 _INSTALLED_WINDOW = "7d"
 
 
-def _fields() -> list[tuple[str, str]]:
+def reading_fields() -> list[tuple[str, str]]:
     """(measurement, field) of every contract kind, in a stable order."""
     seen: list[tuple[str, str]] = []
     for k in KINDS.values():
@@ -87,7 +87,7 @@ def _per_channel(alias: str, where: str) -> str:
     return ", ".join(
         f'(SELECT count("{f}") AS "{alias}" FROM "{m}" WHERE {where} '
         f'GROUP BY "county", "farm", "gateway", "sensor")'
-        for m, f in _fields())
+        for m, f in reading_fields())
 
 
 # -- panel builders -----------------------------------------------------------
@@ -357,7 +357,7 @@ def county_overview() -> _Board:
                     f"alert engine's 'alerts' measurement. An empty bar: none firing.")
     per_min = ", ".join(
         f'(SELECT count("{f}") AS "n" FROM "{m}" WHERE $timeFilter AND {_F_COUNTY} {_TS})'
-        for m, f in _fields())
+        for m, f in reading_fields())
     b.panel("timeseries", "Readings per minute", [(_target(
         f'SELECT sum("n") * 60000 / $__interval_ms AS "readings" FROM {per_min} '
         f"WHERE $timeFilter {_TS} fill(0)", alias="$m"), "timeseries",

@@ -55,7 +55,7 @@ class Filled:
 
 def _stored_readings(url: str, db: str) -> int:
     n = 0
-    for m, f in gen._fields():
+    for m, f in gen.reading_fields():
         for s in query(url, f'SELECT count("{f}") FROM "{m}"', GRAFANA_USER, db):
             n += s["values"][0][1]
     return n

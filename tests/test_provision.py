@@ -4,8 +4,10 @@ and ACL that provisioning wrote."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
+import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,12 +16,13 @@ import pytest
 import yaml
 
 from farmedge.cli import main
+from farmedge.devservers import InfluxServer, influx_query
 from farmedge.provision import check_password, hash_password
 from farmedge.provision.broker import DEFAULT_ACL
 from farmedge.registry import load_registry
 
 from .stack_support import DEPLOY, DROPPED, ROOT, Client, ShippedBroker
-from .support import eventually
+from .support import count, eventually
 
 pytestmark = pytest.mark.servers
 
@@ -339,3 +342,101 @@ def test_shipped_broker_queues_past_mosquittos_default_limit(
     got = [int(e.messages.get(timeout=20).payload) for _ in range(n)]
     assert sorted(got) == list(range(n))
     e.close()
+
+
+def test_gateway_config_is_valid_for_the_gateway_agent(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`farmedge gateway check-config` accepts the file provisioning wrote."""
+    out_file = tmp_path / "gateway.toml"
+    provision("gateway", "--county", "suihua", "--farm", "wang-12", "--gateway", "gw-0007",
+              "--broker-dir", str(tmp_path / "b"), "--registry", str(tmp_path / "r.yaml"),
+              "--mqtt-url", "mqtts://broker.example.org:8883", "--output", str(out_file),
+              capsys=capsys)
+    assert out_file.stat().st_mode & 0o077 == 0
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
+    res = subprocess.run([sys.executable, "-m", "farmedge", "gateway", "check-config",
+                          "--config", str(out_file)], cwd=ROOT, env=env, capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert res.returncode == 0, res.stdout + res.stderr
+    from farmedge.config import load_settings
+    from farmedge.gateway.settings import GatewaySettings
+
+    s = load_settings(GatewaySettings, out_file)
+    assert (s.county, s.farm, s.gateway) == ("suihua", "wang-12", "gw-0007")
+    assert s.mqtt.username == "suihua/wang-12/gw-0007"
+    assert s.mqtt.password is not None
+    stored = (tmp_path / "b" / "passwd").read_text().split(":", 1)[1].strip()
+    assert check_password(s.mqtt.password.get_secret_value(), stored)
+
+
+@pytest.mark.slow
+def test_provisioned_gateway_agent_reaches_the_edge_through_the_acl(
+        tmp_path: Path, influxdb: InfluxServer, influx_db: str,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The whole enrolment: `provision gateway` writes the registry entry, the
+    broker credential and gateway.toml; the real gateway agent runs that file
+    (plus a simulated sensor) against Mosquitto with the shipped config; the
+    edge, with its own provisioned credential and the registry, stores the
+    gateway's readings and status."""
+    from .edgeproc import EdgeProcess
+
+    b = ShippedBroker(tmp_path / "broker").start()
+    reg = tmp_path / "registry.yaml"
+    conf = tmp_path / "gateway.toml"
+    edge_proc = agent = None
+    try:
+        provision("gateway", "--county", "suihua", "--farm", "wang-12", "--gateway", "gw-0007",
+                  "--broker-dir", str(b.config_dir), "--registry", str(reg),
+                  "--mqtt-url", b.url, "--output", str(conf), capsys=capsys)
+        edge_pw = edge(b, capsys)
+        b.reload()
+        eventually(lambda: _try_connect(b, "edge", edge_pw), what="credentials").close()
+        # A top-level key goes before the first table; the rest is appended.
+        conf.write_text(conf.read_text().replace(
+            "\n[mqtt]", f'\ndata_dir = "{tmp_path / "gw-data"}"\n\n[mqtt]', 1))
+        with conf.open("a") as f:
+            f.write("""
+[outbox]
+  commit_interval_s = 0.2
+[uplink]
+  batch_max_wait_s = 0.5
+[status]
+  interval_s = 1.0
+[clock]
+  source = "trust"
+[[sensors]]
+  driver = "simulated"
+  id = "soil-1"
+  kinds = ["soil_moisture", "soil_temperature"]
+  interval_s = 0.5
+""")
+        edge_proc = EdgeProcess(mqtt_url=f"mqtt://127.0.0.1:{b.port}", influx_url=influxdb.url,
+                           database=influx_db, data_dir=tmp_path / "edge", county="suihua",
+                           extra_env={"FARMEDGE_MQTT_USERNAME": "edge",
+                                      "FARMEDGE_MQTT_PASSWORD": edge_pw,
+                                      "FARMEDGE_REGISTRY": str(reg)}).start()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
+        log = (tmp_path / "agent.log").open("wb")
+        agent = subprocess.Popen([sys.executable, "-m", "farmedge", "gateway", "run",
+                                  "--config", str(conf)], cwd=ROOT, env=env, stdout=log,
+                                 stderr=subprocess.STDOUT)
+
+        def stored() -> bool:
+            assert agent is not None and agent.poll() is None, \
+                (tmp_path / "agent.log").read_text()[-2000:]
+            return count(influxdb.url, influx_db, "soil", "moisture",
+                         "\"gateway\" = 'gw-0007'") >= 3
+
+        eventually(stored, timeout=30, what="the gateway's readings stored")
+        eventually(lambda: count(influxdb.url, influx_db, "gateway", "online") >= 1,
+                   what="the gateway's status stored")
+        errors = influx_query(influxdb.url, 'SELECT "detail", "reason" FROM "ingest_errors"',
+                              influx_db)
+        assert errors == []
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(30)
+        if edge_proc is not None:
+            edge_proc.stop()
+        b.stop()

@@ -64,6 +64,7 @@ class MqttSource:
         self._generation = 0
         self._accepting = True
         self._closing = False
+        self._paused = False
         self._lost = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connected = False
@@ -198,6 +199,24 @@ class MqttSource:
                 n += 1
         return n
 
+    # -- flow control ----------------------------------------------------
+    def pause_reading(self) -> None:
+        """Stop reading from the broker (TCP back-pressure keeps the rest at
+        the broker); acknowledgements still go out."""
+        sock = self._client.socket()
+        if not self._paused and sock is not None and self._loop is not None:
+            self._loop.remove_reader(sock)
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        sock = self._client.socket()
+        if sock is not None and self._loop is not None:
+            self._loop.add_reader(sock, self._on_readable)
+            self._on_readable()
+
     # -- the socket, on the event loop -----------------------------------
     def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
         assert self._loop is not None
@@ -211,7 +230,8 @@ class MqttSource:
 
     def _add_reader(self, sock: Any) -> None:
         assert self._loop is not None
-        self._loop.add_reader(sock, self._on_readable)
+        if not self._paused:
+            self._loop.add_reader(sock, self._on_readable)
 
     def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
         self._call_in_loop(self._remove_socket, sock)
@@ -245,7 +265,7 @@ class MqttSource:
     def _on_readable(self) -> None:
         read = self._read_packet
         for _ in range(_READ_BURST):
-            if self._client.socket() is None:
+            if self._client.socket() is None or self._paused:
                 break
             rc = read()
             if rc == MQTTErrorCode.MQTT_ERR_AGAIN:

@@ -65,6 +65,8 @@ class EdgeService:
                            max_bytes=int(settings.spool.max_mb * 1024 * 1024))
         self.mqtt = MqttSource(settings.mqtt, on_messages=self._on_messages)
         self._inbox: deque[Inbound] = deque()
+        self._inbox_bytes = 0
+        self._max_pending_bytes = int(settings.ingest.max_pending_mb * 1024 * 1024)
         self._wake = asyncio.Event()
         self._batch = Batch()
         self._ready: asyncio.Queue[Batch | None] = asyncio.Queue(maxsize=2)
@@ -87,7 +89,10 @@ class EdgeService:
     # -- inbound ---------------------------------------------------------
     def _on_messages(self, items: list[Inbound]) -> None:
         self._inbox.extend(items)
+        self._inbox_bytes += sum(len(m.payload) for m in items)
         self.metrics.messages.inc(len(items))
+        if self._inbox_bytes > self._max_pending_bytes:
+            self.mqtt.pause_reading()
         self._wake.set()
 
     def pending_messages(self) -> int:
@@ -204,8 +209,12 @@ class EdgeService:
             while inbox:
                 if not self._batch.lines and not self._batch.messages:
                     self._batch.created_mono = time.monotonic()
-                handle(inbox.popleft(), self._batch)
+                msg = inbox.popleft()
+                self._inbox_bytes -= len(msg.payload)
+                handle(msg, self._batch)
                 n += 1
+                if self._inbox_bytes < self._max_pending_bytes // 2:
+                    self.mqtt.resume_reading()
                 if len(self._batch.lines) >= s.batch_size:
                     await self._ship()
                 elif n % 2000 == 0:

@@ -119,6 +119,10 @@ class HttpSection(Section):
 
 
 class IngestSection(Section):
+    #: Most payload bytes held in memory while they wait to be written; past
+    #: it the edge stops reading from the broker until half of it is written
+    #: (the broker keeps the rest queued in the session).
+    max_pending_mb: PosFloat = 32.0
     #: Readings stamped further than this in the future are rejected.
     max_future_s: PosFloat = 300.0
     #: Readings stamped before this (epoch ms; 2020-01-01) are rejected

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["add_parser"]
@@ -90,12 +91,11 @@ def _check_ids(args: argparse.Namespace) -> None:
         raise ProvisionError(str(exc)) from None
 
 
-def _run(fn: object, args: argparse.Namespace) -> int:
+def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
     from .errors import ProvisionError
 
     try:
-        assert callable(fn)
-        return int(fn(args))
+        return fn(args)
     except ProvisionError as exc:
         print(f"farmedge provision: {exc}", file=sys.stderr)
         return 1
