@@ -236,15 +236,15 @@ class Demo:
         self._say(f"  edge     pid {self._edge.pid}  {health}  (config {config}, log {log_path})")
 
     def _start_farms(self) -> None:
-        from farmedge.simulate import Simulator
+        # Real gateway agent processes (farmedge gateway run) with the
+        # simulated driver, publishing to the real broker.
+        from farmedge.gateway.fleet import Fleet
 
         self._started_ms = int(time.time() * 1000)
-        self._sim = Simulator(
-            mqtt_url=self._mqtt_url, county=COUNTY, farms=self.farms,
-            gateways_per_farm=self.gateways_per_farm, sensors=self.sensors,
-            interval=self.interval, bad_rate=self.bad_rate, seed=self.seed,
-            # seq keeps growing across demo runs that keep their data
-            seq_start=int(time.time()), client_prefix="farmedge-demo-farms")
+        self._sim = Fleet(
+            root=self.root / "gateways", mqtt_url=self._mqtt_url, county=COUNTY,
+            farms=self.farms, gateways_per_farm=self.gateways_per_farm, sensors=self.sensors,
+            interval=self.interval, bad_rate=self.bad_rate, seed=self.seed)
 
         def run() -> None:
             try:
@@ -254,8 +254,11 @@ class Demo:
 
         self._sim_thread = threading.Thread(target=run, name="farms", daemon=True)
         self._sim_thread.start()
+        if not self._sim.ready.wait(90):
+            raise DemoError(f"the gateway agents did not come online within 90 s "
+                            f"(logs in {self.root / 'gateways'})")
         n = self.farms * self.gateways_per_farm
-        self._say(f"  farms    {self.farms} simulated farms, {n} gateways, "
+        self._say(f"  farms    {self.farms} simulated farms, {n} gateway agent processes, "
                   f"{n * self.sensors} sensors every {self.interval:g} s, "
                   f"{self.bad_rate:.1%} bad values injected")
         self._say("Ctrl-C stops the demo.")
