@@ -29,8 +29,6 @@ from .uplink import Uplink
 
 __all__ = ["Agent", "check_sample"]
 
-log = get_logger("farmedge.gateway")
-
 CPU_TEMP = Path("/sys/class/thermal/thermal_zone0/temp")
 
 
@@ -79,7 +77,8 @@ class Agent:
         self.started_mono = time.monotonic()
         self.read_errors = 0
         self.samples = 0
-        self.log = log.bind(gateway=settings.gateway)
+        # Made here, not at import: logging is set up after the imports.
+        self.log = get_logger("farmedge.gateway", gateway=settings.gateway)
 
     # -- status -------------------------------------------------------------
 
