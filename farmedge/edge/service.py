@@ -37,6 +37,12 @@ def build_observers(settings: EdgeSettings, registry: Registry | None) -> list[O
     """The parts that watch ingestion (the alert engine), built from the config.
     Raises ConfigError for a wrong rules file."""
     observers: list[Observer] = []
+    if settings.alerts.enabled:
+        from farmedge.alerts.build import engine_from_settings
+
+        observers.append(engine_from_settings(
+            settings.alerts, registry=registry, data_dir=settings.data_dir,
+            mqtt=settings.mqtt, influx=settings.influx, instance=settings.instance))
     return observers
 
 
@@ -189,6 +195,14 @@ class EdgeService:
         self._queued.append(batch)
         await self._ready.put(batch)
 
+    def _flush_after(self) -> float:
+        """How old the current batch may grow: flush_interval_s, or linger_s
+        while the writer has nothing to do."""
+        s = self.settings.influx
+        if s.linger_s and self._writing is None and not self._queued:
+            return min(s.linger_s, s.flush_interval_s)
+        return s.flush_interval_s
+
     async def _process_loop(self) -> None:
         s = self.settings.influx
         inbox = self._inbox
@@ -200,7 +214,7 @@ class EdgeService:
                 timeout = None
                 if self._batch.lines or self._batch.messages:
                     age = time.monotonic() - self._batch.created_mono
-                    timeout = max(0.0, s.flush_interval_s - age)
+                    timeout = max(0.0, self._flush_after() - age)
                 if timeout is None or timeout > 0:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), timeout)
@@ -221,7 +235,7 @@ class EdgeService:
                     await asyncio.sleep(0)  # let acks, health and timers run
             b = self._batch
             if (b.lines or b.messages) and (
-                    time.monotonic() - b.created_mono >= s.flush_interval_s or self._stopping):
+                    time.monotonic() - b.created_mono >= self._flush_after() or self._stopping):
                 await self._ship()
         if self._batch.lines or self._batch.messages:
             await self._ship()
@@ -239,6 +253,7 @@ class EdgeService:
                 await self._deliver(batch)
             finally:
                 self._writing = None
+                self._wake.set()  # the batch being filled may go now
 
     async def _deliver(self, batch: Batch) -> None:
         m = self.metrics

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from farmedge.alerts.settings import AlertsSettings
 from farmedge.config import FileSettings, Section
 from farmedge.contract.topics import STATUS_FILTER, TELEMETRY_FILTER
 
@@ -78,6 +79,10 @@ class InfluxSection(Section):
     batch_size: Annotated[int, Field(ge=1, le=100_000)] = 5000
     #: ... or when its oldest line is this old, whichever comes first.
     flush_interval_s: PosFloat = 1.0
+    #: While no write is under way, a batch goes out once its oldest line is
+    #: this old: low latency when the load is light. Under load the writer is
+    #: busy and batches fill up to batch_size. 0 turns this off.
+    linger_s: Annotated[float, Field(ge=0)] = 0.2
     timeout_s: PosFloat = 10.0
     #: Keep retrying a failing write this long before spooling it.
     retry_for_s: Annotated[float, Field(ge=0)] = 10.0
@@ -148,3 +153,4 @@ class EdgeSettings(FileSettings):
     http: HttpSection = Field(default_factory=HttpSection)
     ingest: IngestSection = Field(default_factory=IngestSection)
     log: LogSection = Field(default_factory=LogSection)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
