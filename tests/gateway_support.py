@@ -120,8 +120,8 @@ class Subscriber:
         if msg.topic.endswith("/status"):
             self.status.append(json.loads(msg.payload))
             return
-        if msg.topic.endswith("/alerts"):
-            return              # the edge's alert engine (farm/v1/{county}/{farm}/alerts)
+        if not msg.topic.endswith("/telemetry"):
+            return  # alerts the edge raised
         ct = getattr(msg.properties, "ContentType", None) if msg.properties else None
         self.content_types.append(ct)
         self.sizes.append(len(msg.payload))
