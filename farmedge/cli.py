@@ -21,6 +21,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "simulate": "farmedge.simulate",
     "demo": "farmedge.demo",
     "provision": "farmedge.provision.cli",
+    "alerts": "farmedge.alerts.cli",
 }
 
 

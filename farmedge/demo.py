@@ -87,6 +87,7 @@ class Demo:
         self._sim_error: BaseException | None = None
         self._sim_stop = threading.Event()
         self._inbox = _Inbox()
+        self._farms_stopped_ms: int | None = None
 
     # -- output ------------------------------------------------------------
     def _say(self, text: str) -> None:
@@ -140,6 +141,10 @@ class Demo:
         from farmedge.simdata import make_farms
 
         base = f"json://127.0.0.1:{self._inbox.port}/sms"
+        # Silence and offline rules wait 3 intervals: give them some slack
+        # over the gateways' one-second uploads and the edge's batching.
+        sensor_interval = max(self.interval, 5.0)
+        gateway_interval = max(self.interval, 10.0)
         farms = []
         for i, fs in enumerate(make_farms(seed=self.seed, county=COUNTY, farms=self.farms,
                                           gateways_per_farm=self.gateways_per_farm,
@@ -151,7 +156,7 @@ class Demo:
             for gw in fs.gateways:
                 sensors: dict[str, Any] = {}
                 for s in gw.sensors:
-                    meta: dict[str, Any] = {"interval_s": self.interval}
+                    meta: dict[str, Any] = {"interval_s": sensor_interval}
                     soil = s.soil_constants()
                     if soil is not None:
                         plot = s.sensor.replace("soil", "field")
@@ -163,15 +168,19 @@ class Demo:
                         if s.animal not in animals:
                             animals.append(s.animal)
                     sensors.setdefault(s.sensor, {}).update(meta)
-                gateways[gw.gateway] = {"interval_s": self.interval, "sensors": sensors}
+                gateways[gw.gateway] = {"interval_s": gateway_interval, "sensors": sensors}
+            # Plots get their crop's profile ([alerts] crop_profiles), the herd
+            # a cattle profile, and the rest of the farm (the trough) this one.
             farm: dict[str, Any] = {
                 "county": COUNTY, "farm": fs.farm, "name": f"示范农场 {i}",
-                "language": "zh", "gateways": gateways, "plots": plots,
+                "language": "zh", "profile": "water-trough", "gateways": gateways,
+                "plots": plots,
                 "contacts": [{"name": f"farmer {i}", "language": "zh" if i % 2 else "en",
                               "notify": [f"{base}/{fs.farm}"]}],
             }
             if animals and _has_herds():
-                farm["herds"] = {"cattle": {"name": "肉牛", "animals": animals}}
+                farm["herds"] = {"cattle": {"name": "肉牛", "profile": "cattle-beef",
+                                            "animals": animals}}
             farms.append(farm)
         doc = {"farms": farms, "center_contacts": [
             {"name": "county agronomist", "language": "en", "agronomist": True,
@@ -236,15 +245,15 @@ class Demo:
         self._say(f"  edge     pid {self._edge.pid}  {health}  (config {config}, log {log_path})")
 
     def _start_farms(self) -> None:
-        from farmedge.simulate import Simulator
+        # Real gateway agent processes (farmedge gateway run) with the
+        # simulated driver, publishing to the real broker.
+        from farmedge.gateway.fleet import Fleet
 
         self._started_ms = int(time.time() * 1000)
-        self._sim = Simulator(
-            mqtt_url=self._mqtt_url, county=COUNTY, farms=self.farms,
-            gateways_per_farm=self.gateways_per_farm, sensors=self.sensors,
-            interval=self.interval, bad_rate=self.bad_rate, seed=self.seed,
-            # seq keeps growing across demo runs that keep their data
-            seq_start=int(time.time()), client_prefix="farmedge-demo-farms")
+        self._sim = Fleet(
+            root=self.root / "gateways", mqtt_url=self._mqtt_url, county=COUNTY,
+            farms=self.farms, gateways_per_farm=self.gateways_per_farm, sensors=self.sensors,
+            interval=self.interval, bad_rate=self.bad_rate, seed=self.seed)
 
         def run() -> None:
             try:
@@ -254,8 +263,11 @@ class Demo:
 
         self._sim_thread = threading.Thread(target=run, name="farms", daemon=True)
         self._sim_thread.start()
+        if not self._sim.ready.wait(90):
+            raise DemoError(f"the gateway agents did not come online within 90 s "
+                            f"(logs in {self.root / 'gateways'})")
         n = self.farms * self.gateways_per_farm
-        self._say(f"  farms    {self.farms} simulated farms, {n} gateways, "
+        self._say(f"  farms    {self.farms} simulated farms, {n} gateway agent processes, "
                   f"{n * self.sensors} sensors every {self.interval:g} s, "
                   f"{self.bad_rate:.1%} bad values injected")
         self._say("Ctrl-C stops the demo.")
@@ -282,6 +294,9 @@ class Demo:
         code = 0
         stats = None
         if self._sim_thread is not None:
+            # Gateways that stop say "offline", and the alert engine rightly
+            # raises that: the summary shows what happened before this moment.
+            self._farms_stopped_ms = int(time.time() * 1000)
             self._sim_stop.set()
             self._sim_thread.join(60)
             stats = self._sim.stats
@@ -349,8 +364,10 @@ class Demo:
                 reason = str((s.get("tags") or {}).get("reason", "?"))
                 snap.rejected[reason] += int(s["values"][0][1] or 0)
         with contextlib.suppress(Exception):
-            rows = self._query(f"SELECT * FROM \"alerts\" WHERE {since} AND \"event\" = 'raise' "
-                               "ORDER BY time DESC LIMIT 200")
+            until = (f" AND time < {self._farms_stopped_ms}ms"
+                     if self._farms_stopped_ms is not None else "")
+            rows = self._query(f"SELECT * FROM \"alerts\" WHERE {since}{until} "
+                               "AND \"event\" = 'raise' ORDER BY time DESC LIMIT 200")
             for s in rows:
                 cols = s.get("columns") or []
                 for v in s.get("values") or []:
@@ -381,7 +398,7 @@ class Demo:
         return lines
 
     def _message_lines(self, limit: int = 5) -> list[str]:
-        got = self._inbox.messages()
+        got = self._inbox.messages(before_ms=self._farms_stopped_ms)
         if not got:
             return []
         lines = [f"  messages to farmers  {len(got)} (latest first)"]
@@ -451,7 +468,7 @@ class _Inbox:
     ``{"title": ..., "message": ...}``) and the demo shows what arrived."""
 
     def __init__(self) -> None:
-        self._got: list[tuple[str, str]] = []
+        self._got: list[tuple[int, str, str]] = []
         self._lock = threading.Lock()
         self._server: Any = None
         self.port = 0
@@ -470,7 +487,8 @@ class _Inbox:
                 except (ValueError, AttributeError):
                     text = body.decode("utf-8", "replace")
                 with inbox._lock:
-                    inbox._got.append((self.path.rsplit("/", 1)[-1], text))
+                    inbox._got.append((int(time.time() * 1000), self.path.rsplit("/", 1)[-1],
+                                       text))
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
@@ -482,9 +500,11 @@ class _Inbox:
         self.port = int(self._server.server_address[1])
         threading.Thread(target=self._server.serve_forever, name="inbox", daemon=True).start()
 
-    def messages(self) -> list[tuple[str, str]]:
+    def messages(self, *, before_ms: int | None = None) -> list[tuple[str, str]]:
+        """(recipient, text) of what arrived (before ``before_ms``)."""
         with self._lock:
-            return list(self._got)
+            return [(to, text) for t, to, text in self._got
+                    if before_ms is None or t < before_ms]
 
     def stop(self) -> None:
         if self._server is not None:

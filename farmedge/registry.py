@@ -22,6 +22,7 @@ __all__ = [
     "Contact",
     "Farm",
     "GatewayEntry",
+    "Herd",
     "Plot",
     "Registry",
     "SensorMeta",
@@ -61,6 +62,8 @@ class GatewayEntry(_Model):
     sensors: dict[str, SensorMeta] = Field(default_factory=dict)
     #: Seconds between two status or telemetry messages, for the offline rule.
     interval_s: Annotated[float, Field(gt=0)] | None = None
+    #: Alert profile for this gateway's readings (e.g. a barn's climate sensors).
+    profile: Id | None = None
 
     @model_validator(mode="after")
     def _ids(self) -> GatewayEntry:
@@ -77,6 +80,18 @@ class Plot(_Model):
     #: Per-field soil constants, volumetric %, since published values differ.
     field_capacity: Annotated[float, Field(gt=0, le=100)] | None = None
     wilting_point: Annotated[float, Field(ge=0, le=100)] | None = None
+    #: Overrides of the alert profile's parameters for this plot.
+    params: dict[str, float] = Field(default_factory=dict)
+
+
+class Herd(_Model):
+    """A group of animals sharing an alert profile (dairy cows, sows, ...)."""
+
+    name: str | None = None
+    profile: Id | None = None
+    animals: list[Id] = Field(default_factory=list)
+    #: Overrides of the alert profile's parameters for this herd.
+    params: dict[str, float] = Field(default_factory=dict)
 
 
 class Contact(_Model):
@@ -99,6 +114,7 @@ class Farm(_Model):
     profile: Id | None = None
     gateways: dict[str, GatewayEntry] = Field(default_factory=dict)
     plots: dict[str, Plot] = Field(default_factory=dict)
+    herds: dict[str, Herd] = Field(default_factory=dict)
     contacts: list[Contact] = Field(default_factory=list)
     #: Most messages a farm's contacts get in one day (critical ones excepted).
     daily_message_budget: Annotated[int, Field(ge=0)] = 10
@@ -109,6 +125,8 @@ class Farm(_Model):
             check_id(gid, what="gateway id")
         for pid in self.plots:
             check_id(pid, what="plot id")
+        for hid in self.herds:
+            check_id(hid, what="herd id")
         return self
 
 

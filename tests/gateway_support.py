@@ -144,3 +144,65 @@ class Subscriber:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+class EdgeProcess:
+    """``python -m farmedge edge run`` writing to one InfluxDB database."""
+
+    def __init__(self, mqtt_url: str, influx_url: str, database: str, data: Path) -> None:
+        import os
+        import subprocess
+        import sys
+        import urllib.request
+
+        from farmedge.devservers import free_port
+
+        from .support import eventually
+
+        root = Path(__file__).resolve().parents[1]
+        self.port = free_port()
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
+        env.update(FARMEDGE_MQTT_URL=mqtt_url, FARMEDGE_INFLUX_URL=influx_url,
+                   FARMEDGE_INFLUX_DATABASE=database, FARMEDGE_DATA_DIR=str(data),
+                   FARMEDGE_HTTP_PORT=str(self.port), FARMEDGE_LOG_LEVEL="warning",
+                   FARMEDGE_MQTT_CLIENT_ID="edge-" + uuid.uuid4().hex[:8],
+                   PYTHONPATH=str(root))
+        data.mkdir(parents=True, exist_ok=True)
+        self.log = data / "edge.log"
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen([sys.executable, "-m", "farmedge", "edge", "run"],
+                                         env=env, cwd=root, stdout=log,
+                                         stderr=subprocess.STDOUT)
+
+        def healthy() -> bool:
+            import json
+
+            assert self.proc.poll() is None, self.log.read_text()[-2000:]
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz") as r:
+                    return bool(json.loads(r.read()).get("mqtt_subscribed"))
+            except OSError:
+                return False
+
+        eventually(healthy, timeout=60, interval=0.2, what="edge subscribed")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def influx_points(url: str, db: str, measurement: str, field: str,
+                  where: str = "") -> list[tuple[int, float, str]]:
+    """(time ms, value, sensor) of every point, oldest first."""
+    from farmedge.devservers import influx_query
+
+    q = f'SELECT "{field}", "sensor" FROM "{measurement}"' + (f" WHERE {where}" if where else "")
+    try:
+        series = influx_query(url, q, db)
+    except Exception:
+        return []
+    out = []
+    for s in series:
+        for t, v, sensor in s["values"]:  # type: ignore[union-attr]
+            out.append((int(t), float(v), str(sensor)))
+    return out

@@ -268,6 +268,9 @@ def test_provisioning_points_at_the_dashboards() -> None:
     ds = yaml.safe_load((prov / "datasources" / "farmedge.yaml").read_text())
     [source] = ds["datasources"]
     assert source["uid"] == gen.DATASOURCE_UID and source["type"] == "influxdb"
+    assert source["jsonData"]["version"] == "InfluxQL"
+    # The read-only user the compose file gives Grafana.
+    assert source["user"] == "${INFLUX_GRAFANA_USER}"
     assert "password" in source["secureJsonData"]
     dp = yaml.safe_load((prov / "dashboards" / "farmedge.yaml").read_text())
     [provider] = dp["providers"]

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 
 from farmedge.contract import Quality
-from farmedge.devservers import MosquittoServer
+from farmedge.devservers import InfluxServer, MosquittoServer
 from farmedge.gateway import Backoff, FakeClock, Outbox, Sample
 from farmedge.gateway.agent import check_sample
 from farmedge.gateway.outbox import NewRow
 
-from .gateway_support import AgentThread, Subscriber, gw_settings
+from .gateway_support import AgentThread, EdgeProcess, Subscriber, gw_settings, influx_points
 from .support import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -181,12 +181,15 @@ def test_readings_arrive_compact_in_order_and_status_is_retained(
 @pytest.mark.servers
 @pytest.mark.slow
 def test_broker_down_while_sampling_then_everything_arrives_in_order(
-        tmp_path: Path, mosquitto_factory: Callable[[], MosquittoServer], county: str) -> None:
+        tmp_path: Path, mosquitto_factory: Callable[[], MosquittoServer], county: str,
+        influxdb: InfluxServer, influx_db: str) -> None:
+    """Checked at the broker (a subscriber) and in InfluxDB through the edge."""
     mq = mosquitto_factory()
     sub = Subscriber(mq.url, county)
-    drv = CounterDriver(per_read=2)
+    edge = EdgeProcess(mq.url, influxdb.url, influx_db, tmp_path / "edge")
+    drv = CounterDriver()  # one reading per read: each has its own time stamp
     s = gw_settings(tmp_path, mq.url, county, uplink={"encoding": "json", "max_rate": 300},
-                    sensors=[{"driver": "simulated", "id": "soil-1", "interval_s": 0.02}])
+                    sensors=[{"driver": "simulated", "id": "soil-1", "interval_s": 0.01}])
     agent = AgentThread(s, drivers={"soil-1": drv}).start()
     try:
         eventually(lambda: len(sub.readings()) >= 20, what="first readings")
@@ -214,6 +217,13 @@ def test_broker_down_while_sampling_then_everything_arrives_in_order(
     during = [t for t, _ in firsts if down_from + 200 < t < down_to - 200]
     assert len(during) > 100  # taken while the broker was down, sent with their own time
     sub.close()
+    # In InfluxDB: every reading once, at its own time.
+    want = sorted(firsts)
+    eventually(lambda: len(influx_points(influxdb.url, influx_db, "soil", "moisture"))
+               >= len(want), timeout=30, what="all readings in InfluxDB")
+    edge.stop()
+    assert [(t, v) for t, v, _ in influx_points(influxdb.url, influx_db, "soil", "moisture")
+            ] == want
 
 
 @pytest.mark.servers
@@ -272,11 +282,19 @@ from farmedge.gateway import drivers
 from farmedge.gateway.drivers.base import Sample
 
 class Counter:
+    # 10 readings a read, each on its own millisecond (InfluxDB keeps one
+    # point per series and time).
     def __init__(self, cfg, ctx):
         self.n = 0
+        self.last = 0
     def read(self):
-        out = [Sample("animal_activity", float(self.n + i), "steps/h") for i in range(10)]
+        # 3 ms apart: wall - (mono - m) may move by a millisecond between reads.
+        now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000
+        first = max(now - 27, self.last + 3)
+        out = [Sample("animal_activity", float(self.n + i), "steps/h", mono_ms=first + 3 * i)
+               for i in range(10)]
         self.n += 10
+        self.last = first + 27
         return out
     def close(self):
         pass
@@ -314,10 +332,14 @@ interval_s = 0.02
 @pytest.mark.servers
 @pytest.mark.slow
 def test_sigkill_while_writing_loses_nothing_committed(
-        tmp_path: Path, mosquitto: MosquittoServer, county: str) -> None:
+        tmp_path: Path, mosquitto: MosquittoServer, county: str, influxdb: InfluxServer,
+        influx_db: str) -> None:
+    """Kill -9 the agent eight times while it writes; then every committed
+    reading is at the broker and exactly once in InfluxDB (through the edge)."""
     import sqlite3
 
     sub = Subscriber(mosquitto.url, county)
+    edge = EdgeProcess(mosquitto.url, influxdb.url, influx_db, tmp_path / "edge")
     script = tmp_path / "gw.py"
     script.write_text(KILL_SCRIPT)
     data = tmp_path / "data"
@@ -393,6 +415,22 @@ def test_sigkill_while_writing_loses_nothing_committed(
     # the clean stop said offline again.
     assert any(st == {"v": 1, "gateway": "gw-1", "online": False} for st in sub.status)
     sub.close()
+    # Exactly once in InfluxDB: one point per distinct reading, duplicates
+    # from resends after a kill landed on the same series and time.
+    want = sorted((s, v) for s, vals in sub.values.items() for v in vals)
+
+    def stored() -> list[tuple[str, float]]:
+        pts = influx_points(influxdb.url, influx_db, "livestock", "activity")
+        return sorted((sensor, v) for _, v, sensor in pts)
+
+    def all_stored() -> bool:
+        missing = sorted(set(want) - set(stored()))
+        assert not missing, (len(missing), missing[:5])
+        return True
+
+    eventually(all_stored, timeout=60, interval=0.5, what="every reading in InfluxDB")
+    edge.stop()
+    assert stored() == want
 
 
 def test_check_config_accepts_the_example_and_names_line_and_key(tmp_path: Path) -> None:

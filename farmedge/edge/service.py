@@ -37,6 +37,12 @@ def build_observers(settings: EdgeSettings, registry: Registry | None) -> list[O
     """The parts that watch ingestion (the alert engine), built from the config.
     Raises ConfigError for a wrong rules file."""
     observers: list[Observer] = []
+    if settings.alerts.enabled:
+        from farmedge.alerts.build import engine_from_settings
+
+        observers.append(engine_from_settings(
+            settings.alerts, registry=registry, data_dir=settings.data_dir,
+            mqtt=settings.mqtt, influx=settings.influx, instance=settings.instance))
     return observers
 
 

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 
+from farmedge.alerts.settings import AlertsSettings
 from farmedge.config import FileSettings, Section
 from farmedge.contract.topics import STATUS_FILTER, TELEMETRY_FILTER
 
@@ -152,3 +153,4 @@ class EdgeSettings(FileSettings):
     http: HttpSection = Field(default_factory=HttpSection)
     ingest: IngestSection = Field(default_factory=IngestSection)
     log: LogSection = Field(default_factory=LogSection)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)

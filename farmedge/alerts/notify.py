@@ -1,0 +1,76 @@
+"""Sending one message to one Apprise URL.
+
+The engine owns retries, backoff, rate limits and quiet hours; a notifier only
+tries once and says whether it worked. :class:`AppriseNotifier` runs Apprise's
+blocking call in a worker thread so the event loop never waits on a slow SMS
+gateway or SMTP server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any, Protocol
+
+from .errors import DeliveryFailed
+
+__all__ = ["SMS_SCHEMES", "AppriseNotifier", "Notifier", "scheme_of"]
+
+#: Apprise schemes that end in an SMS: their texts must fit one segment.
+SMS_SCHEMES = frozenset({
+    "twilio", "smseagle", "smseagles", "smpp", "smpps", "httpsms", "sns", "clicksend",
+    "d7sms", "kavenegar", "msg91", "plivo", "sinch", "bulksms", "bulkvs", "burstsms",
+    "seven", "vonage", "nexmo", "textbelt", "signal", "signals", "freemobile", "smsmgr",
+    "messagebird", "sfr", "dapnet", "africastalking",
+})
+
+
+def scheme_of(url: str) -> str:
+    return url.split("://", 1)[0].lower() if "://" in url else ""
+
+
+class Notifier(Protocol):
+    async def send(self, url: str, *, title: str, body: str) -> None:
+        """Deliver once or raise DeliveryFailed."""
+        ...
+
+
+class AppriseNotifier:
+    """Delivers through Apprise (SMS gateways, WeCom, DingTalk, Feishu, e-mail,
+    webhooks). One Apprise object per URL, built on first use."""
+
+    def __init__(self, *, timeout_s: float = 30.0, max_threads: int = 4) -> None:
+        self._timeout = timeout_s
+        self._cache: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self._sem = asyncio.Semaphore(max_threads)
+
+    def _target(self, url: str) -> Any:
+        import apprise
+
+        with self._lock:
+            ap = self._cache.get(url)
+            if ap is None:
+                ap = apprise.Apprise()
+                if not ap.add(url):
+                    raise DeliveryFailed(
+                        f"Apprise does not accept the URL scheme {scheme_of(url)!r}")
+                self._cache[url] = ap
+            return ap
+
+    def _send_sync(self, url: str, title: str, body: str) -> None:
+        ap = self._target(url)
+        if not ap.notify(body=body, title=title):
+            raise DeliveryFailed(f"{scheme_of(url)}: the service did not accept the message")
+
+    async def send(self, url: str, *, title: str, body: str) -> None:
+        async with self._sem:
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.to_thread(self._send_sync, url, title, body)
+            except TimeoutError:
+                raise DeliveryFailed(f"{scheme_of(url)}: no answer in {self._timeout:g}s") from None
+            except DeliveryFailed:
+                raise
+            except Exception as exc:  # Apprise plugins raise many things
+                raise DeliveryFailed(f"{scheme_of(url)}: {type(exc).__name__}: {exc}") from exc

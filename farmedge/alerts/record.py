@@ -1,0 +1,253 @@
+"""Where alert events go besides people: InfluxDB (measurement ``alerts``,
+for Grafana annotations) and the MQTT topic ``farm/v1/{county}/{farm}/alerts``.
+
+Every raise, clear, reminder, escalation, delivery, failed attempt, message
+held for quiet hours and message suppressed by the daily budget is one
+:class:`AlertEvent`. Recorders never block the engine: ``record`` queues, and
+the recorder's own task does the I/O. docs/alerts.md has the schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections import deque
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+from urllib.parse import urlsplit
+
+from farmedge.contract.topics import alerts_topic
+
+__all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "Recorder",
+           "line_protocol"]
+
+log = logging.getLogger("farmedge.alerts")
+
+
+@dataclass(frozen=True, slots=True)
+class AlertEvent:
+    ts_ms: int
+    #: raise | worse | clear | remind | escalate | delivered | failed | held | suppressed |
+    #: dropped (docs/alerts.md)
+    event: str
+    county: str
+    farm: str
+    rule: str              # "<profile>/<rule id>"
+    family: str
+    severity: str
+    scope: str             # sensor | plot | animal | gateway | farm
+    scope_id: str
+    group: str
+    count: int = 1
+    value: float | None = None
+    text: dict[str, str] = field(default_factory=dict)   # language -> text
+    contact: str = ""
+    channel: str = ""      # Apprise scheme
+    attempt: int = 0
+    error: str = ""
+    entities: tuple[str, ...] = ()
+
+    def to_json(self) -> bytes:
+        d = asdict(self)
+        d["v"] = 1
+        d["entities"] = list(self.entities)
+        d = {k: v for k, v in d.items() if v not in ("", None, ())}
+        return json.dumps(d, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+class Recorder(Protocol):
+    def record(self, ev: AlertEvent) -> None: ...
+
+    async def run(self) -> None: ...
+
+
+def _tag(v: str) -> str:
+    v = v.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
+    return v.replace(" ", "\\ ") or "-"
+
+
+def _str(v: str) -> str:
+    return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+
+
+def line_protocol(ev: AlertEvent) -> str:
+    tags = {
+        "county": ev.county, "farm": ev.farm, "event": ev.event, "rule": ev.rule,
+        "family": ev.family, "severity": ev.severity, "scope": ev.scope, "scope_id": ev.scope_id,
+    }
+    if ev.channel:
+        tags["channel"] = ev.channel
+    if ev.contact:
+        tags["contact"] = ev.contact
+    fields: dict[str, str] = {
+        "group": _str(ev.group),
+        "count": f"{ev.count}i",
+        "title": _str(f"{ev.event} {ev.rule}"),
+        "text": _str(ev.text.get("zh") or ev.text.get("en") or ev.error or ev.event),
+    }
+    if "en" in ev.text:
+        fields["text_en"] = _str(ev.text["en"])
+    if ev.value is not None:
+        fields["value"] = repr(float(ev.value))
+    if ev.attempt:
+        fields["attempt"] = f"{ev.attempt}i"
+    if ev.error:
+        fields["error"] = _str(ev.error[:500])
+    t = ",".join(f"{k}={_tag(v)}" for k, v in tags.items())
+    f = ",".join(f"{k}={v}" for k, v in fields.items())
+    return f"alerts,{t} {f} {ev.ts_ms}"
+
+
+class MemoryRecorder:
+    """Keeps events in a list (tests, the benchmark, ``farmedge alerts`` tools)."""
+
+    def __init__(self) -> None:
+        self.events: list[AlertEvent] = []
+
+    def record(self, ev: AlertEvent) -> None:
+        self.events.append(ev)
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
+class InfluxRecorder:
+    """Writes events to InfluxDB, v1 write API (``/write``) or v2
+    (``/api/v2/write`` with org, bucket, token), precision ms, in batches,
+    retrying 429/5xx and connection errors with backoff. A bounded queue: past
+    ``max_queue`` events the oldest are dropped and counted."""
+
+    def __init__(self, *, url: str, database: str = "farmedge", api: str = "v1",
+                 token: str | None = None, org: str | None = None, bucket: str | None = None,
+                 username: str | None = None, password: str | None = None,
+                 retention_policy: str | None = None, flush_s: float = 1.0,
+                 max_queue: int = 10_000, max_attempts: int = 5) -> None:
+        self.url = url.rstrip("/")
+        self.database = database
+        self.api = api
+        self.token = token
+        self._headers = {"Authorization": f"Token {token}"} if token else {}
+        if api == "v2":
+            self._path = "/api/v2/write"
+            self._params = {"org": org or "", "bucket": bucket or database, "precision": "ms"}
+        else:
+            self._path = "/write"
+            self._params = {"db": database, "precision": "ms"}
+            if retention_policy:
+                self._params["rp"] = retention_policy
+            if username:
+                self._params["u"] = username
+                self._params["p"] = password or ""
+        self.flush_s = flush_s
+        self.max_attempts = max_attempts
+        self._q: deque[str] = deque(maxlen=max_queue)
+        self._wake = asyncio.Event()
+        self.dropped = 0
+        self.written = 0
+
+    def record(self, ev: AlertEvent) -> None:
+        if len(self._q) == self._q.maxlen:
+            self.dropped += 1
+        self._q.append(line_protocol(ev))
+        self._wake.set()
+
+    async def _write(self, session: Any, lines: list[str]) -> bool:
+        import aiohttp
+
+        body = "\n".join(lines).encode()
+        delay = 0.2
+        for _ in range(self.max_attempts):
+            try:
+                async with session.post(f"{self.url}{self._path}", params=self._params,
+                                        data=body, headers=self._headers) as r:
+                    if r.status < 300:
+                        return True
+                    text = (await r.text())[:200]
+                    if r.status < 500 and r.status != 429:
+                        log.warning("alerts: InfluxDB rejected %d events: %s %s",
+                                    len(lines), r.status, text)
+                        return False
+            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+                log.debug("alerts: InfluxDB write failed: %s", exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+        return False
+
+    async def run(self) -> None:
+        import aiohttp
+
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+            try:
+                while True:
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(self.flush_s):
+                            await self._wake.wait()
+                    self._wake.clear()
+                    await self._flush(session)
+            finally:
+                await asyncio.shield(self._flush(session))
+
+    async def _flush(self, session: Any) -> None:
+        while self._q:
+            batch = [self._q.popleft() for _ in range(min(len(self._q), 1000))]
+            if await self._write(session, batch):
+                self.written += len(batch)
+            else:
+                self.dropped += len(batch)
+
+
+class MqttRecorder:
+    """Publishes each event as JSON (QoS 1, not retained) on the farm's alerts
+    topic. Uses its own paho client (MQTT 5) with a network thread; publishing
+    only queues, so it never blocks the loop. Reconnects by itself."""
+
+    def __init__(self, *, url: str, client_id: str = "", qos: int = 1,
+                 username: str | None = None, password: str | None = None,
+                 ca_file: str | None = None, cert_file: str | None = None,
+                 key_file: str | None = None) -> None:
+        self.url = url
+        self.client_id = client_id
+        self.qos = qos
+        self.username = username
+        self.password = password
+        self.tls_files = (ca_file, cert_file, key_file)
+        self._client: Any = None
+        self.published = 0
+
+    def _connect(self) -> None:
+        import paho.mqtt.client as mqtt
+        from paho.mqtt.enums import CallbackAPIVersion
+
+        u = urlsplit(self.url)
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                        protocol=mqtt.MQTTv5)
+        user = self.username or u.username
+        if user:
+            c.username_pw_set(user, self.password or u.password)
+        ca, cert, key = self.tls_files
+        if u.scheme in ("mqtts", "ssl", "tls") or ca:
+            c.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
+        c.max_queued_messages_set(10_000)
+        c.reconnect_delay_set(1, 30)
+        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
+        c.connect_async(u.hostname or "127.0.0.1", port)
+        c.loop_start()
+        self._client = c
+
+    def record(self, ev: AlertEvent) -> None:
+        if self._client is None:
+            return
+        self._client.publish(alerts_topic(ev.county, ev.farm), ev.to_json(), qos=self.qos)
+        self.published += 1
+
+    async def run(self) -> None:
+        self._connect()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            c, self._client = self._client, None
+            if c is not None:
+                c.disconnect()
+                c.loop_stop()

@@ -1,0 +1,81 @@
+"""Alert state on disk (SQLite): rule states, groups, the message outbox,
+daily budgets and the per-entity history behind baselines.
+
+The engine keeps everything in memory and writes what changed in one
+transaction per pass of its loop, before any message of that pass is handed
+to a notifier. So a restart neither re-sends an alert that was already sent
+nor forgets one that was firing or a message still waiting (quiet hours,
+retries). WAL with synchronous=NORMAL keeps SD-card and disk writes low.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+__all__ = ["StateStore"]
+
+_TABLES = ("states", "groups", "outbox", "budget", "history")
+
+
+class StateStore:
+    """Key -> JSON tables in one SQLite file (``:memory:`` for none)."""
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = str(path)
+        self._db: sqlite3.Connection | None = None
+
+    def open(self) -> None:
+        if self._db is not None:
+            return
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        for t in _TABLES:
+            db.execute(f"CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def load(self, table: str) -> dict[str, Any]:
+        assert self._db is not None and table in _TABLES
+        return {k: json.loads(v) for k, v in self._db.execute(f"SELECT key, data FROM {table}")}
+
+    def write(self, changes: Mapping[str, Mapping[str, Any | None]]) -> None:
+        """``{table: {key: data or None (delete)}}`` in one transaction."""
+        assert self._db is not None
+        if not any(changes.values()):
+            return
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            for table, rows in changes.items():
+                assert table in _TABLES
+                dels: list[tuple[str]] = []
+                puts: list[tuple[str, str]] = []
+                for k, v in rows.items():
+                    if v is None:
+                        dels.append((k,))
+                    else:
+                        puts.append((k, json.dumps(v, ensure_ascii=False, separators=(",", ":"))))
+                if dels:
+                    db.executemany(f"DELETE FROM {table} WHERE key = ?", dels)
+                if puts:
+                    db.executemany(f"INSERT OR REPLACE INTO {table} (key, data) VALUES (?, ?)",
+                                   puts)
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+
+    def keys(self, table: str) -> Iterable[str]:
+        assert self._db is not None and table in _TABLES
+        return [r[0] for r in self._db.execute(f"SELECT key FROM {table}")]
