@@ -120,6 +120,8 @@ class Subscriber:
         if msg.topic.endswith("/status"):
             self.status.append(json.loads(msg.payload))
             return
+        if not msg.topic.endswith("/telemetry"):
+            return  # alerts the edge raised
         ct = getattr(msg.properties, "ContentType", None) if msg.properties else None
         self.content_types.append(ct)
         self.sizes.append(len(msg.payload))

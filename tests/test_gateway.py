@@ -38,6 +38,7 @@ class CounterDriver:
         self.per_read = per_read
         self.clock = clock
         self.mono: dict[int, int] = {}
+        self.last = 0
         self.lock = threading.Lock()
 
     def read(self) -> list[Sample]:
@@ -46,9 +47,16 @@ class CounterDriver:
                 self.clock.advance(1000)
             out = []
             for _ in range(self.per_read):
+                mono = None
                 if self.clock is not None:
                     self.mono[self.n] = self.clock.mono
-                out.append(Sample("soil_moisture", float(self.n % 100), "%"))
+                else:
+                    # Each reading on its own millisecond, 3 ms apart (the
+                    # stamp wall - (mono - m) may move by one between reads):
+                    # InfluxDB keeps one point per series and time.
+                    now = time.clock_gettime_ns(time.CLOCK_BOOTTIME) // 1_000_000
+                    mono = self.last = max(now, self.last + 3)
+                out.append(Sample("soil_moisture", float(self.n % 100), "%", mono_ms=mono))
                 self.n += 1
             return out
 
@@ -219,8 +227,13 @@ def test_broker_down_while_sampling_then_everything_arrives_in_order(
     sub.close()
     # In InfluxDB: every reading once, at its own time.
     want = sorted(firsts)
-    eventually(lambda: len(influx_points(influxdb.url, influx_db, "soil", "moisture"))
-               >= len(want), timeout=30, what="all readings in InfluxDB")
+    def all_stored() -> bool:
+        got = [(t, v) for t, v, _ in influx_points(influxdb.url, influx_db, "soil", "moisture")]
+        missing = sorted(set(want) - set(got))
+        assert not missing, (len(missing), missing[:5])
+        return True
+
+    eventually(all_stored, timeout=30, what="all readings in InfluxDB")
     edge.stop()
     assert [(t, v) for t, v, _ in influx_points(influxdb.url, influx_db, "soil", "moisture")
             ] == want

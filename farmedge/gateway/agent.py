@@ -29,8 +29,6 @@ from .uplink import Uplink
 
 __all__ = ["Agent", "check_sample"]
 
-log = get_logger("farmedge.gateway")
-
 CPU_TEMP = Path("/sys/class/thermal/thermal_zone0/temp")
 
 
@@ -79,7 +77,8 @@ class Agent:
         self.started_mono = time.monotonic()
         self.read_errors = 0
         self.samples = 0
-        self.log = log.bind(gateway=settings.gateway)
+        # Made here, not at import: logging is set up after the imports.
+        self.log = get_logger("farmedge.gateway", gateway=settings.gateway)
 
     # -- status -------------------------------------------------------------
 
@@ -109,18 +108,20 @@ class Agent:
 
     # -- tasks --------------------------------------------------------------
 
-    async def _sample_loop(self, cfg: SensorConfig, driver: Driver, stop: asyncio.Event) -> None:
+    async def _sample_loop(self, cfg: SensorConfig, driver: Driver) -> None:
+        """Read one sensor every ``interval_s`` until cancelled. A blocking
+        read runs in a worker thread; drivers bound their own I/O with
+        timeouts (serial, Modbus), so a read always returns or raises."""
         loop = asyncio.get_running_loop()
         stuck = _Stuck(cfg.stuck_after)
         next_t = loop.time()
         errors_in_row = 0
         lg = self.log.bind(sensor=cfg.id)
-        while not stop.is_set():
+        while True:
             try:
-                samples = await asyncio.wait_for(asyncio.to_thread(driver.read),
-                                                 max(10.0, 2 * cfg.interval_s))
+                samples = await asyncio.to_thread(driver.read)
                 errors_in_row = 0
-            except (DriverError, TimeoutError, OSError) as exc:
+            except (DriverError, OSError) as exc:
                 samples = []
                 self.read_errors += 1
                 errors_in_row += 1
@@ -137,8 +138,7 @@ class Agent:
             now = loop.time()
             if next_t < now:
                 next_t = now  # fell behind: skip the missed reads, do not burst
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), next_t - now)
+            await asyncio.sleep(next_t - now)
 
     def _store(self, sensor_id: str, samples: list[Sample], stuck: _Stuck) -> None:
         c = self.clock
@@ -181,8 +181,7 @@ class Agent:
         self.log.info("gateway starting", version=__version__, sensors=len(self.drivers),
                       backlog=self.outbox.depth, outbox=str(self.outbox.path))
         sensors = {cfg.id: cfg for cfg in self.s.sensors}
-        sampling = asyncio.Event()
-        tasks = [asyncio.create_task(self._sample_loop(sensors[i], d, sampling), name=f"read {i}")
+        tasks = [asyncio.create_task(self._sample_loop(sensors[i], d), name=f"read {i}")
                  for i, d in self.drivers.items() if i in sensors]
         committing = asyncio.Event()
         committer = asyncio.create_task(self._commit_loop(committing))
@@ -193,7 +192,8 @@ class Agent:
             await stop.wait()
         finally:
             self.log.info("gateway stopping")
-            sampling.set()
+            for t in tasks:
+                t.cancel()  # a read in progress finishes in its thread, unstored
             await asyncio.gather(*tasks, return_exceptions=True)
             committing.set()
             await committer

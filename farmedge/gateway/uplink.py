@@ -31,8 +31,6 @@ from .settings import GatewaySettings
 
 __all__ = ["Backoff", "Uplink", "UplinkStats"]
 
-log = get_logger("farmedge.gateway.uplink")
-
 
 @dataclass
 class Backoff:
@@ -110,7 +108,8 @@ class Uplink:
         self._gen = 0
         self._cursor = 0
         self._bucket = _Bucket(settings.uplink.max_rate, settings.uplink.batch_max)
-        self.log = log.bind(gateway=settings.gateway)
+        # Made here, not at import: logging is set up after the imports.
+        self.log = get_logger("farmedge.gateway.uplink", gateway=settings.gateway)
         self._progress_at = 0.0
         self._replay_start: tuple[float, int] | None = None
 
