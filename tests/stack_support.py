@@ -365,7 +365,8 @@ class Pipeline:
         self.influx.stop()
 
 
-def start_pipeline(root: Path, registry_yaml: str, *, county: str) -> Pipeline:
+def start_pipeline(root: Path, registry_yaml: str, *, county: str,
+                   alerts: bool = False) -> Pipeline:
     from farmedge.provision import broker as creds
 
     from .edgeproc import EdgeProcess
@@ -400,9 +401,9 @@ def start_pipeline(root: Path, registry_yaml: str, *, county: str) -> Pipeline:
                    "FARMEDGE_INFLUX_PASSWORD": EDGE_USER[1],
                    "FARMEDGE_INFLUX_CREATE_DATABASE": "false",
                    "FARMEDGE_REGISTRY": str(reg), "FARMEDGE_INSTANCE": "edge-1",
-                   # The dashboard tests write their own alert records
-                   # (alert_lines); the engine's own would change the counts.
-                   "FARMEDGE_ALERTS_ENABLED": "false"}).start()
+                   # Off by default: the dashboard tests write their own alert
+                   # records (alert_lines); the engine's would change the counts.
+                   "FARMEDGE_ALERTS_ENABLED": "true" if alerts else "false"}).start()
     return Pipeline(broker, influx, edge, started, sim_pw)
 
 

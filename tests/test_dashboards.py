@@ -276,3 +276,44 @@ def test_provisioning_points_at_the_dashboards() -> None:
     [provider] = dp["providers"]
     assert provider["type"] == "file"
     assert Path(provider["options"]["path"]).name == "farmedge"
+
+
+@pytest.mark.slow
+def test_the_alert_engines_own_records_show_on_the_dashboards(
+        tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The same pipeline with the edge's alert engine on and no records of
+    our own: the gateway whose status says offline raises the engine's
+    gateway-offline alert, which the county overview counts as firing and the
+    farm dashboard shows as an annotation."""
+    now = int(time.time() * 1000)
+    sc = make_scenario("hulan", now_ms=now, hours=1)
+    p = start_pipeline(tmp_path_factory.mktemp("alerts-on"), sc.registry_yaml, county=sc.county,
+                       alerts=True)
+    try:
+        publish_scenario(p, sc)
+        db = ENV["INFLUX_DATABASE"]
+        raised = eventually(lambda: query(
+            p.influx.url, 'SELECT "title", "severity", "scope_id" FROM "alerts" WHERE '
+            "\"event\" = 'raise' AND \"rule\" = 'device/gateway-offline'", GRAFANA_USER, db),
+            timeout=30, what="the engine's gateway-offline alert")
+        [title, severity, gateway] = raised[0]["values"][0][1:]
+        assert gateway == "gw-003-1"
+        end = int(time.time() * 1000)
+        f = Filled(p.influx.url, db, sc, sc.start_ms, end, end)
+        county = json.loads(json.dumps(DASHBOARDS["farmedge-county"]))
+        sel = _selections(f, county, "all", sc.start_ms, end)
+        panel = next(x for x in county["panels"] if x["title"] == "Alerts firing by severity")
+        ref = {"critical": "A", "warning": "B", "info": "C"}[severity]
+        target = next(t for t in panel["targets"] if t["refId"] == ref)
+        q = expand(target["query"], start_ms=sc.start_ms, end_ms=end, interval_ms=60_000,
+                   variables=_variables(county), selections=sel)
+        assert query(p.influx.url, q, GRAFANA_USER, db)[0]["values"][0][1] >= 1
+        farm_doc = json.loads(json.dumps(DASHBOARDS["farmedge-farm"]))
+        anno = next(a for a in farm_doc["annotations"]["list"] if a["name"] == "Alerts")
+        sel = _selections(f, farm_doc, "all", sc.start_ms, end)
+        q = expand(anno["query"], start_ms=sc.start_ms, end_ms=end, interval_ms=60_000,
+                   variables=_variables(farm_doc), selections=sel)
+        titles = [r[1] for s in query(p.influx.url, q, GRAFANA_USER, db) for r in s["values"]]
+        assert title in titles
+    finally:
+        p.stop()

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from farmedge.contract import Quality
-from farmedge.devservers import InfluxServer, MosquittoServer
+from farmedge.contract import GatewayStatus, Quality
+from farmedge.devservers import InfluxServer, MosquittoServer, influx_query
 from farmedge.gateway import Backoff, FakeClock, Outbox, Sample
 from farmedge.gateway.agent import check_sample
 from farmedge.gateway.outbox import NewRow
@@ -173,6 +173,7 @@ def test_readings_arrive_compact_in_order_and_status_is_retained(
                     "clock", "disk_free_mb", "ts"):
             assert key in st, key
         assert st["clock"] == "synced" and st["gateway"] == "gw-1"
+        GatewayStatus.model_validate(st)  # the contract's model, no unknown keys
     finally:
         agent.stop()
     # Clean stop: everything read was sent, then "offline".
@@ -182,6 +183,7 @@ def test_readings_arrive_compact_in_order_and_status_is_retained(
     assert ts == sorted(ts)
     assert set(sub.content_types) == {"application/vnd.farmedge.v1+compact"}
     eventually(lambda: sub.status[-1]["online"] is False, what="offline status")
+    GatewayStatus.model_validate(sub.status[-1])
     assert agent.agent.outbox.depth == 0
     sub.close()
 
@@ -234,6 +236,12 @@ def test_broker_down_while_sampling_then_everything_arrives_in_order(
         return True
 
     eventually(all_stored, timeout=30, what="all readings in InfluxDB")
+    # The edge stored the agent's status, through the outage and after.
+    status = influx_query(influxdb.url, 'SELECT "online", "outbox_depth", "clock" FROM "gateway"'
+                          f" WHERE \"county\" = '{county}'", influx_db)
+    rows = status[0]["values"] if status else []
+    assert any(r[1] is True and r[3] == "synced" for r in rows)  # type: ignore[index,union-attr]
+    assert any(r[2] and r[2] > 100 for r in rows)  # type: ignore[index,union-attr]  # backlog
     edge.stop()
     assert [(t, v) for t, v, _ in influx_points(influxdb.url, influx_db, "soil", "moisture")
             ] == want
