@@ -679,3 +679,91 @@ def test_cli_check_and_templates(tmp_path: Path, dry_rules: Path) -> None:
     assert t.returncode == 0
     assert "soil-dry,raise,zh,${where}土壤偏干：含水量${reading}%（适宜${low}–${high}%），" \
            "请24小时内灌溉。" in t.stdout
+
+
+REMIND_RULES = """
+profiles:
+  test-remind:
+    rules:
+      - id: soil-dry
+        kind: soil_moisture
+        when: {below: 20}
+        clear: {at_least: 24}
+        group_by: plot
+        target: [22, 30]
+        template: soil-dry
+        remind_after: 6h
+"""
+
+
+async def test_reminder_after_the_cool_down_while_still_firing(
+        county: str, http: HttpReceiver, tmp_path: Path) -> None:
+    rules = tmp_path / "remind.yaml"
+    rules.write_text(REMIND_RULES + "  device:\n    rules: []\n")
+    reg = farm_registry(county, sensors=1, profile="test-remind",
+                        contacts=[Contact(name="王", notify=[http.url()])])
+    rig = await make_rig(county=county, registry=reg, rules_path=rules,
+                         start=local_ts(2026, 6, 10, 8))
+    try:
+        for _ in range(13):            # 13 h dry, a reading every hour
+            await rig.feed({"soil-1": 15})
+            await rig.step(3600)
+        await until(lambda: len(http.posts) == 3, what="raise and two reminders")
+        await settle(rig.engine)
+        text = "3号地土壤偏干：含水量15%（适宜22–30%），请24小时内灌溉。"
+        assert http.messages() == [text, "提醒：" + text, "提醒：" + text]
+        assert [e.event for e in rig.memory.events if e.event in ("raise", "remind")] == [
+            "raise", "remind", "remind"]
+    finally:
+        await rig.stop()
+
+
+async def test_device_rules_battery_range_flatline_clock_and_backlog(
+        county: str, http: HttpReceiver) -> None:
+    from farmedge.contract.models import GatewayStatus
+    from farmedge.edge.events import StatusEvent
+
+    reg = farm_registry(county, sensors=2, contacts=[Contact(name="王", notify=[http.url()])],
+                        center=[Contact(name="center", notify=[http.url("center")])],
+                        profile="maize-blacksoil")
+    rig = await make_rig(county=county, registry=reg, rules_path=None,
+                         start=local_ts(2026, 6, 10, 8))
+    e = rig.engine
+
+    def send(sensor: str, kind: str, value: float, unit: str, quality: str = "ok",
+             clock_ok: bool = True) -> None:
+        e.on_readings([AcceptedReading(county, "wang-12", "gw-1", sensor, kind, rig.clock.ms,
+                                       value, unit, quality, {}, clock_ok)])
+
+    def status(**kw: Any) -> None:
+        e.on_status(StatusEvent(county, "wang-12", "gw-1",
+                                GatewayStatus(v=1, gateway="gw-1", online=True, **kw),
+                                rig.clock.ms))
+
+    try:
+        for i in range(15):            # 2.5 h, a reading every 10 min
+            synced = i >= 6            # NTP after an hour
+            send("soil-1", "soil_moisture", 25 + i % 3, "%", clock_ok=synced)
+            send("soil-2", "soil_moisture", 26 + i % 2, "%", clock_ok=synced)
+            send("soil-1", "battery_voltage", 3.1, "V", clock_ok=synced)         # low battery
+            send("soil-2", "soil_temperature", 17.25, "degC", clock_ok=synced)   # stuck
+            send("soil-2", "soil_ec", 300, "uS/cm", quality="error", clock_ok=synced)  # broken
+            status(clock="unsynced" if i < 6 else "synced", outbox_oldest_age_s=4 * 3600)
+            await rig.step(600)
+        await rig.step(12 * 3600)      # the stuck temperature passes the 12-h window
+        for sensor in ("soil-1", "soil-2"):
+            send(sensor, "soil_moisture", 25, "%")
+        send("soil-2", "soil_temperature", 17.25, "degC")
+        status(clock="synced", outbox_oldest_age_s=4 * 3600)
+        await settle(e)
+        raised = {ev.rule for ev in rig.memory.events if ev.event == "raise"}
+        assert {"device/battery-low", "device/out-of-range", "device/clock-unsynced",
+                "device/outbox-backlog", "device/flatline"} <= raised
+        cleared = {ev.rule for ev in rig.memory.events if ev.event == "clear"}
+        assert "device/clock-unsynced" in cleared
+        # Center-only rules go to the center; the farmer hears about the rest.
+        assert any("积压数据" in m for m in http.messages("center"))
+        assert any("电池电压低" in m for m in http.messages("sms"))
+        assert not any("时钟" in m for m in http.messages("sms"))
+    finally:
+        await rig.stop()

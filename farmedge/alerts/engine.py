@@ -63,6 +63,7 @@ _FRESH_S = 2 * 3600.0            # latest values that count in a plot/farm aggre
 _THI_PAIR_S = 1800.0             # temperature and humidity at most this far apart
 _HISTORY_SAVE_S = 300.0          # how often hourly history goes to disk (real seconds)
 _SILENCE_CHECK_S = 10.0         # silence and offline checks at most this often (clock s)
+_NO_PLAN = object()
 _STATUS_CHECKS = ("gateway_offline", "sensor_silent", "clock_unsynced", "outbox_backlog")
 
 GKey = tuple[str, str, str]          # county, farm, gateway
@@ -181,6 +182,8 @@ class _Ctx:
     by_kind: dict[str, list[tuple[BoundRule, dict[str, float]]]]
     any_kind: list[tuple[BoundRule, dict[str, float]]]      # out_of_range checks
     status: list[tuple[BoundRule, dict[str, float]]]        # status / timer checks
+    #: kind -> (plausible low, high, [(flatline rule, tolerance, window)]) or None
+    fast: dict[str, Any] = field(default_factory=dict)
 
 
 def _fmt(v: float | None, decimals: int) -> str:
@@ -227,6 +230,7 @@ class AlertEngine:
         self._bad: dict[tuple[SKey, str], deque[float]] = {}
         #: gateways and sensors with a device state (offline, silent, clock, ...)
         self._flagged: set[tuple[str, ...]] = set()
+        self._flagged_gw: set[str] = set()     # gateway ids, for the fast path
         self._last_silence_check = float("-inf")
         self._changed = False
         self._air: dict[GKey, dict[str, tuple[float, float]]] = {}
@@ -264,8 +268,49 @@ class AlertEngine:
             return
         now = self.clock()
         self.stats["readings"] += len(readings)
+        # Fast path for the common case: a reading whose kind has only device
+        # checks (flatline, plausible range) on a sensor and gateway with no
+        # device alert, quality ok, clock synced. Everything else takes
+        # _reading, which does the full work.
+        seen = self._seen_sensor
+        cache = self._ctx_cache
+        flagged = self._flagged
+        flagged_gw = self._flagged_gw
+        flat = self._flat
+        slow = self._reading
         for r in readings:
-            self._reading(r, now)
+            sk = (r.county, r.farm, r.gateway, r.sensor)
+            if sk in flagged or r.gateway in flagged_gw or r.quality != "ok" \
+                    or not r.clock_ok:
+                slow(r, now)
+                continue
+            tags = r.tags
+            ctx = cache.get((*sk, tags.get("plot") or "", tags.get("animal") or "")
+                            if tags else sk)
+            if ctx is None:
+                slow(r, now)
+                continue
+            plan = ctx.fast.get(r.kind, _NO_PLAN)
+            if plan is _NO_PLAN:
+                plan = ctx.fast[r.kind] = self._fast_plan(ctx, r.kind)
+            if plan is None:
+                slow(r, now)
+                continue
+            lo, hi, flats = plan
+            v = r.value
+            if not lo <= v <= hi:
+                slow(r, now)
+                continue
+            seen[sk] = now
+            ts = r.ts_ms / 1000.0
+            for rule_key, tol, window in flats:
+                fkey = (sk, r.kind, rule_key)
+                st = flat.get(fkey)
+                if st is None or abs(v - st[0]) > tol:
+                    flat[fkey] = [v, ts]
+                elif ts - st[1] >= window:
+                    slow(r, now)
+                    break
         if self._changed:       # an alert fired or resolved: act now, not at the tick
             self._changed = False
             self._poke()
@@ -422,6 +467,22 @@ class AlertEngine:
                     seen_series = set()
                 self._threshold(br, pr, ctx, r, ts, now, seen_series)
 
+    def _fast_plan(self, ctx: _Ctx, kind: str
+                   ) -> tuple[float, float, list[tuple[str, float, float]]] | None:
+        """What the fast path checks for this kind, or None when it has rules
+        that need the full path (thresholds, derived values)."""
+        flats: list[tuple[str, float, float]] = []
+        for br, pr in ctx.by_kind.get(kind, []):
+            if br.rule.check != "flatline":
+                return None
+            flats.append((br.key, pr.get("tolerance", 0.0), br.rule.window or 43200.0))
+        lo, hi = -math.inf, math.inf
+        for br, _pr in ctx.any_kind:
+            rng = br.rule.plausible.get(kind)
+            if rng is not None:
+                lo, hi = max(lo, rng[0]), min(hi, rng[1])
+        return lo, hi, flats
+
     def _device_clear(self, r: AcceptedReading, ctx: _Ctx, gk: GKey, sk: SKey,
                       now: float) -> None:
         found = False
@@ -440,9 +501,11 @@ class AlertEngine:
                     self._observe(br, pr, ctx, "gateway", r.gateway, True, False, 0.0, {}, now)
                 else:
                     found |= self._observe_if_present(br, ctx, "gateway", r.gateway, now)
-        if not found and not any(k[0] == sk for k in self._flat_states):
+        if not found and not any(k[0] == sk for k in self._flat_states) and \
+                not any(k[0] == sk for k in self._bad):
             self._flagged.discard(gk)
             self._flagged.discard(sk)
+            self._flagged_gw.discard(r.gateway)
 
     def _history(self, skey: str, ts: float, v: float, exclude_below: float | None,
                  base: float | None = None) -> None:
@@ -611,6 +674,7 @@ class AlertEngine:
             q = self._bad[bkey] = deque()
         if bad:
             q.append(now)
+            self._flagged.add(sk)
         while q and q[0] < now - (rule.window or 3600.0):
             q.popleft()
         if bad and len(q) >= pr.get("count", 3):
@@ -625,7 +689,8 @@ class AlertEngine:
     def _status(self, ev: StatusEvent, now: float) -> None:
         self.stats["status"] += 1
         gk = (ev.county, ev.farm, ev.gateway)
-        prev = self._seen_gw.get(gk, self._started)
+        prev = max([self._seen_gw.get(gk, self._started),
+                    *(t for k, t in self._seen_sensor.items() if k[:3] == gk)])
         ctx = self._ctx(ev.county, ev.farm, ev.gateway, "", None, None)
         st = ev.status
         if st.online:
@@ -666,6 +731,12 @@ class AlertEngine:
                 self._seen_sensor[sk] = max(self._seen_sensor[sk], now)
 
     def _known(self) -> tuple[set[GKey], set[SKey]]:
+        # Readings on the fast path mark only their sensor: a gateway was last
+        # heard when its last status or any of its sensors' readings came.
+        for sk, t in self._seen_sensor.items():
+            gk = sk[:3]
+            if t > self._seen_gw.get(gk, -math.inf):
+                self._seen_gw[gk] = t
         gws: set[GKey] = set(self._seen_gw) | self._gw_will
         sensors: set[SKey] = set(self._seen_sensor)
         for (c, f, g), (_farm, ge) in self._index.items():
@@ -757,6 +828,7 @@ class AlertEngine:
             if rule.check is not None:
                 if etype == "gateway":
                     self._flagged.add((ctx.county, ctx.farm, eid))
+                    self._flagged_gw.add(eid)
                 elif etype == "sensor":
                     self._flagged.add((ctx.county, ctx.farm, *eid.split("/", 1)))
             st = _State(br.key, ctx.county, ctx.farm, etype, eid, gkey, since=now,
@@ -1107,6 +1179,7 @@ class AlertEngine:
                 rule = self._rule_index[s.rule][0]
                 if rule.check is not None and s.etype == "gateway":
                     self._flagged.add((s.county, s.farm, s.eid))
+                    self._flagged_gw.add(s.eid)
                 elif rule.check is not None and s.etype == "sensor":
                     gw, _, sensor = s.eid.partition("/")
                     self._flagged.add((s.county, s.farm, gw, sensor))

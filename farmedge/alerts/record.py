@@ -200,13 +200,16 @@ class InfluxRecorder:
 
 class MqttRecorder:
     """Publishes each event as JSON (QoS 1, not retained) on the farm's alerts
-    topic. Uses its own paho client (MQTT 5) with a network thread; publishing
-    only queues, so it never blocks the loop. Reconnects by itself."""
+    topic, with its own paho client (MQTT 5) and network thread. ``record``
+    only queues (bounded: past ``max_queue`` the oldest are dropped and
+    counted); the recorder's task hands events to paho from a worker thread
+    while the client is connected, because paho can block a caller while it
+    waits to reconnect. Reconnects by itself."""
 
     def __init__(self, *, url: str, client_id: str = "", qos: int = 1,
                  username: str | None = None, password: str | None = None,
                  ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None) -> None:
+                 key_file: str | None = None, max_queue: int = 10_000) -> None:
         self.url = url
         self.client_id = client_id
         self.qos = qos
@@ -214,7 +217,10 @@ class MqttRecorder:
         self.password = password
         self.tls_files = (ca_file, cert_file, key_file)
         self._client: Any = None
+        self._q: deque[AlertEvent] = deque(maxlen=max_queue)
+        self._wake = asyncio.Event()
         self.published = 0
+        self.dropped = 0
 
     def _connect(self) -> None:
         import paho.mqtt.client as mqtt
@@ -237,17 +243,30 @@ class MqttRecorder:
         self._client = c
 
     def record(self, ev: AlertEvent) -> None:
-        if self._client is None:
-            return
-        self._client.publish(alerts_topic(ev.county, ev.farm), ev.to_json(), qos=self.qos)
-        self.published += 1
+        if len(self._q) == self._q.maxlen:
+            self.dropped += 1
+        self._q.append(ev)
+        self._wake.set()
+
+    def _publish_batch(self, evs: list[AlertEvent]) -> None:
+        for ev in evs:
+            self._client.publish(alerts_topic(ev.county, ev.farm), ev.to_json(), qos=self.qos)
 
     async def run(self) -> None:
-        self._connect()
+        await asyncio.to_thread(self._connect)
         try:
-            await asyncio.Event().wait()
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self._wake.wait()
+                self._wake.clear()
+                if not self._q or not self._client.is_connected():
+                    continue
+                batch = [self._q.popleft() for _ in range(min(len(self._q), 500))]
+                await asyncio.to_thread(self._publish_batch, batch)
+                self.published += len(batch)
         finally:
             c, self._client = self._client, None
             if c is not None:
-                c.disconnect()
+                await asyncio.to_thread(c.disconnect)
                 c.loop_stop()

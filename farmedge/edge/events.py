@@ -8,16 +8,22 @@ block: one that has slow work (sending a message) queues it for its own task.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Protocol
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import NamedTuple, Protocol
 
 from farmedge.contract.models import GatewayStatus
 
 __all__ = ["AcceptedReading", "Observer", "StatusEvent"]
 
+_NO_TAGS: Mapping[str, str] = MappingProxyType({})
 
-@dataclass(frozen=True, slots=True)
-class AcceptedReading:
+
+class AcceptedReading(NamedTuple):
+    """One reading the edge made durable. A NamedTuple (immutable, built in
+    ~0.6 µs against ~3.5 µs for a frozen dataclass): the edge builds one per
+    reading when observers are attached (bench/bench_alerts.py)."""
+
     county: str
     farm: str
     gateway: str
@@ -28,7 +34,7 @@ class AcceptedReading:
     unit: str          # canonical unit, e.g. "%"
     quality: str       # "ok" | "suspect" | "error"
     #: plot / crop / animal, from the registry or the reading itself
-    tags: Mapping[str, str] = field(default_factory=dict)
+    tags: Mapping[str, str] = _NO_TAGS
     #: False when the gateway's clock was unsynced and ts could not be trusted
     clock_ok: bool = True
 

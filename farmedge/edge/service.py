@@ -179,8 +179,11 @@ class EdgeService:
         for obs in self.observers:
             close = getattr(obs, "close", None)
             if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
+                try:
+                    await asyncio.wait_for(close(), 15)
+                except Exception as exc:
+                    self.log.error("observer.close_failed", observer=type(obs).__name__,
+                                   error=repr(exc))
         await self.mqtt.stop()
         if self._http is not None:
             await self._http.cleanup()
