@@ -137,14 +137,6 @@ class Subscriber:
         return [(r.sensor, r.kind.name, r.ts_ms, r.value)
                 for p in list(self.telemetry) for r in p.readings]
 
-    def reconnect(self) -> None:
-        self._connected.clear()
-        self.client.disconnect()
-        self.client.loop_stop()
-        self.client.reconnect()
-        self.client.loop_start()
-        assert self._connected.wait(10)
-
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
