@@ -35,7 +35,7 @@ from .settings import MqttSection
 __all__ = ["Inbound", "MqttSource"]
 
 # Packets read per readiness event before yielding to the loop.
-_READ_BURST = 2000
+_READ_BURST = 200
 
 
 @dataclass(slots=True)

@@ -234,7 +234,7 @@ class EdgeService:
                     self.mqtt.resume_reading()
                 if len(self._batch.lines) >= s.batch_size:
                     await self._ship()
-                elif n % 2000 == 0:
+                elif n % 250 == 0:
                     await asyncio.sleep(0)  # let acks, health and timers run
             b = self._batch
             if (b.lines or b.messages) and (
