@@ -155,7 +155,9 @@ class Edge:
         env.update(FARMEDGE_MQTT_URL=mq.url, FARMEDGE_INFLUX_URL=ix.url,
                    FARMEDGE_INFLUX_DATABASE=db, FARMEDGE_DATA_DIR=str(data),
                    FARMEDGE_HTTP_PORT=str(self.port), FARMEDGE_LOG_LEVEL="warning",
-                   FARMEDGE_MQTT_CLIENT_ID=f"bench-edge-{db}", PYTHONPATH=str(ROOT))
+                   FARMEDGE_MQTT_CLIENT_ID=f"bench-edge-{db}", PYTHONPATH=str(ROOT),
+                   # ingestion alone; bench_alerts.py measures the engine on and off
+                   FARMEDGE_ALERTS_ENABLED="false")
         env.update(extra or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "farmedge", "edge", "run"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -46,7 +46,9 @@ def setup_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
 
 
 def get_logger(name: str, **bind: Any) -> Any:
-    return structlog.get_logger(name).bind(**bind)
+    """A logger that takes its configuration when it first logs, so one
+    made at import time still follows ``setup_logging``."""
+    return structlog.get_logger(logger_name=name, **bind)
 
 
 def redact_url(url: str) -> str:

@@ -3,6 +3,7 @@ process in tests, and publishing streams of readings at it."""
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import signal
@@ -55,6 +56,8 @@ class EdgeProcess:
 
     def start(self, *, wait_subscribed: bool = True) -> EdgeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        # A failing test must not leave an edge running after pytest exits.
+        atexit.register(self._kill_if_running)
         argv = [sys.executable, "-m", "farmedge", "edge", "run"]
         if self.config:
             argv += ["--config", str(self.config)]
@@ -101,6 +104,10 @@ class EdgeProcess:
             rc = self.proc.wait(10)
         self.proc = None
         return rc
+
+    def _kill_if_running(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
 
     def kill(self) -> None:
         self.stop(signal.SIGKILL)

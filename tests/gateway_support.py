@@ -20,6 +20,8 @@ from farmedge.gateway import Agent, GatewaySettings
 from farmedge.gateway.clock import ClockSource
 from farmedge.gateway.drivers import Driver
 
+from .edgeproc import EdgeProcess as _EdgeProcess
+
 
 def gw_settings(tmp: Path, url: str, county: str, **over: Any) -> GatewaySettings:
     doc: dict[str, Any] = {
@@ -135,62 +137,24 @@ class Subscriber:
         return [(r.sensor, r.kind.name, r.ts_ms, r.value)
                 for p in list(self.telemetry) for r in p.readings]
 
-    def reconnect(self) -> None:
-        self._connected.clear()
-        self.client.disconnect()
-        self.client.loop_stop()
-        self.client.reconnect()
-        self.client.loop_start()
-        assert self._connected.wait(10)
-
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
 
 
-class EdgeProcess:
-    """``python -m farmedge edge run`` writing to one InfluxDB database."""
+class EdgeProcess(_EdgeProcess):
+    """``python -m farmedge edge run`` writing to one InfluxDB database,
+    started and subscribed on construction (tests/edgeproc.py does the work)."""
 
     def __init__(self, mqtt_url: str, influx_url: str, database: str, data: Path) -> None:
-        import os
-        import subprocess
-        import sys
-        import urllib.request
+        super().__init__(mqtt_url=mqtt_url, influx_url=influx_url, database=database,
+                         data_dir=data, client_id="edge-" + uuid.uuid4().hex[:8])
+        self.start()
 
-        from farmedge.devservers import free_port
-
-        from .support import eventually
-
-        root = Path(__file__).resolve().parents[1]
-        self.port = free_port()
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
-        env.update(FARMEDGE_MQTT_URL=mqtt_url, FARMEDGE_INFLUX_URL=influx_url,
-                   FARMEDGE_INFLUX_DATABASE=database, FARMEDGE_DATA_DIR=str(data),
-                   FARMEDGE_HTTP_PORT=str(self.port), FARMEDGE_LOG_LEVEL="warning",
-                   FARMEDGE_MQTT_CLIENT_ID="edge-" + uuid.uuid4().hex[:8],
-                   PYTHONPATH=str(root))
-        data.mkdir(parents=True, exist_ok=True)
-        self.log = data / "edge.log"
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen([sys.executable, "-m", "farmedge", "edge", "run"],
-                                         env=env, cwd=root, stdout=log,
-                                         stderr=subprocess.STDOUT)
-
-        def healthy() -> bool:
-            import json
-
-            assert self.proc.poll() is None, self.log.read_text()[-2000:]
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz") as r:
-                    return bool(json.loads(r.read()).get("mqtt_subscribed"))
-            except OSError:
-                return False
-
-        eventually(healthy, timeout=60, interval=0.2, what="edge subscribed")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
+    def stop(self, *args: Any, **kw: Any) -> int:
+        rc = super().stop(*args, **kw)
+        assert rc == 0, self.log_tail()
+        return rc
 
 
 def influx_points(url: str, db: str, measurement: str, field: str,

@@ -139,3 +139,20 @@ def test_spool_is_replayed_after_an_edge_restart(mosquitto: MosquittoServer,
     finally:
         pub.close()
         edge.stop()
+
+
+def test_sigterm_while_the_broker_is_unreachable_exits_promptly(
+        influxdb: InfluxServer, influx_db: str, county: str, tmp_path: Path) -> None:
+    """A stop must not wait out the reconnect back-off."""
+    from farmedge.devservers import free_port
+
+    edge = EdgeProcess(mqtt_url=f"mqtt://127.0.0.1:{free_port()}", influx_url=influxdb.url,
+                       database=influx_db, data_dir=tmp_path / "edge", county=county,
+                       extra_env={"FARMEDGE_MQTT_RECONNECT_MIN_S": "30",
+                                  "FARMEDGE_MQTT_RECONNECT_MAX_S": "60"})
+    edge.start(wait_subscribed=False)
+    h = eventually(lambda: (lambda x: x if x.get("http_status") == 503 else None)(
+        edge.health()), timeout=30, what="/healthz says the broker is unreachable")
+    assert any("MQTT" in r for r in h["reasons"])
+    eventually(lambda: "mqtt.reconnect_in" in edge.log_tail(), timeout=20)
+    assert edge.stop(timeout=10) == 0

@@ -112,7 +112,7 @@ def settings_for(fake: FakeInfluxV2, mosquitto: MosquittoServer, county: str,
     )
 
 
-async def until(cond: Callable[[], object], limit: float = 20, what: str = "condition") -> None:
+async def until(cond: Callable[[], object], limit: float = 45, what: str = "condition") -> None:
     deadline = time.monotonic() + limit
     while not cond():
         if time.monotonic() > deadline:
@@ -230,7 +230,7 @@ async def test_401_keeps_the_data_in_the_spool_and_raises_the_alarm(
     assert not h.ok
     assert any("401" in r for r in h.reasons)
     fake_influx.token = real_token  # the admin fixes the token
-    await until(lambda: len(soil(fake_influx.stored)) == 2, limit=30, what="replayed")
+    await until(lambda: len(soil(fake_influx.stored)) == 2, limit=60, what="replayed")
     await until(lambda: svc.health().ok, what="healthy again")
     assert svc.spool.lines == 0
     stop.set()

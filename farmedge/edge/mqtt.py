@@ -35,7 +35,7 @@ from .settings import MqttSection
 __all__ = ["Inbound", "MqttSource"]
 
 # Packets read per readiness event before yielding to the loop.
-_READ_BURST = 2000
+_READ_BURST = 200
 
 
 @dataclass(slots=True)
@@ -66,6 +66,7 @@ class MqttSource:
         self._closing = False
         self._paused = False
         self._lost = asyncio.Event()
+        self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.connected = False
         #: True once the broker granted the subscriptions on this connection.
@@ -136,7 +137,9 @@ class MqttSource:
             delay = random.uniform(base / 2, base)
             attempt += 1
             self._log.info("mqtt.reconnect_in", seconds=round(delay, 2), attempt=attempt)
-            await asyncio.sleep(delay)
+            # Sleep, but wake at once when the service stops.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), delay)
 
     @property
     def closing(self) -> bool:
@@ -178,9 +181,10 @@ class MqttSource:
             with contextlib.suppress(Exception):
                 self._client._sock_close()
         self._lost.set()
+        self._stopped.set()
         if self._task is not None:
             with contextlib.suppress(BaseException):
-                await self._task
+                await asyncio.wait_for(self._task, 15)
         self.connected = False
 
     # -- acknowledgement -------------------------------------------------

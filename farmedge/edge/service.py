@@ -179,8 +179,11 @@ class EdgeService:
         for obs in self.observers:
             close = getattr(obs, "close", None)
             if close is not None:
-                with contextlib.suppress(Exception):
-                    await close()
+                try:
+                    await asyncio.wait_for(close(), 15)
+                except Exception as exc:
+                    self.log.error("observer.close_failed", observer=type(obs).__name__,
+                                   error=repr(exc))
         await self.mqtt.stop()
         if self._http is not None:
             await self._http.cleanup()
@@ -231,7 +234,7 @@ class EdgeService:
                     self.mqtt.resume_reading()
                 if len(self._batch.lines) >= s.batch_size:
                     await self._ship()
-                elif n % 2000 == 0:
+                elif n % 250 == 0:
                     await asyncio.sleep(0)  # let acks, health and timers run
             b = self._batch
             if (b.lines or b.messages) and (
