@@ -72,7 +72,8 @@ class Publisher:
             self.client.username_pw_set(u.username, u.password)
         self._connected = threading.Event()
         self.client.on_connect = lambda *a: self._connected.set()
-        self.client.max_inflight_messages_set(1000)
+        # paho rescans its in-flight window on every PUBACK: keep it small.
+        self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
         self.client.connect(u.hostname or "127.0.0.1", u.port or 1883, clean_start=clean)
         self.client.loop_start()
