@@ -767,3 +767,28 @@ async def test_device_rules_battery_range_flatline_clock_and_backlog(
         assert not any("时钟" in m for m in http.messages("sms"))
     finally:
         await rig.stop()
+
+
+async def test_restart_with_a_rule_removed_forgets_its_alerts(
+        county: str, http: HttpReceiver, dry_rules: Path, tmp_path: Path) -> None:
+    reg = farm_registry(county, sensors=1, contacts=[Contact(name="王", notify=[http.url()])])
+    state = tmp_path / "alerts.sqlite"
+    clock = SimClock(local_ts(2026, 6, 10, 10))
+    rig = await make_rig(county=county, registry=reg, rules_path=dry_rules, start=0,
+                         clock=clock, state_path=state)
+    for _ in range(3):
+        await rig.feed({"soil-1": 15})
+        await rig.step(600)
+    await until(lambda: len(http.posts) == 1, what="raise")
+    await rig.stop()
+    other = tmp_path / "other.yaml"
+    other.write_text(DRY_RULES.replace("      - id: soil-dry", "      - id: soil-dry-2"))
+    rig = await make_rig(county=county, registry=reg, rules_path=other, start=0, clock=clock,
+                         state_path=state)
+    try:
+        await rig.feed({"soil-1": 30})
+        await rig.step(600)
+        await settle(rig.engine)
+        assert rig.engine.firing() == [] and len(http.posts) == 1
+    finally:
+        await rig.stop()

@@ -1187,7 +1187,11 @@ class AlertEngine:
                         self._flat_states.add(((s.county, s.farm, gw, sensor), s.rule))
         for k, v in st.load("groups").items():
             v["dirty"] = False
-            self._groups[k] = _Group(**v)
+            g = _Group(**v)
+            if g.rule is not None and g.rule not in self._rule_index:
+                continue            # its rule left the rule files: forget it quietly
+            g.members = [m for m in g.members if m in self._states]
+            self._groups[k] = g
         self._outbox = st.load("outbox")
         self._budget = {k: int(v) for k, v in st.load("budget").items()}
         for k, v in st.load("history").items():
