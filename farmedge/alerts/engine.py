@@ -182,8 +182,10 @@ class _Ctx:
     by_kind: dict[str, list[tuple[BoundRule, dict[str, float]]]]
     any_kind: list[tuple[BoundRule, dict[str, float]]]      # out_of_range checks
     status: list[tuple[BoundRule, dict[str, float]]]        # status / timer checks
-    #: kind -> (plausible low, high, [(flatline rule, tolerance, window)]) or None
+    #: kind -> (plausible low, high, [(tolerance, window, flat state)]) or None
     fast: dict[str, Any] = field(default_factory=dict)
+    #: (kind, flatline rule) -> [last value, since when]
+    flat: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
 
 def _fmt(v: float | None, decimals: int) -> str:
@@ -225,7 +227,6 @@ class AlertEngine:
         self._hourly: dict[str, dict[int, list[float]]] = {}
         self._raw: dict[str, deque[tuple[float, float]]] = {}
         self._latest: dict[str, dict[str, tuple[float, float]]] = {}
-        self._flat: dict[tuple[SKey, str, str], list[float]] = {}
         self._flat_states: set[tuple[SKey, str]] = set()
         self._bad: dict[tuple[SKey, str], deque[float]] = {}
         #: gateways and sensors with a device state (offline, silent, clock, ...)
@@ -276,10 +277,9 @@ class AlertEngine:
         cache = self._ctx_cache
         flagged = self._flagged
         flagged_gw = self._flagged_gw
-        flat = self._flat
         slow = self._reading
         for r in readings:
-            sk = (r.county, r.farm, r.gateway, r.sensor)
+            sk: SKey = r[:4]                # county, farm, gateway, sensor
             if sk in flagged or r.gateway in flagged_gw or r.quality != "ok" \
                     or not r.clock_ok:
                 slow(r, now)
@@ -303,11 +303,10 @@ class AlertEngine:
                 continue
             seen[sk] = now
             ts = r.ts_ms / 1000.0
-            for rule_key, tol, window in flats:
-                fkey = (sk, r.kind, rule_key)
-                st = flat.get(fkey)
-                if st is None or abs(v - st[0]) > tol:
-                    flat[fkey] = [v, ts]
+            for tol, window, st in flats:   # st: this sensor's [value, since]
+                if abs(v - st[0]) > tol:
+                    st[0] = v
+                    st[1] = ts
                 elif ts - st[1] >= window:
                     slow(r, now)
                     break
@@ -468,14 +467,16 @@ class AlertEngine:
                 self._threshold(br, pr, ctx, r, ts, now, seen_series)
 
     def _fast_plan(self, ctx: _Ctx, kind: str
-                   ) -> tuple[float, float, list[tuple[str, float, float]]] | None:
+                   ) -> tuple[float, float, list[tuple[float, float, list[float]]]] | None:
         """What the fast path checks for this kind, or None when it has rules
-        that need the full path (thresholds, derived values)."""
-        flats: list[tuple[str, float, float]] = []
+        that need the full path (thresholds, derived values). Flatline state
+        lives in the sensor's context, shared with :meth:`_flatline`."""
+        flats: list[tuple[float, float, list[float]]] = []
         for br, pr in ctx.by_kind.get(kind, []):
             if br.rule.check != "flatline":
                 return None
-            flats.append((br.key, pr.get("tolerance", 0.0), br.rule.window or 43200.0))
+            st = ctx.flat.setdefault((kind, br.key), [math.inf, 0.0])
+            flats.append((pr.get("tolerance", 0.0), br.rule.window or 43200.0, st))
         lo, hi = -math.inf, math.inf
         for br, _pr in ctx.any_kind:
             rng = br.rule.plausible.get(kind)
@@ -641,10 +642,10 @@ class AlertEngine:
 
     def _flatline(self, br: BoundRule, pr: dict[str, float], ctx: _Ctx, r: AcceptedReading,
                   sk: SKey, ts: float, now: float) -> None:
-        fkey = (sk, r.kind, br.key)
-        st = self._flat.get(fkey)
-        if st is None or abs(r.value - st[0]) > pr.get("tolerance", 0.0):
-            self._flat[fkey] = [r.value, ts]
+        st = ctx.flat.setdefault((r.kind, br.key), [math.inf, 0.0])
+        if abs(r.value - st[0]) > pr.get("tolerance", 0.0):
+            st[0] = r.value
+            st[1] = ts
             if (sk, br.key) in self._flat_states:
                 self._flat_states.discard((sk, br.key))
                 self._observe_if_present(br, ctx, "sensor", f"{ctx.gateway}/{ctx.sensor}", now)
