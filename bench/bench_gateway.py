@@ -25,7 +25,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,13 @@ from farmedge.contract import (  # noqa: E402
     telemetry_topic,
 )
 from farmedge.contract.models import Quality  # noqa: E402
-from farmedge.devservers import InfluxServer, MosquittoServer, free_port, influx_query  # noqa: E402
+from farmedge.devservers import (  # noqa: E402
+    InfluxServer,
+    MosquittoServer,
+    free_port,
+    influx_query,
+    wait_edge_subscribed,
+)
 from farmedge.simdata import make_farms  # noqa: E402
 
 COUNTY, FARM, GATEWAY = "heilongjiang-bayan", "farm-001", "gw-001-1"
@@ -236,15 +241,7 @@ def replay(tmp: Path, backlog: int) -> dict[str, float]:
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     gw = None
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz") as r:
-                    if json.loads(r.read()).get("mqtt_subscribed"):
-                        break
-            except OSError:
-                pass
-            time.sleep(0.2)
+        wait_edge_subscribed(http_port, 60, edge)
         data = tmp / "replay-data"
         data.mkdir()
         t_fill = time.monotonic()

@@ -36,7 +36,13 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from farmedge.devservers import InfluxServer, MosquittoServer, free_port, influx_query  # noqa: E402
+from farmedge.devservers import (  # noqa: E402
+    InfluxServer,
+    MosquittoServer,
+    free_port,
+    influx_query,
+    wait_edge_subscribed,
+)
 
 BASE_TS = int(time.time() * 1000) - 86_400_000
 #: Simulated gateways, one mosquitto_pub process each.
@@ -161,16 +167,7 @@ class Edge:
         env.update(extra or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "farmedge", "edge", "run"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz") as r:
-                    if json.loads(r.read()).get("mqtt_subscribed"):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("edge did not start")
+        wait_edge_subscribed(self.port, 30, self.proc)
 
     def stop(self) -> None:
         self.proc.terminate()

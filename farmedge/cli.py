@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Sequence
+from types import FrameType
 
 from . import __version__
 
@@ -23,6 +26,19 @@ _SUBCOMMANDS: dict[str, str] = {
     "provision": "farmedge.provision.cli",
     "alerts": "farmedge.alerts.cli",
 }
+
+
+def stop_on_signals() -> threading.Event:
+    """An event that SIGINT and SIGTERM set, for commands that run until
+    stopped without an asyncio loop (simulate, demo)."""
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    return stop
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -78,25 +78,40 @@ _KEY = re.compile(r"""^\s*("[^"]*"|'[^']*'|[A-Za-z0-9_\-]+)\s*=""")
 
 
 def toml_line(text: str, loc: Sequence[int | str]) -> int | None:
-    """Best-effort line number (1-based) of the key at ``loc`` in TOML ``text``."""
-    want = [str(p) for p in loc if not isinstance(p, int)]
-    table: list[str] = []
-    best: int | None = None
+    """Best-effort line number (1-based) of the key at ``loc`` in TOML ``text``.
+
+    ``[[array]]`` tables are counted, so ``("sensors", 1, "pin")`` finds
+    ``pin`` in the second ``[[sensors]]``; a part of ``loc`` that names no
+    table in the file (a pydantic union tag after an array index) is skipped.
+    """
+    parts = list(loc)
+    table: list[int | str] = []
+    counters: dict[tuple[str, ...], int] = {}
+    header: int | None = None
     for n, line in enumerate(text.splitlines(), 1):
         m = _TABLE.match(line)
         if m:
-            table = [p.strip().strip("\"'") for p in m.group(1).split(".")]
-            if table == want and best is None:
-                best = n
+            name = [p.strip().strip("\"'") for p in m.group(1).split(".")]
+            if line.lstrip().startswith("[["):
+                idx = counters.get(tuple(name), -1) + 1
+                counters[tuple(name)] = idx
+                table = [*name, idx]
+            else:
+                table = list(name)
+            if header is None and parts[: len(table)] == table:
+                header = n
             continue
         k = _KEY.match(line)
-        if k:
-            key = k.group(1).strip("\"'")
-            if [*table, key] == want[: len(table) + 1] and len(want) >= len(table) + 1:
-                return n
-            if table and table == want[: len(table)] and best is None:
-                best = n if len(want) > len(table) else best
-    return best
+        if not k or parts[: len(table)] != table or len(parts) <= len(table):
+            continue
+        key = k.group(1).strip("\"'")
+        rest = parts[len(table):]
+        if rest[0] == key:
+            return n
+        # a union tag between an array index and the key: skip it
+        if table and isinstance(table[-1], int) and len(rest) >= 2 and rest[-1] == key:
+            return n
+    return header
 
 
 def _format(exc: ValidationError, source: str, text: str | None,

@@ -27,7 +27,6 @@ import urllib.request
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import FrameType
 from typing import Any, TextIO
 
 __all__ = ["Demo", "DemoError", "add_parser"]
@@ -553,13 +552,9 @@ def _main(args: argparse.Namespace) -> int:
         print("farmedge demo: --farms, --gateways-per-farm, --sensors and --interval must be "
               "positive", file=sys.stderr)
         return 2
-    stop = threading.Event()
+    from farmedge.cli import stop_on_signals
 
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     demo = Demo(root=args.data_dir, farms=args.farms, gateways_per_farm=args.gateways_per_farm,
                 sensors=args.sensors, interval=args.interval, bad_rate=args.bad_rate,
                 seed=args.seed, keep_data=args.keep_data, refresh=args.refresh)

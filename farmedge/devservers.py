@@ -28,6 +28,7 @@ __all__ = [
     "ServerError",
     "free_port",
     "influx_query",
+    "wait_edge_subscribed",
     "wait_for_port",
 ]
 
@@ -53,6 +54,29 @@ def wait_for_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes
             return
         time.sleep(0.05)
     raise ServerError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+
+
+def wait_edge_subscribed(http_port: int, timeout: float = 60.0,
+                         proc: subprocess.Popen[bytes] | None = None) -> None:
+    """Wait until the edge service whose health endpoint is on ``http_port``
+    says it is subscribed to the broker (so nothing published now is missed)."""
+    import json
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise ServerError(f"the edge exited with {proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/healthz", timeout=2) as r:
+                if json.loads(r.read()).get("mqtt_subscribed"):
+                    return
+        except urllib.error.HTTPError as exc:  # 503 while it connects
+            if json.loads(exc.read() or b"{}").get("mqtt_subscribed"):
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise ServerError(f"the edge on port {http_port} did not subscribe in {timeout:.0f}s")
 
 
 def _binary(name: str, *candidates: str) -> str:

@@ -34,7 +34,6 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -633,15 +632,10 @@ def _main(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"farmedge simulate: {exc}", file=sys.stderr)
         return 2
+    from farmedge.cli import stop_on_signals
     from farmedge.logs import redact_url
 
-    stop = threading.Event()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, on_signal)
-    signal.signal(signal.SIGTERM, on_signal)
+    stop = stop_on_signals()
     n_gw = len(sim.streams)
     print(f"farmedge simulate: {args.farms} farms, {n_gw} gateways, "
           f"{n_gw * args.sensors} sensor channels -> {redact_url(args.mqtt_url)} "
