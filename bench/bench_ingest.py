@@ -17,6 +17,7 @@ All on this machine, in one run, against the real Mosquitto and InfluxDB
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import shutil
@@ -167,6 +168,8 @@ class Edge:
         env.update(extra or {})
         self.proc = subprocess.Popen([sys.executable, "-m", "farmedge", "edge", "run"], env=env,
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # a benchmark that fails half way must not leave its edge running
+        atexit.register(self.proc.kill)
         wait_edge_subscribed(self.port, 30, self.proc)
 
     def stop(self) -> None:
