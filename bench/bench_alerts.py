@@ -217,7 +217,7 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
     assert spec and spec.loader
     bi: Any = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bi)
-    from farmedge.devservers import InfluxServer, MosquittoServer
+    from farmedge.devservers import InfluxServer, MosquittoServer, process_stats
 
     tmp = Path(tempfile.mkdtemp(prefix="farmedge-bench-alerts-"))
     mq = MosquittoServer(tmp / "mq").start()
@@ -235,7 +235,7 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
                 per = 50
                 n_msgs = args.edge_readings // per
                 pubs = bi.CPublishers(mq.port, f"c{mode}{rep}", n_msgs, per, bi.GATEWAYS, tmp)
-                c0 = bi.cpu_seconds(edge.proc.pid)
+                c0 = process_stats(edge.proc.pid).cpu_s
                 t0 = time.monotonic()
                 pubs.start()
                 while bi.metric(edge.port, "farmedge_readings_written_total") < n_msgs * per:
@@ -243,7 +243,7 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
                     if time.monotonic() - t0 > 600:
                         raise RuntimeError("the edge did not finish in 10 minutes")
                 rates[mode].append(n_msgs * per / (time.monotonic() - t0))
-                cpus[mode].append((bi.cpu_seconds(edge.proc.pid) - c0) * 1e6 / (n_msgs * per))
+                cpus[mode].append((process_stats(edge.proc.pid).cpu_s - c0) * 1e6 / (n_msgs * per))
                 pubs.wait(60)
                 edge.stop()
     finally:

@@ -44,6 +44,7 @@ from farmedge.devservers import (  # noqa: E402
     MosquittoServer,
     free_port,
     influx_query,
+    process_stats,
     wait_edge_subscribed,
 )
 from farmedge.simdata import make_farms  # noqa: E402
@@ -163,21 +164,6 @@ def gateway_config(path: Path, url: str, data: Path, sensors: int, interval_s: f
     path.write_text("\n".join(body) + "\n")
 
 
-def proc_stats(pid: int) -> tuple[int, int, float]:
-    rss = hwm = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                hwm = int(line.split()[1])
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    return rss, hwm, cpu
-
-
 def rss_run(tmp: Path, seconds: float) -> dict[str, float]:
     mq = MosquittoServer(tmp / "mq").start()
     try:
@@ -188,13 +174,14 @@ def rss_run(tmp: Path, seconds: float) -> dict[str, float]:
                               str(cfg)], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
         time.sleep(5)  # start-up (imports) is not part of the steady state
-        _, _, cpu0 = proc_stats(p.pid)
+        cpu0 = process_stats(p.pid).cpu_s
         t0 = time.monotonic()
         samples = []
         while time.monotonic() - t0 < seconds:
             time.sleep(min(30.0, seconds))
-            samples.append(proc_stats(p.pid)[0])
-        rss, hwm, cpu1 = proc_stats(p.pid)
+            samples.append(process_stats(p.pid).rss_kb)
+        st = process_stats(p.pid)
+        rss, hwm, cpu1 = st.rss_kb, st.peak_rss_kb, st.cpu_s
         elapsed = time.monotonic() - t0
         p.terminate()
         p.wait(60)

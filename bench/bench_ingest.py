@@ -42,6 +42,7 @@ from farmedge.devservers import (  # noqa: E402
     MosquittoServer,
     free_port,
     influx_query,
+    process_stats,
     wait_edge_subscribed,
 )
 
@@ -125,22 +126,6 @@ class CPublishers:
             p.kill()
 
 
-def rss_kb(pid: int) -> tuple[int, int]:
-    cur = peak = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                cur = int(line.split()[1])
-            elif line.startswith("VmHWM:"):
-                peak = int(line.split()[1])
-    return cur, peak
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def count(url: str, db: str, where: str = "") -> int:
     s = influx_query(url, f'SELECT count("moisture") FROM "soil" {where}', db)
     return int(s[0]["values"][0][1]) if s else 0  # type: ignore[index]
@@ -210,7 +195,7 @@ def farmedge_e2e(mq: MosquittoServer, ix: InfluxServer, tmp: Path, readings: int
     edge = Edge(mq, ix, db, tmp / db)
     n_msgs = readings // per
     pubs = CPublishers(mq.port, f"c{tag}", n_msgs, per, GATEWAYS, tmp)
-    c0 = cpu_seconds(edge.proc.pid)
+    c0 = process_stats(edge.proc.pid).cpu_s
     t0 = time.monotonic()
     pubs.start()
     while metric(edge.port, "farmedge_readings_written_total") < n_msgs * per:
@@ -218,9 +203,9 @@ def farmedge_e2e(mq: MosquittoServer, ix: InfluxServer, tmp: Path, readings: int
         if time.monotonic() - t0 > 900:
             raise RuntimeError("farmedge did not finish in 15 minutes")
     elapsed = time.monotonic() - t0
-    cpu_us = (cpu_seconds(edge.proc.pid) - c0) * 1e6 / (n_msgs * per)
+    cpu_us = (process_stats(edge.proc.pid).cpu_s - c0) * 1e6 / (n_msgs * per)
     pubs.wait(60)
-    _, peak = rss_kb(edge.proc.pid)
+    peak = process_stats(edge.proc.pid).peak_rss_kb
     edge.stop()
     stored = count(ix.url, db)
     return n_msgs * per / elapsed, peak, stored, cpu_us

@@ -537,26 +537,24 @@ def gateway_health() -> _Board:
         description="Last status of each gateway within 30 days. 'Last seen' is when the "
                     "last status arrived; a gateway that lost power without its last will "
                     "keeps its last 'online' until the alert engine's offline rule fires.")
-    b.panel("state-timeline", "Online", [(_target(
-        f'SELECT last("online") FROM "gateway" WHERE $timeFilter AND {where} '
-        f'{_TS}, "gateway" fill(previous)', alias="$tag_gateway"), "timeseries", ("bool",))],
-        w=12, h=8, unit="none", mappings=_ONLINE_MAP, interval="5m",
-        options={"showValue": "never", "rowHeight": 0.8, "mergeValues": True,
-                 "alignValue": "left", "legend": {"showLegend": False,
-                                                  "displayMode": "list",
-                                                  "placement": "bottom"}},
-        description="Green while the gateway's status says online; red after its last will "
-                    "or an offline status.")
-    b.panel("state-timeline", "Clock", [(_target(
-        f'SELECT last("clock_synced") FROM "gateway" WHERE $timeFilter AND {where} '
-        f'{_TS}, "gateway" fill(previous)', alias="$tag_gateway"), "timeseries", ("bool",))],
-        w=12, h=8, unit="none", mappings=_CLOCK_MAP, interval="5m",
-        options={"showValue": "never", "rowHeight": 0.8, "mergeValues": True,
-                 "alignValue": "left", "legend": {"showLegend": False,
-                                                  "displayMode": "list",
-                                                  "placement": "bottom"}},
-        description="Orange while the gateway's clock is not NTP-synced (after a power cut "
-                    "without a real-time clock): its readings' times are estimates.")
+    for title, field, mappings, desc in (
+        ("Online", "online", _ONLINE_MAP,
+         "Green while the gateway's status says online; red after its last will or an "
+         "offline status."),
+        ("Clock", "clock_synced", _CLOCK_MAP,
+         "Orange while the gateway's clock is not NTP-synced (after a power cut without a "
+         "real-time clock): its readings' times are estimates."),
+    ):
+        b.panel("state-timeline", title, [(_target(
+            f'SELECT last("{field}") FROM "gateway" WHERE $timeFilter AND {where} '
+            f'{_TS}, "gateway" fill(previous)', alias="$tag_gateway"), "timeseries",
+            ("bool",))],
+            w=12, h=8, unit="none", mappings=mappings, interval="5m",
+            options={"showValue": "never", "rowHeight": 0.8, "mergeValues": True,
+                     "alignValue": "left", "legend": {"showLegend": False,
+                                                      "displayMode": "list",
+                                                      "placement": "bottom"}},
+            description=desc)
     for title, field, unit, steps, agg, desc in (
         ("Outbox depth", "outbox_depth", "short",
          _thresholds((None, "green"), (1000, "orange"), (10000, "red")), "max",

@@ -79,6 +79,26 @@ def wait_edge_subscribed(http_port: int, timeout: float = 60.0,
     raise ServerError(f"the edge on port {http_port} did not subscribe in {timeout:.0f}s")
 
 
+@dataclass(frozen=True, slots=True)
+class ProcessStats:
+    rss_kb: int       # resident memory now
+    peak_rss_kb: int  # high-water mark (VmHWM)
+    cpu_s: float      # user + system CPU seconds so far
+
+
+def process_stats(pid: int) -> ProcessStats:
+    """Memory and CPU of a running process, from /proc (for the benchmarks)."""
+    rss = hwm = 0
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            rss = int(line.split()[1])
+        elif line.startswith("VmHWM:"):
+            hwm = int(line.split()[1])
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return ProcessStats(rss, hwm, cpu)
+
+
 def _binary(name: str, *candidates: str) -> str:
     for c in (shutil.which(name), *candidates):
         if c and os.access(c, os.X_OK):
