@@ -176,7 +176,9 @@ def test_readings_arrive_compact_in_order_and_status_is_retained(
         GatewayStatus.model_validate(st)  # the contract's model, no unknown keys
     finally:
         agent.stop()
-    # Clean stop: everything read was sent, then "offline".
+    # Clean stop: everything read was sent, then "offline". The broker may
+    # still be delivering the last of it to the subscriber.
+    eventually(lambda: len(sub.readings()) >= drv.n, what="every reading delivered")
     got = sub.readings()
     assert [v for *_, v in got] == [float(i % 100) for i in range(drv.n)]
     ts = [t for _, _, t, _ in got]
