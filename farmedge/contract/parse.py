@@ -36,6 +36,11 @@ __all__ = [
 EXCERPT_CHARS = 200
 
 
+def _escape_char(ch: str) -> str:
+    n = ord(ch)
+    return f"\\x{n:02x}" if n < 0x100 else f"\\u{n:04x}" if n < 0x10000 else f"\\U{n:08x}"
+
+
 def excerpt(data: bytes | str | object, limit: int = EXCERPT_CHARS) -> str:
     """A bounded, printable excerpt of untrusted input for the dead-letter path."""
     if isinstance(data, bytes):
@@ -44,7 +49,7 @@ def excerpt(data: bytes | str | object, limit: int = EXCERPT_CHARS) -> str:
         text = data
     else:
         text = repr(data)
-    text = "".join(ch if ch.isprintable() else "\\x%02x" % (ord(ch) & 0xFF) for ch in text[:limit])
+    text = "".join(ch if ch.isprintable() else _escape_char(ch) for ch in text[:limit])
     return text if len(text) <= limit else text[:limit]
 
 

@@ -42,8 +42,21 @@ def _load(args: argparse.Namespace) -> Any:
     return settings, registry
 
 
+def _unknown_env() -> list[str]:
+    from farmedge.config import unknown_env
+    from farmedge.edge.settings import EdgeSettings
+
+    return unknown_env(EdgeSettings)
+
+
 def _check(args: argparse.Namespace) -> int:
     _settings, registry = _load(args)
+    unknown = _unknown_env()
+    if unknown:
+        # check-config is where a misspelt variable must not pass unnoticed;
+        # `edge run` only warns (the environment may be shared with other tools).
+        print("farmedge edge: configuration error\n" + "\n".join(unknown), file=sys.stderr)
+        return 2
     source = args.config or "defaults and environment"
     if registry is not None:
         print(f"configuration OK ({source}); registry: {len(registry.index())} gateways")
@@ -61,6 +74,10 @@ def _run(args: argparse.Namespace) -> int:
 
     settings, registry = _load(args)
     setup_logging(settings.log.level, settings.log.format)
+    from farmedge.logs import get_logger
+
+    for problem in _unknown_env():
+        get_logger("farmedge.edge").warning("config.unknown_env", problem=problem)
 
     from farmedge.edge.service import EdgeService, build_observers
 
