@@ -209,7 +209,7 @@ def _env_json_errors(cls: type[FileSettings], environ: Mapping[str, str]) -> lis
             continue
         try:
             json.loads(value)
-        except ValueError as exc:
+        except json.JSONDecodeError as exc:
             loc, _ = found
             example = '["farm/v1/+/+/+/telemetry"]' if var.upper().endswith("TOPICS") \
                 else '["a", "b"] or {"key": "value"}'
