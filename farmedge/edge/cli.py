@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -62,7 +63,8 @@ def _run(args: argparse.Namespace) -> int:
     settings, registry = _load(args)
     setup_logging(settings.log.level, settings.log.format)
 
-    from farmedge.edge.service import EdgeService, build_observers
+    from farmedge.edge.service import EdgeFatal, EdgeService, build_observers
+    from farmedge.logs import get_logger
 
     try:
         observers = build_observers(settings, registry)
@@ -78,5 +80,24 @@ def _run(args: argparse.Namespace) -> int:
         service = EdgeService(settings, registry=registry, observers=observers)
         await service.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except EdgeFatal:
+        # Logged once as edge.fatal. Exit now: a thread still blocked in a
+        # connect must not hold the exit (asyncio.run would wait for it).
+        _exit_now(1)
+    except Exception as exc:
+        get_logger("farmedge.edge").critical(
+            "edge.fatal", cause=f"{type(exc).__name__}: {exc}"[:500], exc_info=exc)
+        _exit_now(1)
     return 0
+
+
+def _exit_now(code: int) -> None:
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
