@@ -14,6 +14,17 @@ __all__ = ["add_parser"]
 DEFAULT_CONFIG = "/etc/farmedge/gateway.toml"
 
 
+class _Raw(argparse.RawDescriptionHelpFormatter):
+    """Wraps the description's paragraphs, keeps the example's lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return "\n\n".join(textwrap.fill(p, min(width, 78), initial_indent=indent,
+                                         subsequent_indent=indent)
+                           for p in text.split("\n\n"))
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser("gateway", help="the farm gateway agent (sensors to MQTT)",
                        description="The farm gateway agent: reads sensors, keeps every reading "
@@ -31,13 +42,13 @@ def add_parser(sub: Any) -> None:
         description="Read every configured sensor once, the way the agent reads it, and "
                     "print each reading with its quality flag, or the driver's error. "
                     "Nothing is published and the outbox is not touched: a check of the "
-                    "wiring in the field. Stop the agent first when a sensor is on a "
+                    "wiring in the field.\n\nStop the agent first when a sensor is on a "
                     "serial port (RS485, RFID): two readers on one port garble each "
-                    "other's frames. Exit status: 0 "
+                    "other's frames.\n\nExit status: 0 "
                     "when every sensor was read, 1 when one failed (driver error, no "
                     "answer, or a value flagged 'error'), 2 for a wrong settings file.",
         epilog="example: farmedge gateway read-once --config /etc/farmedge/gateway.toml",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        formatter_class=_Raw)
     once.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG),
                       help=f"settings file (default {DEFAULT_CONFIG})")
     once.add_argument("--sensor", action="append", default=[], metavar="ID",
