@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -79,7 +80,8 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_ERRORS
     setup_logging(settings.log.level, settings.log.format)
 
-    from farmedge.edge.service import EdgeService, build_observers
+    from farmedge.edge.service import EdgeFatal, EdgeService, build_observers
+    from farmedge.logs import get_logger
 
     try:
         observers = build_observers(settings, registry)
@@ -95,5 +97,24 @@ def _run(args: argparse.Namespace) -> int:
         service = EdgeService(settings, registry=registry, observers=observers)
         await service.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except EdgeFatal:
+        # Logged once as edge.fatal. Exit now: a thread still blocked in a
+        # connect must not hold the exit (asyncio.run would wait for it).
+        _exit_now(1)
+    except Exception as exc:
+        get_logger("farmedge.edge").critical(
+            "edge.fatal", cause=f"{type(exc).__name__}: {exc}"[:500], exc_info=exc)
+        _exit_now(1)
     return 0
+
+
+def _exit_now(code: int) -> None:
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)
