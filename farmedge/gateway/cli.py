@@ -70,6 +70,14 @@ def add_parser(sub: Any) -> None:
     once.set_defaults(func=_read_once)
 
 
+def _load(path: Path) -> Any:
+    from farmedge.config import load_settings
+
+    from .settings import GatewaySettings
+
+    return load_settings(GatewaySettings, path)
+
+
 def _check(args: argparse.Namespace) -> int:
     from farmedge.checks import check_gateway
 
