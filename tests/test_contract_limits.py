@@ -287,3 +287,19 @@ def test_ordinary_ids_are_not_reserved(value: str) -> None:
     assert reserved_id_reason(value) is None
     assert check_topic_id(value) == value
     assert parse_gateway_topic(f"farm/v1/c1/f1/{value}/telemetry").gateway == value
+
+
+@pytest.mark.parametrize("where", ["county", "farm", "gateway"])
+def test_the_registry_and_the_gateway_refuse_reserved_topic_ids(where: str) -> None:
+    from pydantic import ValidationError
+
+    from farmedge.gateway.settings import GatewaySettings
+    from farmedge.registry import Registry
+
+    ids = {"county": "c1", "farm": "f1", "gateway": "gw-1"}
+    ids[where] = "alerts"
+    with pytest.raises(ValidationError, match="topic level"):
+        Registry.model_validate({"farms": [{"county": ids["county"], "farm": ids["farm"],
+                                            "gateways": {ids["gateway"]: {}}}]})
+    with pytest.raises(ValidationError, match="topic level"):
+        GatewaySettings(**ids)

@@ -37,6 +37,7 @@ __all__ = [
     "Quality",
     "Reading",
     "TelemetryEnvelope",
+    "TopicId",
 ]
 
 MAX_PAYLOAD_BYTES = 256 * 1024
@@ -57,7 +58,7 @@ def _topic_id(value: str) -> str:
     # Hot path: one set lookup and the cached id check; the message only
     # when it fails.
     if value in RESERVED_IDS or not is_valid_id(value):
-        check_topic_id(value, what="gateway")
+        check_topic_id(value)
     return value
 
 
