@@ -21,6 +21,7 @@ MQTT 5 content type: ``application/vnd.farmedge.v1+compact``.
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -131,8 +132,6 @@ def encode_compact(
     """Encode one telemetry message. ``readings`` are mappings with the keys
     of a JSON reading (``sensor kind ts value unit`` and optional ``quality``,
     ``animal``); their order is kept."""
-    import msgpack
-
     code = COMPRESSIONS.get(compression)
     if code is None:
         raise ValueError(f"compression {compression!r} is not one of {sorted(COMPRESSIONS)}")
@@ -183,11 +182,84 @@ def encode_compact(
     qual: list[int] | None = [_QUALITY.index(str(r.get("quality", "ok"))) for r in readings]
     if qual is not None and not any(qual):
         qual = None
-    body = msgpack.packb(
-        [1, gateway, seq, sent, _CLOCK.index(clock), series, idx, ts, exps, vals, qual],
-        use_bin_type=True,
-    )
+    body = packb([1, gateway, seq, sent, _CLOCK.index(clock), series, idx, ts, exps, vals, qual])
     return bytes([MAGIC, code]) + _compress(code, body, level)
+
+
+def packb(obj: Any) -> bytes:
+    """MessagePack bytes of ``obj`` (None, bool, int, float, str and lists of
+    them), the same bytes as ``msgpack.packb(obj, use_bin_type=True)``.
+
+    The encoder needs nothing but the standard library, so a gateway installs
+    without msgpack (which has no armv7l wheel on PyPI); decoding, on the
+    edge, uses msgpack.
+    """
+    out: list[bytes] = []
+    _pack(obj, out)
+    return b"".join(out)
+
+
+def _pack(obj: Any, out: list[bytes]) -> None:
+    if obj is None:
+        out.append(b"\xc0")
+    elif obj is True:
+        out.append(b"\xc3")
+    elif obj is False:
+        out.append(b"\xc2")
+    elif isinstance(obj, int):
+        out.append(_pack_int(obj))
+    elif isinstance(obj, float):
+        out.append(b"\xcb" + struct.pack(">d", obj))
+    elif isinstance(obj, str):
+        b = obj.encode("utf-8")
+        n = len(b)
+        if n < 32:
+            out.append(bytes([0xA0 | n]))
+        elif n < 0x100:
+            out.append(b"\xd9" + bytes([n]))
+        elif n < 0x10000:
+            out.append(b"\xda" + struct.pack(">H", n))
+        else:
+            out.append(b"\xdb" + struct.pack(">I", n))
+        out.append(b)
+    elif isinstance(obj, (list, tuple)):
+        n = len(obj)
+        if n < 16:
+            out.append(bytes([0x90 | n]))
+        elif n < 0x10000:
+            out.append(b"\xdc" + struct.pack(">H", n))
+        else:
+            out.append(b"\xdd" + struct.pack(">I", n))
+        for item in obj:
+            _pack(item, out)
+    else:
+        raise TypeError(f"cannot pack {type(obj).__name__}")
+
+
+def _pack_int(v: int) -> bytes:
+    if v >= 0:
+        if v < 0x80:
+            return bytes([v])
+        if v < 0x100:
+            return b"\xcc" + bytes([v])
+        if v < 0x10000:
+            return b"\xcd" + struct.pack(">H", v)
+        if v < 0x100000000:
+            return b"\xce" + struct.pack(">I", v)
+        if v < 0x10000000000000000:
+            return b"\xcf" + struct.pack(">Q", v)
+        raise OverflowError("integer out of range for MessagePack")
+    if v >= -32:
+        return struct.pack(">b", v)
+    if v >= -0x80:
+        return b"\xd0" + struct.pack(">b", v)
+    if v >= -0x8000:
+        return b"\xd1" + struct.pack(">h", v)
+    if v >= -0x80000000:
+        return b"\xd2" + struct.pack(">i", v)
+    if v >= -0x8000000000000000:
+        return b"\xd3" + struct.pack(">q", v)
+    raise OverflowError("integer out of range for MessagePack")
 
 
 def _compress(code: int, body: bytes, level: int) -> bytes:
