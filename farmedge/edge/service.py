@@ -703,7 +703,10 @@ class EdgeService:
         now = time.monotonic()
         if not self.mqtt.connected:
             since = self.mqtt.disconnected_since or now
-            if now - since > 10 or self.mqtt.connects:
+            if self.mqtt.refused:
+                hint = f": {self.mqtt.refused_hint}" if self.mqtt.refused_hint else ""
+                reasons.append(f"MQTT {self.mqtt.refused} for {now - since:.0f} s{hint}")
+            elif now - since > 10 or self.mqtt.connects:
                 reasons.append(f"MQTT broker unreachable for {now - since:.0f} s")
         if self._auth_alarm:
             reasons.append(self._auth_alarm)
@@ -720,6 +723,7 @@ class EdgeService:
         details = {
             "mqtt_connected": self.mqtt.connected,
             "mqtt_subscribed": self.mqtt.subscribed,
+            "mqtt_connect_attempts": self.mqtt.attempts,
             "influx_up": not self._influx_down,
             "pending_messages": self.pending_messages(),
             "oldest_pending_s": round(age, 1),

@@ -5,6 +5,7 @@
     farmedge provision simulator [--name simulator]
     farmedge provision revoke --county C --farm F --gateway G
     farmedge provision revoke --user NAME
+    farmedge provision influx [--env-file FILE]
 
 Each changes the broker's password file and ACL in ``--broker-dir``
 (deploy/mosquitto by default) and, for gateways, the registry YAML. The
@@ -71,6 +72,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     r.add_argument("--keep-registry", action="store_true",
                    help="revoke the credential but leave the registry entry")
     r.set_defaults(func=_cmd_revoke)
+
+    from .influx import add_parser as add_influx_parser
+
+    add_influx_parser(psub)
 
 
 def _ids(q: argparse.ArgumentParser) -> None:
