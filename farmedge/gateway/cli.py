@@ -26,16 +26,37 @@ class _Raw(argparse.RawDescriptionHelpFormatter):
 
 
 def add_parser(sub: Any) -> None:
+    from farmedge.checks import EXIT_CODES_HELP
+
+    raw = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("gateway", help="the farm gateway agent (sensors to MQTT)",
                        description="The farm gateway agent: reads sensors, keeps every reading "
-                                   "in a durable outbox and sends it to the broker.")
+                                   "in a durable outbox and sends it to the broker.",
+                       epilog="example:\n  farmedge gateway check-config && "
+                              "farmedge gateway run", formatter_class=raw)
     gsub = p.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
-    run = gsub.add_parser("run", help="run the agent until SIGTERM/SIGINT")
+    run = gsub.add_parser("run", help="run the agent until SIGTERM/SIGINT",
+                          description="Run the agent until SIGTERM or SIGINT. It first runs "
+                                      "the checks of check-config and refuses to start (exit 2) "
+                                      "on an error.",
+                          epilog=f"example:\n  farmedge gateway run --config {DEFAULT_CONFIG}",
+                          formatter_class=raw)
     run.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG),
-                     help=f"settings file (default {DEFAULT_CONFIG})")
+                     help=f"settings file (default {DEFAULT_CONFIG}); FARMEDGE_* environment "
+                          "variables override it")
     run.set_defaults(func=_run)
-    chk = gsub.add_parser("check-config", help="validate a settings file and exit")
-    chk.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG))
+    chk = gsub.add_parser("check-config", help="check a settings file and exit",
+                          description="Check the settings file as `gateway run` does: errors "
+                                      "name the file, line and key; warnings for a gateway "
+                                      "without sensors, a placeholder broker host or password.",
+                          epilog=f"example:\n  farmedge gateway check-config --config "
+                                 f"{DEFAULT_CONFIG}\n\n{EXIT_CODES_HELP}",
+                          formatter_class=raw)
+    chk.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG),
+                     help=f"settings file (default {DEFAULT_CONFIG}); FARMEDGE_* environment "
+                          "variables override it")
+    chk.add_argument("--strict", action="store_true",
+                     help="exit 1 when there are warnings (and no errors)")
     chk.set_defaults(func=_check)
     once = gsub.add_parser(
         "read-once", help="read every sensor once and print the readings; publish nothing",
@@ -69,18 +90,11 @@ def _load(path: Path) -> Any:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from farmedge.config import ConfigError
+    from farmedge.checks import check_gateway
 
-    try:
-        s = _load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(f"{args.config}: ok: gateway {s.county}/{s.farm}/{s.gateway}, "
-          f"{len(s.sensors)} sensors, outbox {s.outbox_path}")
-    for c in s.sensors:
-        print(f"  {c.id}: {c.driver}, every {c.interval_s:g} s")
-    return 0
+    report, _ = check_gateway(args.config)
+    report.print("farmedge gateway")
+    return report.exit_code(strict=args.strict)
 
 
 def _read_once(args: argparse.Namespace) -> int:
@@ -105,17 +119,16 @@ def _read_once(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from farmedge.config import ConfigError
+    from farmedge.checks import EXIT_ERRORS, check_gateway
     from farmedge.logs import setup_logging
 
     from .agent import Agent
     from .errors import GatewayError
 
-    try:
-        s = _load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    report, s = check_gateway(args.config)
+    report.print("farmedge gateway", quiet_ok=True)
+    if report.errors or s is None:
+        return EXIT_ERRORS
     setup_logging(s.log_level, s.log_format)
 
     async def main() -> None:
