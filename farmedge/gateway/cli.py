@@ -22,7 +22,7 @@ class _Raw(argparse.RawDescriptionHelpFormatter):
 
         return "\n\n".join(textwrap.fill(p, min(width, 78), initial_indent=indent,
                                          subsequent_indent=indent)
-                           for p in text.split("\n\n"))
+                           if "\n" not in p else p for p in text.split("\n\n"))
 
 
 def add_parser(sub: Any) -> None:
@@ -68,10 +68,12 @@ def add_parser(sub: Any) -> None:
                     "other's frames.\n\nExit status: 0 "
                     "when every sensor was read, 1 when one failed (driver error, no "
                     "answer, or a value flagged 'error'), 2 for a wrong settings file.",
-        epilog="example: farmedge gateway read-once --config /etc/farmedge/gateway.toml",
+        epilog=f"example:\n  farmedge gateway read-once --config {DEFAULT_CONFIG}\n"
+               f"  farmedge gateway read-once --sensor soil-1 --json",
         formatter_class=_Raw)
     once.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG),
-                      help=f"settings file (default {DEFAULT_CONFIG})")
+                      help=f"settings file (default {DEFAULT_CONFIG}); FARMEDGE_* environment "
+                           "variables override it")
     once.add_argument("--sensor", action="append", default=[], metavar="ID",
                       help="read only this sensor (repeat for several)")
     once.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -98,20 +100,19 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _read_once(args: argparse.Namespace) -> int:
-    from farmedge.config import ConfigError
+    from farmedge.checks import EXIT_ERRORS, check_gateway
 
     from .readonce import print_json, print_table, read_all
 
-    try:
-        s = _load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    report, s = check_gateway(args.config)
+    report.print("farmedge gateway", quiet_ok=True)
+    if report.errors or s is None:
+        return EXIT_ERRORS
     unknown = [x for x in args.sensor if x not in {c.id for c in s.sensors}]
     if unknown:
         print(f"{args.config}: no sensor {', '.join(map(repr, unknown))}; configured: "
               f"{', '.join(c.id for c in s.sensors) or 'none'}", file=sys.stderr)
-        return 2
+        return EXIT_ERRORS
     results = read_all(s, timeout_s=args.timeout, only=args.sensor)
     (print_json if args.json else print_table)(s, results, sys.stdout)
     sys.stdout.flush()
