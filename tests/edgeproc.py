@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class EdgeProcess:
     def __init__(self, *, mqtt_url: str, influx_url: str, database: str, data_dir: Path,
                  county: str | None = None, extra_env: dict[str, str] | None = None,
-                 config: Path | None = None, client_id: str | None = None) -> None:
+                 config: Path | None = None, client_id: str | None = None,
+                 argv: list[str] | None = None) -> None:
         self.http_port = free_port()
         self.data_dir = data_dir
         self.log_path = data_dir / f"edge-{self.http_port}.log"
@@ -52,13 +53,15 @@ class EdgeProcess:
         env.update(extra_env or {})
         self.env = env
         self.config = config
+        #: The command line, when not ``python -m farmedge edge run``.
+        self.argv = argv
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait_subscribed: bool = True) -> EdgeProcess:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # A failing test must not leave an edge running after pytest exits.
         atexit.register(self._kill_if_running)
-        argv = [sys.executable, "-m", "farmedge", "edge", "run"]
+        argv = self.argv or [sys.executable, "-m", "farmedge", "edge", "run"]
         if self.config:
             argv += ["--config", str(self.config)]
         with self.log_path.open("ab") as logf:

@@ -404,8 +404,10 @@ def envsubst(text: str, env: dict[str, str]) -> str:
 
 
 def statements() -> list[str]:
-    text = envsubst((DEPLOY / "influxdb" / "v1-setup.iql").read_text(), ENV)
-    return [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("--")]
+    """v1-setup.iql's statements, as ``envsubst`` would fill them in."""
+    from farmedge.provision.influx import parse_iql
+
+    return parse_iql(envsubst((DEPLOY / "influxdb" / "v1-setup.iql").read_text(), ENV))
 
 
 def setup_v1(server: AuthInflux) -> AuthInflux:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 from pathlib import Path
@@ -11,64 +12,82 @@ from typing import Any
 __all__ = ["add_parser"]
 
 
+_EXAMPLES = {
+    "run": "example:\n  farmedge edge run --config /etc/farmedge/edge.toml",
+    "check-config": "example:\n  farmedge edge check-config --config /etc/farmedge/edge.toml "
+                    "--strict",
+}
+
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("edge", help="the edge ingestion service (MQTT → InfluxDB → alerts)")
+    from farmedge.checks import EXIT_CODES_HELP
+
+    p = sub.add_parser("edge", help="the edge ingestion service (MQTT → InfluxDB → alerts)",
+                       description="The edge ingestion service: MQTT → validation → "
+                                   "InfluxDB → alerts (docs/edge.md).",
+                       epilog="example:\n  farmedge edge check-config -c edge.toml && "
+                              "farmedge edge run -c edge.toml",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     edge_sub = p.add_subparsers(dest="edge_command", metavar="COMMAND")
-    for name, func, helptext in (
-        ("run", _run, "run the edge service until SIGTERM/SIGINT"),
-        ("check-config", _check, "validate the config (and registry) and exit"),
+    for name, func, helptext, desc in (
+        ("run", _run, "run the edge service until SIGTERM/SIGINT",
+         "Run the edge service until SIGTERM or SIGINT. It first runs every check of "
+         "check-config and refuses to start (exit 2) on an error."),
+        ("check-config", _check, "check the config, registry, alert rules and notifiers",
+         "Check everything `edge run` checks before it starts: the settings, the registry, "
+         "the alert rule files and the profiles and templates they name, and that every "
+         "contact's notify URL can be delivered (Apprise installed, scheme known). Errors "
+         "name the file and line; warnings point at things that work but are probably "
+         "not meant (farms without contacts, placeholder hosts)."),
     ):
-        q = edge_sub.add_parser(name, help=helptext)
+        epilog = _EXAMPLES[name] + ("\n\n" + EXIT_CODES_HELP if name == "check-config" else "")
+        q = edge_sub.add_parser(name, help=helptext, description=desc, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
         q.add_argument("--config", "-c", type=Path,
                        default=Path(os.environ["FARMEDGE_CONFIG"])
                        if os.environ.get("FARMEDGE_CONFIG") else None,
-                       help="TOML config file (see config.example.toml); "
+                       help="TOML config file (see config.example.toml; default: "
+                            "$FARMEDGE_CONFIG, else defaults and FARMEDGE_* variables only); "
                             "FARMEDGE_* environment variables override it")
+        if name == "check-config":
+            q.add_argument("--strict", action="store_true",
+                           help="exit 1 when there are warnings (and no errors)")
         q.set_defaults(func=func)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from farmedge.config import ConfigError, load_settings
-    from farmedge.edge.settings import EdgeSettings
-    from farmedge.registry import load_registry
-
-    try:
-        settings = load_settings(EdgeSettings, args.config)
-        registry = load_registry(settings.registry) if settings.registry else None
-    except ConfigError as exc:
-        print(f"farmedge edge: configuration error\n{exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return settings, registry
-
-
 def _check(args: argparse.Namespace) -> int:
-    _settings, registry = _load(args)
-    source = args.config or "defaults and environment"
-    if registry is not None:
-        print(f"configuration OK ({source}); registry: {len(registry.index())} gateways")
-    else:
-        print(f"configuration OK ({source}); open enrollment (no registry)")
-    return 0
+    from farmedge.checks import check_edge
+
+    report, _settings, _registry = check_edge(args.config)
+    report.print("farmedge edge")
+    return report.exit_code(strict=args.strict)
 
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
+    from farmedge.checks import EXIT_ERRORS, check_edge
     from farmedge.config import ConfigError
     from farmedge.logs import setup_logging
 
-    settings, registry = _load(args)
+    report, settings, registry = check_edge(args.config)
+    report.print("farmedge edge", quiet_ok=True)
+    if report.errors or settings is None:
+        print("farmedge edge: not started (farmedge edge check-config shows the same)",
+              file=sys.stderr)
+        return EXIT_ERRORS
     setup_logging(settings.log.level, settings.log.format)
 
-    from farmedge.edge.service import EdgeService, build_observers
+    from farmedge.edge.service import EdgeFatal, EdgeService, build_observers
+    from farmedge.logs import get_logger
 
     try:
         observers = build_observers(settings, registry)
     except ConfigError as exc:
         print(f"farmedge edge: configuration error\n{exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERRORS
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -78,5 +97,24 @@ def _run(args: argparse.Namespace) -> int:
         service = EdgeService(settings, registry=registry, observers=observers)
         await service.run(stop)
 
-    asyncio.run(main())
+    try:
+        asyncio.run(main())
+    except EdgeFatal:
+        # Logged once as edge.fatal. Exit now: a thread still blocked in a
+        # connect must not hold the exit (asyncio.run would wait for it).
+        _exit_now(1)
+    except Exception as exc:
+        get_logger("farmedge.edge").critical(
+            "edge.fatal", cause=f"{type(exc).__name__}: {exc}"[:500], exc_info=exc)
+        _exit_now(1)
     return 0
+
+
+def _exit_now(code: int) -> None:
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    logging.shutdown()
+    os._exit(code)

@@ -13,17 +13,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from farmedge.contract import (
     Clock,
-    GatewayStatus,
     MessageRejected,
     Quality,
     TopicError,
     excerpt,
     is_valid_id,
     parse_gateway_topic,
+    parse_status,
     parse_telemetry,
 )
 from farmedge.logs import get_logger
@@ -271,13 +269,9 @@ class Ingestor:
                        state: _GatewayState) -> None:
         county, farm, gateway = key
         try:
-            st = GatewayStatus.model_validate_json(msg.payload)
-        except ValidationError as exc:
-            err = exc.errors(include_url=False, include_input=False)
-            detail = "; ".join(
-                f"{'.'.join(str(p) for p in e.get('loc', ())) or 'payload'}: {e.get('msg')}"
-                for e in err[:3])
-            self.dead_letter(batch, topic=msg.topic, reason="bad_status", detail=detail,
+            st = parse_status(msg.payload)
+        except MessageRejected as exc:
+            self.dead_letter(batch, topic=msg.topic, reason=exc.reason, detail=exc.detail,
                              raw=msg.payload, key=key)
             return
         if st.gateway != gateway:

@@ -48,3 +48,13 @@ class EdgeMetrics:
                                     registry=r)
         self.influx_up = Gauge("farmedge_influx_up", "1 while InfluxDB takes writes",
                                registry=r)
+        self.internal_errors = Counter(
+            "farmedge_internal_errors",
+            "Failures inside the edge contained to one message or call, by where "
+            "(ingest: the message became an `internal` dead letter; observer)",
+            ["where"], registry=r)
+        self.disk_full = Gauge("farmedge_disk_full",
+                               "1 while the spool's disk is full (messages are not acknowledged)",
+                               registry=r)
+        self.disk_free = Gauge("farmedge_disk_free_bytes",
+                               "Free bytes on the spool's filesystem", registry=r)

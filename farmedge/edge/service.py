@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from farmedge.contract import excerpt, parse_gateway_topic
 from farmedge.logs import get_logger, redact_url
 from farmedge.registry import Registry, load_registry
 
@@ -28,9 +29,40 @@ from .lineproto import escape_tag, field_str
 from .metrics import EdgeMetrics
 from .mqtt import Inbound, MqttSource
 from .settings import EdgeSettings
-from .spool import Spool
+from .spool import Spool, is_disk_full
 
-__all__ = ["EdgeService", "Health", "build_observers"]
+__all__ = ["EdgeFatal", "EdgeService", "Health", "build_observers"]
+
+
+class EdgeFatal(Exception):
+    """A task of the service failed outside the handling of one message: the
+    service has stopped (what it had not acknowledged stays with the broker)
+    and the process should exit non-zero. ``cause`` names the failure; it was
+    logged once as ``edge.fatal``."""
+
+    def __init__(self, cause: str) -> None:
+        super().__init__(cause)
+        self.cause = cause
+
+
+class _Throttle:
+    """At most one log line per key per ``every`` seconds; counts the rest."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def allow(self, key: tuple[str, str]) -> int | None:
+        """None: stay quiet. A number: log now, with this many suppressed."""
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (-1e9, 0))
+        if now - last >= self.every:
+            if len(self._last) > 1000:
+                self._last.clear()
+            self._last[key] = (now, 0)
+            return suppressed
+        self._last[key] = (last, suppressed + 1)
+        return None
 
 
 def build_observers(settings: EdgeSettings, registry: Registry | None) -> list[Observer]:
@@ -55,7 +87,8 @@ class Health:
 
 class EdgeService:
     def __init__(self, settings: EdgeSettings, *, registry: Registry | None = None,
-                 observers: Sequence[Observer] | None = None) -> None:
+                 observers: Sequence[Observer] | None = None,
+                 ingestor: Ingestor | None = None) -> None:
         self.settings = settings
         if registry is None and settings.registry is not None:
             registry = load_registry(settings.registry)
@@ -64,11 +97,13 @@ class EdgeService:
             settings, registry)
         self.metrics = EdgeMetrics()
         self.log = get_logger("farmedge.edge", instance=settings.instance)
-        self.ingestor = Ingestor(settings.ingest, registry=registry, instance=settings.instance,
-                                 keep_readings=bool(self.observers))
+        self.ingestor = ingestor if ingestor is not None else Ingestor(
+            settings.ingest, registry=registry, instance=settings.instance,
+            keep_readings=bool(self.observers))
         self.writer = InfluxWriter(settings.influx)
-        self.spool = Spool(settings.data_dir / "spool.sqlite3",
-                           max_bytes=int(settings.spool.max_mb * 1024 * 1024))
+        self.spool = Spool(settings.data_dir / "spool",
+                           max_bytes=int(settings.spool.max_mb * 1024 * 1024),
+                           legacy=settings.data_dir / "spool.sqlite3")
         self.mqtt = MqttSource(settings.mqtt, on_messages=self._on_messages)
         self._inbox: deque[Inbound] = deque()
         self._inbox_bytes = 0
@@ -84,6 +119,14 @@ class EdgeService:
         self._auth_alarm = ""
         self._last_write_ok = 0.0
         self._tasks: list[asyncio.Task[None]] = []
+        #: Why the service stopped on its own (None: it did not).
+        self.fatal: str | None = None
+        self._internal_log = _Throttle()
+        #: Why the spool cannot take a batch now (disk full), or None.
+        self._disk_error: str | None = None
+        self._disk_since = 0.0
+        #: When an observer last met a full disk (monotonic), or 0.
+        self._observer_disk_full_at = 0.0
         self._http: Any = None
         self._started = time.monotonic()
         self.http_port: int | None = None
@@ -140,9 +183,10 @@ class EdgeService:
 
             self._http, self.http_port = await start_http(self, s.http.host, s.http.port)
         loop = asyncio.get_running_loop()
-        for coro in (self._process_loop(), self._write_loop(), self._replay_loop(),
-                     self._housekeeping_loop()):
-            self._tasks.append(asyncio.create_task(coro))
+        for name, coro in (("process", self._process_loop()), ("writer", self._write_loop()),
+                           ("replay", self._replay_loop()),
+                           ("housekeeping", self._housekeeping_loop())):
+            self._tasks.append(asyncio.create_task(coro, name=name))
         for obs in self.observers:
             start = getattr(obs, "start", None)
             if start is not None:
@@ -152,17 +196,38 @@ class EdgeService:
             await self._wait_stop(stop)
         finally:
             await self._shutdown()
+        if self.fatal is not None:
+            raise EdgeFatal(self.fatal)
 
     async def _wait_stop(self, stop: asyncio.Event) -> None:
+        """Until ``stop`` is set, or a task ends on its own: that is fatal (a
+        failure while handling one message never ends a task)."""
         stop_task = asyncio.create_task(stop.wait())
-        done, _ = await asyncio.wait([stop_task, *self._tasks],
-                                     return_when=asyncio.FIRST_COMPLETED)
-        for t in done:
-            if t is not stop_task and t.exception() is not None:
-                self.log.error("edge.task_failed", error=repr(t.exception()))
-        stop_task.cancel()
+        watched: list[asyncio.Task[Any]] = [*self._tasks]
+        mqtt_task = getattr(self.mqtt, "_task", None)
+        if isinstance(mqtt_task, asyncio.Task):
+            watched.append(mqtt_task)
+        try:
+            done, _ = await asyncio.wait([stop_task, *watched],
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_task.cancel()
+        for t in watched:
+            if t in done:
+                exc = None if t.cancelled() else t.exception()
+                name = t.get_name()
+                if t is mqtt_task:
+                    name = "mqtt"
+                self.fatal = (f"task {name} failed: {type(exc).__name__}: {exc}"
+                              if exc is not None else f"task {name} ended unexpectedly")
+                self.log.critical("edge.fatal", cause=self.fatal,
+                                  exc_info=exc if exc is not None else False)
+                break
 
     async def _shutdown(self) -> None:
+        if self.fatal is not None:
+            await self._shutdown_fatal()
+            return
         self.log.info("edge.stopping", pending=self.pending_messages())
         self._stopping = True
         self.mqtt.stop_accepting()
@@ -176,14 +241,7 @@ class EdgeService:
             t.cancel()
             with contextlib.suppress(BaseException):
                 await t
-        for obs in self.observers:
-            close = getattr(obs, "close", None)
-            if close is not None:
-                try:
-                    await asyncio.wait_for(close(), 15)
-                except Exception as exc:
-                    self.log.error("observer.close_failed", observer=type(obs).__name__,
-                                   error=repr(exc))
+        await self._close_observers(15)
         await self.mqtt.stop()
         if self._http is not None:
             await self._http.cleanup()
@@ -191,6 +249,78 @@ class EdgeService:
         self.spool.close()
         self.log.info("edge.stopped", written=self._written, spooled=self._spooled,
                       spool_lines=self.spool.lines)
+
+    async def _shutdown_fatal(self) -> None:
+        """Stop within a few seconds. Nothing durable is at risk: what was
+        acknowledged is in InfluxDB or the spool, the rest stays with the
+        broker and comes again to the next edge."""
+        self._stopping = True
+        self.mqtt.stop_accepting()
+        for t in self._tasks:
+            t.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        deadline = time.monotonic() + 3.0
+
+        def left() -> float:
+            return max(0.1, deadline - time.monotonic())
+
+        await self._close_observers(left())
+        for step in (self.mqtt.stop, self.writer.close):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(step(), left())
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._http.cleanup(), left())
+        with contextlib.suppress(Exception):
+            self.spool.close()
+
+    async def _close_observers(self, within_s: float) -> None:
+        for obs in self.observers:
+            close = getattr(obs, "close", None)
+            if close is not None:
+                try:
+                    await asyncio.wait_for(close(), within_s)
+                except Exception as exc:
+                    self.log.error("observer.close_failed", observer=type(obs).__name__,
+                                   error=repr(exc))
+
+    # -- containment: one message's failure is that message's ------------
+    def _internal_error(self, where: str, exc: Exception, *, topic: str = "") -> None:
+        """Count and log (throttled, with the traceback) a failure inside the
+        edge's own code that was contained to one message or one call."""
+        self.metrics.internal_errors.labels(where).inc()
+        if where == "observer" and is_disk_full(exc):
+            self._observer_disk_full_at = time.monotonic()
+        suppressed = self._internal_log.allow((where, type(exc).__name__))
+        if suppressed is not None:
+            self.log.error("edge.internal_error", where=where,
+                           error=f"{type(exc).__name__}: {exc}"[:500],
+                           topic=excerpt(topic, 200) if topic else None,
+                           suppressed_since_last=suppressed, exc_info=exc)
+
+    def _contain(self, msg: Inbound, batch: Batch, marks: tuple[int, int, int, int, int],
+                 exc: Exception) -> None:
+        """``handle`` raised for ``msg``: take back what it added to the
+        batch, and record the message as a dead letter (reason ``internal``)
+        so that it is acknowledged, never redelivered forever."""
+        n_lines, n_readings_list, n_statuses, n_messages, n_readings = marks
+        del batch.lines[n_lines:]
+        del batch.readings[n_readings_list:]
+        del batch.statuses[n_statuses:]
+        del batch.messages[n_messages:]
+        batch.n_readings = n_readings
+        batch.messages.append(msg)
+        self._internal_error("ingest", exc, topic=msg.topic)
+        key: tuple[str, str, str] | None = None
+        with contextlib.suppress(Exception):
+            gt = parse_gateway_topic(msg.topic)
+            key = (gt.county, gt.farm, gt.gateway)
+        try:
+            self.ingestor.dead_letter(batch, topic=msg.topic, reason="internal",
+                                      detail=f"{type(exc).__name__}: {exc}"[:500],
+                                      raw=msg.payload, key=key)
+        except Exception as exc2:  # the dead-letter path itself is broken
+            self._internal_error("dead_letter", exc2, topic=msg.topic)
 
     # -- batching --------------------------------------------------------
     async def _ship(self) -> None:
@@ -228,7 +358,13 @@ class EdgeService:
                     self._batch.created_mono = time.monotonic()
                 msg = inbox.popleft()
                 self._inbox_bytes -= len(msg.payload)
-                handle(msg, self._batch)
+                b = self._batch
+                marks = (len(b.lines), len(b.readings), len(b.statuses), len(b.messages),
+                         b.n_readings)
+                try:
+                    handle(msg, b)
+                except Exception as exc:
+                    self._contain(msg, b, marks, exc)
                 n += 1
                 if self._inbox_bytes < self._max_pending_bytes // 2:
                     self.mqtt.resume_reading()
@@ -267,7 +403,8 @@ class EdgeService:
                 deadline = time.monotonic() + self.settings.influx.retry_for_s
                 leftover = await self._write_lines(batch.lines, deadline)
             if leftover:
-                await self._to_spool(leftover)
+                if not await self._spool_or_hold(leftover):
+                    return  # stopping: not durable, so not acknowledged
             else:
                 m.readings_written.inc(batch.n_readings)
         acked = self.mqtt.ack(batch.messages)
@@ -277,14 +414,73 @@ class EdgeService:
             self.log.debug("mqtt.ack_skipped_after_reconnect",
                            skipped=len(batch.messages) - acked)
         for obs in self.observers:
-            try:
-                if batch.readings:
+            # An observer's bug must not stop ingestion, nor its other calls.
+            if batch.readings:
+                try:
                     obs.on_readings(batch.readings)
-                for ev in batch.statuses:
+                except Exception as exc:
+                    self._internal_error("observer", exc)
+            for ev in batch.statuses:
+                try:
                     obs.on_status(ev)
-            except Exception as exc:  # an observer's bug must not stop ingestion
-                self.log.exception("observer.failed", observer=type(obs).__name__,
-                                   error=repr(exc))
+                except Exception as exc:
+                    self._internal_error("observer", exc)
+
+    async def _spool_or_hold(self, lines: list[str]) -> bool:
+        """Make ``lines`` durable in the spool. While the disk is full (or the
+        spool cannot be written), hold them: their messages are not
+        acknowledged, so the processing stops behind this batch and the
+        broker keeps what comes next; retry the spool, and InfluxDB (which
+        needs no disk), until one of them takes the lines. Returns False
+        when the service stops meanwhile (the broker redelivers them)."""
+        delay = 0.25
+        while True:
+            try:
+                await self._to_spool(lines)
+            except OSError as exc:
+                self._disk_trouble(exc)
+            else:
+                self._disk_ok()
+                return True
+            if self._stopping:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+            if not self._influx_down or await self.writer.ping():
+                n = len(lines)
+                lines = await self._write_lines(
+                    lines, time.monotonic() + self.settings.influx.retry_for_s)
+                if len(lines) < n:
+                    self.metrics.readings_written.inc(n - len(lines))
+                if not lines:
+                    self._disk_ok()
+                    return True
+
+    def _disk_trouble(self, exc: OSError) -> None:
+        free = self.spool.free_bytes()
+        full = is_disk_full(exc)
+        what = "disk full" if full else "spool cannot be written"
+        reason = (f"{what}: {exc.strerror or exc} ({free if free is not None else '?'} bytes "
+                  f"free at {self.spool.dir}); not acknowledging messages, the broker "
+                  "holds them")
+        if self._disk_error is None:
+            self.log.error("spool.disk_full" if full else "spool.write_failed",
+                           error=f"{type(exc).__name__}: {exc}"[:300], free_bytes=free,
+                           path=str(self.spool.dir),
+                           pending_messages=self.pending_messages())
+            self._disk_since = time.monotonic()
+        self._disk_error = reason
+        self.metrics.disk_full.set(1)
+        if free is not None:
+            self.metrics.disk_free.set(free)
+
+    def _disk_ok(self) -> None:
+        if self._disk_error is not None:
+            self.log.info("spool.disk_available_again",
+                          seconds=round(time.monotonic() - self._disk_since, 1),
+                          free_bytes=self.spool.free_bytes())
+            self._disk_error = None
+            self.metrics.disk_full.set(0)
 
     async def _to_spool(self, lines: list[str]) -> None:
         dropped = await self.spool.append(lines)
@@ -405,8 +601,14 @@ class EdgeService:
                 # the database may have been fixed in InfluxDB meanwhile.
                 if not self._auth_alarm and not await self.writer.ping():
                     continue
-            batch = await self.spool.oldest()
+            try:
+                batch = await self.spool.oldest()
+            except OSError as exc:
+                self._replay_trouble(exc)
+                await asyncio.sleep(1.0)
+                continue
             if batch is None:
+                await asyncio.sleep(0.5)  # counts out of step: never spin
                 continue
             if not started_lines:
                 started_lines = self.spool.lines
@@ -418,7 +620,12 @@ class EdgeService:
             if leftover:
                 continue
             attempt = 0
-            await self.spool.delete(batch.id)
+            try:
+                await self.spool.delete(batch.id)
+            except OSError as exc:  # written, not forgotten: replayed again, same points
+                self._replay_trouble(exc)
+                await asyncio.sleep(1.0)
+                continue
             done += len(batch.lines)
             self.metrics.readings_written.inc(sum(1 for x in batch.lines if _is_reading(x)))
             self._update_spool_gauges()
@@ -432,6 +639,11 @@ class EdgeService:
                               lines_per_s=round(rate), eta_s=round(self.spool.lines / rate)
                               if rate else None)
 
+    def _replay_trouble(self, exc: OSError) -> None:
+        if self._internal_log.allow(("replay", type(exc).__name__)) is not None:
+            self.log.error("spool.replay_io_error", error=f"{type(exc).__name__}: {exc}"[:300],
+                           path=str(self.spool.dir))
+
     # -- housekeeping: health probes and the `edge` self-metrics point ----
     async def _housekeeping_loop(self) -> None:
         tick = 0
@@ -441,6 +653,9 @@ class EdgeService:
             self.metrics.mqtt_connected.set(1 if self.mqtt.connected else 0)
             self.metrics.pending.set(self.pending_messages())
             self._update_spool_gauges()
+            free = self.spool.free_bytes()
+            if free is not None:
+                self.metrics.disk_free.set(free)
             if tick % 5 == 0 and not self._influx_down and \
                     time.monotonic() - self._last_write_ok > 10:
                 if await self.writer.ping():
@@ -474,6 +689,7 @@ class EdgeService:
                   f"pending={self.pending_messages()}i,write_p50_ms={p50:.3f},"
                   f"write_p99_ms={p99:.3f},influx_up={'false' if self._influx_down else 'true'},"
                   f"mqtt_connected={'true' if self.mqtt.connected else 'false'},"
+                  f"disk_full={'true' if self._disk_error else 'false'},"
                   f"version={field_str(_version())}")
         self._batch.lines.append(
             f"edge,instance={escape_tag(self.settings.instance)} {fields} "
@@ -487,24 +703,35 @@ class EdgeService:
         now = time.monotonic()
         if not self.mqtt.connected:
             since = self.mqtt.disconnected_since or now
-            if now - since > 10 or self.mqtt.connects:
+            if self.mqtt.refused:
+                hint = f": {self.mqtt.refused_hint}" if self.mqtt.refused_hint else ""
+                reasons.append(f"MQTT {self.mqtt.refused} for {now - since:.0f} s{hint}")
+            elif now - since > 10 or self.mqtt.connects:
                 reasons.append(f"MQTT broker unreachable for {now - since:.0f} s")
         if self._auth_alarm:
             reasons.append(self._auth_alarm)
         elif self._influx_down:
             reasons.append(f"InfluxDB unavailable, spooling: {self._influx_error[:200]}")
+        if self._disk_error is not None:
+            reasons.append(self._disk_error)
+        if self._observer_disk_full_at and now - self._observer_disk_full_at < 60:
+            reasons.append(f"disk full: an observer (the alert engine) cannot write its state "
+                           f"({self.spool.free_bytes()} bytes free)")
         age = self._oldest_pending_age()
         if age > s.http.stall_after_s:
             reasons.append(f"ingestion stalled: a message has waited {age:.0f} s")
         details = {
             "mqtt_connected": self.mqtt.connected,
             "mqtt_subscribed": self.mqtt.subscribed,
+            "mqtt_connect_attempts": self.mqtt.attempts,
             "influx_up": not self._influx_down,
             "pending_messages": self.pending_messages(),
             "oldest_pending_s": round(age, 1),
             "spool_lines": self.spool.lines,
             "spool_bytes": self.spool.bytes,
             "spool_dropped_lines": self.spool.dropped_lines,
+            "disk_full": self._disk_error is not None,
+            "disk_free_bytes": self.spool.free_bytes(),
             "messages": self.ingestor.counters.messages,
             "readings": self.ingestor.counters.readings,
             "lines_written": self._written,

@@ -9,6 +9,7 @@ broker (Mosquitto's dynamic security plugin) and the registry.
   farmedge provision revoke --user edge
   farmedge provision import-passwd --passwd passwd --acl acl
   farmedge provision init
+  farmedge provision influx [--env-file FILE]
 
 With the broker running, changes are sent to it over MQTT as the plugin's
 administrator and apply at once: nobody else is disconnected, no reload.
@@ -145,6 +146,10 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                    help="keep service usernames as they are (default: edge -> svc~edge)")
     common(m)
     m.set_defaults(func=_cmd(_import))
+
+    from .influx import add_parser as add_influx_parser
+
+    add_influx_parser(psub)
 
 
 def _ids(q: argparse.ArgumentParser) -> None:
