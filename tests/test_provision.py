@@ -295,7 +295,7 @@ def test_reserved_and_bad_ids_are_refused(tmp_path: Path,
     assert rc == 1
     assert "county" in capsys.readouterr().err
     for county, farm, gw in (("suihua", "wang-12", "alerts"), ("suihua", "wang-12", "status"),
-                             ("suihua", "Telemetry", "gw-1"), ("farm", "wang-12", "gw-1")):
+                             ("suihua", "telemetry", "gw-1"), ("alerts", "wang-12", "gw-1")):
         assert main(["provision", "gateway", "--county", county, "--farm", farm,
                      "--gateway", gw, *args]) == 1
         assert "topic level" in capsys.readouterr().err

@@ -15,8 +15,9 @@
 - Service accounts (edge instances, the demo's simulator, the plugin's
   administrator) are named ``svc~NAME``: "~" is a character no id may hold,
   so no county, farm or gateway can ever be given a service's name.
-- Ids that are topic levels of the system (``alerts``, ``status``, ...) are
-  refused as county, farm or gateway ids.
+- Ids that are topic levels of the system (``alerts``, ``status``,
+  ``telemetry``: farmedge.contract.ids.RESERVED_IDS) are refused as county,
+  farm or gateway ids.
 
 Adding or removing one gateway creates or deletes only that gateway's
 client and role: the plugin disconnects no one else.
@@ -27,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 from farmedge.contract import status_topic, telemetry_topic
-from farmedge.contract.ids import InvalidId, check_id, is_valid_id
+from farmedge.contract.ids import RESERVED_IDS, InvalidId, check_topic_id, is_valid_id
 
 from .dynsec import ADMIN_ROLE, Backend
 from .errors import ProvisionError
@@ -50,9 +51,6 @@ __all__ = [
 ]
 
 SERVICE_PREFIX = "svc~"
-#: Topic levels the system itself uses (docs/protocol.md): no county, farm or
-#: gateway may be called so (compared without case).
-RESERVED_IDS = frozenset({"farm", "v1", "telemetry", "status", "alerts"})
 
 EDGE_ROLE = "service:edge"
 SIMULATOR_ROLE = "service:simulator"
@@ -102,29 +100,14 @@ def gateway_acls(county: str, farm: str, gateway: str) -> list[dict[str, Any]]:
             _acl("subscribePattern", "#", allow=False)]
 
 
-def _reserved(value: str, what: str) -> None:
-    # The contract's own list, once it has one, is the authority.
-    from farmedge.contract import ids
-
-    check = getattr(ids, "check_not_reserved", None)
-    if check is not None:
-        try:
-            check(value, what=what)
-        except ValueError as exc:
-            raise ProvisionError(str(exc)) from None
-    if value.lower() in RESERVED_IDS:
-        raise ProvisionError(
-            f"{what} {value!r} is a topic level the system uses "
-            f"({', '.join(sorted(RESERVED_IDS))}): choose another id")
-
-
 def check_gateway_ids(county: str, farm: str, gateway: str) -> None:
+    """The contract's rule for topic-level ids (farmedge.contract.ids):
+    valid ids, and none of the words the system's topics use."""
     for what, value in (("county", county), ("farm", farm), ("gateway", gateway)):
         try:
-            check_id(value, what=what)
+            check_topic_id(value, what=what)
         except InvalidId as exc:
             raise ProvisionError(str(exc)) from None
-        _reserved(value, what)
 
 
 def service_username(name: str) -> str:
