@@ -66,6 +66,15 @@ def _unavailable(sub: Any, name: str, reason: str) -> None:
     p.set_defaults(func=say)
 
 
+def plain(doc: str | None) -> str:
+    """A module docstring as --help text: reStructuredText's ``literal``
+    marks and ``::`` block openers removed."""
+    import re
+
+    text = (doc or "").replace("``", "")
+    return re.sub(r"::(\s*)$", r":\1", text, flags=re.M)
+
+
 def stop_on_signals() -> threading.Event:
     """An event that SIGINT and SIGTERM set, for commands that run until
     stopped without an asyncio loop (simulate, demo)."""
