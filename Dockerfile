@@ -7,7 +7,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY farmedge ./farmedge
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[alerts]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[edge,alerts]"
 
 FROM python:3.11-slim
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/farmedge --create-home \

@@ -8,13 +8,19 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
 from collections.abc import Sequence
 from types import FrameType
+from typing import Any
 
 from . import __version__
+
+#: Exit status when the reader of our output went away (128 + SIGPIPE, what a
+#: shell reports for a command killed by a closed pipe).
+EXIT_BROKEN_PIPE = 141
 
 # subcommand name -> module with ``add_parser(subparsers) -> None``. A parser
 # sets ``func`` (args -> exit code) as its default.
@@ -25,7 +31,48 @@ _SUBCOMMANDS: dict[str, str] = {
     "demo": "farmedge.demo",
     "provision": "farmedge.provision.cli",
     "alerts": "farmedge.alerts.cli",
+    "fleet": "farmedge.fleet",
 }
+
+
+#: third-party module -> the extra that installs it, for "pip install 'farmedge[...]'".
+_EXTRA_OF: dict[str, str] = {
+    "aiohttp": "edge", "prometheus_client": "edge", "yaml": "edge", "msgpack": "edge",
+    "zstandard": "edge", "apprise": "alerts", "pymodbus": "gateway", "serial": "gateway",
+}
+
+
+def missing_dependency(exc: ModuleNotFoundError) -> str | None:
+    """The operator's message for a library that is not installed, or None
+    when ``exc`` is about something else."""
+    top = (exc.name or "").split(".")[0]
+    extra = _EXTRA_OF.get(top)
+    if extra is None:
+        return None
+    return (f"this needs the Python package {top!r}, which is not installed; "
+            f"install farmedge with the {extra!r} extra: pip install 'farmedge[{extra}]'")
+
+
+def _unavailable(sub: Any, name: str, reason: str) -> None:
+    """A subcommand whose module cannot load here (a part installed without
+    its extra): it is listed, and running it says what to install."""
+    p = sub.add_parser(name, help=f"(not installed: {reason.split(';')[0]})", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+
+    def say(args: argparse.Namespace) -> int:
+        print(f"farmedge {name}: {reason}", file=sys.stderr)
+        return 2
+
+    p.set_defaults(func=say)
+
+
+def plain(doc: str | None) -> str:
+    """A module docstring as --help text: reStructuredText's ``literal``
+    marks and ``::`` block openers removed."""
+    import re
+
+    text = (doc or "").replace("``", "")
+    return re.sub(r"::(\s*)$", r":\1", text, flags=re.M)
 
 
 def stop_on_signals() -> threading.Event:
@@ -45,16 +92,25 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="farmedge",
         description="Farm sensor data from the field to the people who act on it.",
+        epilog="examples:\n"
+               "  farmedge edge check-config --config /etc/farmedge/edge.toml\n"
+               "  farmedge gateway read-once --config /etc/farmedge/gateway.toml\n"
+               "  farmedge COMMAND --help      (every command has examples)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"farmedge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for module_name in _SUBCOMMANDS.values():
+    for name, module_name in _SUBCOMMANDS.items():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
             if exc.name and exc.name.startswith("farmedge"):
                 continue  # a part that is not built yet
-            raise
+            reason = missing_dependency(exc)
+            if reason is None:
+                raise
+            _unavailable(sub, name, reason)
+            continue
         module.add_parser(sub)
     return parser
 
@@ -66,7 +122,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    return int(func(args) or 0)
+    try:
+        rc = int(func(args) or 0)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        # The reader went away (`farmedge alerts templates | head`): stop
+        # quietly, as a Unix tool killed by SIGPIPE does. Output still
+        # buffered would fail again at exit, so stdout now goes nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
+    except ModuleNotFoundError as exc:
+        reason = missing_dependency(exc)
+        if reason is None:
+            raise
+        print(f"farmedge {args.command}: {reason}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

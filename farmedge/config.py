@@ -25,15 +25,17 @@ import types
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
 )
+
+if TYPE_CHECKING:
+    import yaml  # imported where used: the gateway installs without PyYAML
 
 __all__ = ["ConfigError", "FileSettings", "Section", "env_names", "load_settings",
            "load_yaml_model", "unknown_env"]
@@ -127,7 +129,7 @@ def toml_line(text: str, loc: Sequence[int | str]) -> int | None:
 
 
 def _format(exc: ValidationError, source: str, text: str | None,
-            line_of: Any = None, env_prefix: str = "FARMEDGE_") -> str:
+            line_of: Any = None, env_prefix: str = "FARMEDGE_", model: Any = None) -> str:
     lines = []
     for err in exc.errors(include_url=False):
         loc = tuple(err.get("loc", ()))
@@ -136,6 +138,9 @@ def _format(exc: ValidationError, source: str, text: str | None,
         where = f"{source}:{line}" if line else source
         if err.get("type") == "extra_forbidden":
             msg = "unknown key (check its spelling and its section)"
+            close = _close_key(model, loc) if model is not None else None
+            if close:
+                msg = f"unknown key, did you mean {close}?"
         lines.append(f"{where}: {_yaml_loc(loc)}: {msg}")
     return "\n".join(lines)
 
@@ -250,9 +255,23 @@ def load_settings(cls: type[S], path: Path | str | None) -> S:
         for err in exc.errors(include_url=False):
             loc = tuple(err.get("loc", ()))
             msg = err.get("msg", "invalid")
+            merged = _deep_merge(data, env_values)
+            friendly = explain(cls, err, merged)
+            if friendly is not None:
+                key_loc = loc
+                if str(err.get("type", "")).startswith("union_tag"):  # point at driver = ...
+                    disc = str((err.get("ctx") or {}).get("discriminator", "")).strip("'")
+                    key_loc = (*loc, disc) if disc else loc
+                line = toml_line(text, key_loc) if text else None
+                if _lookup(env_values, loc):
+                    where = "environment variable FARMEDGE_" + "_".join(
+                        str(x) for x in loc).upper()
+                else:
+                    where = f"{source}:{line}" if line else source
+                lines.append(f"{where}: {friendly}")
+                continue
             if err.get("type") == "extra_forbidden":
                 msg = "unknown key (check its spelling and its section)"
-            merged = _deep_merge(data, env_values)
             if _lookup(merged, loc) and isinstance(_value(merged, loc), dict):
                 # A rule over a whole section (e.g. api = "v2" needs a token).
                 sect = "[" + ".".join(str(x) for x in loc) + "]"
@@ -267,7 +286,7 @@ def load_settings(cls: type[S], path: Path | str | None) -> S:
             else:
                 line = toml_line(text, loc) if text else None
                 where = f"{source}:{line}" if line else source
-            lines.append(f"{where}: {_loc_str(loc)}: {msg}")
+            lines.append(f"{where}: {toml_loc(cls, loc)}: {msg}")
         raise ConfigError("\n".join(lines)) from None
 
 
@@ -300,6 +319,8 @@ def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 def yaml_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     """Line (1-based) of the node at ``loc`` in a composed YAML tree."""
+    import yaml
+
     node = root
     line = node.start_mark.line + 1 if node is not None else None
     for part in loc:
@@ -324,6 +345,8 @@ def yaml_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
 def load_yaml_model(model: type[M], path: Path | str) -> M:
     """Load a YAML data file (registry, alert rules) into ``model``; errors
     name the file, line and key."""
+    import yaml
+
     p = Path(path)
     try:
         text = p.read_text(encoding="utf-8")
@@ -339,4 +362,162 @@ def load_yaml_model(model: type[M], path: Path | str) -> M:
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
-        raise ConfigError(_format(exc, str(p), text, lambda loc: yaml_line(root, loc))) from None
+        raise ConfigError(_format(exc, str(p), text, lambda loc: yaml_line(root, loc),
+                                  model=model)) from None
+
+
+# -- validation errors in the operator's words -------------------------------
+# pydantic speaks of locations like ("sensors", 0, "simulated", "pin") and of
+# "Input tag 'x' found using 'driver' does not match ..."; operators read TOML:
+# "[[sensors]] entry 1: pin", "unknown driver 'x'; known: ...".
+
+
+def _step(t: Any, part: int | str) -> tuple[Any, bool] | None:
+    """The type one location part below ``t``, and whether the part was a
+    union tag (not a key in the file). None when it cannot be followed."""
+    import types
+    import typing
+
+    origin = typing.get_origin(t)
+    if origin is typing.Annotated:
+        return _step(typing.get_args(t)[0], part)
+    if origin in (typing.Union, types.UnionType):
+        members = [a for a in typing.get_args(t) if a is not type(None)]
+        if len(members) == 1:
+            return _step(members[0], part)
+        for m in members:  # a discriminated union: the part names a member's tag
+            if isinstance(m, type) and issubclass(m, BaseModel):
+                for f in m.model_fields.values():
+                    ann = f.annotation
+                    if typing.get_origin(ann) is typing.Literal and part in typing.get_args(ann):
+                        return m, True
+        return None
+    if origin in (list, tuple, set, frozenset) and isinstance(part, int):
+        args = typing.get_args(t)
+        return (args[0], False) if args else None
+    if origin is dict:
+        args = typing.get_args(t)
+        return (args[1], False) if len(args) == 2 else None
+    if isinstance(t, type) and issubclass(t, BaseModel) and isinstance(part, str):
+        field = t.model_fields.get(part)
+        return (field.annotation, False) if field is not None else None
+    return None
+
+
+def _walk(cls: Any, loc: Sequence[int | str]) -> tuple[Any, list[bool]]:
+    """The type at ``loc`` (None if lost on the way) and, per part, whether
+    it is a union tag."""
+    t: Any = cls
+    tags: list[bool] = []
+    for part in loc:
+        step = _step(t, part) if t is not None else None
+        if step is None:
+            t = None
+            tags.append(False)
+        else:
+            t, is_tag = step
+            tags.append(is_tag)
+    return t, tags
+
+
+def _model_of(t: Any) -> type[BaseModel] | None:
+    import typing
+
+    while typing.get_origin(t) is typing.Annotated:
+        t = typing.get_args(t)[0]
+    return t if isinstance(t, type) and issubclass(t, BaseModel) else None
+
+
+def _close_key(cls: Any, loc: Sequence[int | str]) -> str | None:
+    """The known key closest to the unknown last part of ``loc``, if any."""
+    import difflib
+
+    model = _model_of(_walk(cls, loc[:-1])[0]) if loc else None
+    if model is None:
+        return None
+    close = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.6)
+    return close[0] if close else None
+
+
+def toml_loc(cls: Any, loc: Sequence[int | str]) -> str:
+    """A location as a TOML reader says it: ``[mqtt] url``,
+    ``[[sensors]] entry 2: pin`` (entries count from 1; union tags dropped)."""
+    _, tags = _walk(cls, loc)
+    parts = [p for p, tag in zip(loc, tags, strict=True) if not tag]
+    if not any(isinstance(p, int) for p in parts):
+        return _loc_str(parts)
+    out: list[str] = []
+    table: list[str] = []
+    for i, p in enumerate(parts):
+        if isinstance(p, int):
+            name = ".".join(table) or "?"
+            out.append(f"[[{name}]] entry {p + 1}")
+            table = []
+        elif i + 1 < len(parts) and isinstance(parts[i + 1], int):
+            table.append(p)
+        else:
+            table.append(p)
+    if table:
+        if out:
+            out.append(".".join(table))
+        else:
+            return _loc_str(parts)
+    return ": ".join(out)
+
+
+def _sections(model: type[BaseModel]) -> tuple[list[str], list[str]]:
+    """(section names, plain key names) of a model."""
+    sections: list[str] = []
+    keys: list[str] = []
+    for name, f in model.model_fields.items():
+        (sections if _model_of(f.annotation) is not None else keys).append(name)
+    return sections, keys
+
+
+def explain(cls: Any, err: Any, data: Any = None) -> str | None:
+    """The operator's wording of one pydantic error of ``cls`` (location and
+    reason), or None to keep pydantic's."""
+    import difflib
+
+    loc = tuple(err.get("loc", ()))
+    kind = err.get("type")
+    if kind == "union_tag_invalid":
+        ctx = err.get("ctx") or {}
+        tag = ctx.get("tag")
+        disc = str(ctx.get("discriminator", "")).strip("'")
+        known = [t.strip().strip("'") for t in str(ctx.get("expected_tags", "")).split(",")]
+        close = difflib.get_close_matches(str(tag), known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return (f"{toml_loc(cls, loc)}: unknown {disc or 'kind'} {tag!r}{hint}; "
+                f"known: {', '.join(known)}")
+    if kind == "union_tag_not_found":
+        ctx = err.get("ctx") or {}
+        disc = str(ctx.get("discriminator", "")).strip("'")
+        return f"{toml_loc(cls, loc)}: {disc} is missing (which kind of entry is this?)"
+    if kind != "extra_forbidden" or not loc:
+        return None
+    parent, _ = _walk(cls, loc[:-1])
+    model = _model_of(parent)
+    if model is None:
+        return None
+    name = str(loc[-1])
+    sections, keys = _sections(model)
+    value: Any = None
+    if data is not None:
+        try:
+            value = _value(data, loc)
+        except (KeyError, IndexError, TypeError):
+            value = None
+    where = toml_loc(cls, loc[:-1]) if loc[:-1] else ""
+    if isinstance(value, dict) and not where:
+        close = difflib.get_close_matches(name, sections, n=1, cutoff=0.6)
+        if close:
+            return f"unknown section [{name}], did you mean [{close[0]}]?"
+        listed = ", ".join(f"[{x}]" for x in sections)
+        return f"unknown section [{name}] (sections: {listed})"
+    close = difflib.get_close_matches(name, [*keys, *sections], n=1, cutoff=0.6)
+    in_array = any(isinstance(p, int) for p in loc[:-1])
+    head = f"{where}: {name}" if in_array else _loc_str(loc)
+    if close:
+        return f"{head}: unknown key, did you mean {close[0]}?"
+    return f"{head}: unknown key (known here: {', '.join(keys + sections)})"

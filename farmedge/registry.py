@@ -15,8 +15,8 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from .config import load_yaml_model
-from .contract.ids import check_id
-from .contract.models import Id
+from .contract.ids import check_id, check_topic_id
+from .contract.models import Id, TopicId
 
 __all__ = [
     "Contact",
@@ -113,8 +113,8 @@ class Contact(_Model):
 
 
 class Farm(_Model):
-    county: Id
-    farm: Id
+    county: TopicId
+    farm: TopicId
     name: str | None = None
     language: Language = "zh"
     timezone: str = "Asia/Shanghai"
@@ -129,7 +129,7 @@ class Farm(_Model):
     @model_validator(mode="after")
     def _ids(self) -> Farm:
         for gid in self.gateways:
-            check_id(gid, what="gateway id")
+            check_topic_id(gid, what="gateway id")
         for pid in self.plots:
             check_id(pid, what="plot id")
         for hid in self.herds:

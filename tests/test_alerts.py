@@ -674,7 +674,7 @@ def test_cli_check_and_templates(tmp_path: Path, dry_rules: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text("profiles:\n  x:\n    rulez: []\n")
     r = run("check", str(bad))
-    assert r.returncode == 1 and f"{bad}:3: profiles.x.rulez: unknown key" in r.stderr
+    assert r.returncode == 2 and f"{bad}:3: profiles.x.rulez: unknown key" in r.stderr
     t = run("templates", "--style", "aliyun", "--language", "zh", "--format", "csv")
     assert t.returncode == 0
     assert "soil-dry,raise,zh,${where}土壤偏干：含水量${reading}%（适宜${low}–${high}%），" \

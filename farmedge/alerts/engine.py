@@ -79,41 +79,49 @@ def parse_quiet_hours(spec: str) -> tuple[dtime, dtime]:
         raise AlertsError(f"quiet_hours {spec!r} is not HH:MM-HH:MM") from None
 
 
-def check_registry(rules: RuleSet, registry: Registry | None) -> None:
-    """Every profile the registry names exists; quiet hours parse. Raises
-    AlertsError listing each problem."""
+def check_registry(rules: RuleSet, registry: Registry | None, *,
+                   where: Callable[[tuple[int | str, ...]], str] | None = None) -> None:
+    """Every profile the registry names exists; quiet hours and time zones
+    parse. Raises AlertsError listing each problem. ``where`` turns a
+    location in the registry (``("farms", 0, "profile")``) into a prefix for
+    the message, such as ``"registry.yaml:7: "``."""
     if registry is None:
         return
     problems: list[str] = []
 
-    def prof(where: str, name: str | None) -> None:
+    def at(loc: tuple[int | str, ...]) -> str:
+        return where(loc) if where is not None else ""
+
+    def prof(loc: tuple[int | str, ...], what: str, name: str | None) -> None:
         if name is not None and name not in rules.profiles:
-            problems.append(f"{where}: profile {name!r} is not defined "
+            problems.append(f"{at(loc)}{what}: profile {name!r} is not defined "
                             f"(known: {', '.join(sorted(rules.profiles))})")
 
-    def contacts(where: str, cs: Sequence[Contact]) -> None:
-        for c in cs:
+    def contacts(loc: tuple[int | str, ...], what: str, cs: Sequence[Contact]) -> None:
+        for j, c in enumerate(cs):
             if c.quiet_hours:
                 try:
                     parse_quiet_hours(c.quiet_hours)
                 except AlertsError as exc:
-                    problems.append(f"{where} contact {c.name}: {exc}")
+                    problems.append(f"{at((*loc, j, 'quiet_hours'))}{what} contact {c.name}: "
+                                    f"{exc}")
 
-    for f in registry.farms:
+    for i, f in enumerate(registry.farms):
         base = f"farm {f.county}/{f.farm}"
-        prof(base, f.profile)
+        prof(("farms", i, "profile"), base, f.profile)
         try:
             ZoneInfo(f.timezone)
         except Exception:
-            problems.append(f"{base}: unknown timezone {f.timezone!r}")
+            problems.append(f"{at(('farms', i, 'timezone'))}{base}: unknown timezone "
+                            f"{f.timezone!r}")
         for pid, p in f.plots.items():
-            prof(f"{base} plot {pid}", p.profile)
+            prof(("farms", i, "plots", pid, "profile"), f"{base} plot {pid}", p.profile)
         for hid, h in f.herds.items():
-            prof(f"{base} herd {hid}", h.profile)
+            prof(("farms", i, "herds", hid, "profile"), f"{base} herd {hid}", h.profile)
         for gid, g in f.gateways.items():
-            prof(f"{base} gateway {gid}", g.profile)
-        contacts(base, f.contacts)
-    contacts("center", registry.center_contacts)
+            prof(("farms", i, "gateways", gid, "profile"), f"{base} gateway {gid}", g.profile)
+        contacts(("farms", i, "contacts"), base, f.contacts)
+    contacts(("center_contacts",), "center", registry.center_contacts)
     if problems:
         raise AlertsError("\n".join(problems))
 

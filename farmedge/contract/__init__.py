@@ -4,11 +4,22 @@ Both the gateway agent and the edge service import this package; neither
 imports the other. docs/protocol.md is its human-readable form.
 """
 
-from .codec import JSON, Codec, CodecError, codec_for, register
+from .codec import JSON, Codec, CodecError, PayloadTooLarge, codec_for, register
 from .compact import COMPACT, decode_compact, encode_compact
-from .ids import ID_PATTERN, InvalidId, check_id, is_valid_id
+from .ids import (
+    ID_PATTERN,
+    RESERVED_IDS,
+    InvalidId,
+    check_id,
+    check_topic_id,
+    is_valid_id,
+    is_valid_topic_id,
+    reserved_id_reason,
+)
 from .kinds import KINDS, Kind, RangeError, UnitError, normalize
 from .models import (
+    MAX_EPOCH_MS,
+    MAX_INT,
     MAX_PAYLOAD_BYTES,
     MAX_READINGS,
     Clock,
@@ -23,6 +34,7 @@ from .parse import (
     ParsedTelemetry,
     ReadingRejected,
     excerpt,
+    parse_status,
     parse_telemetry,
 )
 from .topics import (
@@ -38,12 +50,13 @@ from .topics import (
 )
 
 __all__ = [
-    "COMPACT", "ID_PATTERN", "JSON", "KINDS", "MAX_PAYLOAD_BYTES", "MAX_READINGS", "PREFIX",
-    "STATUS_FILTER", "TELEMETRY_FILTER", "Clock", "Codec", "CodecError", "GatewayStatus",
-    "GatewayTopic", "InvalidId", "Kind", "MessageRejected", "NormalizedReading",
-    "ParsedTelemetry", "Quality", "RangeError", "Reading", "ReadingRejected",
-    "TelemetryEnvelope", "TopicError", "UnitError", "alerts_topic", "check_id", "codec_for",
-    "decode_compact", "encode_compact",
-    "excerpt", "is_valid_id", "normalize", "parse_gateway_topic", "parse_telemetry",
-    "register", "status_topic", "telemetry_topic",
+    "COMPACT", "ID_PATTERN", "JSON", "KINDS", "MAX_EPOCH_MS", "MAX_INT", "MAX_PAYLOAD_BYTES",
+    "MAX_READINGS", "PREFIX", "RESERVED_IDS", "STATUS_FILTER", "TELEMETRY_FILTER", "Clock",
+    "Codec", "CodecError", "GatewayStatus", "GatewayTopic", "InvalidId", "Kind",
+    "MessageRejected", "NormalizedReading", "ParsedTelemetry", "PayloadTooLarge", "Quality",
+    "RangeError", "Reading", "ReadingRejected", "TelemetryEnvelope", "TopicError", "UnitError",
+    "alerts_topic", "check_id", "check_topic_id", "codec_for", "decode_compact",
+    "encode_compact", "excerpt", "is_valid_id", "is_valid_topic_id", "normalize",
+    "parse_gateway_topic", "parse_status", "parse_telemetry", "register",
+    "reserved_id_reason", "status_topic", "telemetry_topic",
 ]

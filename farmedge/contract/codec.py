@@ -14,13 +14,19 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["JSON", "Codec", "CodecError", "codec_for", "register"]
+__all__ = ["JSON", "Codec", "CodecError", "PayloadTooLarge", "codec_for", "register"]
 
 JSON = "application/json"
 
 
 class CodecError(ValueError):
     """A payload no registered encoding can read."""
+
+
+class PayloadTooLarge(CodecError):
+    """A payload that decodes to more than its encoding allows (a
+    decompression bomb, say). Decoders raise it as soon as the limit is
+    passed, while decoding, never after."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -21,18 +21,21 @@ MQTT 5 content type: ``application/vnd.farmedge.v1+compact``.
 from __future__ import annotations
 
 import math
+import struct
 import zlib
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from .codec import Codec, register
+from .codec import Codec, PayloadTooLarge, register
+from .models import MAX_READINGS
 
 __all__ = [
     "COMPACT",
     "COMPRESSIONS",
     "MAGIC",
     "MAX_BODY_BYTES",
+    "MAX_ZSTD_WINDOW",
     "SHARED_DICTIONARY",
     "decode_compact",
     "encode_compact",
@@ -40,8 +43,17 @@ __all__ = [
 
 COMPACT = "application/vnd.farmedge.v1+compact"
 MAGIC = 0xFE
-#: A decompressed body larger than this is refused (decompression bombs).
+#: A decompressed body larger than this is refused, as soon as decompression
+#: passes it (decompression bombs).
 MAX_BODY_BYTES = 1024 * 1024
+#: zstd frames needing a larger window are refused (RFC 8878 asks decoders
+#: to support 8 MiB; a body is at most 1 MiB anyway).
+MAX_ZSTD_WINDOW = 8 * 1024 * 1024
+#: Most readings (and so series) in one message: the contract's limit.
+_MAX_ARRAY = MAX_READINGS
+# Arrays in a well-formed body: the body, series, one per series, idx, ts,
+# exps, vals, quality.
+_MAX_ARRAYS = _MAX_ARRAY + 7
 
 NONE, ZSTD, DEFLATE_DICT, ZSTD_DICT = 0, 1, 2, 3
 COMPRESSIONS: dict[str, int] = {
@@ -120,8 +132,6 @@ def encode_compact(
     """Encode one telemetry message. ``readings`` are mappings with the keys
     of a JSON reading (``sensor kind ts value unit`` and optional ``quality``,
     ``animal``); their order is kept."""
-    import msgpack
-
     code = COMPRESSIONS.get(compression)
     if code is None:
         raise ValueError(f"compression {compression!r} is not one of {sorted(COMPRESSIONS)}")
@@ -172,11 +182,84 @@ def encode_compact(
     qual: list[int] | None = [_QUALITY.index(str(r.get("quality", "ok"))) for r in readings]
     if qual is not None and not any(qual):
         qual = None
-    body = msgpack.packb(
-        [1, gateway, seq, sent, _CLOCK.index(clock), series, idx, ts, exps, vals, qual],
-        use_bin_type=True,
-    )
+    body = packb([1, gateway, seq, sent, _CLOCK.index(clock), series, idx, ts, exps, vals, qual])
     return bytes([MAGIC, code]) + _compress(code, body, level)
+
+
+def packb(obj: Any) -> bytes:
+    """MessagePack bytes of ``obj`` (None, bool, int, float, str and lists of
+    them), the same bytes as ``msgpack.packb(obj, use_bin_type=True)``.
+
+    The encoder needs nothing but the standard library, so a gateway installs
+    without msgpack (which has no armv7l wheel on PyPI); decoding, on the
+    edge, uses msgpack.
+    """
+    out: list[bytes] = []
+    _pack(obj, out)
+    return b"".join(out)
+
+
+def _pack(obj: Any, out: list[bytes]) -> None:
+    if obj is None:
+        out.append(b"\xc0")
+    elif obj is True:
+        out.append(b"\xc3")
+    elif obj is False:
+        out.append(b"\xc2")
+    elif isinstance(obj, int):
+        out.append(_pack_int(obj))
+    elif isinstance(obj, float):
+        out.append(b"\xcb" + struct.pack(">d", obj))
+    elif isinstance(obj, str):
+        b = obj.encode("utf-8")
+        n = len(b)
+        if n < 32:
+            out.append(bytes([0xA0 | n]))
+        elif n < 0x100:
+            out.append(b"\xd9" + bytes([n]))
+        elif n < 0x10000:
+            out.append(b"\xda" + struct.pack(">H", n))
+        else:
+            out.append(b"\xdb" + struct.pack(">I", n))
+        out.append(b)
+    elif isinstance(obj, (list, tuple)):
+        n = len(obj)
+        if n < 16:
+            out.append(bytes([0x90 | n]))
+        elif n < 0x10000:
+            out.append(b"\xdc" + struct.pack(">H", n))
+        else:
+            out.append(b"\xdd" + struct.pack(">I", n))
+        for item in obj:
+            _pack(item, out)
+    else:
+        raise TypeError(f"cannot pack {type(obj).__name__}")
+
+
+def _pack_int(v: int) -> bytes:
+    if v >= 0:
+        if v < 0x80:
+            return bytes([v])
+        if v < 0x100:
+            return b"\xcc" + bytes([v])
+        if v < 0x10000:
+            return b"\xcd" + struct.pack(">H", v)
+        if v < 0x100000000:
+            return b"\xce" + struct.pack(">I", v)
+        if v < 0x10000000000000000:
+            return b"\xcf" + struct.pack(">Q", v)
+        raise OverflowError("integer out of range for MessagePack")
+    if v >= -32:
+        return struct.pack(">b", v)
+    if v >= -0x80:
+        return b"\xd0" + struct.pack(">b", v)
+    if v >= -0x8000:
+        return b"\xd1" + struct.pack(">h", v)
+    if v >= -0x80000000:
+        return b"\xd2" + struct.pack(">i", v)
+    if v >= -0x8000000000000000:
+        return b"\xd3" + struct.pack(">q", v)
+    raise OverflowError("integer out of range for MessagePack")
 
 
 def _compress(code: int, body: bytes, level: int) -> bytes:
@@ -211,37 +294,84 @@ def _zstd_dict() -> Any:
 
 
 def _decompress(code: int, data: bytes) -> bytes:
+    """The body, never more than MAX_BODY_BYTES: each decompressor stops as
+    soon as its output passes the limit (PayloadTooLarge), so a bomb costs
+    about a megabyte and a millisecond, whatever it claims to hold."""
     if code == NONE:
         body = data
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(f"body is too large: more than {MAX_BODY_BYTES} bytes")
     elif code == DEFLATE_DICT:
         d = zlib.decompressobj(-15, zdict=SHARED_DICTIONARY)
         try:
             body = d.decompress(data, MAX_BODY_BYTES + 1)
         except zlib.error as exc:
             raise _Bad(f"deflate data is corrupt: {exc}") from None
+        if len(body) > MAX_BODY_BYTES:
+            raise PayloadTooLarge(
+                f"body is too large: deflate data decompresses to more than {MAX_BODY_BYTES} bytes")
         if not d.eof:
-            raise _Bad("deflate data is truncated or the body is too large")
+            raise _Bad("deflate data is truncated")
         if d.unused_data:
             raise _Bad("bytes follow the deflate stream")
     elif code in (ZSTD, ZSTD_DICT):
-        import zstandard
-
-        dctx = zstandard.ZstdDecompressor(
-            dict_data=_zstd_dict() if code == ZSTD_DICT else None)
-        try:
-            dobj = dctx.decompressobj()
-            body = dobj.decompress(data)
-        except zstandard.ZstdError as exc:
-            raise _Bad(f"zstd data is corrupt: {exc}") from None
-        if not dobj.eof:
-            raise _Bad("zstd frame is truncated")
-        if dobj.unused_data:
-            raise _Bad("bytes follow the zstd frame")
+        body = _unzstd(data, _zstd_dict() if code == ZSTD_DICT else None)
     else:
         raise _Bad(f"compression code {code} is unknown")
-    if len(body) > MAX_BODY_BYTES:
-        raise _Bad(f"body is larger than {MAX_BODY_BYTES} bytes")
     return body
+
+
+def _unzstd(data: bytes, dict_data: Any) -> bytes:
+    import zstandard
+
+    try:
+        size = zstandard.get_frame_parameters(data).content_size
+    except zstandard.ZstdError as exc:
+        raise _Bad(f"zstd data is corrupt: frame header: {exc}") from None
+    unknown = size == zstandard.CONTENTSIZE_UNKNOWN
+    if not unknown and size > MAX_BODY_BYTES:
+        # Refused on the header alone: a 32 KiB frame may declare 1 GiB.
+        raise PayloadTooLarge(
+            f"body is too large: the zstd frame holds {size} bytes, the limit is {MAX_BODY_BYTES}")
+    dctx = zstandard.ZstdDecompressor(dict_data=dict_data, max_window_size=MAX_ZSTD_WINDOW)
+    try:
+        # With a content size in the header (at most the limit) zstd writes
+        # into a buffer of exactly that size and fails if the frame holds
+        # more; without one, into a buffer of the limit + 1.
+        body: bytes = dctx.decompress(data, max_output_size=MAX_BODY_BYTES + 1,
+                                      allow_extra_data=False)
+    except zstandard.ZstdError as exc:
+        if unknown and _zstd_output_passes_limit(dctx, data):
+            raise PayloadTooLarge(f"body is too large: zstd data decompresses to more than "
+                                  f"{MAX_BODY_BYTES} bytes") from None
+        text = str(exc)
+        if "unused data" in text:
+            raise _Bad("bytes follow the zstd frame") from None
+        if "full frame" in text:
+            raise _Bad("zstd frame is truncated") from None
+        raise _Bad(f"zstd data is corrupt: {text}") from None
+    if len(body) > MAX_BODY_BYTES:
+        raise PayloadTooLarge(
+            f"body is too large: zstd data decompresses to more than {MAX_BODY_BYTES} bytes")
+    return body
+
+
+def _zstd_output_passes_limit(dctx: Any, data: bytes) -> bool:
+    """Whether a frame without a content size decompresses to more than the
+    limit: reads at most the limit + 1 bytes of it to find out."""
+    import zstandard
+
+    got = 0
+    try:
+        with dctx.stream_reader(data, read_across_frames=False) as reader:
+            while got <= MAX_BODY_BYTES:
+                chunk = reader.read(MAX_BODY_BYTES + 1 - got)
+                if not chunk:
+                    break
+                got += len(chunk)
+    except zstandard.ZstdError:
+        return False
+    return got > MAX_BODY_BYTES
 
 
 def _list(x: Any, what: str, n: int | None = None) -> list[Any]:
@@ -266,13 +396,29 @@ def decode_compact(payload: bytes) -> dict[str, Any]:
     if len(payload) < 3 or payload[0] != MAGIC:
         raise _Bad("payload does not start with the compact magic byte 0xFE")
     body = _decompress(payload[1], payload[2:])
+    arrays = 0
+
+    def count_arrays(a: list[Any]) -> list[Any]:
+        # A body of nested arrays (b"\x91" * 1000, repeated) would make a
+        # million lists of one megabyte: stop past what a message can hold.
+        nonlocal arrays
+        arrays += 1
+        if arrays > _MAX_ARRAYS:
+            raise _Bad(f"body holds more than {_MAX_ARRAYS} arrays")
+        return a
+
     try:
         doc = msgpack.unpackb(
-            body, raw=False, strict_map_key=True, use_list=True,
-            max_str_len=1024, max_bin_len=0, max_array_len=100_000, max_map_len=0,
+            body, raw=False, strict_map_key=True, use_list=True, list_hook=count_arrays,
+            max_str_len=1024, max_bin_len=0, max_array_len=_MAX_ARRAY, max_map_len=0,
             max_ext_len=0,
         )
+    except _Bad:
+        raise
     except Exception as exc:  # msgpack raises several unrelated types
+        if "exceeds max_array_len" in str(exc):
+            raise _Bad(f"an array of the body has more than {_MAX_ARRAY} entries "
+                       f"(at most {MAX_READINGS} readings a message)") from None
         raise _Bad(f"body is not MessagePack: {type(exc).__name__}: {exc}"[:200]) from None
     top = _list(doc, "body", 11)
     ver, gateway, seq, sent, clock, series, idx, ts, exps, vals, qual = top

@@ -72,9 +72,8 @@ class Kind:
         if unit == self.unit:
             out = value
         else:
+            # Matched exactly, as docs/protocol.md says: " %" is not "%".
             conv = self.aliases.get(unit)
-            if conv is None:
-                conv = self.aliases.get(unit.strip())
             if conv is None:
                 raise UnitError(f"unit {unit[:20]!r} is not accepted for {self.name}")
             # Round away binary noise of the conversion (0.234 m3/m3 -> 23.4 %,

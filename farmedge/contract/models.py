@@ -5,6 +5,10 @@ neighbours: :class:`TelemetryEnvelope` checks the message as a whole (if it
 fails, the whole message is invalid), then each entry of ``readings`` is
 checked on its own with :class:`Reading` (if one fails, only that reading is
 rejected).
+
+Everything these models accept, InfluxDB can store: every number is finite
+and within int64 (integers) or float64 (decimals), every timestamp within
+InfluxDB's time range, every string bounded (docs/protocol.md, "Limits").
 """
 
 from __future__ import annotations
@@ -20,9 +24,11 @@ from pydantic import (
     StrictInt,
 )
 
-from .ids import check_id
+from .ids import RESERVED_IDS, check_id, check_topic_id, is_valid_id
 
 __all__ = [
+    "MAX_EPOCH_MS",
+    "MAX_INT",
     "MAX_PAYLOAD_BYTES",
     "MAX_READINGS",
     "Clock",
@@ -31,20 +37,41 @@ __all__ = [
     "Quality",
     "Reading",
     "TelemetryEnvelope",
+    "TopicId",
 ]
 
 MAX_PAYLOAD_BYTES = 256 * 1024
 MAX_READINGS = 1000
-# Epoch milliseconds: 0 .. year 2286. Anything larger is not a timestamp.
-MAX_EPOCH_MS = 10_000_000_000_000
+#: Epoch milliseconds are below this: InfluxDB stores time as int64
+#: nanoseconds (at most 2**63 - 2), whose last whole millisecond is
+#: 9223372036854 = 2262-04-11T23:47:16.854Z.
+MAX_EPOCH_MS = (2**63 - 2) // 1_000_000 + 1
+#: Integers are below this (InfluxDB's integers are int64).
+MAX_INT = 2**63
 
 
 def _id(value: str) -> str:
     return check_id(value)
 
 
+def _topic_id(value: str) -> str:
+    # Hot path: one set lookup and the cached id check; the message only
+    # when it fails.
+    if value in RESERVED_IDS or not is_valid_id(value):
+        check_topic_id(value)
+    return value
+
+
 Id = Annotated[str, AfterValidator(_id)]
+#: A county, farm or gateway id: also a topic level, so not a reserved word.
+TopicId = Annotated[str, AfterValidator(_topic_id)]
 EpochMs = Annotated[StrictInt, Field(ge=0, lt=MAX_EPOCH_MS)]
+#: A count: 0 <= n < 2**63.
+Count = Annotated[int, Field(ge=0, lt=MAX_INT)]
+#: A finite decimal (float64; never NaN or infinity).
+Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: A finite decimal >= 0.
+FiniteNonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
 
 
 class Clock(StrEnum):
@@ -81,8 +108,8 @@ class TelemetryEnvelope(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     v: Literal[1]
-    gateway: Id
-    seq: Annotated[StrictInt, Field(ge=0, lt=2**63)]
+    gateway: TopicId
+    seq: Annotated[StrictInt, Field(ge=0, lt=MAX_INT)]
     sent: EpochMs
     clock: Clock
     readings: Annotated[list[Any], Field(min_length=1, max_length=MAX_READINGS)]
@@ -107,14 +134,14 @@ class GatewayStatus(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     v: Literal[1]
-    gateway: Id
+    gateway: TopicId
     online: bool
     ts: EpochMs | None = None
-    uptime_s: Annotated[float, Field(ge=0)] | None = None
+    uptime_s: FiniteNonNeg | None = None
     version: Annotated[str, Field(max_length=40)] | None = None
-    outbox_depth: Annotated[int, Field(ge=0)] | None = None
-    outbox_oldest_age_s: Annotated[float, Field(ge=0)] | None = None
-    dropped: Annotated[int, Field(ge=0)] | None = None
+    outbox_depth: Count | None = None
+    outbox_oldest_age_s: FiniteNonNeg | None = None
+    dropped: Count | None = None
     clock: Clock | None = None
-    cpu_temperature: float | None = None
-    disk_free_mb: Annotated[float, Field(ge=0)] | None = None
+    cpu_temperature: Finite | None = None
+    disk_free_mb: FiniteNonNeg | None = None

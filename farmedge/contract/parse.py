@@ -19,9 +19,16 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from .codec import CodecError, codec_for
+from .codec import CodecError, PayloadTooLarge, codec_for
 from .kinds import KINDS, Kind, RangeError, UnitError
-from .models import MAX_PAYLOAD_BYTES, Quality, Reading, Telemetry, TelemetryEnvelope
+from .models import (
+    MAX_PAYLOAD_BYTES,
+    GatewayStatus,
+    Quality,
+    Reading,
+    Telemetry,
+    TelemetryEnvelope,
+)
 
 __all__ = [
     "EXCERPT_CHARS",
@@ -30,6 +37,7 @@ __all__ = [
     "ParsedTelemetry",
     "ReadingRejected",
     "excerpt",
+    "parse_status",
     "parse_telemetry",
 ]
 
@@ -110,6 +118,8 @@ def parse_telemetry(payload: bytes, *, content_type: str | None = None) -> Parse
     if codec.decode is not None:
         try:
             obj = codec.decode(payload)
+        except PayloadTooLarge as exc:
+            raise MessageRejected("too_large", f"{codec.content_type}: {exc}"[:300]) from None
         except Exception as exc:  # any decoder failure is bad input
             raise MessageRejected(
                 "bad_encoding", f"{codec.content_type}: {type(exc).__name__}: {exc}"[:300]
@@ -146,6 +156,24 @@ def parse_telemetry(payload: bytes, *, content_type: str | None = None) -> Parse
         except _Reject as rej:
             out.rejected.append(ReadingRejected(i, rej.reason, rej.detail, excerpt(raw)))
     return out
+
+
+def parse_status(payload: bytes) -> GatewayStatus:
+    """A status payload (JSON only), or MessageRejected: ``too_large`` over
+    MAX_PAYLOAD_BYTES, ``bad_status`` for anything else wrong with it (the
+    detail names up to three errors)."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise MessageRejected(
+            "too_large", f"payload is {len(payload)} bytes, the limit is {MAX_PAYLOAD_BYTES}"
+        )
+    try:
+        return GatewayStatus.model_validate_json(payload)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False, include_input=False)
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in e.get('loc', ())) or 'payload'}: {e.get('msg')}"
+            for e in err[:3])
+        raise MessageRejected("bad_status", detail[:500]) from None
 
 
 class _Reject(Exception):

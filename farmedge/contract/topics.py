@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
-from .ids import is_valid_id
+from .ids import is_valid_topic_id, reserved_id_reason
 
 __all__ = [
     "PREFIX",
@@ -64,8 +64,10 @@ def parse_gateway_topic(topic: str) -> GatewayTopic:
         raise TopicError("topic is not farm/v1/{county}/{farm}/{gateway}/{channel}")
     county, farm, gateway, channel = parts[2], parts[3], parts[4], parts[5]
     for name, value in (("county", county), ("farm", farm), ("gateway", gateway)):
-        if not is_valid_id(value):
-            raise TopicError(f"topic {name} {value[:70]!r} is not a valid id")
+        if not is_valid_topic_id(value):
+            reason = reserved_id_reason(value)
+            raise TopicError(f"topic {name} {reason}" if reason is not None
+                             else f"topic {name} {value[:70]!r} is not a valid id")
     if channel == "telemetry":
         return GatewayTopic(county, farm, gateway, "telemetry")
     if channel == "status":

@@ -12,82 +12,86 @@ from typing import Any
 __all__ = ["add_parser"]
 
 
+_EXAMPLES = {
+    "run": "example:\n  farmedge edge run --config /etc/farmedge/edge.toml",
+    "check-config": "example:\n  farmedge edge check-config --config /etc/farmedge/edge.toml "
+                    "--strict",
+}
+
+
 def add_parser(sub: Any) -> None:
-    p = sub.add_parser("edge", help="the edge ingestion service (MQTT → InfluxDB → alerts)")
+    from farmedge.checks import EXIT_CODES_HELP
+
+    p = sub.add_parser("edge", help="the edge ingestion service (MQTT → InfluxDB → alerts)",
+                       description="The edge ingestion service: MQTT → validation → "
+                                   "InfluxDB → alerts (docs/edge.md).",
+                       epilog="example:\n  farmedge edge check-config -c edge.toml && "
+                              "farmedge edge run -c edge.toml",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     edge_sub = p.add_subparsers(dest="edge_command", metavar="COMMAND")
-    for name, func, helptext in (
-        ("run", _run, "run the edge service until SIGTERM/SIGINT"),
-        ("check-config", _check, "validate the config (and registry) and exit"),
+    for name, func, helptext, desc in (
+        ("run", _run, "run the edge service until SIGTERM/SIGINT",
+         "Run the edge service until SIGTERM or SIGINT. It first runs every check of "
+         "check-config and refuses to start (exit 2) on an error."),
+        ("check-config", _check, "check the config, registry, alert rules and notifiers",
+         "Check everything `edge run` checks before it starts: the settings, the registry, "
+         "the alert rule files and the profiles and templates they name, and that every "
+         "contact's notify URL can be delivered (Apprise installed, scheme known). Errors "
+         "name the file and line; warnings point at things that work but are probably "
+         "not meant (farms without contacts, placeholder hosts)."),
     ):
-        q = edge_sub.add_parser(name, help=helptext)
+        epilog = _EXAMPLES[name] + ("\n\n" + EXIT_CODES_HELP if name == "check-config" else "")
+        q = edge_sub.add_parser(name, help=helptext, description=desc, epilog=epilog,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
         q.add_argument("--config", "-c", type=Path,
                        default=Path(os.environ["FARMEDGE_CONFIG"])
                        if os.environ.get("FARMEDGE_CONFIG") else None,
-                       help="TOML config file (see config.example.toml); "
+                       help="TOML config file (see config.example.toml; default: "
+                            "$FARMEDGE_CONFIG, else defaults and FARMEDGE_* variables only); "
                             "FARMEDGE_* environment variables override it")
+        if name == "check-config":
+            q.add_argument("--strict", action="store_true",
+                           help="exit 1 when there are warnings (and no errors)")
         q.set_defaults(func=func)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from farmedge.config import ConfigError, load_settings
-    from farmedge.edge.settings import EdgeSettings
-    from farmedge.registry import load_registry
-
-    try:
-        settings = load_settings(EdgeSettings, args.config)
-        registry = load_registry(settings.registry) if settings.registry else None
-    except ConfigError as exc:
-        print(f"farmedge edge: configuration error\n{exc}", file=sys.stderr)
-        raise SystemExit(2) from None
-    return settings, registry
-
-
-def _unknown_env() -> list[str]:
-    from farmedge.config import unknown_env
-    from farmedge.edge.settings import EdgeSettings
-
-    return unknown_env(EdgeSettings)
-
-
 def _check(args: argparse.Namespace) -> int:
-    _settings, registry = _load(args)
-    unknown = _unknown_env()
-    if unknown:
-        # check-config is where a misspelt variable must not pass unnoticed;
-        # `edge run` only warns (the environment may be shared with other tools).
-        print("farmedge edge: configuration error\n" + "\n".join(unknown), file=sys.stderr)
-        return 2
-    source = args.config or "defaults and environment"
-    if registry is not None:
-        print(f"configuration OK ({source}); registry: {len(registry.index())} gateways")
-    else:
-        print(f"configuration OK ({source}); open enrollment (no registry)")
-    return 0
+    from farmedge.checks import check_edge
+
+    report, _settings, _registry = check_edge(args.config)
+    report.print("farmedge edge")
+    return report.exit_code(strict=args.strict)
 
 
 def _run(args: argparse.Namespace) -> int:
     import asyncio
     import signal
 
+    from farmedge.checks import EXIT_ERRORS, check_edge
     from farmedge.config import ConfigError
     from farmedge.logs import setup_logging
 
-    settings, registry = _load(args)
+    report, settings, registry = check_edge(args.config)
+    report.print("farmedge edge", quiet_ok=True)
+    if report.errors or settings is None:
+        print("farmedge edge: not started (farmedge edge check-config shows the same)",
+              file=sys.stderr)
+        return EXIT_ERRORS
     setup_logging(settings.log.level, settings.log.format)
-    from farmedge.logs import get_logger
-
-    for problem in _unknown_env():
-        get_logger("farmedge.edge").warning("config.unknown_env", problem=problem)
 
     from farmedge.edge.service import EdgeFatal, EdgeService, build_observers
     from farmedge.logs import get_logger
+
+    for w in report.warnings:  # printed above; also in the structured log
+        if w.startswith("environment variable FARMEDGE_"):
+            get_logger("farmedge.edge").warning("config.unknown_env", problem=w)
 
     try:
         observers = build_observers(settings, registry)
     except ConfigError as exc:
         print(f"farmedge edge: configuration error\n{exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERRORS
 
     async def main() -> None:
         stop = asyncio.Event()

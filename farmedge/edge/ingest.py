@@ -22,8 +22,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import ValidationError
-
 from farmedge.contract import (
     Clock,
     GatewayStatus,
@@ -33,6 +31,7 @@ from farmedge.contract import (
     excerpt,
     is_valid_id,
     parse_gateway_topic,
+    parse_status,
     parse_telemetry,
 )
 from farmedge.logs import get_logger
@@ -394,13 +393,9 @@ class Ingestor:
     def _handle_status(self, msg: Inbound, batch: Batch, key: tuple[str, str, str]) -> None:
         county, farm, gateway = key
         try:
-            st = GatewayStatus.model_validate_json(msg.payload)
-        except ValidationError as exc:
-            err = exc.errors(include_url=False, include_input=False)
-            detail = "; ".join(
-                f"{'.'.join(str(p) for p in e.get('loc', ())) or 'payload'}: {e.get('msg')}"
-                for e in err[:3])
-            self.dead_letter(batch, topic=msg.topic, reason="bad_status", detail=detail,
+            st = parse_status(msg.payload)
+        except MessageRejected as exc:
+            self.dead_letter(batch, topic=msg.topic, reason=exc.reason, detail=exc.detail,
                              raw=msg.payload, key=key)
             return
         if st.gateway != gateway:

@@ -36,6 +36,11 @@ __all__ = ["Inbound", "MqttSource"]
 
 # Packets read per readiness event before yielding to the loop.
 _READ_BURST = 200
+#: A connection that held this long resets the reconnect back-off; one the
+#: broker refuses or drops sooner makes the next wait longer.
+STABLE_AFTER_S = 30.0
+#: MQTT 5 CONNACK reason codes that a retry alone will not cure.
+_CREDENTIAL_CODES = {134, 135, 138, 140}
 
 
 @dataclass(slots=True)
@@ -74,6 +79,12 @@ class MqttSource:
         self.connected_since: float | None = None
         self.disconnected_since: float | None = time.monotonic()
         self.connects = 0
+        #: Connection attempts since start (TCP connect and MQTT CONNECT).
+        self.attempts = 0
+        #: Why the broker refused the last attempt, for /healthz (None once
+        #: a connection is accepted).
+        self.refused: str | None = None
+        self.refused_hint = ""
         u = urlsplit(settings.url)
         self._host = u.hostname or "127.0.0.1"
         self._port = u.port or (8883 if settings.tls else 1883)
@@ -115,10 +126,15 @@ class MqttSource:
 
     async def _run(self) -> None:
         """Connect, stay connected, and reconnect with capped, jittered
-        back-off until stopped."""
+        back-off until stopped. The back-off starts over only after a
+        connection that held for STABLE_AFTER_S: a broker that refuses the
+        edge (bad credentials, not authorised) or drops it at once sees
+        longer and longer waits, up to reconnect_max_s."""
         attempt = 0
         while not self._closing:
             self._lost.clear()
+            self.attempts += 1
+            generation = self._generation
             try:
                 await self._connect()
             except (OSError, ssl.SSLError, ValueError) as exc:
@@ -128,8 +144,7 @@ class MqttSource:
                 misc = asyncio.create_task(self._misc())
                 await self._lost.wait()
                 misc.cancel()
-                if self.connects and self.connected_since is not None and \
-                        time.monotonic() - self.connected_since > 30:
+                if self._generation != generation and self.held_s() >= STABLE_AFTER_S:
                     attempt = 0
             if self.closing:
                 break
@@ -140,6 +155,14 @@ class MqttSource:
             # Sleep, but wake at once when the service stops.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopped.wait(), delay)
+
+    def held_s(self) -> float:
+        """How long the last accepted connection held (until now while it
+        is up); 0 before any."""
+        if self.connected_since is None:
+            return 0.0
+        end = time.monotonic() if self.connected else (self.disconnected_since or 0.0)
+        return max(0.0, end - self.connected_since)
 
     @property
     def closing(self) -> bool:
@@ -296,8 +319,14 @@ class MqttSource:
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
                     reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
-            self._log.error("mqtt.connect_refused", reason=str(reason_code))
+            code = int(reason_code.value)
+            self.refused = f"broker refused: {str(reason_code).lower()} (rc {code})"
+            self.refused_hint = ("check [mqtt] username and password, and the broker's "
+                                 "account for the edge" if code in _CREDENTIAL_CODES else "")
+            self._log.error("mqtt.connect_refused", reason=str(reason_code), rc=code,
+                            attempt=self.attempts, hint=self.refused_hint or None)
             return
+        self.refused = None
         self._generation += 1
         self.connected = True
         self.connects += 1

@@ -1,4 +1,4 @@
-"""``farmedge gateway run`` and ``farmedge gateway check-config``."""
+"""``farmedge gateway run``, ``check-config`` and ``read-once``."""
 
 from __future__ import annotations
 
@@ -14,18 +14,73 @@ __all__ = ["add_parser"]
 DEFAULT_CONFIG = "/etc/farmedge/gateway.toml"
 
 
+class _Raw(argparse.RawDescriptionHelpFormatter):
+    """Wraps the description's paragraphs, keeps the example's lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return "\n\n".join(textwrap.fill(p, min(width, 78), initial_indent=indent,
+                                         subsequent_indent=indent)
+                           if "\n" not in p else p for p in text.split("\n\n"))
+
+
 def add_parser(sub: Any) -> None:
+    from farmedge.checks import EXIT_CODES_HELP
+
+    raw = argparse.RawDescriptionHelpFormatter
     p = sub.add_parser("gateway", help="the farm gateway agent (sensors to MQTT)",
                        description="The farm gateway agent: reads sensors, keeps every reading "
-                                   "in a durable outbox and sends it to the broker.")
+                                   "in a durable outbox and sends it to the broker.",
+                       epilog="example:\n  farmedge gateway check-config && "
+                              "farmedge gateway run", formatter_class=raw)
     gsub = p.add_subparsers(dest="gateway_command", metavar="COMMAND", required=True)
-    run = gsub.add_parser("run", help="run the agent until SIGTERM/SIGINT")
+    run = gsub.add_parser("run", help="run the agent until SIGTERM/SIGINT",
+                          description="Run the agent until SIGTERM or SIGINT. It first runs "
+                                      "the checks of check-config and refuses to start (exit 2) "
+                                      "on an error.",
+                          epilog=f"example:\n  farmedge gateway run --config {DEFAULT_CONFIG}",
+                          formatter_class=raw)
     run.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG),
-                     help=f"settings file (default {DEFAULT_CONFIG})")
+                     help=f"settings file (default {DEFAULT_CONFIG}); FARMEDGE_* environment "
+                          "variables override it")
     run.set_defaults(func=_run)
-    chk = gsub.add_parser("check-config", help="validate a settings file and exit")
-    chk.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG))
+    chk = gsub.add_parser("check-config", help="check a settings file and exit",
+                          description="Check the settings file as `gateway run` does: errors "
+                                      "name the file, line and key; warnings for a gateway "
+                                      "without sensors, a placeholder broker host or password.",
+                          epilog=f"example:\n  farmedge gateway check-config --config "
+                                 f"{DEFAULT_CONFIG}\n\n{EXIT_CODES_HELP}",
+                          formatter_class=raw)
+    chk.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG),
+                     help=f"settings file (default {DEFAULT_CONFIG}); FARMEDGE_* environment "
+                          "variables override it")
+    chk.add_argument("--strict", action="store_true",
+                     help="exit 1 when there are warnings (and no errors)")
     chk.set_defaults(func=_check)
+    once = gsub.add_parser(
+        "read-once", help="read every sensor once and print the readings; publish nothing",
+        description="Read every configured sensor once, the way the agent reads it, and "
+                    "print each reading with its quality flag, or the driver's error. "
+                    "Nothing is published and the outbox is not touched: a check of the "
+                    "wiring in the field.\n\nStop the agent first when a sensor is on a "
+                    "serial port (RS485, RFID): two readers on one port garble each "
+                    "other's frames.\n\nExit status: 0 "
+                    "when every sensor was read, 1 when one failed (driver error, no "
+                    "answer, or a value flagged 'error'), 2 for a wrong settings file.",
+        epilog=f"example:\n  farmedge gateway read-once --config {DEFAULT_CONFIG}\n"
+               f"  farmedge gateway read-once --sensor soil-1 --json",
+        formatter_class=_Raw)
+    once.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG),
+                      help=f"settings file (default {DEFAULT_CONFIG}); FARMEDGE_* environment "
+                           "variables override it")
+    once.add_argument("--sensor", action="append", default=[], metavar="ID",
+                      help="read only this sensor (repeat for several)")
+    once.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                      help="give up on a sensor that has not answered after this long "
+                           "(default 30)")
+    once.add_argument("--json", action="store_true", help="print JSON, for scripts")
+    once.set_defaults(func=_read_once)
 
 
 def _load(path: Path) -> Any:
@@ -37,32 +92,44 @@ def _load(path: Path) -> Any:
 
 
 def _check(args: argparse.Namespace) -> int:
-    from farmedge.config import ConfigError
+    from farmedge.checks import check_gateway
 
-    try:
-        s = _load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
-    print(f"{args.config}: ok: gateway {s.county}/{s.farm}/{s.gateway}, "
-          f"{len(s.sensors)} sensors, outbox {s.outbox_path}")
-    for c in s.sensors:
-        print(f"  {c.id}: {c.driver}, every {c.interval_s:g} s")
-    return 0
+    report, _ = check_gateway(args.config)
+    report.print("farmedge gateway")
+    return report.exit_code(strict=args.strict)
+
+
+def _read_once(args: argparse.Namespace) -> int:
+    from farmedge.checks import EXIT_ERRORS, check_gateway
+
+    from .readonce import print_json, print_table, read_all
+
+    report, s = check_gateway(args.config)
+    report.print("farmedge gateway", quiet_ok=True)
+    if report.errors or s is None:
+        return EXIT_ERRORS
+    unknown = [x for x in args.sensor if x not in {c.id for c in s.sensors}]
+    if unknown:
+        print(f"{args.config}: no sensor {', '.join(map(repr, unknown))}; configured: "
+              f"{', '.join(c.id for c in s.sensors) or 'none'}", file=sys.stderr)
+        return EXIT_ERRORS
+    results = read_all(s, timeout_s=args.timeout, only=args.sensor)
+    (print_json if args.json else print_table)(s, results, sys.stdout)
+    sys.stdout.flush()
+    return 1 if any(r.failed for r in results) else 0
 
 
 def _run(args: argparse.Namespace) -> int:
-    from farmedge.config import ConfigError
+    from farmedge.checks import EXIT_ERRORS, check_gateway
     from farmedge.logs import setup_logging
 
     from .agent import Agent
     from .errors import GatewayError
 
-    try:
-        s = _load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    report, s = check_gateway(args.config)
+    report.print("farmedge gateway", quiet_ok=True)
+    if report.errors or s is None:
+        return EXIT_ERRORS
     setup_logging(s.log_level, s.log_format)
 
     async def main() -> None:

@@ -10,7 +10,7 @@ from pydantic import Field, SecretStr, model_validator
 
 from farmedge.config import FileSettings, Section
 from farmedge.contract.compact import COMPRESSIONS
-from farmedge.contract.models import Id
+from farmedge.contract.models import TopicId
 
 from .drivers import SensorEntry
 
@@ -98,9 +98,10 @@ class ClockSection(Section):
 
 
 class GatewaySettings(FileSettings):
-    county: Id
-    farm: Id
-    gateway: Id
+    # Topic levels: not "telemetry", "status" or "alerts".
+    county: TopicId
+    farm: TopicId
+    gateway: TopicId
     data_dir: Path = Path("/var/lib/farmedge")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["auto", "console", "json"] = "auto"
