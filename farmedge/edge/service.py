@@ -29,7 +29,7 @@ from .lineproto import escape_tag, field_str
 from .metrics import EdgeMetrics
 from .mqtt import Inbound, MqttSource
 from .settings import EdgeSettings
-from .spool import Spool
+from .spool import Spool, is_disk_full
 
 __all__ = ["EdgeFatal", "EdgeService", "Health", "build_observers"]
 
@@ -101,8 +101,9 @@ class EdgeService:
             settings.ingest, registry=registry, instance=settings.instance,
             keep_readings=bool(self.observers))
         self.writer = InfluxWriter(settings.influx)
-        self.spool = Spool(settings.data_dir / "spool.sqlite3",
-                           max_bytes=int(settings.spool.max_mb * 1024 * 1024))
+        self.spool = Spool(settings.data_dir / "spool",
+                           max_bytes=int(settings.spool.max_mb * 1024 * 1024),
+                           legacy=settings.data_dir / "spool.sqlite3")
         self.mqtt = MqttSource(settings.mqtt, on_messages=self._on_messages)
         self._inbox: deque[Inbound] = deque()
         self._inbox_bytes = 0
@@ -121,6 +122,11 @@ class EdgeService:
         #: Why the service stopped on its own (None: it did not).
         self.fatal: str | None = None
         self._internal_log = _Throttle()
+        #: Why the spool cannot take a batch now (disk full), or None.
+        self._disk_error: str | None = None
+        self._disk_since = 0.0
+        #: When an observer last met a full disk (monotonic), or 0.
+        self._observer_disk_full_at = 0.0
         self._http: Any = None
         self._started = time.monotonic()
         self.http_port: int | None = None
@@ -283,6 +289,8 @@ class EdgeService:
         """Count and log (throttled, with the traceback) a failure inside the
         edge's own code that was contained to one message or one call."""
         self.metrics.internal_errors.labels(where).inc()
+        if where == "observer" and is_disk_full(exc):
+            self._observer_disk_full_at = time.monotonic()
         suppressed = self._internal_log.allow((where, type(exc).__name__))
         if suppressed is not None:
             self.log.error("edge.internal_error", where=where,
@@ -395,7 +403,8 @@ class EdgeService:
                 deadline = time.monotonic() + self.settings.influx.retry_for_s
                 leftover = await self._write_lines(batch.lines, deadline)
             if leftover:
-                await self._to_spool(leftover)
+                if not await self._spool_or_hold(leftover):
+                    return  # stopping: not durable, so not acknowledged
             else:
                 m.readings_written.inc(batch.n_readings)
         acked = self.mqtt.ack(batch.messages)
@@ -416,6 +425,62 @@ class EdgeService:
                     obs.on_status(ev)
                 except Exception as exc:
                     self._internal_error("observer", exc)
+
+    async def _spool_or_hold(self, lines: list[str]) -> bool:
+        """Make ``lines`` durable in the spool. While the disk is full (or the
+        spool cannot be written), hold them: their messages are not
+        acknowledged, so the processing stops behind this batch and the
+        broker keeps what comes next; retry the spool, and InfluxDB (which
+        needs no disk), until one of them takes the lines. Returns False
+        when the service stops meanwhile (the broker redelivers them)."""
+        delay = 0.25
+        while True:
+            try:
+                await self._to_spool(lines)
+            except OSError as exc:
+                self._disk_trouble(exc)
+            else:
+                self._disk_ok()
+                return True
+            if self._stopping:
+                return False
+            await asyncio.sleep(delay)
+            delay = min(2.0, delay * 2)
+            if not self._influx_down or await self.writer.ping():
+                n = len(lines)
+                lines = await self._write_lines(
+                    lines, time.monotonic() + self.settings.influx.retry_for_s)
+                if len(lines) < n:
+                    self.metrics.readings_written.inc(n - len(lines))
+                if not lines:
+                    self._disk_ok()
+                    return True
+
+    def _disk_trouble(self, exc: OSError) -> None:
+        free = self.spool.free_bytes()
+        full = is_disk_full(exc)
+        what = "disk full" if full else "spool cannot be written"
+        reason = (f"{what}: {exc.strerror or exc} ({free if free is not None else '?'} bytes "
+                  f"free at {self.spool.dir}); not acknowledging messages, the broker "
+                  "holds them")
+        if self._disk_error is None:
+            self.log.error("spool.disk_full" if full else "spool.write_failed",
+                           error=f"{type(exc).__name__}: {exc}"[:300], free_bytes=free,
+                           path=str(self.spool.dir),
+                           pending_messages=self.pending_messages())
+            self._disk_since = time.monotonic()
+        self._disk_error = reason
+        self.metrics.disk_full.set(1)
+        if free is not None:
+            self.metrics.disk_free.set(free)
+
+    def _disk_ok(self) -> None:
+        if self._disk_error is not None:
+            self.log.info("spool.disk_available_again",
+                          seconds=round(time.monotonic() - self._disk_since, 1),
+                          free_bytes=self.spool.free_bytes())
+            self._disk_error = None
+            self.metrics.disk_full.set(0)
 
     async def _to_spool(self, lines: list[str]) -> None:
         dropped = await self.spool.append(lines)
@@ -536,8 +601,14 @@ class EdgeService:
                 # the database may have been fixed in InfluxDB meanwhile.
                 if not self._auth_alarm and not await self.writer.ping():
                     continue
-            batch = await self.spool.oldest()
+            try:
+                batch = await self.spool.oldest()
+            except OSError as exc:
+                self._replay_trouble(exc)
+                await asyncio.sleep(1.0)
+                continue
             if batch is None:
+                await asyncio.sleep(0.5)  # counts out of step: never spin
                 continue
             if not started_lines:
                 started_lines = self.spool.lines
@@ -549,7 +620,12 @@ class EdgeService:
             if leftover:
                 continue
             attempt = 0
-            await self.spool.delete(batch.id)
+            try:
+                await self.spool.delete(batch.id)
+            except OSError as exc:  # written, not forgotten: replayed again, same points
+                self._replay_trouble(exc)
+                await asyncio.sleep(1.0)
+                continue
             done += len(batch.lines)
             self.metrics.readings_written.inc(sum(1 for x in batch.lines if _is_reading(x)))
             self._update_spool_gauges()
@@ -563,6 +639,11 @@ class EdgeService:
                               lines_per_s=round(rate), eta_s=round(self.spool.lines / rate)
                               if rate else None)
 
+    def _replay_trouble(self, exc: OSError) -> None:
+        if self._internal_log.allow(("replay", type(exc).__name__)) is not None:
+            self.log.error("spool.replay_io_error", error=f"{type(exc).__name__}: {exc}"[:300],
+                           path=str(self.spool.dir))
+
     # -- housekeeping: health probes and the `edge` self-metrics point ----
     async def _housekeeping_loop(self) -> None:
         tick = 0
@@ -572,6 +653,9 @@ class EdgeService:
             self.metrics.mqtt_connected.set(1 if self.mqtt.connected else 0)
             self.metrics.pending.set(self.pending_messages())
             self._update_spool_gauges()
+            free = self.spool.free_bytes()
+            if free is not None:
+                self.metrics.disk_free.set(free)
             if tick % 5 == 0 and not self._influx_down and \
                     time.monotonic() - self._last_write_ok > 10:
                 if await self.writer.ping():
@@ -605,6 +689,7 @@ class EdgeService:
                   f"pending={self.pending_messages()}i,write_p50_ms={p50:.3f},"
                   f"write_p99_ms={p99:.3f},influx_up={'false' if self._influx_down else 'true'},"
                   f"mqtt_connected={'true' if self.mqtt.connected else 'false'},"
+                  f"disk_full={'true' if self._disk_error else 'false'},"
                   f"version={field_str(_version())}")
         self._batch.lines.append(
             f"edge,instance={escape_tag(self.settings.instance)} {fields} "
@@ -627,6 +712,11 @@ class EdgeService:
             reasons.append(self._auth_alarm)
         elif self._influx_down:
             reasons.append(f"InfluxDB unavailable, spooling: {self._influx_error[:200]}")
+        if self._disk_error is not None:
+            reasons.append(self._disk_error)
+        if self._observer_disk_full_at and now - self._observer_disk_full_at < 60:
+            reasons.append(f"disk full: an observer (the alert engine) cannot write its state "
+                           f"({self.spool.free_bytes()} bytes free)")
         age = self._oldest_pending_age()
         if age > s.http.stall_after_s:
             reasons.append(f"ingestion stalled: a message has waited {age:.0f} s")
@@ -640,6 +730,8 @@ class EdgeService:
             "spool_lines": self.spool.lines,
             "spool_bytes": self.spool.bytes,
             "spool_dropped_lines": self.spool.dropped_lines,
+            "disk_full": self._disk_error is not None,
+            "disk_free_bytes": self.spool.free_bytes(),
             "messages": self.ingestor.counters.messages,
             "readings": self.ingestor.counters.readings,
             "lines_written": self._written,

@@ -1,0 +1,124 @@
+"""A full disk is a resource like InfluxDB: the edge stops acknowledging
+(the broker holds the messages), says so on /healthz and /metrics, replays
+its spool even while the disk is full, never exits, and resumes by itself
+when there is room again. The spool lives on a 2 MiB tmpfs mounted by the
+test."""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from farmedge.devservers import InfluxServer, MosquittoServer
+from tests.edgeproc import EdgeProcess, StreamPublisher
+from tests.support import count, eventually
+
+pytestmark = [pytest.mark.servers, pytest.mark.chaos, pytest.mark.slow]
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a size-limited tmpfs needs root")
+    mnt = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(disk: Path) -> Path:
+    """Fill the filesystem to the last byte; returns the file that does it."""
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    try:
+        for size in (65536, 4096, 512, 1):
+            chunk = b"x" * size
+            try:
+                while True:
+                    os.write(fd, chunk)
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
+    finally:
+        os.close(fd)
+    return filler
+
+
+def _disk_full(edge: EdgeProcess) -> dict[str, object] | None:
+    h = edge.health()
+    if h.get("http_status") == 503 and h.get("disk_full"):
+        return h
+    return None
+
+
+def test_a_full_disk_holds_messages_replays_and_resumes(
+        mosquitto: MosquittoServer, influx_factory: Callable[[], InfluxServer], county: str,
+        small_disk: Path, tmp_path: Path) -> None:
+    influx = influx_factory()
+    influx.create_database("d")
+    kw = dict(mqtt_url=mosquitto.url, influx_url=influx.url, database="d",
+              data_dir=small_disk / "edge", county=county,
+              extra_env={"FARMEDGE_INFLUX_RETRY_FOR_S": "0.5",
+                         "FARMEDGE_INFLUX_BACKOFF_MAX_S": "2",
+                         "FARMEDGE_ALERTS_ENABLED": "false"})
+
+    def new_edge() -> EdgeProcess:
+        e = EdgeProcess(**kw)  # type: ignore[arg-type]
+        e.log_path = tmp_path / "edge.log"  # not on the small disk
+        return e.start()
+
+    edge = new_edge()
+    influx.stop()
+    first = StreamPublisher(mosquitto.url, county, messages=500, per_message=10,
+                            rate=500).start()
+    second = StreamPublisher(mosquitto.url, county, messages=1500, per_message=10, rate=500,
+                             client_id=f"pub2-{county}")
+    second.gateways = ["gw-10", "gw-11", "gw-12"]  # series of their own
+    published = first.total_readings + second.total_readings
+    try:
+        first.wait_done(60)
+        eventually(lambda: edge.health().get("spool_lines", 0) >= first.total_readings,
+                   timeout=60, what="the first readings spooled")
+        filler = fill(small_disk)
+        second.start()
+        h = eventually(lambda: _disk_full(edge), timeout=60, what="/healthz says disk full")
+        assert any("disk full" in r and "bytes free" in r for r in h["reasons"]), h  # type: ignore[union-attr]
+        assert "farmedge_disk_full 1.0" in edge.metrics()
+        second.wait_done(60)  # the broker has them all, and holds what the edge has not acked
+        spooled = edge.health()["spool_lines"]
+
+        # a restart on the full disk: it starts, and holds again (no crash loop)
+        assert edge.stop() == 0
+        edge = new_edge()
+        eventually(lambda: _disk_full(edge), timeout=60, what="/healthz says disk full again")
+        assert edge.health()["spool_lines"] == spooled
+
+        # InfluxDB is back, the disk still full: the replay makes progress
+        influx.start()
+        eventually(lambda: edge.health().get("spool_lines") == 0, timeout=120, interval=0.5,
+                   what="the spool replayed on a full disk")
+        assert filler.exists()
+        filler.unlink()
+        eventually(lambda: count(influx.url, "d", "soil", "moisture") >= published,
+                   timeout=120, interval=0.5, what=f"{published} readings stored")
+        eventually(lambda: edge.health().get("http_status") == 200, timeout=60,
+                   what="/healthz healthy again")
+        stored = count(influx.url, "d", "soil", "moisture")
+        dead = count(influx.url, "d", "ingest_errors", "count")
+        assert stored + dead == published, (stored, dead)
+        assert "farmedge_disk_full 0.0" in edge.metrics()
+        log = edge.log_tail(1_000_000)
+        assert "edge.fatal" not in log
+        assert "spool.disk_full" in log
+    finally:
+        first.close()
+        second.close()
+        assert edge.stop() == 0, edge.log_tail()
