@@ -31,6 +31,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "demo": "farmedge.demo",
     "provision": "farmedge.provision.cli",
     "alerts": "farmedge.alerts.cli",
+    "fleet": "farmedge.fleet",
 }
 
 
