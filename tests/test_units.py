@@ -108,7 +108,7 @@ def venv() -> Iterator[Path]:
     try:
         subprocess.run([python, "-m", "venv", str(d / "venv")], check=True, timeout=120)
         r = subprocess.run([str(d / "venv/bin/pip"), "install", "-q",
-                            f"{ROOT}[gateway,alerts]"], capture_output=True, text=True,
+                            f"{ROOT}[gateway,edge,alerts]"], capture_output=True, text=True,
                            timeout=600, check=False)
         assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
         yield d / "venv"
