@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -16,6 +17,10 @@ from types import FrameType
 from typing import Any
 
 from . import __version__
+
+#: Exit status when the reader of our output went away (128 + SIGPIPE, what a
+#: shell reports for a command killed by a closed pipe).
+EXIT_BROKEN_PIPE = 141
 
 # subcommand name -> module with ``add_parser(subparsers) -> None``. A parser
 # sets ``func`` (args -> exit code) as its default.
@@ -26,6 +31,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "demo": "farmedge.demo",
     "provision": "farmedge.provision.cli",
     "alerts": "farmedge.alerts.cli",
+    "fleet": "farmedge.fleet",
 }
 
 
@@ -60,6 +66,15 @@ def _unavailable(sub: Any, name: str, reason: str) -> None:
     p.set_defaults(func=say)
 
 
+def plain(doc: str | None) -> str:
+    """A module docstring as --help text: reStructuredText's ``literal``
+    marks and ``::`` block openers removed."""
+    import re
+
+    text = (doc or "").replace("``", "")
+    return re.sub(r"::(\s*)$", r":\1", text, flags=re.M)
+
+
 def stop_on_signals() -> threading.Event:
     """An event that SIGINT and SIGTERM set, for commands that run until
     stopped without an asyncio loop (simulate, demo)."""
@@ -77,6 +92,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="farmedge",
         description="Farm sensor data from the field to the people who act on it.",
+        epilog="examples:\n"
+               "  farmedge edge check-config --config /etc/farmedge/edge.toml\n"
+               "  farmedge gateway read-once --config /etc/farmedge/gateway.toml\n"
+               "  farmedge COMMAND --help      (every command has examples)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--version", action="version", version=f"farmedge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -103,7 +123,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(func(args) or 0)
+        rc = int(func(args) or 0)
+        sys.stdout.flush()
+        return rc
+    except BrokenPipeError:
+        # The reader went away (`farmedge alerts templates | head`): stop
+        # quietly, as a Unix tool killed by SIGPIPE does. Output still
+        # buffered would fail again at exit, so stdout now goes nowhere.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return EXIT_BROKEN_PIPE
     except ModuleNotFoundError as exc:
         reason = missing_dependency(exc)
         if reason is None:

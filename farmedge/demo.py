@@ -246,10 +246,10 @@ class Demo:
     def _start_farms(self) -> None:
         # Real gateway agent processes (farmedge gateway run) with the
         # simulated driver, publishing to the real broker.
-        from farmedge.gateway.fleet import Fleet
+        from farmedge.simfleet import SimulatedFleet
 
         self._started_ms = int(time.time() * 1000)
-        self._sim = Fleet(
+        self._sim = SimulatedFleet(
             root=self.root / "gateways", mqtt_url=self._mqtt_url, county=COUNTY,
             farms=self.farms, gateways_per_farm=self.gateways_per_farm, sensors=self.sensors,
             interval=self.interval, bad_rate=self.bad_rate, seed=self.seed)
@@ -528,15 +528,19 @@ def add_parser(subparsers: Any) -> None:
         description=(
             "Start Mosquitto and InfluxDB on free local ports (data under --data-dir), the "
             "edge service and simulated farms, and show what reaches InfluxDB every couple "
-            "of seconds. Ctrl-C stops everything."))
+            "of seconds. Ctrl-C stops everything."),
+        epilog="examples:\n  farmedge demo\n  farmedge demo --farms 2 --duration 60 --keep-data",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--farms", type=int, default=5, help="simulated farms (default 5)")
-    p.add_argument("--gateways-per-farm", type=int, default=2)
+    p.add_argument("--gateways-per-farm", type=int, default=2,
+                   help="gateways on each farm (default 2)")
     p.add_argument("--sensors", type=int, default=11, help="sensor channels per gateway")
     p.add_argument("--interval", type=float, default=1.0,
                    help="seconds between two readings of a sensor (default 1)")
     p.add_argument("--bad-rate", type=float, default=0.01,
                    help="share of readings replaced by bad values (default 0.01)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0,
+                   help="seed of the simulated values: same seed, same values (default 0)")
     p.add_argument("--duration", type=float, default=0,
                    help="stop after this many seconds (default 0: until Ctrl-C)")
     p.add_argument("--refresh", type=float, default=2.0, help="seconds between summaries")

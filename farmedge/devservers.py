@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "DYNSEC_PLUGIN_PATHS",
     "InfluxServer",
     "MosquittoServer",
     "ServerError",
+    "broker_user",
+    "dynsec_plugin_path",
     "free_port",
     "influx_query",
     "wait_edge_subscribed",
@@ -142,6 +145,43 @@ class _Proc:
                 self.proc.kill()
                 self.proc.wait(5)
         self.proc = None
+
+
+#: Where Mosquitto's dynamic security plugin is: Debian's package (per
+#: architecture), then the eclipse-mosquitto image and source installs.
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/arm-linux-gnueabihf/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+
+
+def dynsec_plugin_path() -> str:
+    """The dynamic security plugin of this host's Mosquitto
+    ($FARMEDGE_DYNSEC_PLUGIN, else the first of DYNSEC_PLUGIN_PATHS)."""
+    env = os.environ.get("FARMEDGE_DYNSEC_PLUGIN")
+    for c in ((env,) if env else DYNSEC_PLUGIN_PATHS):
+        if c and os.path.exists(c):
+            return c
+    raise ServerError(
+        "Mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) was not found "
+        f"in {', '.join(DYNSEC_PLUGIN_PATHS)}: set FARMEDGE_DYNSEC_PLUGIN to its path"
+    )
+
+
+def broker_user() -> str:
+    """The user a test broker runs as: an unprivileged one ("mosquitto", as
+    Debian's package runs it, else "nobody") when started as root, else the
+    user we are (who cannot switch)."""
+    if os.geteuid() == 0:
+        for name in ("mosquitto", "nobody"):
+            with contextlib.suppress(KeyError):
+                pwd.getpwnam(name)
+                return name
+        return "root"
+    return pwd.getpwuid(os.geteuid()).pw_name
 
 
 @dataclass

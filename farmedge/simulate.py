@@ -579,16 +579,23 @@ def add_parser(subparsers: Any) -> None:
             "acknowledged. Without --rate, gateways sample every --interval seconds of "
             "wall-clock time; with --rate, readings go out at that many per second and "
             "simulated time runs ahead."),
+        epilog=("examples:\n"
+                "  farmedge simulate --farms 5 --sensors 11 --interval 60\n"
+                "  farmedge simulate --mqtt-url mqtt://simulator:PASSWORD@127.0.0.1:1883 "
+                "--rate 2000 --messages 10000"),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("--mqtt-url",
                    default=os.environ.get("FARMEDGE_MQTT_URL") or "mqtt://127.0.0.1:1883",
                    help="broker, mqtt://[user:pass@]host[:port] or mqtts:// "
                         "(default: $FARMEDGE_MQTT_URL or mqtt://127.0.0.1:1883)")
     p.add_argument("--county", default="demo", help="county id in the topics")
-    p.add_argument("--farms", type=_positive_int, default=3)
-    p.add_argument("--gateways-per-farm", type=_positive_int, default=1)
+    p.add_argument("--farms", type=_positive_int, default=3,
+                   help="simulated farms (default 3)")
+    p.add_argument("--gateways-per-farm", type=_positive_int, default=1,
+                   help="gateways on each farm (default 1)")
     p.add_argument("--sensors", type=_positive_int, default=6,
-                   help="sensor channels per gateway (a soil probe gives several)")
+                   help="sensor channels per gateway (a soil probe gives several; default 6)")
     p.add_argument("--interval", type=float, default=10.0,
                    help="seconds between two readings of a sensor (default 10)")
     p.add_argument("--readings-per-message", type=_positive_int, default=None,

@@ -28,7 +28,7 @@ from .stack_support import ROOT, Client, ShippedBroker
 from .support import eventually, make_payload
 
 COMPOSE = ROOT / "docker-compose.yml"
-SERVICES = ("mosquitto", "influxdb", "grafana", "edge", "simulator")
+SERVICES = ("preflight", "mosquitto", "influxdb", "grafana", "edge", "simulator")
 
 
 def compose() -> dict[str, Any]:
@@ -58,13 +58,16 @@ def test_every_service_restarts_has_a_healthcheck_and_binds_locally() -> None:
     doc = compose()
     assert set(doc["services"]) == set(SERVICES)
     for name, svc in doc["services"].items():
-        assert svc["restart"] == "unless-stopped", name
+        if name == "preflight":  # runs once, before the others
+            assert svc["restart"] == "no"
+        else:
+            assert svc["restart"] == "unless-stopped", name
         for port in svc.get("ports", []):
             assert port.startswith("${FARMEDGE_BIND:-127.0.0.1}:"), (name, port)
-        if name != "simulator":
+        if name not in ("simulator", "preflight"):
             assert "healthcheck" in svc, name
         for vol in svc.get("volumes", []):
-            src = vol.split(":", 1)[0]
+            src = vol["source"] if isinstance(vol, dict) else vol.split(":", 1)[0]
             # Named volumes for state, bind mounts from the repository for config.
             assert src in doc["volumes"] or src.startswith(("./", "${")), (name, vol)
     assert doc["services"]["simulator"]["profiles"] == ["demo"]
@@ -75,6 +78,101 @@ def test_every_service_restarts_has_a_healthcheck_and_binds_locally() -> None:
     # Every state has a named volume.
     assert set(doc["volumes"]) == {"mosquitto-data", "influxdb-data", "influxdb-config",
                                    "grafana-data", "edge-data"}
+
+
+def _binds(svc: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """target -> long-syntax bind mount of a service."""
+    return {v["target"]: v for v in svc.get("volumes", [])
+            if isinstance(v, dict) and v["type"] == "bind"}
+
+
+def test_files_the_services_need_are_long_syntax_binds() -> None:
+    """A short-syntax bind of a missing ./registry.yaml makes an empty folder
+    there (and the edge fails on a folder); the long syntax refuses to start
+    instead ("bind source path does not exist")."""
+    services = compose()["services"]
+    edge = _binds(services["edge"])
+    assert edge["/etc/farmedge/registry.yaml"]["source"] == \
+        "${FARMEDGE_REGISTRY_FILE:-./registry.yaml}"
+    assert edge["/etc/farmedge/registry.yaml"]["read_only"] is True
+    rules = edge["/etc/farmedge/rules"]
+    assert rules["source"] == "${FARMEDGE_RULES_DIR:-./deploy/rules}" and rules["read_only"]
+    assert (ROOT / "deploy" / "rules").is_dir()
+    assert json.loads(services["edge"]["environment"]["FARMEDGE_ALERTS_RULES"]) == \
+        ["/etc/farmedge/rules"]
+    for name in ("preflight", "simulator"):
+        assert _binds(services[name])["/farmedge/preflight.sh"]["source"] == \
+            "./deploy/preflight.sh"
+    # Every bind mount of a single file uses the long syntax.
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            if isinstance(vol, str) and vol.startswith(("./", "${")):
+                src = _interpolate(vol.split(":", 1)[0], {})
+                assert (ROOT / src).is_dir(), (name, vol)
+
+
+def _listeners() -> set[int]:
+    conf = (ROOT / "deploy" / "mosquitto" / "mosquitto.conf").read_text()
+    return {int(m.group(1)) for m in re.finditer(r"^listener\s+(\d+)", conf, re.M)}
+
+
+def test_the_broker_publishes_only_ports_it_listens_on() -> None:
+    published = {int(p.rsplit(":", 1)[1]) for p in compose()["services"]["mosquitto"]["ports"]}
+    assert published, "the broker publishes no port"
+    assert published <= _listeners(), (published, _listeners())
+
+
+def _preflight(env: dict[str, str], svc: str = "preflight",
+               extra: list[str] | None = None) -> subprocess.CompletedProcess[str]:
+    """A service's preflight entrypoint, run here by sh: the script from its
+    bind mount, the variables from its environment after interpolation."""
+    s = compose()["services"][svc]
+    entry = list(s["entrypoint"])
+    assert entry[:2] == ["/bin/sh", "/farmedge/preflight.sh"]
+    script = ROOT / _binds(s)["/farmedge/preflight.sh"]["source"]
+    args = [*entry[2:], *s.get("command", [])] if svc == "preflight" else entry[2:]
+    if extra is not None:
+        args = [a for a in args if a != "farmedge"] + extra
+        if "--" in args:
+            args = args[: args.index("--") + 1] + extra
+    values = {k: _interpolate(str(v), env) for k, v in s["environment"].items()}
+    return subprocess.run(["sh", str(script), *args], capture_output=True, text=True,
+                          timeout=30, check=False,
+                          env={"PATH": os.environ["PATH"], **values})
+
+
+def test_preflight_refuses_placeholder_passwords(tmp_path: Path) -> None:
+    shipped = _dotenv(ROOT / ".env.example")
+    shipped["EDGE_MQTT_PASSWORD"] = "unset"
+    out = _preflight(shipped)
+    assert out.returncode == 1
+    for var in ("GRAFANA_ADMIN_PASSWORD", "INFLUX_ADMIN_PASSWORD", "INFLUX_ADMIN_TOKEN",
+                "INFLUX_EDGE_PASSWORD", "INFLUX_GRAFANA_PASSWORD", "EDGE_MQTT_PASSWORD"):
+        assert var in out.stderr, var
+    assert "refusing to start" in out.stderr and "change-me" not in out.stdout
+    site = _dotenv(filled_env(tmp_path))
+    ok = _preflight(site)
+    assert ok.returncode == 0, ok.stderr
+    site["INFLUX_ADMIN_TOKEN"] = "Change-Me"
+    bad = _preflight(site)
+    assert bad.returncode == 1 and "INFLUX_ADMIN_TOKEN" in bad.stderr
+    assert "GRAFANA_ADMIN_PASSWORD" not in bad.stderr
+    # Every service of the center waits for it.
+    for name, svc in compose()["services"].items():
+        if name not in ("preflight", "simulator"):
+            assert svc["depends_on"]["preflight"] == {
+                "condition": "service_completed_successfully"}, name
+
+
+def test_simulator_refuses_to_start_without_its_password() -> None:
+    svc = compose()["services"]["simulator"]
+    assert "unset" not in json.dumps(svc)
+    out = _preflight({}, "simulator", extra=["echo", "started"])
+    assert out.returncode == 1 and "SIMULATOR_MQTT_PASSWORD" in out.stderr
+    assert "started" not in out.stdout
+    ok = _preflight({"SIMULATOR_MQTT_PASSWORD": "x8Jk2"}, "simulator",
+                    extra=["echo", "started"])
+    assert ok.returncode == 0 and ok.stdout.strip() == "started", ok.stderr
 
 
 def test_dockerfile_runs_unprivileged_with_a_healthz_check() -> None:
@@ -156,34 +254,31 @@ def test_demo_registry_lists_every_simulated_gateway() -> None:
 def test_simulator_command_line_publishes_through_the_shipped_broker(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The compose simulator's command, run here against Mosquitto with the
-    shipped config and a provisioned simulator credential."""
+    shipped config and a provisioned simulator account."""
     from farmedge.cli import main
 
     broker = ShippedBroker(tmp_path / "broker").start()
     try:
         assert main(["provision", "simulator", "--broker-dir", str(broker.config_dir)]) == 0
-        sim_pw = dict(ln.split(": ", 1) for ln in capsys.readouterr().out.splitlines())[
-            "password"]
+        sim = dict(ln.split(": ", 1) for ln in capsys.readouterr().out.splitlines())
         assert main(["provision", "edge", "--broker-dir", str(broker.config_dir)]) == 0
-        edge_pw = dict(ln.split(": ", 1) for ln in capsys.readouterr().out.splitlines())[
-            "password"]
-        broker.reload()
-
-        def edge_client() -> Client | None:
-            c = Client(broker.port, "edge", edge_pw)
-            if c.connect() == 0:
-                return c
-            c.close()
-            return None
-
-        sub = eventually(edge_client, what="edge credential accepted")
+        edge = dict(ln.split(": ", 1) for ln in capsys.readouterr().out.splitlines())
+        sub = Client(broker.port, edge["username"], edge["password"])
+        assert sub.connect() == 0
         assert sub.subscribe("farm/v1/+/+/+/telemetry") == [1]
+        sim_pw = sim["password"]
+        # The compose file's default username is the one provisioning made.
+        assert sim["username"] == "svc~simulator"
         args, env = _simulator(SIMULATOR_MQTT_PASSWORD=sim_pw)
         assert args[0] == "simulate"
         env = {k: v.replace("@mosquitto:1883", f"@127.0.0.1:{broker.port}")
                for k, v in env.items()}
-        out = subprocess.run([sys.executable, "-m", "farmedge", *args, "--messages", "10",
-                              "--rate", "1000"], cwd=ROOT, capture_output=True, text=True,
+        entry = compose()["services"]["simulator"]["entrypoint"]
+        assert entry[-1] == "farmedge"
+        script = ROOT / "deploy" / "preflight.sh"
+        out = subprocess.run(["sh", str(script), *entry[2:-1], sys.executable, "-m",
+                              "farmedge", *args, "--messages", "10", "--rate", "1000"],
+                             cwd=ROOT, capture_output=True, text=True,
                              timeout=120, check=False, env={**os.environ, **env})
         assert sim_pw not in out.stdout + out.stderr
         assert out.returncode == 0, out.stderr + out.stdout
@@ -288,8 +383,6 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
     user, which the compose file's INFLUX_EDGE_* name), container paths at a
     temporary folder. The Dockerfile's HEALTHCHECK command then passes, and a
     gateway provisioned for the registry gets its readings stored."""
-    from farmedge.provision import broker as creds
-
     from .stack_support import (
         ENV,
         GRAFANA_USER,
@@ -308,11 +401,10 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
     broker = ShippedBroker(tmp_path / "broker").start()
     proc = None
     try:
-        edge_pw, gw_pw = creds.new_password(), creds.new_password()
-        creds.acl_add_edge(broker.config_dir / "acl", "edge")
-        creds.passwd_set(broker.config_dir / "passwd", "edge", edge_pw)
-        creds.passwd_set(broker.config_dir / "passwd", "suihua/wang-12/gw-0007", gw_pw)
-        broker.reload()
+        edge_user, edge_pw = broker.service("edge")
+        gw_user, gw_pw, gw_cid = broker.gateway("suihua", "wang-12", "gw-0007")
+        # The compose file's default username is the one provisioning made.
+        assert edge_user == "svc~edge"
         site["EDGE_MQTT_PASSWORD"] = edge_pw
         site["FARMEDGE_REGISTRY_FILE"] = str(ROOT / "registry.example.yaml")
 
@@ -326,9 +418,10 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
             "FARMEDGE_HTTP_HOST": "127.0.0.1", "FARMEDGE_HTTP_PORT": str(http_port),
             "FARMEDGE_DATA_DIR": str(tmp_path / "edge-data"),
         })
-        binds = [_interpolate(v, site).split(":") for v in svc["volumes"]]
-        mounts = {b[1]: b[0] for b in binds if b[0].startswith(("./", "/"))}
+        mounts = {t: _interpolate(v["source"], site) for t, v in _binds(svc).items()}
         env["FARMEDGE_REGISTRY"] = mounts[env["FARMEDGE_REGISTRY"]]
+        env["FARMEDGE_ALERTS_RULES"] = json.dumps(
+            [str(ROOT / mounts[p]) for p in json.loads(env["FARMEDGE_ALERTS_RULES"])])
         base = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
         log = (tmp_path / "edge.log").open("wb")
         proc = subprocess.Popen([sys.executable, "-m", "farmedge", *svc["command"]], cwd=ROOT,
@@ -346,7 +439,7 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
 
         eventually(healthy, timeout=30, what="the image's health check passes")
 
-        gw = Client(broker.port, "suihua/wang-12/gw-0007", gw_pw)
+        gw = Client(broker.port, gw_user, gw_pw, client_id=gw_cid)
         assert gw.connect() == 0
         ts = int(time.time() * 1000) - 1000
         payload = make_payload("gw-0007", 1, [{"sensor": "soil-1", "kind": "soil_moisture",

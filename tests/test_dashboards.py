@@ -219,6 +219,11 @@ def test_county_figures_are_right(filled: Filled) -> None:
                       "water": [3, 3], "device": [3, 3]}
     assert {s["name"]: s["values"][0][1] for s in run("Idle equipment")} == dict.fromkeys(
         counts, 0)
+    # The registry the edge wrote: 3 gateways, all heard from (one said offline).
+    [idle] = run("Idle gateways")
+    row = dict(zip(idle["columns"], idle["values"][0], strict=True))
+    assert (idle["tags"]["county"], row["registered"], row["heard in 24 h"], row["idle"],
+            row["idle rate"]) == (sc.county, 3, 3, 0, 0)
     firing = {ref: run("Alerts firing by severity", ref)[0]["values"][0][1]
               for ref in "ABC"}
     assert firing == {"A": 2, "B": 1, "C": 1}  # critical, warning, info

@@ -182,6 +182,7 @@ class EdgeService:
             from .http import start_http
 
             self._http, self.http_port = await start_http(self, s.http.host, s.http.port)
+        self.write_registry_points()
         loop = asyncio.get_running_loop()
         for name, coro in (("process", self._process_loop()), ("writer", self._write_loop()),
                            ("replay", self._replay_loop()),
@@ -665,6 +666,8 @@ class EdgeService:
                     self._mark_down("InfluxDB does not answer /ping")
             if tick % 10 == 0:
                 self._self_point()
+            if tick % 3600 == 0:
+                self.write_registry_points()  # the fleet view counts the last 24 h
 
     def _sync_counters(self) -> None:
         c = self.ingestor.counters
@@ -675,6 +678,24 @@ class EdgeService:
         m.seq_gaps.inc(c.seq_gaps)
         m.seq_duplicates.inc(c.seq_duplicates)
         c.seq_gaps = c.seq_duplicates = 0
+
+    def write_registry_points(self) -> None:
+        """The registry's gateways to the `registry` measurement (for the
+        fleet view), through the normal writer; call again when the
+        registry changes."""
+        if self.registry is None:
+            return
+        from .registry_points import load_written, registry_lines, save_written
+
+        data_dir = self.settings.data_dir
+        lines, written = registry_lines(self.registry, load_written(data_dir),
+                                        int(time.time() * 1000))
+        self._batch.lines.extend(lines)
+        self._wake.set()
+        try:
+            save_written(data_dir, written)
+        except OSError as exc:
+            self.log.warning("registry.points_state_not_saved", error=str(exc))
 
     def _self_point(self) -> None:
         lat = sorted(self._latency_ms)

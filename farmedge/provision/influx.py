@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import sys
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -254,6 +255,29 @@ class _Http:
         return status, doc if isinstance(doc, dict) else {}
 
 
+    def wait_ready(self, seconds: float, say: Callable[[str], None]) -> None:
+        """Wait up to ``seconds`` for ``/ping`` to answer (a server that was
+        just started needs a moment)."""
+        deadline = time.monotonic() + seconds
+        told = False
+        while True:
+            try:
+                with urllib.request.urlopen(f"{self.url}/ping", timeout=5) as r:
+                    r.read()
+                return
+            except urllib.error.HTTPError:
+                return  # it answers; the queries will say what is wrong
+            except (urllib.error.URLError, OSError) as exc:
+                if time.monotonic() >= deadline:
+                    reason = getattr(exc, "reason", exc)
+                    raise ProvisionError(f"cannot reach InfluxDB at {self.url}: {reason}"
+                                         ) from None
+                if not told:
+                    say(f"waiting up to {seconds:.0f} s for InfluxDB at {self.url}")
+                    told = True
+                time.sleep(0.5)
+
+
 def _error(status: int, doc: dict[str, Any]) -> str | None:
     if doc.get("error"):
         return str(doc["error"])
@@ -436,13 +460,16 @@ def _literal(value: str) -> str:
 
 
 def provision_influx(url: str, creds: Credentials, *, iql: str | None = None,
-                     say: Callable[[str], None] = print, timeout: float = 30.0) -> list[str]:
+                     say: Callable[[str], None] = print, timeout: float = 30.0,
+                     wait_s: float = 0.0) -> list[str]:
     """Bring the InfluxDB 1.x server at ``url`` to what ``iql`` (default: the
     shipped v1-setup.iql) describes; return the changes made (empty: it was
     all there)."""
     text = SETUP_IQL.read_text(encoding="utf-8") if iql is None else iql
     statements = [substitute(s, creds.values()) for s in parse_iql(text)]
-    setup = _Setup(_Http(url, timeout), creds, say)
+    http = _Http(url, timeout)
+    http.wait_ready(wait_s, say)
+    setup = _Setup(http, creds, say)
     setup.admin()
     for stmt in statements:
         setup.statement(stmt)
@@ -453,9 +480,11 @@ def provision_influx(url: str, creds: Credentials, *, iql: str | None = None,
 
 
 def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from farmedge.cli import plain
+
     p = psub.add_parser(
         "influx", help="set up InfluxDB 1.x: first admin, database, retention, users",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="variables (environment, NAME_FILE, or --env-file): " + ", ".join(
             f"{k} (default {v})" if v else k for k, v in VARIABLES.items())
         + "\n\nexample:\n  farmedge provision influx --env-file /etc/farmedge/influx.env "
@@ -470,6 +499,9 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     p.add_argument("--edge-env-file", type=Path,
                    help="also set FARMEDGE_INFLUX_USERNAME and FARMEDGE_INFLUX_PASSWORD "
                         "(the edge's write-only user) in this dotenv file")
+    p.add_argument("--wait", type=float, default=30.0, metavar="SECONDS",
+                   help="wait this long for InfluxDB to answer, e.g. right after it "
+                        "started (default 30)")
     p.add_argument("--file", type=Path, default=None,
                    help="InfluxQL statements to apply (default: the shipped v1-setup.iql)")
     p.set_defaults(func=_cmd)
@@ -482,7 +514,7 @@ def _cmd(args: argparse.Namespace) -> int:
     try:
         creds = resolve_credentials(os.environ, args.env_file, say)
         iql = args.file.read_text(encoding="utf-8") if args.file else None
-        changes = provision_influx(args.url, creds, iql=iql, say=say)
+        changes = provision_influx(args.url, creds, iql=iql, say=say, wait_s=args.wait)
         if args.edge_env_file is not None and set_dotenv(
                 args.edge_env_file, {"FARMEDGE_INFLUX_USERNAME": creds.edge[0],
                                      "FARMEDGE_INFLUX_PASSWORD": creds.edge[1]}):
