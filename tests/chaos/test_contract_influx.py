@@ -264,6 +264,7 @@ def status(draw: st.DrawFn) -> tuple[bytes, str]:
         "cpu_temperature": st.one_of(st.floats(allow_nan=False, allow_infinity=False),
                                      st.sampled_from([-0.0, 5e-324, -1.7976931348623157e308])),
         "disk_free_mb": nonneg,
+        "outbox_full": st.booleans(),
     }
     for name, good in optional.items():
         if draw(st.booleans()):
