@@ -105,7 +105,8 @@ def _read_once(args: argparse.Namespace) -> int:
     from .readonce import print_json, print_table, read_all
 
     report, s = check_gateway(args.config)
-    report.print("farmedge gateway", quiet_ok=True)
+    if report.errors:
+        report.print("farmedge gateway", quiet_ok=True)
     if report.errors or s is None:
         return EXIT_ERRORS
     unknown = [x for x in args.sensor if x not in {c.id for c in s.sensors}]
@@ -121,16 +122,19 @@ def _read_once(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from farmedge.checks import EXIT_ERRORS, check_gateway
-    from farmedge.logs import setup_logging
+    from farmedge.logs import get_logger, setup_logging
 
     from .agent import Agent
     from .errors import GatewayError
 
     report, s = check_gateway(args.config)
-    report.print("farmedge gateway", quiet_ok=True)
+    if report.errors:
+        report.print("farmedge gateway", quiet_ok=True)
     if report.errors or s is None:
         return EXIT_ERRORS
     setup_logging(s.log_level, s.log_format)
+    for warning in report.warnings:  # what check-config warns about, in the service's log
+        get_logger("farmedge.gateway").warning("config.warning", warning=warning)
 
     async def main() -> None:
         stop = asyncio.Event()
