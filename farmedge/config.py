@@ -354,27 +354,40 @@ def _close_key(cls: Any, loc: Sequence[int | str]) -> str | None:
 
 def toml_loc(cls: Any, loc: Sequence[int | str]) -> str:
     """A location as a TOML reader says it: ``[mqtt] url``,
-    ``[[sensors]] entry 2: pin`` (entries count from 1; union tags dropped)."""
+    ``[[sensors]] entry 2: pin`` (entries of an array of tables count from 1;
+    union tags dropped), ``[mqtt] topics item 2`` (an array of values)."""
     _, tags = _walk(cls, loc)
-    parts = [p for p, tag in zip(loc, tags, strict=True) if not tag]
+    keep = [i for i, tag in enumerate(tags) if not tag]
+    parts = [loc[i] for i in keep]
     if not any(isinstance(p, int) for p in parts):
         return _loc_str(parts)
+
+    def of_tables(i: int) -> bool:  # is loc[: i + 1] an entry of an array of tables?
+        import types
+        import typing
+
+        t, _ = _walk(cls, loc[: keep[i] + 1])
+        while typing.get_origin(t) is typing.Annotated:
+            t = typing.get_args(t)[0]
+        if _model_of(t) is not None:
+            return True
+        args = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) \
+            else ()
+        return bool(args) and all(_model_of(a) is not None for a in args if a is not type(None))
+
     out: list[str] = []
     table: list[str] = []
     for i, p in enumerate(parts):
         if isinstance(p, int):
-            name = ".".join(table) or "?"
-            out.append(f"[[{name}]] entry {p + 1}")
+            if of_tables(i):
+                out.append(f"[[{'.'.join(table) or '?'}]] entry {p + 1}")
+            else:
+                out.append(f"{_loc_str(table) if table else '?'} item {p + 1}")
             table = []
-        elif i + 1 < len(parts) and isinstance(parts[i + 1], int):
-            table.append(p)
         else:
             table.append(p)
     if table:
-        if out:
-            out.append(".".join(table))
-        else:
-            return _loc_str(parts)
+        out.append(".".join(table))
     return ": ".join(out)
 
 

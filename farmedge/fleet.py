@@ -242,13 +242,13 @@ Query = Callable[[Sequence[str]], list[list[dict[str, Any]]]]
 
 def influx_query(settings: InfluxSection, *, timeout_s: float = 30.0) -> Query:
     """A function that runs InfluxQL statements over the /query endpoint
-    (InfluxDB 1.x; 2.x and 3.x through their v1-compatible API) and returns
-    each statement's series."""
+    (InfluxDB 1.x; 2.x and 3.x through their v1-compatible API, where
+    ``database`` names the DBRP mapping, as for Grafana) and returns each
+    statement's series."""
     url = f"{settings.url}/query"
     headers: dict[str, str] = {"Accept": "application/json"}
     db = settings.database
     if settings.api == "v2":
-        db = settings.bucket or db
         if settings.token is not None:
             headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
     elif settings.username:

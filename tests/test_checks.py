@@ -247,3 +247,19 @@ def test_gateway_run_logs_what_check_config_warns_about(tmp_path: Path) -> None:
             proc.wait(30)
     text = " ".join(w["warning"] for w in found)
     assert "no [[sensors]]" in text and "password is a placeholder" in text
+
+
+@pytest.mark.parametrize(("loc", "said"), [
+    (("mqtt", "url"), "[mqtt] url"),
+    (("data_dir",), "data_dir"),
+    (("sensors", 0, "simulated", "seed"), "[[sensors]] entry 1: seed"),
+    (("sensors", 2), "[[sensors]] entry 3"),
+    (("mqtt", "keepalive_s"), "[mqtt] keepalive_s"),
+])
+def test_locations_read_as_toml(loc: tuple[int | str, ...], said: str) -> None:
+    from farmedge.config import toml_loc
+    from farmedge.edge.settings import EdgeSettings
+    from farmedge.gateway.settings import GatewaySettings
+
+    assert toml_loc(GatewaySettings, loc) == said
+    assert toml_loc(EdgeSettings, ("mqtt", "topics", 1)) == "[mqtt] topics item 2"

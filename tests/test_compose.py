@@ -157,6 +157,12 @@ def test_preflight_refuses_placeholder_passwords(tmp_path: Path) -> None:
     bad = _preflight(site)
     assert bad.returncode == 1 and "INFLUX_ADMIN_TOKEN" in bad.stderr
     assert "GRAFANA_ADMIN_PASSWORD" not in bad.stderr
+    # Every secret the compose file reads is checked: by the preflight, or
+    # (the demo's) by the simulator's entrypoint.
+    secrets = set(re.findall(r"\$\{(\w*(?:PASSWORD|TOKEN)\w*)", COMPOSE.read_text()))
+    checked = set(compose()["services"]["preflight"]["command"])
+    checked |= set(compose()["services"]["simulator"]["entrypoint"][2:-2])
+    assert secrets and secrets <= checked, secrets - checked
     # Every service of the center waits for it.
     for name, svc in compose()["services"].items():
         if name not in ("preflight", "simulator"):

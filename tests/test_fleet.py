@@ -244,3 +244,64 @@ def test_fleet_says_when_influxdb_cannot_answer(tmp_path: Path) -> None:
                          text=True, timeout=60, env=env, cwd=ROOT)
     assert res.returncode == 1
     assert "cannot query InfluxDB" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_the_states_and_their_windows() -> None:
+    """classify() on its own: the windows of docs/fleet.md, with a fixed now."""
+    from farmedge.fleet import Observed, Registered, classify
+
+    now = 1_800_000_000_000
+    key = ("c", "f", "g")
+    minute = 60_000
+
+    def state(reg: Registered | None, obs: Observed | None) -> tuple[str, list[str]]:
+        v = classify(reg, key, obs, now)
+        return v.state, v.silent_sensors
+
+    reg = Registered("c", "f", "g", interval_s=300,
+                     sensors={"fast": 60.0, "slow": 3600.0, "plain": None})
+    heard = {"last_status_ms": now - minute, "online": True}
+    all_fresh = {"fast": now - 2 * minute, "slow": now - 2 * 3_600_000, "plain": now - minute}
+    assert state(reg, None) == ("never_seen", [])
+    assert state(reg, Observed(sensors={"fast": now})) == ("never_seen", [])
+    assert state(reg, Observed(last_status_ms=now - 25 * 60 * minute, online=True)) == (
+        "idle", [])
+    # 3 × the gateway's 300 s: offline after 15 min, whatever the last status said.
+    assert state(reg, Observed(last_status_ms=now - 16 * minute, online=True,
+                               sensors=all_fresh)) == ("offline", [])
+    assert state(reg, Observed(last_status_ms=now - minute, online=False,
+                               sensors=all_fresh)) == ("offline", [])
+    assert state(reg, Observed(**heard, sensors=all_fresh)) == ("online", [])
+    # Each sensor's own interval (fast: 3 min), else the gateway's (plain: 15 min).
+    stale = {**all_fresh, "fast": now - 4 * minute, "plain": now - 16 * minute}
+    assert state(reg, Observed(**heard, sensors=stale)) == (
+        "silent_sensors", ["fast", "plain"])
+    # A sensor the registry does not list counts while it reported within 7 days.
+    extra = {**all_fresh, "spare": now - 2 * 86_400_000}
+    assert state(reg, Observed(**heard, sensors=extra)) == ("silent_sensors", ["spare"])
+    gone = {**all_fresh, "spare": now - 8 * 86_400_000}
+    assert state(reg, Observed(**heard, sensors=gone)) == ("online", [])
+    # Not in the registry: default interval 600 s (offline after 30 min).
+    assert state(None, Observed(last_status_ms=now - 20 * minute, online=True)) == (
+        "online", [])
+    assert classify(None, key, Observed(**heard), now).registered is False
+
+
+def test_registry_points_remember_what_left(tmp_path: Path) -> None:
+    from farmedge.edge.registry_points import load_written, registry_lines, save_written
+    from farmedge.registry import Registry
+
+    reg = Registry.model_validate({"farms": [{"county": "c", "farm": "f", "gateways": {
+        "g1": {"interval_s": 300, "sensors": {"s1": {}, "s2": {}}}, "g2": {}}}]})
+    lines, written = registry_lines(reg, load_written(tmp_path), 1000)
+    assert lines == [
+        'gateway,county=c,farm=f,gateway=g1 registered=1i,registry_sensors=2i,'
+        'registry_sensor_ids="s1,s2",registry_interval_s=300.0 1000',
+        'gateway,county=c,farm=f,gateway=g2 registered=1i,registry_sensors=0i,'
+        'registry_sensor_ids="" 1000']
+    save_written(tmp_path, written)
+    smaller = Registry.model_validate({"farms": [{"county": "c", "farm": "f",
+                                                  "gateways": {"g2": {}}}]})
+    lines, written = registry_lines(smaller, load_written(tmp_path), 2000)
+    assert lines[-1] == "gateway,county=c,farm=f,gateway=g1 registered=0i,registry_sensors=0i 2000"
+    assert written == {("c", "f", "g2")}

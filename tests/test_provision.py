@@ -765,3 +765,21 @@ def test_admin_credential_file_must_be_private(tmp_path: Path,
     admin.chmod(0o644)
     assert main(["provision", "edge", "--broker-dir", str(d)]) == 1
     assert "chmod 600" in capsys.readouterr().err
+
+
+def test_registry_doc_explains_every_key_and_its_example_loads(tmp_path: Path) -> None:
+    """docs/registry.md has a table row for every key of every registry
+    model, and its example is a valid registry."""
+    import re
+
+    from farmedge import registry as r
+
+    doc = (ROOT / "docs" / "registry.md").read_text()
+    rows = set(re.findall(r"^\| `(\w+)` \|", doc, re.M))
+    for model in (r.Registry, r.Farm, r.GatewayEntry, r.SensorMeta, r.Plot, r.Herd, r.Contact):
+        missing = set(model.model_fields) - rows
+        assert not missing, f"{model.__name__}: {missing}"
+    example = re.search(r"```yaml\n(.*?)```", doc, re.S)
+    assert example is not None
+    (tmp_path / "r.yaml").write_text(example.group(1))
+    assert ("suihua", "wang-12", "gw-0007") in load_registry(tmp_path / "r.yaml").index()
