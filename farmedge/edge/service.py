@@ -30,6 +30,7 @@ from .metrics import EdgeMetrics
 from .mqtt import Inbound, MqttSource
 from .settings import EdgeSettings
 from .spool import Spool, is_disk_full
+from .state import IngestState
 
 __all__ = ["EdgeFatal", "EdgeService", "Health", "build_observers"]
 
@@ -102,7 +103,8 @@ class EdgeService:
         self.log = get_logger("farmedge.edge", instance=settings.instance)
         self.ingestor = ingestor if ingestor is not None else Ingestor(
             settings.ingest, registry=registry, instance=settings.instance,
-            keep_readings=bool(self.observers))
+            keep_readings=bool(self.observers),
+            state=IngestState(settings.data_dir / "ingest.sqlite3"))
         self.writer = InfluxWriter(settings.influx)
         self.spool = Spool(settings.data_dir / "spool",
                            max_bytes=int(settings.spool.max_mb * 1024 * 1024),
@@ -255,6 +257,7 @@ class EdgeService:
             await self._http.cleanup()
         await self.writer.close()
         self.spool.close()
+        self.ingestor.state.close()
         self.log.info("edge.stopped", written=self._written, spooled=self._spooled,
                       spool_lines=self.spool.lines)
 
