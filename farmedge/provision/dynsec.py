@@ -43,7 +43,6 @@ from urllib.parse import unquote, urlsplit
 from .errors import ProvisionError
 
 __all__ = [
-    "ADMIN_FILE",
     "ADMIN_USERNAME",
     "CONTROL_TOPIC",
     "DYNSEC_FILE",
@@ -52,6 +51,7 @@ __all__ = [
     "BrokerUnreachable",
     "DynsecFile",
     "LiveBroker",
+    "admin_file_for",
     "hashed_password",
     "initial_config",
     "load_admin",
@@ -60,9 +60,8 @@ __all__ = [
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
-#: File names in the broker folder (``--broker-dir``).
+#: The plugin's file, in the broker folder (``--broker-dir``).
 DYNSEC_FILE = "dynamic-security.json"
-ADMIN_FILE = "admin.toml"
 #: The plugin's administrator: a service account (see accounts.SERVICE_PREFIX).
 ADMIN_USERNAME = "svc~admin"
 ADMIN_ROLE = "service:admin"
@@ -85,6 +84,15 @@ def hashed_password(password: str, *, salt: bytes | None = None,
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
     return {"password": base64.b64encode(digest).decode(),
             "salt": base64.b64encode(salt).decode(), "iterations": iterations}
+
+
+def admin_file_for(broker_dir: Path) -> Path:
+    """Where the admin credential is by default: beside the broker folder,
+    not in it (deploy/mosquitto -> deploy/mosquitto-admin.toml). The folder
+    is the broker's: compose's image makes all of it uid 1883's at start, and
+    the broker need not read the credential."""
+    d = broker_dir.absolute()
+    return d.parent / f"{d.name}-admin.toml"
 
 
 def admin_acls() -> list[dict[str, Any]]:
