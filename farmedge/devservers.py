@@ -236,9 +236,16 @@ class MosquittoServer(_Proc):
 
 @dataclass
 class InfluxServer(_Proc):
-    """An InfluxDB 1.x server (v1 HTTP API) with its data in ``workdir``."""
+    """An InfluxDB 1.x server (v1 HTTP API) with its data in ``workdir``.
+
+    ``max_series_per_database`` and ``max_values_per_tag`` lower InfluxDB's
+    cardinality limits (defaults 1,000,000 and 100,000, kept when None), for
+    tests of what happens at the limit.
+    """
 
     rpc_port: int = 0
+    max_series_per_database: int | None = None
+    max_values_per_tag: int | None = None
 
     @property
     def url(self) -> str:
@@ -246,6 +253,11 @@ class InfluxServer(_Proc):
 
     def conf_text(self) -> str:
         d = self.workdir
+        limits = ""
+        if self.max_series_per_database is not None:
+            limits += f"  max-series-per-database = {int(self.max_series_per_database)}\n"
+        if self.max_values_per_tag is not None:
+            limits += f"  max-values-per-tag = {int(self.max_values_per_tag)}\n"
         return f"""
 reporting-disabled = true
 bind-address = "127.0.0.1:{self.rpc_port}"
@@ -258,7 +270,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   query-log-enabled = false
   trace-logging-enabled = false
   wal-fsync-delay = "0s"
-[coordinator]
+{limits}[coordinator]
   log-queries-after = "0s"
 [retention]
   enabled = true

@@ -8,14 +8,14 @@ broker sends its last will (``online: false``) when it vanishes. Each
 registered gateway gets one state (docs/fleet.md defines them):
 
 ``online``
-    heard from within 3 of its intervals, last status online, and every
-    sensor reporting;
+    last status online, a status or reading within 3 of its intervals,
+    and every sensor reporting;
 ``silent_sensors``
     online, but a sensor has sent no reading for 3 of its intervals;
 ``offline``
     heard from within 24 h, but its last status says offline (the last
-    will), or nothing for 3 of its intervals (the gateway's ``interval_s``
-    in the registry, 600 s otherwise);
+    will), or neither a status nor a reading for 3 of its intervals (the
+    gateway's ``interval_s`` in the registry, 600 s otherwise);
 ``idle``
     registered, but not heard from for more than 24 h;
 ``never_seen``
@@ -213,7 +213,8 @@ def classify(reg: Registered | None, key: tuple[str, str, str], obs: Observed | 
         state = "never_seen"
     elif now_ms - last_seen > IDLE_AFTER_S * 1000:
         state = "idle"
-    elif obs.online is False or now_ms - last_seen > INTERVALS * gw_interval * 1000:
+    elif obs.online is False or now_ms - max([last_seen, *obs.sensors.values()]) > \
+            INTERVALS * gw_interval * 1000:
         state = "offline"
     else:
         expected: dict[str, float | None] = dict(reg.sensors) if reg else {}

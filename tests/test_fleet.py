@@ -266,9 +266,13 @@ def test_the_states_and_their_windows() -> None:
     assert state(reg, Observed(sensors={"fast": now})) == ("never_seen", [])
     assert state(reg, Observed(last_status_ms=now - 25 * 60 * minute, online=True)) == (
         "idle", [])
-    # 3 × the gateway's 300 s: offline after 15 min, whatever the last status said.
+    # 3 × the gateway's 300 s: offline after 15 min without a status or a reading.
+    quiet = {k: now - 16 * minute for k in all_fresh}
     assert state(reg, Observed(last_status_ms=now - 16 * minute, online=True,
-                               sensors=all_fresh)) == ("offline", [])
+                               sensors=quiet)) == ("offline", [])
+    # Readings keep it online between two statuses (status every 30 min here).
+    assert state(reg, Observed(last_status_ms=now - 20 * minute, online=True,
+                               sensors=all_fresh)) == ("online", [])
     assert state(reg, Observed(last_status_ms=now - minute, online=False,
                                sensors=all_fresh)) == ("offline", [])
     assert state(reg, Observed(**heard, sensors=all_fresh)) == ("online", [])

@@ -85,6 +85,10 @@ def _run(args: argparse.Namespace) -> int:
 
     from farmedge.edge.service import EdgeFatal, EdgeService, build_observers
 
+    for w in report.warnings:  # printed above; also in the structured log
+        if w.startswith("environment variable FARMEDGE_"):
+            get_logger("farmedge.edge").warning("config.unknown_env", problem=w)
+
     try:
         observers = build_observers(settings, registry)
     except ConfigError as exc:
