@@ -30,6 +30,7 @@ import secrets
 import socket
 import ssl
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -301,6 +302,12 @@ class DynsecFile(Backend):
             write_private(self.path, json.dumps(self.data, indent=2, ensure_ascii=False) + "\n",
                           owner=self._owner)
             self.changed = False
+            if self.path.stat().st_uid == 0 and self._owner is None:
+                print(f"warning: {self.path} belongs to root, mode 600: a broker running as "
+                      f"another user (Debian's runs as mosquitto) cannot load it. Make "
+                      f"{self.path.parent} the broker user's (sudo chown mosquitto: "
+                      f"{self.path.parent}), or give --broker-user; compose's image does it "
+                      "for deploy/mosquitto at start.", file=sys.stderr)
 
 
 class _CommandError(Exception):
