@@ -72,11 +72,20 @@ class IngestState:
         self._dead_inserts = 0
         self._pending_dead: dict[bytes, tuple[int, int]] = {}
         if path is not None:
-            self._open(path)
+            try:
+                self._open(path)
+            except (sqlite3.Error, OSError) as exc:
+                # A full or read-only disk must not stop the edge (it would
+                # crash-loop): go on from memory, and say so.
+                self.close()
+                self._log.error("ingest_state.unavailable", path=str(path), error=str(exc)[:200],
+                                hint="budgets, unsynced clock offsets and status times are "
+                                     "kept in memory only until the edge restarts")
 
     def _open(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._db = db  # closed by close() even when what follows fails
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("CREATE TABLE IF NOT EXISTS known_id (county TEXT, farm TEXT, gateway TEXT,"
@@ -102,7 +111,6 @@ class IngestState:
         for c, f, g, d, ts in db.execute(
                 "SELECT county, farm, gateway, digest, ts FROM status_seen ORDER BY ts"):
             self.statuses[(c, f, g)] = (bytes(d), ts)
-        self._db = db
 
     def close(self) -> None:
         self.flush()
