@@ -303,6 +303,10 @@ def check_edge(path: Path | None) -> tuple[Report, EdgeSettings | None, Registry
         report.error(str(exc))
         return report, None, None
     src = str(path) if path else "defaults and environment"
+    from .config import unknown_env
+
+    for problem in unknown_env(EdgeSettings):  # a misspelt variable sets nothing
+        report.warn(problem)
     registry = None
     if s.registry is not None:
         try:

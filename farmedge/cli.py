@@ -31,6 +31,7 @@ _SUBCOMMANDS: dict[str, str] = {
     "demo": "farmedge.demo",
     "provision": "farmedge.provision.cli",
     "alerts": "farmedge.alerts.cli",
+    "fleet": "farmedge.fleet",
 }
 
 
@@ -63,6 +64,15 @@ def _unavailable(sub: Any, name: str, reason: str) -> None:
         return 2
 
     p.set_defaults(func=say)
+
+
+def plain(doc: str | None) -> str:
+    """A module docstring as --help text: reStructuredText's ``literal``
+    marks and ``::`` block openers removed."""
+    import re
+
+    text = (doc or "").replace("``", "")
+    return re.sub(r"::(\s*)$", r":\1", text, flags=re.M)
 
 
 def stop_on_signals() -> threading.Event:

@@ -9,14 +9,21 @@ environment variable overrides the file: ``FARMEDGE_MQTT_URL`` sets
 
 A wrong file stops the program at start with :class:`ConfigError`, whose
 message reads like ``edge.toml:12: [influx] batch_size: Input should be greater
-than 0``.
+than 0``. A wrong environment variable names the variable, and
+:func:`unknown_env` lists ``FARMEDGE_*`` variables that set nothing, each with
+the nearest valid name.
 """
 
 from __future__ import annotations
 
+import difflib
+import json
+import os
 import re
 import tomllib
-from collections.abc import Sequence
+import types
+import typing
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -30,7 +37,12 @@ from pydantic_settings import (
 if TYPE_CHECKING:
     import yaml  # imported where used: the gateway installs without PyYAML
 
-__all__ = ["ConfigError", "FileSettings", "Section", "load_settings", "load_yaml_model"]
+__all__ = ["ConfigError", "FileSettings", "Section", "env_names", "load_settings",
+           "load_yaml_model", "unknown_env"]
+
+ENV_PREFIX = "FARMEDGE_"
+#: FARMEDGE_* variables the command line reads itself (not settings keys).
+COMMAND_ENV = frozenset({"FARMEDGE_CONFIG", "FARMEDGE_BROKER_DIR"})
 
 M = TypeVar("M", bound=BaseModel)
 S = TypeVar("S", bound="FileSettings")
@@ -140,6 +152,77 @@ def _yaml_loc(loc: Sequence[int | str]) -> str:
     return out or "(top level)"
 
 
+def _is_complex(annotation: Any) -> bool:
+    """Whether pydantic-settings reads this field's environment value as JSON."""
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or origin is types.UnionType:
+        return any(_is_complex(a) for a in typing.get_args(annotation) if a is not type(None))
+    if origin is typing.Annotated:
+        return _is_complex(typing.get_args(annotation)[0])
+    if origin in (list, dict, set, tuple, frozenset):
+        return True
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def _section(annotation: Any) -> type[BaseModel] | None:
+    return annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) \
+        else None
+
+
+def env_names(cls: type[FileSettings]) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Every environment variable that sets something in ``cls``: name ->
+    (location of the key, whether its value is JSON)."""
+    out: dict[str, tuple[tuple[str, ...], bool]] = {}
+    for name, f in cls.model_fields.items():
+        out[f"{ENV_PREFIX}{name.upper()}"] = ((name,), _is_complex(f.annotation))
+        sect = _section(f.annotation)
+        if sect is not None:
+            for key, sf in sect.model_fields.items():
+                out[f"{ENV_PREFIX}{name.upper()}_{key.upper()}"] = (
+                    (name, key), _is_complex(sf.annotation))
+    return out
+
+
+def unknown_env(cls: type[FileSettings], environ: Mapping[str, str] | None = None,
+                *, also: Sequence[str] = ()) -> list[str]:
+    """One message per ``FARMEDGE_*`` variable that sets nothing in ``cls``
+    (a misspelt name is otherwise silently ignored), with the nearest valid
+    name. ``also``: further names the program reads itself."""
+    env = os.environ if environ is None else environ
+    valid = set(env_names(cls)) | COMMAND_ENV | set(also)
+    out = []
+    for var in sorted(env):
+        name = var.upper()
+        if not name.startswith(ENV_PREFIX) or name in valid:
+            continue
+        # Compared without the common prefix, which would make anything look near.
+        tails = {v[len(ENV_PREFIX):]: v for v in valid if v.startswith(ENV_PREFIX)}
+        near = difflib.get_close_matches(name[len(ENV_PREFIX):], sorted(tails), n=1,
+                                         cutoff=0.7)
+        hint = f" (did you mean {tails[near[0]]}?)" if near else ""
+        out.append(f"environment variable {var} is not a setting and is ignored{hint}")
+    return out
+
+
+def _env_json_errors(cls: type[FileSettings], environ: Mapping[str, str]) -> list[str]:
+    """The variables whose value must be JSON (lists, sections) and is not."""
+    names = env_names(cls)
+    out = []
+    for var, value in sorted(environ.items()):
+        found = names.get(var.upper())
+        if found is None or not found[1]:
+            continue
+        try:
+            json.loads(value)
+        except json.JSONDecodeError as exc:
+            loc, _ = found
+            example = '["farm/v1/+/+/+/telemetry"]' if var.upper().endswith("TOPICS") \
+                else '["a", "b"] or {"key": "value"}'
+            out.append(f"environment variable {var}: {_loc_str(loc)}: not valid JSON "
+                       f"({exc.msg}); write a JSON value, e.g. {example}")
+    return out
+
+
 def load_settings(cls: type[S], path: Path | str | None) -> S:
     """Build ``cls`` from the TOML file at ``path`` (optional) and the
     environment, which wins over the file. Raises ConfigError naming the file
@@ -158,9 +241,13 @@ def load_settings(cls: type[S], path: Path | str | None) -> S:
             data = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    from pydantic_settings import EnvSettingsSource
+    from pydantic_settings import EnvSettingsSource, SettingsError
 
-    env_values = dict(EnvSettingsSource(cls)())
+    try:
+        env_values = dict(EnvSettingsSource(cls)())
+    except SettingsError as exc:
+        lines = _env_json_errors(cls, os.environ) or [f"environment: {exc}"]
+        raise ConfigError("\n".join(lines)) from None
     try:
         return cls.model_validate(_deep_merge(data, env_values))
     except ValidationError as exc:
@@ -354,27 +441,40 @@ def _close_key(cls: Any, loc: Sequence[int | str]) -> str | None:
 
 def toml_loc(cls: Any, loc: Sequence[int | str]) -> str:
     """A location as a TOML reader says it: ``[mqtt] url``,
-    ``[[sensors]] entry 2: pin`` (entries count from 1; union tags dropped)."""
+    ``[[sensors]] entry 2: pin`` (entries of an array of tables count from 1;
+    union tags dropped), ``[mqtt] topics item 2`` (an array of values)."""
     _, tags = _walk(cls, loc)
-    parts = [p for p, tag in zip(loc, tags, strict=True) if not tag]
+    keep = [i for i, tag in enumerate(tags) if not tag]
+    parts = [loc[i] for i in keep]
     if not any(isinstance(p, int) for p in parts):
         return _loc_str(parts)
+
+    def of_tables(i: int) -> bool:  # is loc[: i + 1] an entry of an array of tables?
+        import types
+        import typing
+
+        t, _ = _walk(cls, loc[: keep[i] + 1])
+        while typing.get_origin(t) is typing.Annotated:
+            t = typing.get_args(t)[0]
+        if _model_of(t) is not None:
+            return True
+        args = typing.get_args(t) if typing.get_origin(t) in (typing.Union, types.UnionType) \
+            else ()
+        return bool(args) and all(_model_of(a) is not None for a in args if a is not type(None))
+
     out: list[str] = []
     table: list[str] = []
     for i, p in enumerate(parts):
         if isinstance(p, int):
-            name = ".".join(table) or "?"
-            out.append(f"[[{name}]] entry {p + 1}")
+            if of_tables(i):
+                out.append(f"[[{'.'.join(table) or '?'}]] entry {p + 1}")
+            else:
+                out.append(f"{_loc_str(table) if table else '?'} item {p + 1}")
             table = []
-        elif i + 1 < len(parts) and isinstance(parts[i + 1], int):
-            table.append(p)
         else:
             table.append(p)
     if table:
-        if out:
-            out.append(".".join(table))
-        else:
-            return _loc_str(parts)
+        out.append(".".join(table))
     return ": ".join(out)
 
 

@@ -33,7 +33,8 @@ from typing import Any, Literal
 
 from farmedge.contract.kinds import KINDS
 
-__all__ = ["DATASOURCE_UID", "Expect", "dashboards", "expectations", "main", "reading_fields"]
+__all__ = ["DATASOURCE_UID", "Expect", "dashboards", "expectations", "idle_gateways_query",
+           "main", "reading_fields"]
 
 DATASOURCE_UID = "farmedge-influxdb"
 DS: dict[str, str] = {"type": "influxdb", "uid": DATASOURCE_UID}
@@ -288,6 +289,24 @@ _AREA: Json = {**_LINE, "thresholdsStyle": {"mode": "line+area"}}
 _DASHED: Json = {**_LINE, "thresholdsStyle": {"mode": "dashed"}}
 
 
+def idle_gateways_query(county_filter: str) -> str:
+    """Registered, heard from within 24 h, idle and the idle rate, per
+    county, from the ``gateway`` measurement alone (InfluxQL cannot join two
+    measurements): the registry points the edge writes every hour
+    (``registered``) and the status messages (``online``). One bucket over
+    all time with fill(0) makes a gateway without a status count 0 rather
+    than vanish; ceil(n / (n + 1)) turns a count into 0 or 1."""
+    per_gw = ('SELECT last("registered") AS "registered", count("online") AS "statuses" '
+              f'FROM "gateway" WHERE time > now() - 24h AND {county_filter} '
+              'GROUP BY time(100000d), "county", "farm", "gateway" fill(0)')
+    flags = ('SELECT "registered", ceil("statuses" / ("statuses" + 1)) AS "heard" '
+             f'FROM ({per_gw}) WHERE "registered" = 1')
+    return ('SELECT sum("registered") AS "registered", sum("heard") AS "heard in 24 h", '
+            'sum("registered") - sum("heard") AS "idle", '
+            '1 - sum("heard") / sum("registered") AS "idle rate" '
+            f'FROM ({flags}) GROUP BY "county"')
+
+
 # -- the dashboards -------------------------------------------------------------
 
 def county_overview() -> _Board:
@@ -323,6 +342,26 @@ def county_overview() -> _Board:
                     f"sensor) is installed when it reported within {_INSTALLED_WINDOW}, "
                     f"reporting when it did within $silence. The gateway health dashboard "
                     f"and the alert engine's 'sensor silent' alerts say which ones.")
+    b.panel("table", "Idle gateways", [(_target(
+        idle_gateways_query(_F_COUNTY), fmt="table"), "table",
+        ("number", "number", "number", "number"))],
+        w=12, h=7, unit="none", decimals=0, interval=None,
+        options={**_TABLE, "sortBy": [{"displayName": "idle rate", "desc": True}]},
+        custom={"align": "auto", "cellOptions": {"type": "auto"}, "inspect": False},
+        transformations=[{"id": "organize", "options": {
+            "excludeByName": {"Time": True}, "indexByName": {},
+            "renameByName": {"county": "County"}}}],
+        overrides=[{"matcher": {"id": "byName", "options": "idle rate"},
+                    "properties": [
+                        {"id": "unit", "value": "percentunit"}, {"id": "decimals", "value": 1},
+                        {"id": "thresholds", "value": _thresholds(
+                            (None, "green"), (0.05, "orange"), (0.15, "red"))},
+                        {"id": "custom.cellOptions", "value": {"type": "color-background"}}]}],
+        description="Per county: gateways in the registry (the edge writes it to InfluxDB "
+                    "every hour), those heard from (a status message) within 24 h, the "
+                    "idle ones (registered, but not heard from for 24 h or never) and their "
+                    "share, the idle rate. 'farmedge fleet' names them, with the same "
+                    "numbers.")
     b.panel("bargauge", "Devices reporting vs installed", [(_target(
         f'SELECT count("reporting") AS "reporting", count("installed") AS "installed" '
         f"FROM {sources}", alias="$m $col"), "table", ("number", "number"))],

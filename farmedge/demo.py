@@ -246,10 +246,10 @@ class Demo:
     def _start_farms(self) -> None:
         # Real gateway agent processes (farmedge gateway run) with the
         # simulated driver, publishing to the real broker.
-        from farmedge.gateway.fleet import Fleet
+        from farmedge.simfleet import SimulatedFleet
 
         self._started_ms = int(time.time() * 1000)
-        self._sim = Fleet(
+        self._sim = SimulatedFleet(
             root=self.root / "gateways", mqtt_url=self._mqtt_url, county=COUNTY,
             farms=self.farms, gateways_per_farm=self.gateways_per_farm, sensors=self.sensors,
             interval=self.interval, bad_rate=self.bad_rate, seed=self.seed)

@@ -23,9 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 __all__ = [
+    "DYNSEC_PLUGIN_PATHS",
     "InfluxServer",
     "MosquittoServer",
     "ServerError",
+    "broker_user",
+    "dynsec_plugin_path",
     "free_port",
     "influx_query",
     "wait_edge_subscribed",
@@ -144,6 +147,43 @@ class _Proc:
         self.proc = None
 
 
+#: Where Mosquitto's dynamic security plugin is: Debian's package (per
+#: architecture), then the eclipse-mosquitto image and source installs.
+DYNSEC_PLUGIN_PATHS = (
+    "/usr/lib/x86_64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/aarch64-linux-gnu/mosquitto_dynamic_security.so",
+    "/usr/lib/arm-linux-gnueabihf/mosquitto_dynamic_security.so",
+    "/usr/lib/mosquitto_dynamic_security.so",
+    "/usr/local/lib/mosquitto_dynamic_security.so",
+)
+
+
+def dynsec_plugin_path() -> str:
+    """The dynamic security plugin of this host's Mosquitto
+    ($FARMEDGE_DYNSEC_PLUGIN, else the first of DYNSEC_PLUGIN_PATHS)."""
+    env = os.environ.get("FARMEDGE_DYNSEC_PLUGIN")
+    for c in ((env,) if env else DYNSEC_PLUGIN_PATHS):
+        if c and os.path.exists(c):
+            return c
+    raise ServerError(
+        "Mosquitto's dynamic security plugin (mosquitto_dynamic_security.so) was not found "
+        f"in {', '.join(DYNSEC_PLUGIN_PATHS)}: set FARMEDGE_DYNSEC_PLUGIN to its path"
+    )
+
+
+def broker_user() -> str:
+    """The user a test broker runs as: an unprivileged one ("mosquitto", as
+    Debian's package runs it, else "nobody") when started as root, else the
+    user we are (who cannot switch)."""
+    if os.geteuid() == 0:
+        for name in ("mosquitto", "nobody"):
+            with contextlib.suppress(KeyError):
+                pwd.getpwnam(name)
+                return name
+        return "root"
+    return pwd.getpwuid(os.geteuid()).pw_name
+
+
 @dataclass
 class MosquittoServer(_Proc):
     """A Mosquitto broker with persistence, tuned so that nothing is dropped.
@@ -196,9 +236,16 @@ class MosquittoServer(_Proc):
 
 @dataclass
 class InfluxServer(_Proc):
-    """An InfluxDB 1.x server (v1 HTTP API) with its data in ``workdir``."""
+    """An InfluxDB 1.x server (v1 HTTP API) with its data in ``workdir``.
+
+    ``max_series_per_database`` and ``max_values_per_tag`` lower InfluxDB's
+    cardinality limits (defaults 1,000,000 and 100,000, kept when None), for
+    tests of what happens at the limit.
+    """
 
     rpc_port: int = 0
+    max_series_per_database: int | None = None
+    max_values_per_tag: int | None = None
 
     @property
     def url(self) -> str:
@@ -206,6 +253,11 @@ class InfluxServer(_Proc):
 
     def conf_text(self) -> str:
         d = self.workdir
+        limits = ""
+        if self.max_series_per_database is not None:
+            limits += f"  max-series-per-database = {int(self.max_series_per_database)}\n"
+        if self.max_values_per_tag is not None:
+            limits += f"  max-values-per-tag = {int(self.max_values_per_tag)}\n"
         return f"""
 reporting-disabled = true
 bind-address = "127.0.0.1:{self.rpc_port}"
@@ -218,7 +270,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   query-log-enabled = false
   trace-logging-enabled = false
   wal-fsync-delay = "0s"
-[coordinator]
+{limits}[coordinator]
   log-queries-after = "0s"
 [retention]
   enabled = true

@@ -3,19 +3,76 @@
 Console lines for people (``format="console"``), one JSON object per line for
 machines (``format="json"``, the default when stderr is not a terminal).
 Bind context such as gateway and topic with ``log.bind(...)``. Secrets never
-go into log lines: URLs are logged through :func:`redact_url`.
+go into log lines: every line passes :func:`redact_secrets`, which replaces
+the userinfo of any URL in any value (``http://admin:SECRET@host`` becomes
+``http://admin:***@host``, ``https://TOKEN@host`` becomes
+``https://***@host``), in structlog's lines and the standard library's alike.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from collections.abc import MutableMapping
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
-__all__ = ["LogFormat", "get_logger", "redact_url", "setup_logging"]
+__all__ = ["LogFormat", "get_logger", "redact_secrets", "redact_text", "redact_url",
+           "setup_logging"]
+
+# scheme://userinfo@ : userinfo is what RFC 3986 allows there (no "/", "@",
+# white space); a password after the first ":".
+_URL_USERINFO = re.compile(r"\b([A-Za-z][A-Za-z0-9+.\-]{0,30}://)([^\s/@:?#\"']*)(:[^\s/@?#\"']*)?@")
+
+
+def _mask(m: re.Match[str]) -> str:
+    scheme, user, password = m.group(1), m.group(2), m.group(3)
+    if password is not None:
+        return f"{scheme}{user}:***@"
+    return f"{scheme}***@"
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the userinfo of every URL in it masked."""
+    if "://" not in text:
+        return text
+    return _URL_USERINFO.sub(_mask, text)
+
+
+def _redact_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact_text(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {k: _redact_value(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [_redact_value(v) for v in value]
+    text = str(value)
+    return redact_text(text) if "://" in text else value
+
+
+def redact_secrets(logger: Any, method: str,
+                   event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: mask URL userinfo in every value of the line."""
+    for k, v in event_dict.items():
+        event_dict[k] = _redact_value(v)
+    return event_dict
+
+
+class _RedactFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "://" in msg:
+            record.msg, record.args = redact_text(msg), None
+        if record.exc_info and record.exc_info[1] is not None:
+            text = logging.Formatter().formatException(record.exc_info)
+            if "://" in text:
+                record.exc_text, record.exc_info = redact_text(text), None
+        return True
 
 LogFormat = Literal["auto", "console", "json"]
 
@@ -33,7 +90,7 @@ def setup_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
         else structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
     )
     structlog.configure(
-        processors=[*shared, structlog.processors.format_exc_info, renderer],
+        processors=[*shared, structlog.processors.format_exc_info, redact_secrets, renderer],
         wrapper_class=structlog.make_filtering_bound_logger(
             logging.getLevelNamesMapping().get(level.upper(), logging.INFO)
         ),
@@ -43,6 +100,9 @@ def setup_logging(level: str = "info", fmt: LogFormat = "auto") -> None:
     logging.basicConfig(level=max(logging.WARNING, logging.getLevelName(level.upper()))
                         if isinstance(logging.getLevelName(level.upper()), int) else logging.INFO,
                         stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        if not any(isinstance(f, _RedactFilter) for f in handler.filters):
+            handler.addFilter(_RedactFilter())
 
 
 def get_logger(name: str, **bind: Any) -> Any:

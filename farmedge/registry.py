@@ -64,11 +64,18 @@ class GatewayEntry(_Model):
     interval_s: Annotated[float, Field(gt=0)] | None = None
     #: Alert profile for this gateway's readings (e.g. a barn's climate sensors).
     profile: Id | None = None
+    #: True: only the sensors listed in ``sensors`` are known; readings of any
+    #: other sensor are rejected (``unknown_sensor``). False (default): other
+    #: sensors are accepted within the edge's budget of ids per gateway
+    #: (``[ingest] max_ids_per_gateway``), so a new gateway works at once.
+    only_listed_sensors: bool = False
 
     @model_validator(mode="after")
     def _ids(self) -> GatewayEntry:
         for sid in self.sensors:
             check_id(sid, what="sensor id")
+        if self.only_listed_sensors and not self.sensors:
+            raise ValueError("only_listed_sensors is true but no sensors are listed")
         return self
 
 

@@ -21,13 +21,15 @@ def zstd_bomb(size: int, *, declare: int | bool | None = True, dictionary: bool 
     so 1 GiB costs 32 KiB. ``declare``: True puts the true size in the frame
     header, False leaves it out, an int declares that (lying) size."""
     out = bytearray(b"\x28\xb5\x2f\xfd")
+    # As the zstd library writes them: an 8 MiB window (exponent 13), so the
+    # frame needs no more memory than any ordinary one to decode.
+    window = (23 - 10) << 3
     if declare is False or declare is None:
-        # No content size: a window descriptor of 128 KiB (exponent 7).
-        out += bytes([0x00, 7 << 3])
+        out += bytes([0x00, window])
     else:
         declared = size if declare is True else int(declare)
-        # Single segment, 8-byte Frame_Content_Size.
-        out += bytes([(3 << 6) | (1 << 5)]) + struct.pack("<Q", declared)
+        # An 8-byte Frame_Content_Size.
+        out += bytes([3 << 6, window]) + struct.pack("<Q", declared)
     left = size
     while True:
         n = min(left, BLOCK)

@@ -7,13 +7,17 @@ from __future__ import annotations
 import base64
 import json
 import os
+import pwd
 import queue
 import re
+import shutil
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,7 +25,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from farmedge.devservers import InfluxServer, MosquittoServer
+from farmedge.devservers import (
+    InfluxServer,
+    MosquittoServer,
+    broker_user,
+    dynsec_plugin_path,
+    free_port,
+)
+from farmedge.provision.dynsec import AdminCredential, LiveBroker, load_admin, new_password
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -31,20 +42,49 @@ DROPPED = -1
 
 @dataclass
 class ShippedBroker(MosquittoServer):
-    """Mosquitto started with deploy/mosquitto/mosquitto.conf, only its paths
-    and listener moved into a temporary folder. Password file and ACL live in
-    ``config_dir`` (what ``farmedge provision --broker-dir`` writes)."""
+    """Mosquitto started with deploy/mosquitto/mosquitto.conf, only its paths,
+    listener and plugin path (this host's) changed. Started as root, it runs
+    as an unprivileged user (devservers.broker_user: "mosquitto"), as
+    Debian's package runs it; its folder ``config_dir`` (the dynamic
+    security file, what ``farmedge provision --broker-dir`` is given) and its
+    persistence are that user's, in a folder of their own under /tmp, since
+    that user cannot enter pytest's temporary folders. The dynamic security
+    file and admin credential are made on first start by ``provision init``
+    (unless a test wrote them before)."""
 
     #: Also enable the shipped (commented) TLS listener on this port, with
-    #: certificates from ``workdir``/certs.
+    #: certificates from ``workdir``/certs (copied for the broker's user).
     tls_port: int = 0
+    state_dir: Path | None = None
+
+    @property
+    def run_as(self) -> str:
+        return broker_user()
 
     @property
     def config_dir(self) -> Path:
-        return self.workdir / "config"
+        if self.state_dir is None:
+            if os.geteuid() == 0:
+                self.state_dir = Path(tempfile.mkdtemp(prefix="farmedge-broker-"))
+                os.chmod(self.state_dir, 0o755)
+                weakref.finalize(self, shutil.rmtree, self.state_dir, True)
+            else:
+                self.state_dir = self.workdir / "state"
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            for d in (self.state_dir / "config", self.state_dir / "data"):
+                d.mkdir(exist_ok=True)
+                if os.geteuid() == 0:
+                    u = pwd.getpwnam(self.run_as)
+                    os.chown(d, u.pw_uid, u.pw_gid)
+        return self.state_dir / "config"
+
+    @property
+    def dynsec_file(self) -> Path:
+        return self.config_dir / "dynamic-security.json"
 
     def conf_text(self) -> str:
         text = (DEPLOY / "mosquitto" / "mosquitto.conf").read_text()
+        data = self.config_dir.parent / "data"
         lines = []
         for line in text.splitlines():
             if line.strip() == "listener 1883":
@@ -53,30 +93,69 @@ class ShippedBroker(MosquittoServer):
                     line[2:].startswith(k) for k in ("listener 8883", "certfile", "keyfile",
                                                      "cafile", "tls_version")):
                 line = line[2:].replace("listener 8883", f"listener {self.tls_port} 127.0.0.1")
+            if line.startswith("plugin /usr/lib/mosquitto_dynamic_security.so"):
+                line = f"plugin {dynsec_plugin_path()}"
             lines.append(line.replace("/mosquitto/config/", f"{self.config_dir}/")
-                         .replace("/mosquitto/data/", f"{self.workdir}/data/")
-                         .replace("/mosquitto/certs/", f"{self.workdir}/certs/"))
-        # Run as root, Mosquitto switches to the user "mosquitto", which cannot
-        # read pytest's temporary folders; stay the user the tests run as.
-        own_user = "user root\n" if os.geteuid() == 0 else ""
-        return "\n".join(lines) + "\n" + own_user + self.extra_conf
+                         .replace("/mosquitto/data/", f"{data}/")
+                         .replace("/mosquitto/certs/", f"{self.config_dir.parent}/certs/"))
+        return "\n".join(lines) + f"\nuser {self.run_as}\n" + self.extra_conf
 
     def start(self, timeout: float = 15.0) -> ShippedBroker:
-        self.config_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("passwd", "acl"):
-            p = self.config_dir / name
-            if not p.exists():
-                p.write_text((DEPLOY / "mosquitto" / name).read_text()
-                             if (DEPLOY / "mosquitto" / name).exists() else "")
+        if not self.port:
+            self.port = free_port()
+        certs = self.workdir / "certs"
+        if certs.is_dir():  # the broker reads them as its own user
+            dst = self.config_dir.parent / "certs"
+            shutil.copytree(certs, dst, dirs_exist_ok=True)
+            if os.geteuid() == 0:
+                u = pwd.getpwnam(self.run_as)
+                for f in (dst, *dst.iterdir()):
+                    os.chown(f, u.pw_uid, u.pw_gid)
+        if not self.dynsec_file.exists():
+            from farmedge.cli import main
+
+            assert main(["provision", "init", "--broker-dir", str(self.config_dir),
+                         "--admin-url", self.url, "--broker-user", self.run_as]) == 0
         super().start(timeout)
         return self
 
-    def reload(self) -> None:
-        """SIGHUP: Mosquitto reads the password file and ACL again."""
-        import signal
+    @property
+    def admin(self) -> AdminCredential:
+        cred = load_admin(self.config_dir / "admin.toml", url=self.url)
+        assert cred is not None
+        return cred
 
-        assert self.proc is not None
-        self.proc.send_signal(signal.SIGHUP)
+    def live(self) -> LiveBroker:
+        """The running broker's dynamic security plugin, as its administrator."""
+        return LiveBroker(self.admin)
+
+    def service(self, kind: str, name: str | None = None) -> tuple[str, str]:
+        """Create a service account (edge, simulator) on the running broker:
+        (username, password)."""
+        from farmedge.provision import accounts
+
+        user = accounts.service_username(name or kind)
+        pw = new_password()
+        b = self.live()
+        try:
+            accounts.set_service(b, kind, user, pw)
+        finally:
+            b.close()
+        return user, pw
+
+    def gateway(self, county: str, farm: str, gateway: str) -> tuple[str, str, str]:
+        """Create a gateway account on the running broker: (username,
+        password, client id)."""
+        from farmedge.provision import accounts
+
+        pw = new_password()
+        b = self.live()
+        try:
+            accounts.set_gateway(b, county, farm, gateway, pw)
+        finally:
+            b.close()
+        path = accounts.gateway_path(county, farm, gateway)
+        return path, pw, path
 
 
 class Client:
@@ -99,6 +178,7 @@ class Client:
         self.c.on_subscribe = lambda c, u, mid, rcs, p=None: self.suback.put(
             [r.value for r in rcs])
         self.c.on_message = lambda c, u, m: self.messages.put(m)
+        self.c.on_disconnect = lambda *a: self.dropped.set()
 
         def on_publish(c: object, u: object, mid: int, rc: object, p: object = None) -> None:
             with self._lock:
@@ -123,7 +203,6 @@ class Client:
         """Publish and wait for the PUBACK; return its reason code, or
         DROPPED when the broker closed the connection instead (Mosquitto 2.0
         does that for an MQTT 5 publish the ACL denies)."""
-        self.c.on_disconnect = lambda *a: self.dropped.set()
         info = self.c.publish(topic, payload, qos=qos)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
@@ -359,6 +438,7 @@ class Pipeline:
     influx: AuthInflux
     edge: Any  # tests.edgeproc.EdgeProcess
     edge_started_ms: int
+    simulator_user: str
     simulator_password: str
 
     def stop(self) -> None:
@@ -369,36 +449,19 @@ class Pipeline:
 
 def start_pipeline(root: Path, registry_yaml: str, *, county: str,
                    alerts: bool = False) -> Pipeline:
-    from farmedge.provision import broker as creds
-
     from .edgeproc import EdgeProcess
 
     influx = setup_v1(AuthInflux(root / "influxdb").start())
     broker = ShippedBroker(root / "broker").start()
-    passwd, acl = broker.config_dir / "passwd", broker.config_dir / "acl"
-    edge_pw, sim_pw = creds.new_password(), creds.new_password()
-    creds.acl_add_edge(acl, "edge")
-    creds.passwd_set(passwd, "edge", edge_pw)
-    creds.acl_add_publisher(acl, "simulator")
-    creds.passwd_set(passwd, "simulator", sim_pw)
-    broker.reload()
-
-    def loaded() -> bool:
-        c = Client(broker.port, "edge", edge_pw)
-        ok = c.connect() == 0
-        c.close()
-        return ok
-
-    from .support import eventually
-
-    eventually(loaded, what="broker credentials loaded")
+    edge_user, edge_pw = broker.service("edge")
+    sim_user, sim_pw = broker.service("simulator")
     reg = root / "registry.yaml"
     reg.write_text(registry_yaml)
     started = int(time.time() * 1000)
     edge = EdgeProcess(
         mqtt_url=f"mqtt://127.0.0.1:{broker.port}", influx_url=influx.url,
         database=ENV["INFLUX_DATABASE"], data_dir=root / "edge", county=county,
-        extra_env={"FARMEDGE_MQTT_USERNAME": "edge", "FARMEDGE_MQTT_PASSWORD": edge_pw,
+        extra_env={"FARMEDGE_MQTT_USERNAME": edge_user, "FARMEDGE_MQTT_PASSWORD": edge_pw,
                    "FARMEDGE_INFLUX_USERNAME": EDGE_USER[0],
                    "FARMEDGE_INFLUX_PASSWORD": EDGE_USER[1],
                    "FARMEDGE_INFLUX_CREATE_DATABASE": "false",
@@ -406,7 +469,7 @@ def start_pipeline(root: Path, registry_yaml: str, *, county: str,
                    # Off by default: the dashboard tests write their own alert
                    # records (alert_lines); the engine's would change the counts.
                    "FARMEDGE_ALERTS_ENABLED": "true" if alerts else "false"}).start()
-    return Pipeline(broker, influx, edge, started, sim_pw)
+    return Pipeline(broker, influx, edge, started, sim_user, sim_pw)
 
 
 def publish_scenario(p: Pipeline, sc: Scenario) -> int:
@@ -417,7 +480,7 @@ def publish_scenario(p: Pipeline, sc: Scenario) -> int:
 
     from farmedge.contract import parse_telemetry
 
-    c = Client(p.broker.port, "simulator", p.simulator_password)
+    c = Client(p.broker.port, p.simulator_user, p.simulator_password)
     assert c.connect() == 0
     readings = 0
     try:

@@ -214,3 +214,52 @@ def test_alerts_check_exits_like_check_config(tmp_path: Path) -> None:
     r = farmedge("alerts", "check", "--registry", "registry.yaml", cwd=tmp_path)
     assert r.returncode == 2
     assert "registry.yaml:4: farm c1/f1: profile 'maize-tset' is not defined" in r.stderr
+
+
+def test_gateway_run_logs_what_check_config_warns_about(tmp_path: Path) -> None:
+    """Warnings do not stop the agent; they go to its log as config.warning."""
+    import json
+    import signal
+
+    from .support import eventually
+
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text('log_format = "json"\n'
+                   + GATEWAY.format(data=tmp_path / "data", url="mqtt://127.0.0.1:9",
+                                    password="change-me")
+                   + '\n[clock]\nsource = "trust"\n')
+    log = tmp_path / "gateway.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "farmedge", "gateway", "run", "-c",
+                                 str(cfg)], cwd=tmp_path, env={**_env(), "PYTHONPATH": str(ROOT)},
+                                stdout=out, stderr=subprocess.STDOUT)
+        try:
+            def warned() -> list[dict[str, str]]:
+                assert proc.poll() is None, log.read_text()
+                lines = [json.loads(ln) for ln in log.read_text().splitlines()
+                         if ln.startswith("{")]
+                return [ln for ln in lines if ln.get("event") == "config.warning"]
+
+            found = eventually(lambda: len(warned()) >= 2 and warned(), timeout=30,
+                               what="the config warnings in the agent's log")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(30)
+    text = " ".join(w["warning"] for w in found)
+    assert "no [[sensors]]" in text and "password is a placeholder" in text
+
+
+@pytest.mark.parametrize(("loc", "said"), [
+    (("mqtt", "url"), "[mqtt] url"),
+    (("data_dir",), "data_dir"),
+    (("sensors", 0, "simulated", "seed"), "[[sensors]] entry 1: seed"),
+    (("sensors", 2), "[[sensors]] entry 3"),
+    (("mqtt", "keepalive_s"), "[mqtt] keepalive_s"),
+])
+def test_locations_read_as_toml(loc: tuple[int | str, ...], said: str) -> None:
+    from farmedge.config import toml_loc
+    from farmedge.edge.settings import EdgeSettings
+    from farmedge.gateway.settings import GatewaySettings
+
+    assert toml_loc(GatewaySettings, loc) == said
+    assert toml_loc(EdgeSettings, ("mqtt", "topics", 1)) == "[mqtt] topics item 2"

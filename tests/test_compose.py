@@ -157,6 +157,12 @@ def test_preflight_refuses_placeholder_passwords(tmp_path: Path) -> None:
     bad = _preflight(site)
     assert bad.returncode == 1 and "INFLUX_ADMIN_TOKEN" in bad.stderr
     assert "GRAFANA_ADMIN_PASSWORD" not in bad.stderr
+    # Every secret the compose file reads is checked: by the preflight, or
+    # (the demo's) by the simulator's entrypoint.
+    secrets = set(re.findall(r"\$\{(\w*(?:PASSWORD|TOKEN)\w*)", COMPOSE.read_text()))
+    checked = set(compose()["services"]["preflight"]["command"])
+    checked |= set(compose()["services"]["simulator"]["entrypoint"][2:-2])
+    assert secrets and secrets <= checked, secrets - checked
     # Every service of the center waits for it.
     for name, svc in compose()["services"].items():
         if name not in ("preflight", "simulator"):
@@ -254,28 +260,21 @@ def test_demo_registry_lists_every_simulated_gateway() -> None:
 def test_simulator_command_line_publishes_through_the_shipped_broker(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The compose simulator's command, run here against Mosquitto with the
-    shipped config and a provisioned simulator credential."""
+    shipped config and a provisioned simulator account."""
     from farmedge.cli import main
 
     broker = ShippedBroker(tmp_path / "broker").start()
     try:
         assert main(["provision", "simulator", "--broker-dir", str(broker.config_dir)]) == 0
-        sim_pw = dict(ln.split(": ", 1) for ln in capsys.readouterr().out.splitlines())[
-            "password"]
+        sim = dict(ln.split(": ", 1) for ln in capsys.readouterr().out.splitlines())
         assert main(["provision", "edge", "--broker-dir", str(broker.config_dir)]) == 0
-        edge_pw = dict(ln.split(": ", 1) for ln in capsys.readouterr().out.splitlines())[
-            "password"]
-        broker.reload()
-
-        def edge_client() -> Client | None:
-            c = Client(broker.port, "edge", edge_pw)
-            if c.connect() == 0:
-                return c
-            c.close()
-            return None
-
-        sub = eventually(edge_client, what="edge credential accepted")
+        edge = dict(ln.split(": ", 1) for ln in capsys.readouterr().out.splitlines())
+        sub = Client(broker.port, edge["username"], edge["password"])
+        assert sub.connect() == 0
         assert sub.subscribe("farm/v1/+/+/+/telemetry") == [1]
+        sim_pw = sim["password"]
+        # The compose file's default username is the one provisioning made.
+        assert sim["username"] == "svc~simulator"
         args, env = _simulator(SIMULATOR_MQTT_PASSWORD=sim_pw)
         assert args[0] == "simulate"
         env = {k: v.replace("@mosquitto:1883", f"@127.0.0.1:{broker.port}")
@@ -390,8 +389,6 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
     user, which the compose file's INFLUX_EDGE_* name), container paths at a
     temporary folder. The Dockerfile's HEALTHCHECK command then passes, and a
     gateway provisioned for the registry gets its readings stored."""
-    from farmedge.provision import broker as creds
-
     from .stack_support import (
         ENV,
         GRAFANA_USER,
@@ -410,11 +407,10 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
     broker = ShippedBroker(tmp_path / "broker").start()
     proc = None
     try:
-        edge_pw, gw_pw = creds.new_password(), creds.new_password()
-        creds.acl_add_edge(broker.config_dir / "acl", "edge")
-        creds.passwd_set(broker.config_dir / "passwd", "edge", edge_pw)
-        creds.passwd_set(broker.config_dir / "passwd", "suihua/wang-12/gw-0007", gw_pw)
-        broker.reload()
+        edge_user, edge_pw = broker.service("edge")
+        gw_user, gw_pw, gw_cid = broker.gateway("suihua", "wang-12", "gw-0007")
+        # The compose file's default username is the one provisioning made.
+        assert edge_user == "svc~edge"
         site["EDGE_MQTT_PASSWORD"] = edge_pw
         site["FARMEDGE_REGISTRY_FILE"] = str(ROOT / "registry.example.yaml")
 
@@ -449,7 +445,7 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
 
         eventually(healthy, timeout=30, what="the image's health check passes")
 
-        gw = Client(broker.port, "suihua/wang-12/gw-0007", gw_pw)
+        gw = Client(broker.port, gw_user, gw_pw, client_id=gw_cid)
         assert gw.connect() == 0
         ts = int(time.time() * 1000) - 1000
         payload = make_payload("gw-0007", 1, [{"sensor": "soil-1", "kind": "soil_moisture",

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel, ConfigDict
 
 from farmedge.config import ConfigError, load_yaml_model, toml_line
+from farmedge.devservers import InfluxServer, MosquittoServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 TOML = """data_dir = "x"
 url = "top"
@@ -63,3 +68,89 @@ def test_yaml_errors_name_the_line(tmp_path: Path) -> None:
     f.write_text("items:\n  - name: a\n   size: 1\n")
     with pytest.raises(ConfigError, match=r"doc.yaml:3: not valid YAML"):
         load_yaml_model(_Doc, f)
+
+
+# -- environment and paths ---------------------------------------------------
+
+def _check_config(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "farmedge", "edge", "check-config", *args],
+                          capture_output=True, text=True, check=False,
+                          env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT), **env})
+
+
+def test_a_misspelt_variable_is_reported_with_the_nearest_valid_name() -> None:
+    from farmedge.config import unknown_env
+    from farmedge.edge.settings import EdgeSettings
+
+    assert unknown_env(EdgeSettings, {"FARMEDGE_INFLX_TOKEN": "t", "FARMEDGE_MQTT_URL": "x",
+                                      "FARMEDGE_CONFIG": "c", "HOME": "/"}) == [
+        "environment variable FARMEDGE_INFLX_TOKEN is not a setting and is ignored "
+        "(did you mean FARMEDGE_INFLUX_TOKEN?)"]
+    r = _check_config({"FARMEDGE_INFLX_TOKEN": "t"})
+    assert r.returncode == 0, "a warning: the edge still starts"
+    assert "warning: environment variable FARMEDGE_INFLX_TOKEN is not a setting and is " \
+           "ignored (did you mean FARMEDGE_INFLUX_TOKEN?)" in r.stderr
+    r = _check_config({"FARMEDGE_INFLX_TOKEN": "t"}, "--strict")
+    assert r.returncode == 1
+
+
+def test_a_bad_json_value_names_the_variable_in_one_line() -> None:
+    r = _check_config({"FARMEDGE_MQTT_TOPICS": "farm/v1/#"})
+    assert r.returncode == 2
+    assert "Traceback" not in r.stderr
+    assert r.stderr.splitlines() == [
+        "farmedge edge: configuration error",
+        'environment variable FARMEDGE_MQTT_TOPICS: [mqtt] topics: not valid JSON (Expecting '
+        'value); write a JSON value, e.g. ["farm/v1/+/+/+/telemetry"]']
+
+
+def test_a_data_dir_that_is_a_file_names_the_key(tmp_path: Path) -> None:
+    f = tmp_path / "not-a-dir"
+    f.write_text("")
+    r = _check_config({"FARMEDGE_DATA_DIR": str(f)})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"environment variable FARMEDGE_DATA_DIR: data_dir: Value error, {f} exists and " \
+           "is not a folder" in r.stderr
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'instance = "e"\ndata_dir = "{f}/spool"\n')
+    r = _check_config({}, "--config", str(cfg))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{cfg}:2: data_dir: Value error, {f} is a file" in r.stderr
+
+
+# -- secrets in log lines ----------------------------------------------------
+
+def test_url_userinfo_is_redacted_in_every_log_line(capsys: pytest.CaptureFixture[str]) -> None:
+    import logging
+
+    from farmedge.logs import get_logger, setup_logging
+
+    setup_logging("info", "json")
+    log = get_logger("t")
+    log.info("edge.starting", influx="http://admin:SECRET1@127.0.0.1:8086",
+             nested={"urls": ["mqtt://edge:SECRET2@broker:1883"]},
+             note="token in https://SECRET3@example.org/x", harmless="http://example.org/a@b")
+    try:
+        raise ConnectionError("cannot reach http://admin:SECRET4@db:8086/write")
+    except ConnectionError:
+        log.exception("influx.failed")
+    logging.getLogger("aiohttp.client").error("GET %s failed", "http://u:SECRET5@h/")
+    err = capsys.readouterr().err
+    assert "SECRET" not in err
+    assert "http://admin:***@127.0.0.1:8086" in err and "mqtt://edge:***@broker:1883" in err
+    assert "https://***@example.org/x" in err and "http://example.org/a@b" in err
+
+
+@pytest.mark.servers
+def test_the_influx_password_in_its_url_never_reaches_the_log(
+        mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
+        tmp_path: Path) -> None:
+    from tests.edgeproc import EdgeProcess
+
+    url = influxdb.url.replace("http://", "http://admin:SECRET-PW@")
+    e = EdgeProcess(mqtt_url=mosquitto.url, influx_url=url, database=influx_db,
+                    data_dir=tmp_path / "edge", county=county).start()
+    e.stop()
+    log = e.log_path.read_text()
+    assert "edge.starting" in log and "admin:***@" in log
+    assert "SECRET-PW" not in log

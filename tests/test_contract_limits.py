@@ -303,3 +303,13 @@ def test_the_registry_and_the_gateway_refuse_reserved_topic_ids(where: str) -> N
                                             "gateways": {ids["gateway"]: {}}}]})
     with pytest.raises(ValidationError, match="topic level"):
         GatewaySettings(**ids)
+
+
+def test_dead_letter_excerpts_escape_characters_as_python_does() -> None:
+    from farmedge.contract import excerpt
+
+    assert excerpt("a\u2028b") == "a\\u2028b"  # was "a\\x28b"
+    assert excerpt(b"x\xe2\x80\xa9\x00y") == "x\\u2029\\x00y"
+    assert excerpt("\U000e0001") == "\\U000e0001"
+    assert excerpt("绥化 ok") == "绥化 ok"
+    assert len(excerpt("\u2028" * 1000)) == 200

@@ -219,6 +219,11 @@ def test_county_figures_are_right(filled: Filled) -> None:
                       "water": [3, 3], "device": [3, 3]}
     assert {s["name"]: s["values"][0][1] for s in run("Idle equipment")} == dict.fromkeys(
         counts, 0)
+    # The registry the edge wrote: 3 gateways, all heard from (one said offline).
+    [idle] = run("Idle gateways")
+    row = dict(zip(idle["columns"], idle["values"][0], strict=True))
+    assert (idle["tags"]["county"], row["registered"], row["heard in 24 h"], row["idle"],
+            row["idle rate"]) == (sc.county, 3, 3, 0, 0)
     firing = {ref: run("Alerts firing by severity", ref)[0]["values"][0][1]
               for ref in "ABC"}
     assert firing == {"A": 2, "B": 1, "C": 1}  # critical, warning, info
@@ -317,3 +322,44 @@ def test_the_alert_engines_own_records_show_on_the_dashboards(
         assert title in titles
     finally:
         p.stop()
+
+
+def test_fleet_view_as_grafanas_read_only_user(filled: Filled, tmp_path: Path) -> None:
+    """`farmedge fleet` with the read-only user Grafana has: the same county
+    counts as the "Idle gateways" panel; a wrong password is said plainly."""
+    import os
+    import subprocess
+    import sys
+
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(filled.sc.registry_yaml)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
+    env.update(FARMEDGE_INFLUX_URL=filled.url, FARMEDGE_INFLUX_DATABASE=filled.db,
+               FARMEDGE_INFLUX_USERNAME=GRAFANA_USER[0],
+               FARMEDGE_INFLUX_PASSWORD=GRAFANA_USER[1])
+
+    def fleet(**extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "farmedge", "fleet", "--registry",
+                               str(reg), "--json"], capture_output=True, text=True,
+                              timeout=60, env={**env, **extra}, cwd=ROOT)
+
+    res = fleet()
+    assert res.returncode == 0, res.stderr
+    [county] = json.loads(res.stdout)["counties"]
+    assert county["county"] == filled.sc.county
+    assert (county["registered"], county["idle"], county["idle_rate"]) == (3, 0, 0.0)
+    states = {g["gateway"]: g["state"] for f in county["farms"] for g in f["gateways"]}
+    assert states["gw-003-1"] == "offline"  # its last status said offline
+
+    doc = json.loads(json.dumps(DASHBOARDS["farmedge-county"]))
+    sel = _selections(filled, doc, "all", filled.start_ms, filled.end_ms)
+    panel = next(p for p in doc["panels"] if p["title"] == "Idle gateways")
+    q = expand(panel["targets"][0]["query"], start_ms=filled.start_ms, end_ms=filled.end_ms,
+               interval_ms=60_000, variables=_variables(doc), selections=sel)
+    [row] = query(filled.url, q, GRAFANA_USER, filled.db)
+    got = dict(zip(row["columns"], row["values"][0], strict=True))
+    assert (got["registered"], got["idle"], got["idle rate"]) == (
+        county["registered"], county["idle"], county["idle_rate"])
+
+    bad = fleet(FARMEDGE_INFLUX_PASSWORD="wrong")
+    assert bad.returncode == 1 and "answered 401" in bad.stderr, bad.stderr

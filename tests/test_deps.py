@@ -5,6 +5,7 @@ and its compact encoder writes the same bytes as msgpack."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import signal
 import subprocess
@@ -200,3 +201,55 @@ def test_compact_round_trip_uses_the_stdlib_packer() -> None:
     assert payload[2:] == msgpack.packb(msgpack.unpackb(payload[2:]), use_bin_type=True)
     doc = decode_compact(payload)
     assert [r["value"] for r in doc["readings"]] == [r["value"] for r in readings]
+
+
+@pytest.fixture(scope="module")
+def gateway_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A fresh virtual environment with `pip install '.[gateway]'`, as a Pi
+    gets it (from the indexes pip is configured with here)."""
+    d = tmp_path_factory.mktemp("gateway-venv") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(d)], check=True, timeout=120)
+    r = subprocess.run([str(d / "bin" / "pip"), "install", "-q", f"{ROOT}[gateway]"],
+                       capture_output=True, text=True, timeout=600, check=False)
+    if r.returncode != 0:
+        pytest.fail("pip install '.[gateway]' failed:\n" + r.stdout[-2000:] + r.stderr[-2000:])
+    return d
+
+
+@pytest.mark.slow
+@pytest.mark.servers
+def test_a_gateway_install_has_no_edge_library_and_runs(
+        gateway_venv: Path, tmp_path: Path, mosquitto: MosquittoServer, county: str) -> None:
+    freeze = subprocess.run([str(gateway_venv / "bin" / "pip"), "list", "--format=freeze"],
+                            capture_output=True, text=True, timeout=120, check=True).stdout
+    installed = {ln.split("==")[0].lower().replace("_", "-") for ln in freeze.splitlines()}
+    assert "farmedge" in installed
+    assert not installed & EDGE_ONLY_DISTS, installed & EDGE_ONLY_DISTS
+    fe = str(gateway_venv / "bin" / "farmedge")
+    cfg = _gateway_toml(tmp_path / "gateway.toml", url=mosquitto.url, county=county,
+                        data=tmp_path / "data")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
+    ok = subprocess.run([fe, "gateway", "check-config", "-c", str(cfg)], capture_output=True,
+                        text=True, timeout=60, check=False, env=env, cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    # The center's commands say what to install instead of a traceback.
+    edge = subprocess.run([fe, "edge", "run"], capture_output=True, text=True, timeout=60,
+                          check=False, env=env, cwd=tmp_path)
+    assert edge.returncode == 2
+    assert "pip install 'farmedge[edge]'" in edge.stderr and "Traceback" not in edge.stderr
+    prov = subprocess.run([fe, "provision", "gateway"], capture_output=True, text=True,
+                          timeout=60, check=False, env=env, cwd=tmp_path)
+    assert prov.returncode == 2 and "pip install 'farmedge[edge]'" in prov.stderr
+    # And the agent publishes.
+    sub = Subscriber(mosquitto.url, county)
+    proc = subprocess.Popen([fe, "gateway", "run", "-c", str(cfg)], env=env, cwd=tmp_path,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        eventually(lambda: len(sub.readings()) >= 3 or proc.poll() is not None,
+                   timeout=60, what="three readings from the installed gateway")
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+    finally:
+        sub.close()
+        proc.send_signal(signal.SIGTERM)
+        out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out[-3000:]

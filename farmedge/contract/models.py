@@ -145,3 +145,6 @@ class GatewayStatus(BaseModel):
     clock: Clock | None = None
     cpu_temperature: Finite | None = None
     disk_free_mb: FiniteNonNeg | None = None
+    #: True while the gateway's disk is full: it is not keeping new readings
+    #: (they are counted in ``dropped``). Sent only then.
+    outbox_full: bool | None = None

@@ -52,8 +52,18 @@ def excerpt(data: bytes | str | object, limit: int = EXCERPT_CHARS) -> str:
         text = data
     else:
         text = repr(data)
-    text = "".join(ch if ch.isprintable() else "\\x%02x" % (ord(ch) & 0xFF) for ch in text[:limit])
+    text = "".join(ch if ch.isprintable() else _escape(ch) for ch in text[:limit])
     return text if len(text) <= limit else text[:limit]
+
+
+def _escape(ch: str) -> str:
+    """Python's own escape of a character: U+2028 is ``\\u2028``, not ``\\x28``."""
+    o = ord(ch)
+    if o < 0x100:
+        return f"\\x{o:02x}"
+    if o < 0x10000:
+        return f"\\u{o:04x}"
+    return f"\\U{o:08x}"
 
 
 class MessageRejected(ValueError):

@@ -70,18 +70,24 @@ def _run(args: argparse.Namespace) -> int:
 
     from farmedge.checks import EXIT_ERRORS, check_edge
     from farmedge.config import ConfigError
-    from farmedge.logs import setup_logging
+    from farmedge.logs import get_logger, setup_logging
 
     report, settings, registry = check_edge(args.config)
-    report.print("farmedge edge", quiet_ok=True)
+    if report.errors:
+        report.print("farmedge edge", quiet_ok=True)
     if report.errors or settings is None:
         print("farmedge edge: not started (farmedge edge check-config shows the same)",
               file=sys.stderr)
         return EXIT_ERRORS
     setup_logging(settings.log.level, settings.log.format)
+    for warning in report.warnings:  # what check-config warns about, in the service's log
+        get_logger("farmedge.edge").warning("config.warning", warning=warning)
 
     from farmedge.edge.service import EdgeFatal, EdgeService, build_observers
-    from farmedge.logs import get_logger
+
+    for w in report.warnings:  # printed above; also in the structured log
+        if w.startswith("environment variable FARMEDGE_"):
+            get_logger("farmedge.edge").warning("config.unknown_env", problem=w)
 
     try:
         observers = build_observers(settings, registry)

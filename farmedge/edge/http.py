@@ -16,7 +16,8 @@ __all__ = ["start_http"]
 async def start_http(service: EdgeService, host: str, port: int) -> tuple[web.AppRunner, int]:
     async def healthz(request: web.Request) -> web.Response:
         h = service.health()
-        body = {"status": "ok" if h.ok else "unhealthy", "reasons": h.reasons, **h.details}
+        status = "ok" if h.ok else "unhealthy" if h.reasons else "degraded"
+        body = {"status": status, "reasons": [*h.reasons, *h.degraded], **h.details}
         return web.json_response(body, status=200 if h.ok else 503)
 
     async def metrics(request: web.Request) -> web.Response:

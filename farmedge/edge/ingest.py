@@ -3,11 +3,20 @@ check topic, payload and registry against each other, map readings to
 points, and record everything rejected in the dead-letter measurement
 ``ingest_errors`` with its reason, topic and a bounded excerpt.
 
-Pure CPU work, no I/O: the service feeds it messages and takes the lines.
+CPU work on in-memory state: the service feeds it messages and takes the
+lines. What must survive a restart (ids known per gateway, how unsynced
+clocks were placed, the last status per gateway) lives in
+:class:`~farmedge.edge.state.IngestState`, read from dicts and written only
+when something new is learnt.
+
+Same message, same points: a message delivered again (QoS 1 redelivery, a
+retained message at reconnect, after a restart) produces exactly the lines
+it produced the first time, so InfluxDB overwrites them in place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -15,6 +24,7 @@ from typing import Any
 
 from farmedge.contract import (
     Clock,
+    GatewayStatus,
     MessageRejected,
     Quality,
     TopicError,
@@ -25,16 +35,30 @@ from farmedge.contract import (
     parse_telemetry,
 )
 from farmedge.logs import get_logger
-from farmedge.registry import Registry, SensorMeta
+from farmedge.registry import GatewayEntry, Registry, SensorMeta
 
 from .events import AcceptedReading, StatusEvent
 from .lineproto import escape_tag, field_str, float_field
 from .mqtt import Inbound
 from .settings import IngestSection
+from .state import ClockSegment, IngestState
 
 __all__ = ["Batch", "Ingestor"]
 
 _EMPTY_META = SensorMeta()
+
+#: Dead letters of one reason written in the same millisecond get distinct
+#: ``slot`` tags 0..DEAD_LETTER_SLOTS-1 (docs/storage.md).
+DEAD_LETTER_SLOTS = 100
+
+# Unsynced clocks (docs/protocol.md, "Clock"): a message that would place its
+# readings this much later than the gateway's current offset says so (the
+# offset was too high); one up to _CLOCK_KEEP_MS behind it was just delayed.
+_CLOCK_LOWER_MS = 2_000
+_CLOCK_KEEP_MS = 60_000
+# A message sent (by the current offset) before the edge's connection
+# delivered anything, give or take this, may have waited at the broker.
+_BACKLOG_SLACK_MS = 10_000
 
 
 @dataclass(slots=True)
@@ -52,8 +76,10 @@ class Batch:
 @dataclass(slots=True)
 class _GatewayState:
     last_seq: int | None = None
-    clock_offset_ms: int | None = None
-    last_status_ts: int = 0
+    #: Sensor and animal ids this gateway may write (the state's set).
+    known: set[tuple[str, str]] = field(default_factory=set)
+    #: How many ids it may have: the budget plus the ids its registry entry lists.
+    limit: int = 0
 
 
 @dataclass(slots=True)
@@ -87,40 +113,81 @@ class _Throttle:
 class Ingestor:
     def __init__(self, settings: IngestSection, *, registry: Registry | None = None,
                  instance: str = "edge-1", keep_readings: bool = False,
-                 now_ms: Callable[[], int] | None = None) -> None:
+                 now_ms: Callable[[], int] | None = None,
+                 state: IngestState | None = None) -> None:
         self._s = settings
         self._registry = registry
         self._index = registry.index() if registry is not None else None
         self._instance = instance
+        self._edge_tag = escape_tag(excerpt(instance, 64))
         self.keep_readings = keep_readings
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
+        self.state = state if state is not None else IngestState(None)
         self._gateways: dict[tuple[str, str, str], _GatewayState] = {}
         self._prefix_cache: dict[tuple[str, ...], str] = {}
-        self._last_error_ts = 0
+        self._err_ms = 0
+        self._err_slot = 0
+        self._generation = -1
+        self._generation_first_ms = 0
         self._log = get_logger("farmedge.edge.ingest")
         self._throttle = _Throttle()
         self.counters = IngestCounters()
 
+    def _gateway_state(self, key: tuple[str, str, str],
+                       entry: GatewayEntry | None) -> _GatewayState:
+        state = _GatewayState(known=self.state.ids(key))
+        listed = 0
+        if entry is not None:
+            # Listed sensors are known from the start and do not count
+            # against the budget (they are in memory only, not persisted).
+            for sid, meta in entry.sensors.items():
+                ident = (sid, meta.animal or "")
+                if ident not in state.known:
+                    state.known.add(ident)
+                listed += 1
+        state.limit = self._s.max_ids_per_gateway + listed
+        self._gateways[key] = state
+        return state
+
     # -- dead letters ------------------------------------------------------
-    def _error_ts(self) -> int:
-        ts = max(self._now_ms(), self._last_error_ts + 1)
-        self._last_error_ts = ts
-        return ts
+    def _error_ts(self) -> tuple[int, int]:
+        """(ms, slot), unique per edge instance: the clock's millisecond and a
+        counter within it. Only past DEAD_LETTER_SLOTS dead letters in one
+        millisecond (100,000/s, more than the edge can handle) does the
+        time run ahead of the clock."""
+        now = self._now_ms()
+        if now > self._err_ms:
+            self._err_ms, self._err_slot = now, 0
+        else:
+            self._err_slot += 1
+            if self._err_slot >= DEAD_LETTER_SLOTS:
+                self._err_ms, self._err_slot = self._err_ms + 1, 0
+        return self._err_ms, self._err_slot
 
     def dead_letter(self, batch: Batch, *, topic: str, reason: str, detail: str,
                     raw: object, key: tuple[str, str, str] | None = None,
                     index: int | None = None) -> None:
+        """Record one rejected message or reading in ``ingest_errors``.
+
+        The schema is bounded so that InfluxDB cannot refuse it (series and
+        tag-value limits, docs/storage.md): tags are the reason, the edge
+        instance and a slot (at most DEAD_LETTER_SLOTS values); everything a
+        sender chooses (topic, ids, payload) goes into bounded string fields.
+        """
         county, farm, gateway = key if key is not None else (None, None, None)
         c = self.counters
         c.rejected[reason] = c.rejected.get(reason, 0) + 1
-        tags = (f",county={escape_tag(county or '_')},farm={escape_tag(farm or '_')}"
-                f",gateway={escape_tag(gateway or '_')},reason={escape_tag(reason)}"
-                f",edge={escape_tag(self._instance)}")
-        fields = (f"topic={field_str(excerpt(topic, 300))},detail={field_str(detail[:500])},"
+        ms, slot = self._error_ts()
+        tags = f",edge={self._edge_tag},reason={escape_tag(excerpt(reason, 64))},slot={slot}"
+        fields = (f"county={field_str(excerpt(county or '_', 64))},"
+                  f"farm={field_str(excerpt(farm or '_', 64))},"
+                  f"gateway={field_str(excerpt(gateway or '_', 64))},"
+                  f"topic={field_str(excerpt(topic, 300))},"
+                  f"detail={field_str(excerpt(detail, 500))},"
                   f"excerpt={field_str(excerpt(raw))},count=1i")
         if index is not None:
             fields += f",reading_index={index}i"
-        batch.lines.append(f"ingest_errors{tags} {fields} {self._error_ts()}")
+        batch.lines.append(f"ingest_errors{tags} {fields} {ms}")
         suppressed = self._throttle.allow((reason, gateway or topic[:100]))
         if suppressed is not None:
             self._log.warning("ingest.rejected", reason=reason, detail=detail[:300],
@@ -131,6 +198,11 @@ class Ingestor:
     def handle(self, msg: Inbound, batch: Batch) -> None:
         self.counters.messages += 1
         batch.messages.append(msg)
+        if msg.generation != self._generation:
+            # The first message on this broker connection: anything the
+            # gateway sent before it may have waited at the broker.
+            self._generation = msg.generation
+            self._generation_first_ms = msg.received_ms
         try:
             gt = parse_gateway_topic(msg.topic)
         except TopicError as exc:
@@ -154,9 +226,9 @@ class Ingestor:
                            gateway=gt.gateway, enrollment="open")
         state = self._gateways.get(key)
         if state is None:
-            state = self._gateways[key] = _GatewayState()
+            state = self._gateway_state(key, gw_meta)
         if gt.channel == "status":
-            self._handle_status(msg, batch, key, state)
+            self._handle_status(msg, batch, key)
             return
         try:
             parsed = parse_telemetry(msg.payload, content_type=msg.content_type)
@@ -170,25 +242,21 @@ class Ingestor:
                              detail=f"payload gateway {env.gateway!r} is not the topic's "
                                     f"{gt.gateway!r}", raw=msg.payload, key=key)
             return
-        self._track_seq(state, env.seq, batch, gt.county, gt.farm, gt.gateway, msg)
+        if not msg.retain:
+            # A retained message is a replay of an old one, not news about seq.
+            self._track_seq(state, env.seq, batch, gt.county, gt.farm, gt.gateway, msg)
         for rej in parsed.rejected:
             self.dead_letter(batch, topic=msg.topic, reason=rej.reason, detail=rej.detail,
                              raw=rej.excerpt, index=rej.index, key=key)
 
         now = msg.received_ms
         synced = env.clock is Clock.SYNCED
-        offset = 0
-        if not synced:
-            # The gateway's clock is wrong and it knows it: place its readings
-            # on the edge's clock, by the offset between its "sent" and our
-            # receive time. The offset is kept per gateway while it stays
-            # within 60 s, so a redelivered message lands on the same time.
-            est = now - env.sent
-            if state.clock_offset_ms is None or abs(est - state.clock_offset_ms) > 60_000:
-                state.clock_offset_ms = est
-            offset = state.clock_offset_ms
+        offset = 0 if synced else self._clock_offset(key, env.seq, env.sent, msg)
         max_ts = now + int(self._s.max_future_s * 1000)
+        min_ts = self._s.min_ts_ms
         sensors = gw_meta.sensors if gw_meta is not None else None
+        listed_only = gw_meta is not None and gw_meta.only_listed_sensors
+        known = state.known
         lines = batch.lines
         keep = self.keep_readings
         for i, r in enumerate(parsed.readings):
@@ -198,13 +266,19 @@ class Ingestor:
                                  detail=f"ts {r.ts_ms} is {(ts - now) / 1000:.0f} s ahead of "
                                         "the edge's clock", raw=r.sensor, index=i, key=key)
                 continue
-            if synced and ts < self._s.min_ts_ms:
+            if ts < min_ts:
                 self.dead_letter(batch, topic=msg.topic, reason="ts_implausible",
-                                 detail=f"ts {r.ts_ms} is before {self._s.min_ts_ms} although "
-                                        "the clock is synced", raw=r.sensor, index=i, key=key)
+                                 detail=f"ts {r.ts_ms} is before {min_ts} although the clock "
+                                        "is synced" if synced else
+                                        f"ts {r.ts_ms} placed on the edge's clock is {ts}, "
+                                        f"before {min_ts}", raw=r.sensor, index=i, key=key)
                 continue
             meta = sensors.get(r.sensor, _EMPTY_META) if sensors is not None else _EMPTY_META
             animal = r.animal or meta.animal
+            ident = (r.sensor, animal or "")
+            if ident not in known and not self._admit(
+                    batch, msg.topic, key, state, ident, listed_only, sensors, i):
+                continue
             ck = (r.kind.measurement, gt.county, gt.farm, gt.gateway, r.sensor,
                   meta.plot or "", meta.crop or "", animal or "")
             prefix = self._prefix_cache.get(ck)
@@ -236,6 +310,57 @@ class Ingestor:
         batch.n_readings += len(parsed.readings)
         self.counters.readings += len(parsed.readings)
 
+    def _admit(self, batch: Batch, topic: str, key: tuple[str, str, str], state: _GatewayState,
+               ident: tuple[str, str], listed_only: bool,
+               sensors: dict[str, SensorMeta] | None, index: int) -> bool:
+        """A sensor/animal id this gateway has not used before: known from now
+        on while the gateway's budget lasts, else a dead letter."""
+        sensor, animal = ident
+        if listed_only and (sensors is None or sensor not in sensors):
+            self.dead_letter(batch, topic=topic, reason="unknown_sensor",
+                             detail=f"sensor {sensor!r} is not listed for this gateway in the "
+                                    "registry", raw=sensor, index=index, key=key)
+            return False
+        if len(state.known) >= state.limit:
+            what = f"sensor {sensor!r}" + (f" animal {animal!r}" if animal else "")
+            self.dead_letter(batch, topic=topic, reason="cardinality_budget",
+                             detail=f"{what} is new and the gateway already has "
+                                    f"{len(state.known)} ids ([ingest] max_ids_per_gateway = "
+                                    f"{self._s.max_ids_per_gateway})",
+                             raw=f"{sensor} {animal}".strip(), index=index, key=key)
+            return False
+        self.state.admit(key, ident, self._now_ms())
+        return True
+
+    def _clock_offset(self, key: tuple[str, str, str], seq: int, sent: int,
+                      msg: Inbound) -> int:
+        """Edge clock minus gateway clock for an unsynced gateway's message:
+        the same for the same message whenever it is delivered.
+
+        The offset is learnt from ``received - sent`` and kept in clock
+        segments (persisted): a message whose seq and sent fall in a known
+        segment gets that segment's offset; a later message extends the
+        latest segment while it is consistent with it (delayed by up to a
+        minute, or possibly queued at the broker while the edge was away, so
+        a backlog keeps its spacing); anything else (the gateway's clock was
+        reset, or the offset was too high) starts a new segment."""
+        segs = self.state.clock_segments(key)
+        for seg in reversed(segs):
+            if seg.holds(seq, sent):
+                return seg.offset_ms
+        est = msg.received_ms - sent
+        last = segs[-1] if segs else None
+        if last is not None and seq > last.seq_hi and sent >= last.sent_hi:
+            behind = est - last.offset_ms  # how late the message is by the current offset
+            queued = sent + last.offset_ms < self._generation_first_ms + _BACKLOG_SLACK_MS
+            if -_CLOCK_LOWER_MS <= behind <= _CLOCK_KEEP_MS or (behind > 0 and queued):
+                last.seq_hi, last.sent_hi = seq, sent
+                self.state.save_segment(key, last)
+                return last.offset_ms
+        seg = ClockSegment(last.n + 1 if last is not None else 0, seq, seq, sent, sent, est)
+        self.state.save_segment(key, seg)
+        return est
+
     def _prefix(self, ck: tuple[str, ...]) -> str:
         measurement, county, farm, gateway, sensor, plot, crop, animal = ck
         p = (f"{measurement},county={escape_tag(county)},farm={escape_tag(farm)}"
@@ -265,8 +390,7 @@ class Ingestor:
         else:
             self.counters.seq_duplicates += 1
 
-    def _handle_status(self, msg: Inbound, batch: Batch, key: tuple[str, str, str],
-                       state: _GatewayState) -> None:
+    def _handle_status(self, msg: Inbound, batch: Batch, key: tuple[str, str, str]) -> None:
         county, farm, gateway = key
         try:
             st = parse_status(msg.payload)
@@ -280,10 +404,15 @@ class Ingestor:
                                     f"{gateway!r}", raw=msg.payload, key=key)
             return
         fields: dict[str, str] = {"online": "true" if st.online else "false"}
-        for name in ("uptime_s", "outbox_oldest_age_s", "cpu_temperature", "disk_free_mb"):
-            v: Any = getattr(st, name)
-            if v is not None:
-                fields[name] = float_field(v)
+        try:
+            for name in ("uptime_s", "outbox_oldest_age_s", "cpu_temperature", "disk_free_mb"):
+                v: Any = getattr(st, name)
+                if v is not None:
+                    fields[name] = float_field(v)
+        except ValueError as exc:
+            self.dead_letter(batch, topic=msg.topic, reason="bad_status", detail=str(exc),
+                             raw=msg.payload, key=key)
+            return
         for name in ("outbox_depth", "dropped"):
             v = getattr(st, name)
             if v is not None:
@@ -295,11 +424,26 @@ class Ingestor:
             fields["clock_synced"] = "true" if st.clock is Clock.SYNCED else "false"
         tags = (f"gateway,county={escape_tag(county)},farm={escape_tag(farm)}"
                 f",gateway={escape_tag(gateway)}")
-        # Stored at the edge's receive time (the gateway's clock may be wrong),
-        # one point per status message even when two arrive in the same ms.
-        ts = max(msg.received_ms, state.last_status_ts + 1)
-        state.last_status_ts = ts
+        ts = self._status_ts(key, st, msg)
         batch.lines.append(f"{tags} {','.join(f'{k}={v}' for k, v in fields.items())} {ts}")
         if self.keep_readings:
             batch.statuses.append(StatusEvent(county, farm, gateway, st, msg.received_ms))
 
+    def _status_ts(self, key: tuple[str, str, str], st: GatewayStatus, msg: Inbound) -> int:
+        """A status is stored at its own ``ts`` when the gateway's clock is
+        synced, else at the edge's receive time; the same status delivered
+        again (retained at reconnect, redelivered after a restart) lands on
+        the time it was first stored at."""
+        now = msg.received_ms
+        if st.ts is not None and st.clock is Clock.SYNCED and \
+                self._s.min_ts_ms <= st.ts <= now + int(self._s.max_future_s * 1000):
+            return st.ts
+        digest = hashlib.blake2b(msg.payload, digest_size=16).digest()
+        last = self.state.last_status(key)
+        if last is not None:
+            if last[0] == digest:
+                return last[1]
+            if 0 <= last[1] - now < 1000:
+                now = last[1] + 1  # two statuses in one millisecond: two points
+        self.state.save_status(key, digest, now)
+        return now

@@ -138,6 +138,7 @@ class MqttSource:
             try:
                 await self._connect()
             except (OSError, ssl.SSLError, ValueError) as exc:
+                self.refused = None  # not a refusal: the broker cannot be reached
                 self._log.warning("mqtt.connect_failed", error=f"{type(exc).__name__}: {exc}",
                                   attempt=attempt + 1)
             else:

@@ -30,6 +30,7 @@ from .metrics import EdgeMetrics
 from .mqtt import Inbound, MqttSource
 from .settings import EdgeSettings
 from .spool import Spool, is_disk_full
+from .state import IngestState
 
 __all__ = ["EdgeFatal", "EdgeService", "Health", "build_observers"]
 
@@ -83,6 +84,9 @@ class Health:
     ok: bool
     reasons: list[str] = field(default_factory=list)
     details: dict[str, Any] = field(default_factory=dict)
+    #: The edge works, but something looks wrong (its clock): /healthz 503
+    #: with status "degraded" when there are no ``reasons``.
+    degraded: list[str] = field(default_factory=list)
 
 
 class EdgeService:
@@ -99,7 +103,8 @@ class EdgeService:
         self.log = get_logger("farmedge.edge", instance=settings.instance)
         self.ingestor = ingestor if ingestor is not None else Ingestor(
             settings.ingest, registry=registry, instance=settings.instance,
-            keep_readings=bool(self.observers))
+            keep_readings=bool(self.observers),
+            state=IngestState(settings.data_dir / "ingest.sqlite3"))
         self.writer = InfluxWriter(settings.influx)
         self.spool = Spool(settings.data_dir / "spool",
                            max_bytes=int(settings.spool.max_mb * 1024 * 1024),
@@ -127,6 +132,10 @@ class EdgeService:
         self._disk_since = 0.0
         #: When an observer last met a full disk (monotonic), or 0.
         self._observer_disk_full_at = 0.0
+        #: (monotonic, readings, of which ts_in_future) per delivered batch
+        self._clock_batches: deque[tuple[float, int, int]] = deque(maxlen=4096)
+        #: (monotonic, ms a sampled reading is ahead of the edge's clock)
+        self._clock_samples: deque[tuple[float, float]] = deque(maxlen=512)
         self._http: Any = None
         self._started = time.monotonic()
         self.http_port: int | None = None
@@ -182,6 +191,7 @@ class EdgeService:
             from .http import start_http
 
             self._http, self.http_port = await start_http(self, s.http.host, s.http.port)
+        self.write_registry_points()
         loop = asyncio.get_running_loop()
         for name, coro in (("process", self._process_loop()), ("writer", self._write_loop()),
                            ("replay", self._replay_loop()),
@@ -247,6 +257,7 @@ class EdgeService:
             await self._http.cleanup()
         await self.writer.close()
         self.spool.close()
+        self.ingestor.state.close()
         self.log.info("edge.stopped", written=self._written, spooled=self._spooled,
                       spool_lines=self.spool.lines)
 
@@ -409,6 +420,7 @@ class EdgeService:
                 m.readings_written.inc(batch.n_readings)
         acked = self.mqtt.ack(batch.messages)
         m.readings_accepted.inc(batch.n_readings)
+        self._watch_clock(batch)
         self._sync_counters()
         if acked < sum(1 for x in batch.messages if x.qos > 0):
             self.log.debug("mqtt.ack_skipped_after_reconnect",
@@ -665,6 +677,56 @@ class EdgeService:
                     self._mark_down("InfluxDB does not answer /ping")
             if tick % 10 == 0:
                 self._self_point()
+            if tick % 3600 == 0:
+                self.write_registry_points()  # the fleet view counts the last 24 h
+
+    # -- the edge's own clock ----------------------------------------------
+    def _watch_clock(self, batch: Batch) -> None:
+        """Per batch, never per reading: how many of its readings were
+        rejected as ts_in_future, and how far ahead of the edge's clock a few
+        sampled readings of synced gateways are stamped."""
+        now_mono = time.monotonic()
+        future = self.ingestor.counters.rejected.get("ts_in_future", 0)
+        if batch.n_readings:
+            self._clock_batches.append((now_mono, batch.n_readings, future))
+        lines = batch.lines
+        if not lines:
+            return
+        now_ms = time.time() * 1000
+        step = max(1, len(lines) // _CLOCK_SAMPLES)
+        samples = self._clock_samples
+        for line in lines[::step]:
+            if not _is_reading(line) or "_time_estimated" in line:
+                continue  # ours, or placed on our clock already
+            try:
+                ts = int(line[line.rindex(" ") + 1:])
+            except ValueError:
+                continue
+            samples.append((now_mono, ts - now_ms))
+
+    def _clock_trouble(self, now_mono: float) -> list[str]:
+        window = _CLOCK_WINDOW_S
+        out: list[str] = []
+        total = future = 0
+        for t, n, f in reversed(self._clock_batches):
+            if now_mono - t > window:
+                break
+            total += n
+            future += f
+        if future >= 20 and future * 2 >= total:
+            out.append(f"clock: {future} of {total} readings in the last {window:.0f} s were "
+                       f"rejected as ts_in_future: check the edge's clock (NTP), or the "
+                       "gateways'")
+        recent = [a for t, a in self._clock_samples if now_mono - t <= window]
+        ahead = sorted(recent[-_CLOCK_SAMPLES:])
+        if len(ahead) >= 20:
+            low, median = ahead[len(ahead) // 10], ahead[len(ahead) // 2]
+            limit = _CLOCK_AHEAD_MS
+            if median >= limit and low >= limit / 2:
+                out.append(f"clock: the most recent readings are stamped {median / 1000:.0f} s "
+                           "ahead of the edge's clock: the edge's clock looks behind "
+                           "(check NTP)")
+        return out
 
     def _sync_counters(self) -> None:
         c = self.ingestor.counters
@@ -675,6 +737,24 @@ class EdgeService:
         m.seq_gaps.inc(c.seq_gaps)
         m.seq_duplicates.inc(c.seq_duplicates)
         c.seq_gaps = c.seq_duplicates = 0
+
+    def write_registry_points(self) -> None:
+        """The registry's gateways to the `registry` measurement (for the
+        fleet view), through the normal writer; call again when the
+        registry changes."""
+        if self.registry is None:
+            return
+        from .registry_points import load_written, registry_lines, save_written
+
+        data_dir = self.settings.data_dir
+        lines, written = registry_lines(self.registry, load_written(data_dir),
+                                        int(time.time() * 1000))
+        self._batch.lines.extend(lines)
+        self._wake.set()
+        try:
+            save_written(data_dir, written)
+        except OSError as exc:
+            self.log.warning("registry.points_state_not_saved", error=str(exc))
 
     def _self_point(self) -> None:
         lat = sorted(self._latency_ms)
@@ -738,7 +818,9 @@ class EdgeService:
             "uptime_s": round(now - self._started, 1),
             "version": _version(),
         }
-        return Health(ok=not reasons, reasons=reasons, details=details)
+        degraded = self._clock_trouble(now)
+        return Health(ok=not reasons and not degraded, reasons=reasons, details=details,
+                      degraded=degraded)
 
 
 def _counter_values(counter: Any) -> list[float]:
@@ -750,7 +832,13 @@ def _counter_values(counter: Any) -> list[float]:
     return out
 
 
-_NOT_READINGS = ("ingest_errors,", "edge,", "gateway,")
+_NOT_READINGS = ("ingest_errors,", "edge,", "gateway,", "registry,")
+#: Clock check: readings sampled per batch (the most recent as many are
+#: judged), the window, and how far
+#: ahead of the edge's clock recent readings must be to say it looks behind.
+_CLOCK_SAMPLES = 32
+_CLOCK_WINDOW_S = 60.0
+_CLOCK_AHEAD_MS = 30_000
 
 
 def _is_reading(line: str) -> bool:

@@ -133,6 +133,13 @@ class IngestSection(Section):
     #: Readings stamped before this (epoch ms; 2020-01-01) are rejected
     #: when the gateway says its clock is synced.
     min_ts_ms: int = 1_577_836_800_000
+    #: Distinct sensor and animal ids (a sensor alone, or a sensor with the
+    #: animal it read) one gateway may introduce; past it, readings of new
+    #: ids are dead letters (``cardinality_budget``). Ids a registry entry
+    #: lists do not count. 2000 holds a large dairy herd (1,500 cows) behind
+    #: one RFID gate plus the gateway's own sensors, and bounds a flooding
+    #: gateway to a few thousand InfluxDB series.
+    max_ids_per_gateway: Annotated[int, Field(ge=1)] = 2000
 
 
 class LogSection(Section):
@@ -154,3 +161,15 @@ class EdgeSettings(FileSettings):
     ingest: IngestSection = Field(default_factory=IngestSection)
     log: LogSection = Field(default_factory=LogSection)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+
+    @field_validator("data_dir")
+    @classmethod
+    def _data_dir(cls, v: Path) -> Path:
+        if v.exists() and not v.is_dir():
+            raise ValueError(f"{v} exists and is not a folder")
+        for parent in v.parents:
+            if parent.exists():
+                if not parent.is_dir():
+                    raise ValueError(f"{parent} is a file, so {v} cannot be a folder")
+                break
+        return v

@@ -98,6 +98,8 @@ class Agent:
             base.update(outbox_depth=st.depth, dropped=st.dropped,
                         outbox_oldest_age_s=round(max(0, now - st.oldest_ts) / 1000, 1)
                         if st.oldest_ts is not None else 0.0)
+            if st.full:
+                base["outbox_full"] = True
         temp = _cpu_temperature()
         if temp is not None:
             base["cpu_temperature"] = temp

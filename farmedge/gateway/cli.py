@@ -14,6 +14,17 @@ __all__ = ["add_parser"]
 DEFAULT_CONFIG = "/etc/farmedge/gateway.toml"
 
 
+class _Raw(argparse.RawDescriptionHelpFormatter):
+    """Wraps the description's paragraphs, keeps the example's lines."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return "\n\n".join(textwrap.fill(p, min(width, 78), initial_indent=indent,
+                                         subsequent_indent=indent)
+                           if "\n" not in p else p for p in text.split("\n\n"))
+
+
 def add_parser(sub: Any) -> None:
     from farmedge.checks import EXIT_CODES_HELP
 
@@ -52,15 +63,17 @@ def add_parser(sub: Any) -> None:
         description="Read every configured sensor once, the way the agent reads it, and "
                     "print each reading with its quality flag, or the driver's error. "
                     "Nothing is published and the outbox is not touched: a check of the "
-                    "wiring in the field. Stop the agent first when a sensor is on a "
+                    "wiring in the field.\n\nStop the agent first when a sensor is on a "
                     "serial port (RS485, RFID): two readers on one port garble each "
-                    "other's frames. Exit status: 0 "
+                    "other's frames.\n\nExit status: 0 "
                     "when every sensor was read, 1 when one failed (driver error, no "
                     "answer, or a value flagged 'error'), 2 for a wrong settings file.",
-        epilog="example: farmedge gateway read-once --config /etc/farmedge/gateway.toml",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
+        epilog=f"example:\n  farmedge gateway read-once --config {DEFAULT_CONFIG}\n"
+               f"  farmedge gateway read-once --sensor soil-1 --json",
+        formatter_class=_Raw)
     once.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG),
-                      help=f"settings file (default {DEFAULT_CONFIG})")
+                      help=f"settings file (default {DEFAULT_CONFIG}); FARMEDGE_* environment "
+                           "variables override it")
     once.add_argument("--sensor", action="append", default=[], metavar="ID",
                       help="read only this sensor (repeat for several)")
     once.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
@@ -87,20 +100,20 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _read_once(args: argparse.Namespace) -> int:
-    from farmedge.config import ConfigError
+    from farmedge.checks import EXIT_ERRORS, check_gateway
 
     from .readonce import print_json, print_table, read_all
 
-    try:
-        s = _load(args.config)
-    except ConfigError as exc:
-        print(exc, file=sys.stderr)
-        return 2
+    report, s = check_gateway(args.config)
+    if report.errors:
+        report.print("farmedge gateway", quiet_ok=True)
+    if report.errors or s is None:
+        return EXIT_ERRORS
     unknown = [x for x in args.sensor if x not in {c.id for c in s.sensors}]
     if unknown:
         print(f"{args.config}: no sensor {', '.join(map(repr, unknown))}; configured: "
               f"{', '.join(c.id for c in s.sensors) or 'none'}", file=sys.stderr)
-        return 2
+        return EXIT_ERRORS
     results = read_all(s, timeout_s=args.timeout, only=args.sensor)
     (print_json if args.json else print_table)(s, results, sys.stdout)
     sys.stdout.flush()
@@ -109,16 +122,19 @@ def _read_once(args: argparse.Namespace) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     from farmedge.checks import EXIT_ERRORS, check_gateway
-    from farmedge.logs import setup_logging
+    from farmedge.logs import get_logger, setup_logging
 
     from .agent import Agent
     from .errors import GatewayError
 
     report, s = check_gateway(args.config)
-    report.print("farmedge gateway", quiet_ok=True)
+    if report.errors:
+        report.print("farmedge gateway", quiet_ok=True)
     if report.errors or s is None:
         return EXIT_ERRORS
     setup_logging(s.log_level, s.log_format)
+    for warning in report.warnings:  # what check-config warns about, in the service's log
+        get_logger("farmedge.gateway").warning("config.warning", warning=warning)
 
     async def main() -> None:
         stop = asyncio.Event()

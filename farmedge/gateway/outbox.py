@@ -9,16 +9,28 @@ interval at most; what was committed survives and is sent exactly as stored.
 
 The outbox is bounded by an estimate of its size and by age; when full, the
 oldest readings are dropped and counted (persisted across restarts).
+
+A full SD card (SQLITE_FULL, ENOSPC) is the same case: the outbox stops
+taking readings (``full`` is true, the agent says so in its status), counts
+those it could not keep in ``dropped`` (the readings taken since the last
+commit too: that transaction cannot be committed), and, at each commit
+while full, tries whether there is room again (a small write); then it takes
+readings again. It never raises for a full disk, so no task of the agent
+stops on it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import shutil
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from farmedge.contract import Quality
+from farmedge.logs import get_logger
 
 from .errors import OutboxError
 
@@ -29,6 +41,18 @@ _QCODE = {q: i for i, q in enumerate(_QUALITY)}
 #: Per-row overhead in the size estimate (rowid, numbers, record header, index).
 ROW_OVERHEAD = 48
 SEQ_BLOCK = 1000
+#: While full, try again once at least this much is free.
+RESUME_FREE_BYTES = 1 << 20
+_SQLITE_FULL = 13
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    if isinstance(exc, sqlite3.Error):
+        return (getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
+                or "database or disk is full" in str(exc))
+    return False
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reading (
@@ -94,6 +118,8 @@ class OutboxStats:
     bytes: int
     oldest_ts: int | None
     dropped: int
+    #: The disk is full: readings are not being kept.
+    full: bool = False
 
 
 def _size(r: NewRow) -> int:
@@ -119,6 +145,20 @@ class Outbox:
         self._seq = 0
         self._seq_reserved = 0
         self._boots: dict[str, int] = {}
+        #: True while the disk is full: readings are counted in ``dropped``,
+        #: not kept.
+        self.full = False
+        #: Readings added in the open transaction (lost if it cannot commit,
+        #: unless the uplink has taken them already).
+        self._tx_rows = 0
+        #: sqlite_sequence of ``reading`` at the last commit: the open
+        #: transaction's readings have the ids after it.
+        self._seq_committed = 0
+        #: The highest reading id the uplink has published (mark_sent).
+        self._sent_max = 0
+        #: The highest reading id that may have been used (never reused).
+        self._id_high = 0
+        self._log = get_logger("farmedge.gateway.outbox")
 
     # -- life cycle ---------------------------------------------------------
 
@@ -145,6 +185,8 @@ class Outbox:
             # numbers (a gap the edge sees) but never repeat one.
             self._seq = self._seq_reserved = int(meta.get("seq_reserved", 0))
             self._boots = {b: i for i, b in db.execute("SELECT id, boot_id FROM boot")}
+            seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'reading'").fetchone()
+            self._seq_committed = self._id_high = int(seq[0]) if seq else 0
         except sqlite3.Error as exc:
             raise OutboxError(f"{self.path}: {exc}") from None
         return self
@@ -171,43 +213,137 @@ class Outbox:
     # -- writing ------------------------------------------------------------
 
     def boot_key(self, boot_id: str) -> int:
+        """The key of ``boot_id`` (-1, matching no reading, while the disk is
+        full and it is new)."""
         key = self._boots.get(boot_id)
         if key is None:
-            db = self._begin()
-            cur = db.execute("INSERT INTO boot (boot_id) VALUES (?)", (boot_id,))
+            if self.full:
+                return -1
+            try:
+                db = self._begin()
+                cur = db.execute("INSERT INTO boot (boot_id) VALUES (?)", (boot_id,))
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise
+                self._disk_full(exc)
+                return -1
             key = self._boots[boot_id] = int(cur.lastrowid or 0)
         return key
 
     def add(self, rows: Sequence[NewRow], boot_id: str) -> None:
         if not rows:
             return
+        if self.full:
+            self.dropped += len(rows)
+            return
         boot = self.boot_key(boot_id)
-        db = self._begin()
+        if boot < 0:  # the disk filled just now
+            self.dropped += len(rows)
+            return
         sizes = [_size(r) for r in rows]
-        db.executemany(
-            "INSERT INTO reading (sensor, kind, unit, value, quality, animal, ts, mono, boot,"
-            " synced, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(r.sensor, r.kind, r.unit, float(r.value), _QCODE[r.quality], r.animal, r.ts,
-              r.mono, boot, int(r.synced), s) for r, s in zip(rows, sizes, strict=True)])
+        try:
+            db = self._begin()
+            db.executemany(
+                "INSERT INTO reading (sensor, kind, unit, value, quality, animal, ts, mono, boot,"
+                " synced, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                [(r.sensor, r.kind, r.unit, float(r.value), _QCODE[r.quality], r.animal, r.ts,
+                  r.mono, boot, int(r.synced), s) for r, s in zip(rows, sizes, strict=True)])
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            self._disk_full(exc, also_lost=len(rows))
+            return
+        self._tx_rows += len(rows)
+        self._id_high = max(self._id_high, self._seq_committed + self._tx_rows)
         self.depth += len(rows)
         self.bytes += sum(sizes)
         self.unsynced += sum(1 for r in rows if not r.synced)
 
+    # -- a full disk ----------------------------------------------------------
+
+    def _disk_full(self, exc: BaseException, *, also_lost: int = 0) -> None:
+        """The disk is full: give up the open transaction (it cannot commit),
+        count its readings and ``also_lost`` as dropped, and stop taking
+        readings until there is room again."""
+        start = self._seq_committed
+        # Readings of this transaction the uplink has taken are on their way.
+        handed = max(0, min(self._sent_max, start + self._tx_rows) - start)
+        lost = self._tx_rows - handed + also_lost
+        self._id_high = max(self._id_high, start + self._tx_rows + also_lost,
+                            self._sent_max)
+        db = self.db
+        if db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        self._in_tx = False
+        self._tx_rows = 0
+        self.dropped += lost
+        self._recount()
+        self._boots = {b: i for i, b in db.execute("SELECT id, boot_id FROM boot")}
+        if not self.full:
+            self._log.error("outbox: disk full, not keeping readings until there is room",
+                            error=str(exc), lost=lost, dropped_total=self.dropped,
+                            path=str(self.path))
+        self.full = True
+
+    def _try_resume(self) -> None:
+        try:
+            free = shutil.disk_usage(self.path.parent).free
+        except OSError:
+            return
+        if free < RESUME_FREE_BYTES:
+            return
+        db = self.db
+        try:
+            self._begin()  # deletes of acknowledged readings may be waiting in it
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped', ?)",
+                       (self.dropped,))
+            # Ids of the readings given up are never used again: the uplink
+            # may have passed them already.
+            db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'reading' AND seq < ?",
+                       (self._id_high, self._id_high))
+            db.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'reading', ? WHERE NOT"
+                       " EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'reading')",
+                       (self._id_high,))
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+            self._in_tx = False
+            if not _is_full(exc):
+                raise OutboxError(f"{self.path}: {exc}") from None
+            self._recount()
+            return
+        self._in_tx = False
+        self.full = False
+        self._seq_committed = max(self._seq_committed, self._id_high)
+        self._log.warning("outbox: room again, keeping readings", free_bytes=free,
+                          dropped_total=self.dropped)
+
     def delete(self, rows: Iterable[Row]) -> None:
-        """Forget readings the broker acknowledged (durable at the next commit)."""
+        """Forget readings the broker acknowledged (durable at the next commit).
+        On a full disk they stay, and are sent again (the edge stores a
+        reading once)."""
         rows = list(rows)
         if not rows:
             return
-        db = self._begin()
         n = 0
         gone = 0
-        for i in range(0, len(rows), 500):
-            chunk = rows[i:i + 500]
-            cur = db.execute(
-                f"DELETE FROM reading WHERE id IN ({','.join('?' * len(chunk))})",
-                [r.id for r in chunk])
-            n += cur.rowcount
-            gone += len(chunk)
+        try:
+            db = self._begin()
+            for i in range(0, len(rows), 500):
+                chunk = rows[i:i + 500]
+                cur = db.execute(
+                    f"DELETE FROM reading WHERE id IN ({','.join('?' * len(chunk))})",
+                    [r.id for r in chunk])
+                n += cur.rowcount
+                gone += len(chunk)
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            self._disk_full(exc)
+            return
         if n == gone:
             self.depth -= n
             self.bytes -= sum(r.size for r in rows)
@@ -227,19 +363,37 @@ class Outbox:
         if not self.unsynced:
             return 0
         boot = self.boot_key(boot_id)
-        db = self._begin()
-        cur = db.execute("UPDATE reading SET ts = ? - (? - mono), synced = 1"
-                         " WHERE synced = 0 AND boot = ?", (now_wall_ms, now_mono_ms, boot))
+        if self.full:
+            return 0
+        try:
+            db = self._begin()
+            cur = db.execute("UPDATE reading SET ts = ? - (? - mono), synced = 1"
+                             " WHERE synced = 0 AND boot = ?", (now_wall_ms, now_mono_ms, boot))
+        except sqlite3.Error as exc:
+            if not _is_full(exc):
+                raise
+            self._disk_full(exc)
+            return 0
         self.unsynced -= cur.rowcount
         return int(cur.rowcount)
 
     def next_seq(self) -> int:
-        if self._seq >= self._seq_reserved:
-            self._seq_reserved = self._seq + SEQ_BLOCK
-            self._begin().execute(
-                "INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_reserved', ?)",
-                (self._seq_reserved,))
-            self.commit()
+        if self._seq >= self._seq_reserved and not self.full:
+            reserved = self._seq + SEQ_BLOCK
+            try:
+                self._begin().execute(
+                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_reserved', ?)",
+                    (reserved,))
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise
+                self._disk_full(exc)
+            else:
+                self.commit()
+                if not self.full:
+                    self._seq_reserved = reserved
+        # While the disk is full, numbers go on unreserved: after a crash the
+        # edge may count a repeat (a duplicate), it loses nothing.
         seq = self._seq
         self._seq += 1
         return seq
@@ -250,6 +404,8 @@ class Outbox:
         many were dropped."""
         dropped = 0
         db = self.db
+        if self.full:
+            return 0
         while self.bytes > self.max_bytes and self.depth > 0:
             avg = max(1, self.bytes // max(1, self.depth))
             excess = max(1, (self.bytes - int(self.max_bytes * 0.95)) // avg)
@@ -284,12 +440,20 @@ class Outbox:
         return int(n)
 
     def commit(self) -> None:
+        if self.full:
+            self._try_resume()
+            return
         if self._in_tx:
             try:
                 self.db.execute("COMMIT")
             except sqlite3.Error as exc:
+                if _is_full(exc):
+                    self._disk_full(exc)
+                    return
                 raise OutboxError(f"{self.path}: commit failed: {exc}") from None
             self._in_tx = False
+            self._seq_committed += self._tx_rows
+            self._tx_rows = 0
 
     # -- reading ------------------------------------------------------------
 
@@ -301,10 +465,17 @@ class Outbox:
         return [Row(i, s, k, u, v, _QUALITY[q], a, t, m, b, bool(sy), sz)
                 for i, s, k, u, v, q, a, t, m, b, sy, sz in cur]
 
+    def mark_sent(self, last_id: int) -> None:
+        """The uplink has published the readings up to ``last_id``: if the
+        disk fills before they are committed, they are on their way, not lost."""
+        if last_id > self._sent_max:
+            self._sent_max = last_id
+
     def oldest(self) -> Row | None:
         rows = self.peek(0, 1)
         return rows[0] if rows else None
 
     def stats(self) -> OutboxStats:
         old = self.oldest()
-        return OutboxStats(self.depth, self.bytes, old.ts if old else None, self.dropped)
+        return OutboxStats(self.depth, self.bytes, old.ts if old else None, self.dropped,
+                           self.full)

@@ -32,7 +32,10 @@ class MqttSection(Section):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: SecretStr | None = None
-    #: Default: the gateway id.
+    #: The client id the broker binds to this gateway's account: its path
+    #: county/farm/gateway, which ``farmedge provision gateway`` writes here.
+    #: Default: the gateway id, what gateways provisioned by earlier versions
+    #: use (their imported accounts are bound to it).
     client_id: str | None = None
     #: Seconds of silence before a ping. Each ping exchange costs about 200
     #: bytes at the IP level (9 MB a month at 60 s); keep it under the

@@ -1,77 +1,151 @@
-"""``farmedge provision``: take gateways and edge instances in and out.
+"""farmedge provision: take gateways and service accounts in and out of the
+broker (Mosquitto's dynamic security plugin) and the registry.
 
-    farmedge provision gateway --county C --farm F --gateway G
-    farmedge provision edge [--name edge]
-    farmedge provision simulator [--name simulator]
-    farmedge provision revoke --county C --farm F --gateway G
-    farmedge provision revoke --user NAME
-    farmedge provision influx [--env-file FILE]
+  farmedge provision gateway --county suihua --farm wang-12 --gateway gw-0007 \\
+      --mqtt-url mqtts://mqtt.example.org:8883 --output gw-0007.toml
+  farmedge provision edge --env-file .env
+  farmedge provision simulator --env-file .env
+  farmedge provision revoke --county suihua --farm wang-12 --gateway gw-0007
+  farmedge provision revoke --user edge
+  farmedge provision import-passwd --passwd passwd --acl acl
+  farmedge provision init
+  farmedge provision influx [--env-file FILE]
 
-Each changes the broker's password file and ACL in ``--broker-dir``
-(deploy/mosquitto by default) and, for gateways, the registry YAML. The
-broker reads both files again on SIGHUP.
+With the broker running, changes are sent to it over MQTT as the plugin's
+administrator and apply at once: nobody else is disconnected, no reload.
+With no broker at the admin URL (before the first start), the plugin's file
+dynamic-security.json in --broker-dir is written instead; the broker reads
+it when it starts. The admin credential is made with that file, in
+--broker-dir/admin.toml (mode 600). docs/stack.md explains it all.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["add_parser"]
+if TYPE_CHECKING:
+    from .dynsec import Backend
 
-_RELOAD_HINT = ("reload the broker to apply: docker compose kill -s HUP mosquitto "
-                "(or: kill -HUP $(pidof mosquitto))")
+__all__ = ["add_parser", "set_env"]
+
+_PLACEHOLDER_URL = "mqtts://broker.example.org:8883"
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("provision", help="add or revoke gateways and edge credentials",
+    p = sub.add_parser("provision", help="add or revoke gateways and service accounts",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     psub = p.add_subparsers(dest="provision_command", metavar="WHAT", required=True)
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--broker-dir", type=Path,
                        default=Path(os.environ.get("FARMEDGE_BROKER_DIR", "deploy/mosquitto")),
-                       help="folder with the broker's passwd and acl files "
+                       help="folder of the broker's dynamic-security.json and of admin.toml "
                             "(default: $FARMEDGE_BROKER_DIR or deploy/mosquitto)")
+        q.add_argument("--admin-file", type=Path,
+                       default=Path(os.environ["FARMEDGE_BROKER_ADMIN_FILE"])
+                       if os.environ.get("FARMEDGE_BROKER_ADMIN_FILE") else None,
+                       help="the admin credential (default: $FARMEDGE_BROKER_ADMIN_FILE or "
+                            "BROKER_DIR/admin.toml); $FARMEDGE_BROKER_ADMIN_PASSWORD overrides "
+                            "its password")
+        q.add_argument("--admin-url",
+                       help="the broker as provisioning reaches it (default: "
+                            "$FARMEDGE_BROKER_ADMIN_URL, the admin file's url, or "
+                            "mqtt://127.0.0.1:1883)")
+        q.add_argument("--offline", action="store_true",
+                       help="edit dynamic-security.json even if a broker answers (only with "
+                            "the broker stopped: a running broker overwrites the file)")
+        q.add_argument("--broker-user",
+                       default=os.environ.get("FARMEDGE_BROKER_USER") or None,
+                       help="user (name or uid) the broker runs as, who must own the file "
+                            "when it is written here (default: the file's or the folder's "
+                            "owner); only root can give files away")
 
-    g = psub.add_parser("gateway", help="register a gateway and create its broker credential")
+    i = psub.add_parser("init", help="create the broker's dynamic security file and admin "
+                                     "credential (done by any command when missing)",
+                        description="Create BROKER_DIR/dynamic-security.json (the admin "
+                                    "account only, nothing allowed by default) and the "
+                                    "admin credential. Example: farmedge provision init "
+                                    "--broker-dir /etc/mosquitto/farmedge --broker-user "
+                                    "mosquitto")
+    common(i)
+    i.set_defaults(func=_cmd(_init))
+
+    g = psub.add_parser("gateway", help="register a gateway and create its broker account",
+                        description="Add the gateway to the registry, create its broker "
+                                    "account (or give it a new password) and print its "
+                                    "gateway.toml. Example: farmedge provision gateway "
+                                    "--county suihua --farm wang-12 --gateway gw-0007 "
+                                    "--mqtt-url mqtts://mqtt.example.org:8883 "
+                                    "--output gw-0007.toml")
     _ids(g)
     common(g)
     g.add_argument("--registry", type=Path,
                    default=Path(os.environ.get("FARMEDGE_REGISTRY", "registry.yaml")),
                    help="the registry YAML (default: $FARMEDGE_REGISTRY or registry.yaml)")
-    g.add_argument("--mqtt-url", default="mqtts://broker.example.org:8883",
-                   help="the broker as the gateway reaches it (goes into its config file)")
+    g.add_argument("--mqtt-url", default=_PLACEHOLDER_URL,
+                   help="the broker as the gateway reaches it, written into its config "
+                        "(default: a placeholder to replace)")
     g.add_argument("--output", "-o", type=Path,
-                   help="write the gateway's config file here instead of printing it")
-    g.set_defaults(func=_cmd_gateway)
+                   help="write the gateway's config file here (mode 600) instead of printing it")
+    g.set_defaults(func=_cmd(_gateway))
 
-    for role, default, what in (("edge", "edge", "an edge instance (reads all, writes alerts)"),
-                                ("simulator", "simulator",
-                                 "simulated farms for the demo (publishes as any gateway)")):
-        e = psub.add_parser(role, help=f"create the broker credential of {what}")
-        e.add_argument("--name", default=default, help=f"broker username (default: {default})")
+    for role, what in (("edge", "an edge instance (reads farm/v1/#, publishes alerts)"),
+                       ("simulator", "the demo's simulated farms (publish as any gateway)")):
+        e = psub.add_parser(role, help=f"create the broker account of {what}",
+                            description=f"Create (or give a new password to) the broker "
+                                        f"account svc~NAME of {what}. Example: farmedge "
+                                        f"provision {role} --env-file .env")
+        e.add_argument("--name", default=role,
+                       help=f"account name; the username is svc~NAME (default: {role})")
         common(e)
         e.add_argument("--env-file", type=Path,
-                       help="also set the password in this dotenv file (e.g. .env)")
-        e.add_argument("--env-var", help="variable name in --env-file (default: "
-                       f"{role.upper()}_MQTT_PASSWORD)")
-        e.set_defaults(func=_cmd_service, role=role)
+                       help="set the username and password in this dotenv file (e.g. .env)")
+        e.add_argument("--env-var", help="password variable in --env-file (default: "
+                       f"{role.upper()}_MQTT_PASSWORD; the username goes into "
+                       f"{role.upper()}_MQTT_USER)")
+        e.set_defaults(func=_cmd(_service), role=role)
 
-    r = psub.add_parser("revoke", help="take a gateway (or a service user) out")
-    r.add_argument("--county")
-    r.add_argument("--farm")
-    r.add_argument("--gateway")
-    r.add_argument("--user", help="a service username (edge, simulator) instead of a gateway")
+    r = psub.add_parser("revoke", help="take a gateway (or a service account) out",
+                        description="Delete a broker account: the broker closes its "
+                                    "connection at once and refuses it from then on. "
+                                    "Examples: farmedge provision revoke --county suihua "
+                                    "--farm wang-12 --gateway gw-0007; farmedge provision "
+                                    "revoke --user edge-b")
+    r.add_argument("--county", help="the gateway's county")
+    r.add_argument("--farm", help="the gateway's farm")
+    r.add_argument("--gateway", help="the gateway id")
+    r.add_argument("--user", help="a service account (edge, svc~edge, or an imported name) "
+                                  "instead of a gateway")
     common(r)
     r.add_argument("--registry", type=Path,
-                   default=Path(os.environ.get("FARMEDGE_REGISTRY", "registry.yaml")))
+                   default=Path(os.environ.get("FARMEDGE_REGISTRY", "registry.yaml")),
+                   help="the registry YAML (default: $FARMEDGE_REGISTRY or registry.yaml)")
     r.add_argument("--keep-registry", action="store_true",
-                   help="revoke the credential but leave the registry entry")
-    r.set_defaults(func=_cmd_revoke)
+                   help="delete the broker account but leave the registry entry")
+    r.set_defaults(func=_cmd(_revoke))
+
+    m = psub.add_parser("import-passwd",
+                        help="import a Mosquitto password file and ACL (earlier farmedge "
+                             "versions) into the dynamic security file",
+                        description="Copy every account of a password file into "
+                                    "dynamic-security.json with its hash, so that every "
+                                    "gateway and service keeps its password. Run it before "
+                                    "the broker starts with the plugin. Example: farmedge "
+                                    "provision import-passwd --passwd deploy/mosquitto/passwd "
+                                    "--acl deploy/mosquitto/acl")
+    m.add_argument("--passwd", type=Path, required=True, help="the Mosquitto password file")
+    m.add_argument("--acl", type=Path, help="its ACL file (tells edge and simulator accounts)")
+    m.add_argument("--keep-service-names", action="store_true",
+                   help="keep service usernames as they are (default: edge -> svc~edge)")
+    common(m)
+    m.set_defaults(func=_cmd(_import))
 
     from .influx import add_parser as add_influx_parser
 
@@ -79,51 +153,130 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
 
 def _ids(q: argparse.ArgumentParser) -> None:
-    q.add_argument("--county", required=True)
-    q.add_argument("--farm", required=True)
-    q.add_argument("--gateway", required=True)
+    q.add_argument("--county", required=True, help="county id, e.g. suihua")
+    q.add_argument("--farm", required=True, help="farm id, e.g. wang-12")
+    q.add_argument("--gateway", required=True, help="gateway id, e.g. gw-0007")
 
 
-def _check_ids(args: argparse.Namespace) -> None:
-    from farmedge.contract.ids import InvalidId, check_id
+def _cmd(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    def run(args: argparse.Namespace) -> int:
+        from .errors import ProvisionError
 
+        try:
+            return fn(args)
+        except ProvisionError as exc:
+            print(f"farmedge provision: {exc}", file=sys.stderr)
+            return 1
+    return run
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr)
+
+
+@contextlib.contextmanager
+def _locked(folder: Path) -> Iterator[None]:
+    """One provisioning run at a time per broker folder."""
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".provision.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _admin_file(args: argparse.Namespace) -> Path:
+    from .dynsec import ADMIN_FILE
+
+    return Path(args.admin_file) if args.admin_file else args.broker_dir / ADMIN_FILE
+
+
+@contextlib.contextmanager
+def _broker(args: argparse.Namespace, *, offline_only: bool = False) -> Iterator[Backend]:
+    """The running broker, or its file when no broker answers (or --offline);
+    the file and the admin credential are created when missing."""
+    from . import accounts
+    from .dynsec import (
+        DYNSEC_FILE,
+        AdminCredential,
+        BrokerUnreachable,
+        DynsecFile,
+        LiveBroker,
+        closing,
+        load_admin,
+        new_password,
+        write_admin,
+    )
     from .errors import ProvisionError
 
-    try:
-        for what in ("county", "farm", "gateway"):
-            check_id(getattr(args, what), what=what)
-    except InvalidId as exc:
-        raise ProvisionError(str(exc)) from None
+    path = args.broker_dir / DYNSEC_FILE
+    admin_file = _admin_file(args)
+    backend: Backend
+    with _locked(args.broker_dir):
+        if not path.exists():
+            cred = load_admin(admin_file, url=args.admin_url)
+            if cred is None:
+                from .dynsec import DEFAULT_ADMIN_URL
+
+                cred = AdminCredential(
+                    url=args.admin_url or os.environ.get("FARMEDGE_BROKER_ADMIN_URL")
+                    or DEFAULT_ADMIN_URL,
+                    username="svc~admin", password=new_password())
+                write_admin(admin_file, cred)
+                _say(f"the broker's admin credential: {admin_file} (mode 600)")
+            f = DynsecFile(path, owner=args.broker_user, admin_password=cred.password)
+            for role, acls, what in accounts.SERVICE_ROLES.values():
+                accounts.ensure_role(f, role, acls(), what)
+            _say(f"created {path}: the broker loads it when it starts")
+            backend = f
+        elif args.offline or offline_only:
+            backend = DynsecFile(path, owner=args.broker_user)
+        else:
+            cred = load_admin(admin_file, url=args.admin_url)
+            if cred is None:
+                raise ProvisionError(
+                    f"no admin credential: {admin_file} is missing and "
+                    "FARMEDGE_BROKER_ADMIN_PASSWORD is unset (with the broker stopped, "
+                    "--offline edits the file)")
+            try:
+                backend = LiveBroker(cred)
+            except BrokerUnreachable:
+                _say(f"no broker at {cred.url}: changing {path} directly, which the broker "
+                     "loads when it starts (if a broker runs elsewhere, give --admin-url: "
+                     "it would not see this change and would overwrite it)")
+                backend = DynsecFile(path, owner=args.broker_user)
+        with closing(backend) as b:
+            yield b
 
 
-def _run(fn: Callable[[argparse.Namespace], int], args: argparse.Namespace) -> int:
-    from .errors import ProvisionError
+def _init(args: argparse.Namespace) -> int:
+    from .dynsec import DYNSEC_FILE
 
-    try:
-        return fn(args)
-    except ProvisionError as exc:
-        print(f"farmedge provision: {exc}", file=sys.stderr)
-        return 1
-
-
-def _cmd_gateway(args: argparse.Namespace) -> int:
-    return _run(_gateway, args)
+    path = args.broker_dir / DYNSEC_FILE
+    existed = path.exists()
+    with _broker(args) as b:
+        if existed:
+            _say(f"{path} already exists; the admin credential works with {b.where}")
+    return 0
 
 
 def _gateway(args: argparse.Namespace) -> int:
-    from . import broker
-    from .gateway_config import gateway_config_toml, gateway_username
+    from . import accounts
+    from .dynsec import new_password
+    from .gateway_config import gateway_config_toml
     from .registry_edit import add_gateway
 
-    _check_ids(args)
-    passwd, acl = args.broker_dir / "passwd", args.broker_dir / "acl"
-    broker.ensure_acl(acl)
+    accounts.check_gateway_ids(args.county, args.farm, args.gateway)
+    path = accounts.gateway_path(args.county, args.farm, args.gateway)
     added, kept = add_gateway(args.registry, args.county, args.farm, args.gateway)
     note = "added to" if added else "already in"
-    print(f"{args.county}/{args.farm}/{args.gateway}: {note} {args.registry}"
-          + ("" if kept else " (rewritten: its comments could not be kept)"), file=sys.stderr)
-    password = broker.new_password()
-    broker.passwd_set(passwd, gateway_username(args.county, args.farm, args.gateway), password)
+    _say(f"{path}: {note} {args.registry}"
+         + ("" if kept else " (rewritten: its comments could not be kept)"))
+    password = new_password()
+    with _broker(args) as b:
+        created = accounts.set_gateway(b, args.county, args.farm, args.gateway, password)
+        where = b.where
     text = gateway_config_toml(county=args.county, farm=args.farm, gateway=args.gateway,
                                mqtt_url=args.mqtt_url, password=password)
     if args.output:
@@ -132,39 +285,35 @@ def _gateway(args: argparse.Namespace) -> int:
         os.fchmod(fd, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        print(f"gateway config written to {args.output}", file=sys.stderr)
+        _say(f"gateway config written to {args.output}")
     else:
         sys.stdout.write(text)
-    print(f"broker credential set in {passwd}; {_RELOAD_HINT}", file=sys.stderr)
+    _say(f"broker account {path} {'created' if created else 'given a new password'} "
+         f"({where})")
+    if args.mqtt_url == _PLACEHOLDER_URL:
+        _say(f"note: the config's broker url is the placeholder {_PLACEHOLDER_URL}: "
+             "give --mqtt-url or edit [mqtt] url")
     return 0
 
 
-def _cmd_service(args: argparse.Namespace) -> int:
-    return _run(_service, args)
-
-
 def _service(args: argparse.Namespace) -> int:
-    from farmedge.contract.ids import is_valid_id
+    from . import accounts
+    from .dynsec import new_password
 
-    from . import broker
-    from .errors import ProvisionError
-
-    if not is_valid_id(args.name):
-        raise ProvisionError(f"--name {args.name!r}: use letters, digits, '-', '_' or '.'")
-    passwd, acl = args.broker_dir / "passwd", args.broker_dir / "acl"
-    if args.role == "edge":
-        broker.acl_add_edge(acl, args.name)
-    else:
-        broker.acl_add_publisher(acl, args.name)
-    password = broker.new_password()
-    broker.passwd_set(passwd, args.name, password)
+    user = accounts.service_username(args.name)
+    password = new_password()
+    with _broker(args) as b:
+        created = accounts.set_service(b, args.role, user, password)
+        where = b.where
     if args.env_file:
         var = args.env_var or f"{args.role.upper()}_MQTT_PASSWORD"
+        user_var = f"{args.role.upper()}_MQTT_USER"
+        set_env(args.env_file, user_var, user)
         set_env(args.env_file, var, password)
-        print(f"{var} set in {args.env_file}", file=sys.stderr)
+        _say(f"{user_var} and {var} set in {args.env_file}")
     else:
-        print(f"username: {args.name}\npassword: {password}")
-    print(f"broker credential set in {passwd}; {_RELOAD_HINT}", file=sys.stderr)
+        print(f"username: {user}\npassword: {password}")
+    _say(f"broker account {user} {'created' if created else 'given a new password'} ({where})")
     return 0
 
 
@@ -186,38 +335,77 @@ def set_env(path: Path, var: str, value: str) -> None:
         f.write("\n".join(out) + "\n")
 
 
-def _cmd_revoke(args: argparse.Namespace) -> int:
-    return _run(_revoke, args)
-
-
 def _revoke(args: argparse.Namespace) -> int:
-    from . import broker
+    from . import accounts
     from .errors import ProvisionError
-    from .gateway_config import gateway_username
     from .registry_edit import remove_gateway
 
-    passwd, acl = args.broker_dir / "passwd", args.broker_dir / "acl"
     if args.user:
         if any((args.county, args.farm, args.gateway)):
             raise ProvisionError("give either --user or --county/--farm/--gateway")
-        gone = broker.passwd_remove(passwd, args.user)
-        gone = broker.acl_remove_user(acl, args.user) or gone
-        if not gone:
-            raise ProvisionError(f"no user {args.user!r} in {passwd} or {acl}")
-        print(f"{args.user}: revoked; {_RELOAD_HINT}", file=sys.stderr)
+        names = [args.user]
+        if not args.user.startswith(accounts.SERVICE_PREFIX):
+            names.append(accounts.service_username(args.user))
+        with _broker(args) as b:
+            gone = next((n for n in names if accounts.remove_account(b, n)), None)
+            where = b.where
+        if gone is None:
+            raise ProvisionError(f"no account {' or '.join(map(repr, names))} in {where}")
+        _say(f"{gone}: revoked ({where})")
         return 0
     if not all((args.county, args.farm, args.gateway)):
         raise ProvisionError("revoke needs --county, --farm and --gateway (or --user)")
-    _check_ids(args)
-    user = gateway_username(args.county, args.farm, args.gateway)
-    had = broker.passwd_remove(passwd, user)
+    path = accounts.gateway_path(args.county, args.farm, args.gateway)
+    with _broker(args) as b:
+        had = accounts.remove_gateway(b, args.county, args.farm, args.gateway)
+        where = b.where
     removed = False
     if not args.keep_registry:
         removed, kept = remove_gateway(args.registry, args.county, args.farm, args.gateway)
         if removed and not kept:
-            print(f"{args.registry} rewritten: its comments could not be kept", file=sys.stderr)
+            _say(f"{args.registry} rewritten: its comments could not be kept")
     if not had and not removed:
-        raise ProvisionError(f"{user} is neither in {passwd} nor in {args.registry}")
-    print(f"{user}: revoked (credential {'removed' if had else 'absent'}, registry "
-          f"{'entry removed' if removed else 'unchanged'}); {_RELOAD_HINT}", file=sys.stderr)
+        raise ProvisionError(f"{path} is neither in {where} nor in {args.registry}")
+    _say(f"{path}: revoked (broker account {'deleted' if had else 'absent'}, registry "
+         f"{'entry removed' if removed else 'unchanged'}; {where})")
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .dynsec import DYNSEC_FILE, DynsecFile, LiveBroker, load_admin
+    from .errors import ProvisionError
+    from .migrate import import_passwd
+
+    path = args.broker_dir / DYNSEC_FILE
+    if path.exists() and not args.offline:
+        # The plugin's commands take plain passwords only: hashes go into the
+        # file, which a broker running it would overwrite.
+        cred = load_admin(_admin_file(args), url=args.admin_url)
+        if cred is not None:
+            try:
+                live = LiveBroker(cred, timeout=3)
+                try:
+                    live.run([{"command": "listClients"}])
+                finally:
+                    live.close()
+            except ProvisionError:
+                pass  # no broker, or one that is not running this file
+            else:
+                raise ProvisionError(
+                    f"a broker runs {path} at {cred.url}: stop it for the import "
+                    "(the plugin takes password hashes only from its file)")
+    with _broker(args, offline_only=True) as b:
+        assert isinstance(b, DynsecFile)
+        rep = import_passwd(b, args.passwd, args.acl,
+                            keep_service_names=args.keep_service_names)
+    _say(f"imported into {path}: {len(rep.gateways)} gateways, {len(rep.services)} services")
+    for old, new, kind in rep.services:
+        _say(f"  {kind} {old}" + (f" is now {new}: set its username (e.g. "
+                                  f"{kind.upper()}_MQTT_USER={new} in .env)" if old != new
+                                  else ""))
+    for user, why in rep.skipped:
+        _say(f"  left out {user}: {why}")
+    for cid, users in sorted(rep.shared_client_ids.items()):
+        _say(f"  client id {cid!r} is shared by {', '.join(users)}: they take over each "
+             "other's session until all but one are re-provisioned (provision gateway)")
     return 0

@@ -9,8 +9,7 @@ __all__ = ["gateway_config_toml", "gateway_username"]
 
 
 def gateway_username(county: str, farm: str, gateway: str) -> str:
-    """The broker username of a gateway: its topic path, which the ACL pattern
-    ``farm/v1/%u/#`` turns into the only place it may publish."""
+    """The broker username of a gateway, and its client id: its path."""
     return f"{county}/{farm}/{gateway}"
 
 
@@ -32,8 +31,8 @@ def gateway_config_toml(*, county: str, farm: str, gateway: str, mqtt_url: str,
 ## other setting from gateway.example.toml, then check the file with
 ##   farmedge gateway check-config --config /etc/farmedge/gateway.toml
 
-## Who this gateway is: its topics are farm/v1/{county}/{farm}/{gateway}/...
-## and the broker lets this account publish nowhere else.
+## Who this gateway is: its topics are farm/v1/{county}/{farm}/{gateway}/telemetry
+## and .../status, and the broker lets this account publish nowhere else.
 county = {_s(county)}
 farm = {_s(farm)}
 gateway = {_s(gateway)}
@@ -41,7 +40,10 @@ gateway = {_s(gateway)}
 [mqtt]
   ## mqtts:// (TLS, port 8883) for gateways out in the field.
   url = {_s(mqtt_url)}
-  ## The broker account is the gateway's path county/farm/gateway.
+  ## The broker account is the gateway's path county/farm/gateway, and the
+  ## broker accepts it only with this client id (no other client can take
+  ## its session, nor it another's).
   username = {_s(user)}
   password = {_s(password)}
+  client_id = {_s(user)}
 """

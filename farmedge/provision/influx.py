@@ -480,9 +480,11 @@ def provision_influx(url: str, creds: Credentials, *, iql: str | None = None,
 
 
 def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from farmedge.cli import plain
+
     p = psub.add_parser(
         "influx", help="set up InfluxDB 1.x: first admin, database, retention, users",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="variables (environment, NAME_FILE, or --env-file): " + ", ".join(
             f"{k} (default {v})" if v else k for k, v in VARIABLES.items())
         + "\n\nexample:\n  farmedge provision influx --env-file /etc/farmedge/influx.env "

@@ -19,7 +19,7 @@ from farmedge.registry import Registry, load_registry
 
 from .errors import ProvisionError
 
-__all__ = ["add_gateway", "remove_gateway"]
+__all__ = ["add_gateway", "farm_block", "gateway_block", "remove_gateway"]
 
 
 def _last_line(node: yaml.Node) -> int:
@@ -131,11 +131,41 @@ def add_gateway(path: Path, county: str, farm: str, gateway: str) -> tuple[bool,
     return True, False
 
 
+def gateway_block(indent: str, gateway: str) -> list[str]:
+    """A new gateway's entry, with commented placeholders for what only the
+    center knows (docs/registry.md)."""
+    i = indent + "  "
+    return [f"{indent}{_yaml_key(gateway)}:",
+            f"{i}## interval_s: seconds between its messages (gateway-offline alert);",
+            f"{i}## sensors: one line each in place of {{}} (docs/registry.md), e.g.",
+            f"{i}##   soil-1: {{plot: field-1, crop: maize, interval_s: 600}}",
+            f"{i}# interval_s: 600",
+            f"{i}sensors: {{}}"]
+
+
+def farm_block(dash: str, ind: str, county: str, farm: str, gateway: str) -> list[str]:
+    """A new farm with one gateway, with commented placeholders for its
+    contacts and plots: without contacts nobody hears of its alerts."""
+    return [f"{dash}- county: {_yaml_key(county)}",
+            f"{ind}farm: {_yaml_key(farm)}",
+            f"{ind}## Who hears of this farm's alerts; without contacts nobody does",
+            f"{ind}## (docs/registry.md, docs/alerts.md).",
+            f"{ind}# contacts:",
+            f"{ind}#   - name: 王建国",
+            f"{ind}#     language: zh",
+            f'{ind}#     notify: ["json://127.0.0.1:8000/sms"]',
+            f"{ind}## Its plots: crop and soil constants for the soil water alerts.",
+            f"{ind}# plots:",
+            f"{ind}#   field-1: {{name: 1号地, crop: maize, field_capacity: 36, "
+            "wilting_point: 19}",
+            f"{ind}gateways:",
+            *gateway_block(ind + "  ", gateway)]
+
+
 def _insert_text(text: str, county: str, farm: str, gateway: str) -> str | None:
     lines = text.splitlines()
     if not text.strip():
-        return (f"farms:\n  - county: {_yaml_key(county)}\n    farm: {_yaml_key(farm)}\n"
-                f"    gateways:\n      {_yaml_key(gateway)}: {{}}\n")
+        return "\n".join(["farms:", *farm_block("  ", "    ", county, farm, gateway)]) + "\n"
     root = yaml.compose(text, Loader=yaml.SafeLoader)
     node = _farm_node(root, county, farm)
     if node is not None:
@@ -145,13 +175,13 @@ def _insert_text(text: str, county: str, farm: str, gateway: str) -> str | None:
         if gws is None:
             indent = " " * node.value[0][0].start_mark.column
             at = _last_line(node) + 1
-            add = [f"{indent}gateways:", f"{indent}  {_yaml_key(gateway)}: {{}}"]
+            add = [f"{indent}gateways:", *gateway_block(indent + "  ", gateway)]
         else:
             gv = gws[1]
             if isinstance(gv, yaml.MappingNode) and not gv.flow_style and gv.value:
                 indent = " " * gv.value[0][0].start_mark.column
                 at = _last_line(gv) + 1
-                add = [f"{indent}{_yaml_key(gateway)}: {{}}"]
+                add = gateway_block(indent, gateway)
             else:
                 return None  # "gateways: {}" or similar: let the rewrite handle it
         return "\n".join([*lines[:at], *add, *lines[at:]]) + "\n"
@@ -159,9 +189,8 @@ def _insert_text(text: str, county: str, farm: str, gateway: str) -> str | None:
         return None
     farms = _get(root, "farms")
     if farms is None:
-        return text.rstrip("\n") + (
-            f"\nfarms:\n  - county: {_yaml_key(county)}\n    farm: {_yaml_key(farm)}\n"
-            f"    gateways:\n      {_yaml_key(gateway)}: {{}}\n")
+        return text.rstrip("\n") + "\n" + "\n".join(
+            ["farms:", *farm_block("  ", "    ", county, farm, gateway)]) + "\n"
     seq = farms[1]
     if not isinstance(seq, yaml.SequenceNode) or seq.flow_style or not seq.value:
         return None
@@ -169,8 +198,7 @@ def _insert_text(text: str, county: str, farm: str, gateway: str) -> str | None:
     dash = " " * (col - 2)
     ind = " " * col
     at = _last_line(seq) + 1
-    add = [f"{dash}- county: {_yaml_key(county)}", f"{ind}farm: {_yaml_key(farm)}",
-           f"{ind}gateways:", f"{ind}  {_yaml_key(gateway)}: {{}}"]
+    add = farm_block(dash, ind, county, farm, gateway)
     return "\n".join([*lines[:at], *add, *lines[at:]]) + "\n"
 
 

@@ -1,6 +1,8 @@
-"""Real gateway agent processes for simulated farms (``farmedge demo``).
+"""Real gateway agent processes for simulated farms (``farmedge demo``); not
+to be confused with ``farmedge fleet`` (:mod:`farmedge.fleet`), the
+operator's view of the real fleet.
 
-:class:`Fleet` writes one ``gateway.toml`` per gateway of
+:class:`SimulatedFleet` writes one ``gateway.toml`` per gateway of
 :func:`farmedge.simdata.make_farms` (the simulated driver, same sensors,
 animals and seed as ``farmedge simulate``), starts ``farmedge gateway run``
 for each, and counts at the broker what they publish. It has the interface
@@ -25,10 +27,10 @@ from urllib.parse import urlsplit
 from farmedge.contract import COMPACT, STATUS_FILTER, TELEMETRY_FILTER, decode_compact
 from farmedge.simdata import make_farms
 
-__all__ = ["Fleet"]
+__all__ = ["SimulatedFleet"]
 
 
-class Fleet:
+class SimulatedFleet:
     def __init__(self, *, root: Path, mqtt_url: str, county: str, farms: int,
                  gateways_per_farm: int, sensors: int, interval: float, bad_rate: float,
                  seed: int) -> None:

@@ -1,0 +1,157 @@
+"""What ingestion must remember across restarts, in a small SQLite file
+(``<data_dir>/ingest.sqlite3``):
+
+* ``known_id``: the sensor and animal ids each gateway has introduced, for
+  the cardinality budget (docs/edge.md, "Cardinality budget");
+* ``clock_segment``: how the readings of gateways with unsynced clocks were
+  placed on the edge's clock, so a message delivered again after a restart
+  lands on exactly the same time (docs/protocol.md, "Clock");
+* ``status_seen``: the digest and time of each gateway's last stored status,
+  so a retained or redelivered status lands on the same point.
+
+Everything is loaded into dicts at start; the hot path only reads them.
+Writes happen when something new is learnt (a new id, a new clock segment, a
+new status), are committed at once (WAL, ``synchronous=NORMAL``: a commit
+survives the edge being killed; a power cut may lose the last ones, which
+only makes the edge re-learn them), and never raise: when the disk refuses
+a write the edge goes on from memory and logs it (throttled).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from farmedge.logs import get_logger
+
+__all__ = ["ClockSegment", "IngestState"]
+
+GatewayKey = tuple[str, str, str]
+#: Clock segments kept per gateway.
+MAX_SEGMENTS = 16
+
+
+@dataclass(slots=True)
+class ClockSegment:
+    """Messages of one gateway whose ``seq`` and ``sent`` fall in these
+    ranges were placed with ``offset_ms`` (edge clock - gateway clock)."""
+
+    n: int
+    seq_lo: int
+    seq_hi: int
+    sent_lo: int
+    sent_hi: int
+    offset_ms: int
+
+    def holds(self, seq: int, sent: int) -> bool:
+        return self.seq_lo <= seq <= self.seq_hi and self.sent_lo <= sent <= self.sent_hi
+
+
+class IngestState:
+    """The persistent part of the ingestor's memory. ``path=None`` keeps it
+    in memory only (unit tests, benchmarks of the pure CPU path)."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._log = get_logger("farmedge.edge.state")
+        self._db: sqlite3.Connection | None = None
+        self._failed_at = 0.0
+        self.write_errors = 0
+        self.known: dict[GatewayKey, set[tuple[str, str]]] = {}
+        self.segments: dict[GatewayKey, list[ClockSegment]] = {}
+        self.statuses: dict[GatewayKey, tuple[bytes, int]] = {}
+        if path is not None:
+            self._open(path)
+
+    def _open(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("CREATE TABLE IF NOT EXISTS known_id (county TEXT, farm TEXT, gateway TEXT,"
+                   " sensor TEXT, animal TEXT, first_ms INTEGER,"
+                   " PRIMARY KEY (county, farm, gateway, sensor, animal))")
+        db.execute("CREATE TABLE IF NOT EXISTS clock_segment (county TEXT, farm TEXT,"
+                   " gateway TEXT, n INTEGER, seq_lo INTEGER, seq_hi INTEGER, sent_lo INTEGER,"
+                   " sent_hi INTEGER, offset_ms INTEGER,"
+                   " PRIMARY KEY (county, farm, gateway, n))")
+        db.execute("CREATE TABLE IF NOT EXISTS status_seen (county TEXT, farm TEXT,"
+                   " gateway TEXT, digest BLOB, ts INTEGER,"
+                   " PRIMARY KEY (county, farm, gateway))")
+        for c, f, g, s, a in db.execute(
+                "SELECT county, farm, gateway, sensor, animal FROM known_id"):
+            self.known.setdefault((c, f, g), set()).add((s, a))
+        for c, f, g, n, sl, sh, tl, th, off in db.execute(
+                "SELECT county, farm, gateway, n, seq_lo, seq_hi, sent_lo, sent_hi, offset_ms"
+                " FROM clock_segment ORDER BY n"):
+            self.segments.setdefault((c, f, g), []).append(
+                ClockSegment(n, sl, sh, tl, th, off))
+        for c, f, g, d, ts in db.execute(
+                "SELECT county, farm, gateway, digest, ts FROM status_seen ORDER BY ts"):
+            self.statuses[(c, f, g)] = (bytes(d), ts)
+        self._db = db
+
+    def close(self) -> None:
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def _write(self, sql: str, *args: tuple[object, ...]) -> None:
+        if self._db is None:
+            return
+        try:
+            if len(args) == 1:
+                self._db.execute(sql, args[0])
+            else:
+                self._db.executemany(sql, args)
+        except sqlite3.Error as exc:
+            self.write_errors += 1
+            now = time.monotonic()
+            if now - self._failed_at > 10:
+                self._failed_at = now
+                self._log.error("ingest_state.write_failed", error=str(exc)[:200],
+                                path=str(self.path), write_errors=self.write_errors,
+                                hint="the edge goes on from memory; free disk space")
+
+    # -- cardinality -------------------------------------------------------
+    def ids(self, key: GatewayKey) -> set[tuple[str, str]]:
+        known = self.known.get(key)
+        if known is None:
+            known = self.known[key] = set()
+        return known
+
+    def admit(self, key: GatewayKey, ident: tuple[str, str], now_ms: int) -> None:
+        self.ids(key).add(ident)
+        self._write("INSERT OR IGNORE INTO known_id VALUES (?, ?, ?, ?, ?, ?)",
+                    (*key, *ident, now_ms))
+
+    # -- unsynced clocks ---------------------------------------------------
+    def clock_segments(self, key: GatewayKey) -> list[ClockSegment]:
+        segs = self.segments.get(key)
+        if segs is None:
+            segs = self.segments[key] = []
+        return segs
+
+    def save_segment(self, key: GatewayKey, seg: ClockSegment) -> None:
+        segs = self.clock_segments(key)
+        if seg not in segs:
+            segs.append(seg)
+        self._write("INSERT OR REPLACE INTO clock_segment VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (*key, seg.n, seg.seq_lo, seg.seq_hi, seg.sent_lo, seg.sent_hi,
+                     seg.offset_ms))
+        if len(segs) > MAX_SEGMENTS:
+            old = segs.pop(0)
+            self._write("DELETE FROM clock_segment WHERE county = ? AND farm = ? AND"
+                        " gateway = ? AND n = ?", (*key, old.n))
+
+    # -- status ------------------------------------------------------------
+    def last_status(self, key: GatewayKey) -> tuple[bytes, int] | None:
+        """Digest and time of the last status stored for this gateway."""
+        return self.statuses.get(key)
+
+    def save_status(self, key: GatewayKey, digest: bytes, ts: int) -> None:
+        self.statuses[key] = (digest, ts)
+        self._write("INSERT OR REPLACE INTO status_seen VALUES (?, ?, ?, ?, ?)",
+                    (*key, digest, ts))
