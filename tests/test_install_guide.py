@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import re
 import shutil
 import signal
@@ -45,6 +46,7 @@ from pathlib import Path
 import pytest
 
 from farmedge.devservers import free_port
+from farmedge.provision.influx import read_dotenv
 
 from .stack_support import ROOT
 from .units_support import BASE_PATH, Sandbox
@@ -261,5 +263,12 @@ def test_install_guide_to_the_first_alert(
     # What the guide promised along the way, on disk.
     influx_env = Path(sb.subst("/etc/farmedge/influx.env"))
     assert oct(influx_env.stat().st_mode & 0o777) == "0o600"
-    edge_env = Path(sb.subst("/etc/farmedge/edge.env")).read_text()
-    assert "FARMEDGE_MQTT_PASSWORD=" in edge_env and "FARMEDGE_INFLUX_PASSWORD=" in edge_env
+    edge_env = Path(sb.subst("/etc/farmedge/edge.env"))
+    assert oct(edge_env.stat().st_mode & 0o777) == "0o600"
+    assert {"FARMEDGE_MQTT_PASSWORD", "FARMEDGE_INFLUX_USERNAME", "FARMEDGE_INFLUX_PASSWORD"} \
+        <= set(read_dotenv(edge_env))
+    broker_dir = Path(sb.subst("/etc/mosquitto/farmedge"))
+    dynsec = broker_dir / "dynamic-security.json"
+    # Rewritten by the broker itself after the live changes: still its own.
+    assert pwd.getpwuid(dynsec.stat().st_uid).pw_name == "mosquitto"
+    assert oct((broker_dir / "admin.toml").stat().st_mode & 0o777) == "0o600"
