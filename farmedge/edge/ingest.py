@@ -129,6 +129,9 @@ class Ingestor:
         self._err_slot = 0
         self._generation = -1
         self._generation_first_ms = 0
+        #: The message being handled, and its digest (for its dead letters).
+        self._current: Inbound | None = None
+        self._current_digest: bytes | None = None
         self._log = get_logger("farmedge.edge.ingest")
         self._throttle = _Throttle()
         self.counters = IngestCounters()
@@ -164,6 +167,29 @@ class Ingestor:
                 self._err_ms, self._err_slot = self._err_ms + 1, 0
         return self._err_ms, self._err_slot
 
+    def _dead_letter_time(self, reason: str, index: int | None) -> tuple[int, int]:
+        """Time and slot of a dead letter of the message being handled: the
+        same as the first time when the broker delivers the message again
+        (DUP flag, after the edge was killed before acknowledging it), new
+        otherwise (a sender may well send the same bad message twice)."""
+        msg = self._current
+        if msg is None:
+            return self._error_ts()
+        if self._current_digest is None:
+            h = hashlib.blake2b(msg.topic.encode("utf-8", "replace"), digest_size=16)
+            h.update(b"\0")
+            h.update(msg.payload)
+            self._current_digest = h.digest()
+        digest = hashlib.blake2b(self._current_digest + f"{reason}/{index}".encode(),
+                                 digest_size=16).digest()
+        if msg.dup:
+            seen = self.state.dead_letter_time(digest)
+            if seen is not None:
+                return seen
+        ms, slot = self._error_ts()
+        self.state.save_dead_letter(digest, ms, slot)
+        return ms, slot
+
     def dead_letter(self, batch: Batch, *, topic: str, reason: str, detail: str,
                     raw: object, key: tuple[str, str, str] | None = None,
                     index: int | None = None) -> None:
@@ -177,7 +203,7 @@ class Ingestor:
         county, farm, gateway = key if key is not None else (None, None, None)
         c = self.counters
         c.rejected[reason] = c.rejected.get(reason, 0) + 1
-        ms, slot = self._error_ts()
+        ms, slot = self._dead_letter_time(reason, index)
         tags = f",edge={self._edge_tag},reason={escape_tag(excerpt(reason, 64))},slot={slot}"
         fields = (f"county={field_str(excerpt(county or '_', 64))},"
                   f"farm={field_str(excerpt(farm or '_', 64))},"
@@ -196,6 +222,13 @@ class Ingestor:
 
     # -- messages ----------------------------------------------------------
     def handle(self, msg: Inbound, batch: Batch) -> None:
+        self._current, self._current_digest = msg, None
+        try:
+            self._handle(msg, batch)
+        finally:
+            self._current = None
+
+    def _handle(self, msg: Inbound, batch: Batch) -> None:
         self.counters.messages += 1
         batch.messages.append(msg)
         if msg.generation != self._generation:

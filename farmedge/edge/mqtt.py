@@ -55,6 +55,9 @@ class Inbound:
     received_mono: float
     #: Connection the message came on: a PUBACK is only valid on that one.
     generation: int
+    #: MQTT DUP flag: the broker sent this message before (to a connection
+    #: that did not acknowledge it), so it may have been handled already.
+    dup: bool = False
 
 
 class MqttSource:
@@ -363,4 +366,4 @@ class MqttSource:
         ctype = getattr(props, "ContentType", None) if props is not None else None
         self._pending.append(Inbound(
             msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain), ctype,
-            int(time.time() * 1000), time.monotonic(), self._generation))
+            int(time.time() * 1000), time.monotonic(), self._generation, bool(msg.dup)))

@@ -7,7 +7,10 @@
   placed on the edge's clock, so a message delivered again after a restart
   lands on exactly the same time (docs/protocol.md, "Clock");
 * ``status_seen``: the digest and time of each gateway's last stored status,
-  so a retained or redelivered status lands on the same point.
+  so a retained or redelivered status lands on the same point;
+* ``dead_letter``: the time and slot of the last dead letters (the most
+  recent :data:`MAX_DEAD_LETTERS`), so a message the broker delivers again
+  (DUP flag) after a SIGKILL is dead-lettered on the same point, not twice.
 
 Everything is loaded into dicts at start; the hot path only reads them.
 Writes happen when something new is learnt (a new id, a new clock segment, a
@@ -31,6 +34,9 @@ __all__ = ["ClockSegment", "IngestState"]
 GatewayKey = tuple[str, str, str]
 #: Clock segments kept per gateway.
 MAX_SEGMENTS = 16
+#: Dead letters remembered for redeliveries: more than the edge holds
+#: unacknowledged at any time (``[ingest] max_pending_mb`` of messages).
+MAX_DEAD_LETTERS = 200_000
 
 
 @dataclass(slots=True)
@@ -62,6 +68,7 @@ class IngestState:
         self.known: dict[GatewayKey, set[tuple[str, str]]] = {}
         self.segments: dict[GatewayKey, list[ClockSegment]] = {}
         self.statuses: dict[GatewayKey, tuple[bytes, int]] = {}
+        self._dead_inserts = 0
         if path is not None:
             self._open(path)
 
@@ -80,6 +87,8 @@ class IngestState:
         db.execute("CREATE TABLE IF NOT EXISTS status_seen (county TEXT, farm TEXT,"
                    " gateway TEXT, digest BLOB, ts INTEGER,"
                    " PRIMARY KEY (county, farm, gateway))")
+        db.execute("CREATE TABLE IF NOT EXISTS dead_letter (id INTEGER PRIMARY KEY,"
+                   " digest BLOB UNIQUE, ms INTEGER, slot INTEGER)")
         for c, f, g, s, a in db.execute(
                 "SELECT county, farm, gateway, sensor, animal FROM known_id"):
             self.known.setdefault((c, f, g), set()).add((s, a))
@@ -155,3 +164,25 @@ class IngestState:
         self.statuses[key] = (digest, ts)
         self._write("INSERT OR REPLACE INTO status_seen VALUES (?, ?, ?, ?, ?)",
                     (*key, digest, ts))
+
+    # -- dead letters ------------------------------------------------------
+    def dead_letter_time(self, digest: bytes) -> tuple[int, int] | None:
+        """(ms, slot) a dead letter with this digest was written at, if any."""
+        if self._db is None:
+            return None
+        try:
+            row = self._db.execute("SELECT ms, slot FROM dead_letter WHERE digest = ?",
+                                   (digest,)).fetchone()
+        except sqlite3.Error:
+            return None
+        return (int(row[0]), int(row[1])) if row is not None else None
+
+    def save_dead_letter(self, digest: bytes, ms: int, slot: int) -> None:
+        if self._db is None:
+            return
+        self._write("INSERT OR REPLACE INTO dead_letter (digest, ms, slot) VALUES (?, ?, ?)",
+                    (digest, ms, slot))
+        self._dead_inserts += 1
+        if self._dead_inserts % 10_000 == 0:
+            self._write("DELETE FROM dead_letter WHERE id <= (SELECT max(id) FROM dead_letter)"
+                        " - ?", (MAX_DEAD_LETTERS,))

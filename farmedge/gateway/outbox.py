@@ -165,7 +165,32 @@ class Outbox:
     def open(self) -> Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
+            self._open(exclusive=False)
+        except OutboxError:
+            if self._free() >= RESUME_FREE_BYTES:
+                raise
+            # A full SD card (after a power cut, say): WAL mode needs a new
+            # shared-memory file, which cannot be made. In exclusive locking
+            # mode SQLite keeps that index in memory, so the outbox opens,
+            # full, and sends what it holds; nothing else reads it meanwhile.
+            self._open(exclusive=True)
+            self.full = True
+            self._log.error("outbox: disk full at start, not keeping readings until there "
+                            "is room", path=str(self.path), depth=self.depth)
+        return self
+
+    def _free(self) -> int:
+        try:
+            return int(shutil.disk_usage(self.path.parent).free)
+        except OSError:
+            return RESUME_FREE_BYTES
+
+    def _open(self, *, exclusive: bool) -> None:
+        db: sqlite3.Connection | None = None
+        try:
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if exclusive:
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=NORMAL")
             # Checkpoint less often than the default 1000 pages: fewer fsyncs.
@@ -174,7 +199,6 @@ class Outbox:
             if ok != "ok":
                 raise OutboxError(f"{self.path}: database is damaged: {ok}")
             db.executescript(_SCHEMA)
-            self._db = db
             self.depth, total, self.unsynced = db.execute(
                 "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(synced = 0), 0)"
                 " FROM reading").fetchone()
@@ -188,8 +212,11 @@ class Outbox:
             seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'reading'").fetchone()
             self._seq_committed = self._id_high = int(seq[0]) if seq else 0
         except sqlite3.Error as exc:
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
             raise OutboxError(f"{self.path}: {exc}") from None
-        return self
+        self._db = db
 
     def close(self) -> None:
         if self._db is not None:
@@ -287,10 +314,7 @@ class Outbox:
         self.full = True
 
     def _try_resume(self) -> None:
-        try:
-            free = shutil.disk_usage(self.path.parent).free
-        except OSError:
-            return
+        free = self._free()
         if free < RESUME_FREE_BYTES:
             return
         db = self.db

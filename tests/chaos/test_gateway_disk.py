@@ -128,3 +128,43 @@ def test_a_full_sd_card_stops_taking_readings_counts_them_and_recovers(
                what=f"every one of {drv.n} readings delivered or counted as dropped")
     assert dropped > 0
     sub.close()
+
+
+def test_a_gateway_started_on_a_full_sd_card_sends_its_backlog_and_recovers(
+        sd_card: Path, mosquitto: MosquittoServer, county: str) -> None:
+    """A power cut on a full card: the agent must start, not crash-loop."""
+    from farmedge.devservers import free_port
+
+    drv = _Counter(per_read=5)
+    sensors = [{"driver": "simulated", "id": "soil-1", "interval_s": 0.02}]
+    offline = gw_settings(sd_card, f"mqtt://127.0.0.1:{free_port()}", county, sensors=sensors)
+    agent = AgentThread(offline, drivers={"soil-1": drv}).start()
+    try:
+        eventually(lambda: agent.agent.outbox.depth >= 500, timeout=30, what="a backlog")
+    finally:
+        agent.stop()
+    backlog = agent.agent.outbox.depth
+    filler = fill(sd_card)
+    sub = Subscriber(mosquitto.url, county)
+    s = gw_settings(sd_card, mosquitto.url, county, sensors=sensors)
+    agent = AgentThread(s, drivers={"soil-1": drv}).start()
+    try:
+        eventually(lambda: [x for x in sub.status if x.get("outbox_full")], timeout=30,
+                   what="status says the outbox is full")
+        eventually(lambda: len(sub.readings()) >= backlog, timeout=30,
+                   what="the backlog sent from the full card")
+        filler.unlink()
+        n_status = len(sub.status)
+        eventually(lambda: [x for x in sub.status[n_status:]
+                            if x.get("online") and not x.get("outbox_full")],
+                   timeout=30, what="status says there is room again")
+        n = len(sub.readings())
+        eventually(lambda: len(sub.readings()) >= n + 100, timeout=30,
+                   what="readings kept and sent again")
+    finally:
+        agent.stop()
+    dropped = agent.agent.outbox.dropped
+    eventually(lambda: len({(x, t) for x, _, t, _ in sub.readings()}) + dropped == drv.n,
+               timeout=30, what=f"every one of {drv.n} readings delivered or counted")
+    assert dropped > 0
+    sub.close()
