@@ -271,4 +271,5 @@ def test_install_guide_to_the_first_alert(
     dynsec = broker_dir / "dynamic-security.json"
     # Rewritten by the broker itself after the live changes: still its own.
     assert pwd.getpwuid(dynsec.stat().st_uid).pw_name == "mosquitto"
-    assert oct((broker_dir / "admin.toml").stat().st_mode & 0o777) == "0o600"
+    admin = Path(sb.subst("/etc/mosquitto/farmedge-admin.toml"))
+    assert oct(admin.stat().st_mode & 0o777) == "0o600" and admin.stat().st_uid == 0
