@@ -32,7 +32,13 @@ from farmedge.devservers import (
     dynsec_plugin_path,
     free_port,
 )
-from farmedge.provision.dynsec import AdminCredential, LiveBroker, load_admin, new_password
+from farmedge.provision.dynsec import (
+    AdminCredential,
+    LiveBroker,
+    admin_file_for,
+    load_admin,
+    new_password,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -121,7 +127,7 @@ class ShippedBroker(MosquittoServer):
 
     @property
     def admin(self) -> AdminCredential:
-        cred = load_admin(self.config_dir / "admin.toml", url=self.url)
+        cred = load_admin(admin_file_for(self.config_dir), url=self.url)
         assert cred is not None
         return cred
 

@@ -140,7 +140,7 @@ def test_broker_runs_unprivileged_and_keeps_its_file(broker: ShippedBroker) -> N
     st = broker.dynsec_file.stat()
     assert (st.st_uid, st.st_mode & 0o777) == (want, 0o600)
     assert "svc~edge" in dynsec(broker.config_dir)
-    admin = broker.config_dir / "admin.toml"
+    admin = broker.config_dir.parent / "config-admin.toml"
     assert admin.stat().st_mode & 0o077 == 0
 
 
@@ -755,7 +755,7 @@ def test_admin_credential_file_must_be_private(tmp_path: Path,
                                                capsys: pytest.CaptureFixture[str]) -> None:
     d = tmp_path / "b"
     provision("init", "--broker-dir", str(d), capsys=capsys)
-    admin = d / "admin.toml"
+    admin = tmp_path / "b-admin.toml"
     assert admin.stat().st_mode & 0o777 == 0o600
     doc = tomllib.loads(admin.read_text())
     assert doc["username"] == "svc~admin" and len(doc["password"]) >= 32

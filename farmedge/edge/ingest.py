@@ -61,6 +61,11 @@ _CLOCK_KEEP_MS = 60_000
 _BACKLOG_SLACK_MS = 10_000
 
 
+def _bounded(text: str, limit: int) -> str:
+    """At most ``limit`` printable characters (excerpt's escaping otherwise)."""
+    return text if len(text) <= limit and text.isprintable() else excerpt(text, limit)
+
+
 @dataclass(slots=True)
 class Batch:
     """Lines waiting to be written, and the messages they acknowledge."""
@@ -204,12 +209,12 @@ class Ingestor:
         c = self.counters
         c.rejected[reason] = c.rejected.get(reason, 0) + 1
         ms, slot = self._dead_letter_time(reason, index)
-        tags = f",edge={self._edge_tag},reason={escape_tag(excerpt(reason, 64))},slot={slot}"
-        fields = (f"county={field_str(excerpt(county or '_', 64))},"
-                  f"farm={field_str(excerpt(farm or '_', 64))},"
-                  f"gateway={field_str(excerpt(gateway or '_', 64))},"
-                  f"topic={field_str(excerpt(topic, 300))},"
-                  f"detail={field_str(excerpt(detail, 500))},"
+        tags = f",edge={self._edge_tag},reason={escape_tag(_bounded(reason, 64))},slot={slot}"
+        fields = (f"county={field_str(_bounded(county or '_', 64))},"
+                  f"farm={field_str(_bounded(farm or '_', 64))},"
+                  f"gateway={field_str(_bounded(gateway or '_', 64))},"
+                  f"topic={field_str(_bounded(topic, 300))},"
+                  f"detail={field_str(_bounded(detail, 500))},"
                   f"excerpt={field_str(excerpt(raw))},count=1i")
         if index is not None:
             fields += f",reading_index={index}i"

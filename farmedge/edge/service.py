@@ -336,6 +336,9 @@ class EdgeService:
     # -- batching --------------------------------------------------------
     async def _ship(self) -> None:
         batch, self._batch = self._batch, Batch()
+        # The times of its dead letters are on disk before they reach
+        # InfluxDB, so a redelivery after a crash finds them (state.py).
+        self.ingestor.state.flush()
         self._queued.append(batch)
         await self._ready.put(batch)
 

@@ -15,8 +15,9 @@ With the broker running, changes are sent to it over MQTT as the plugin's
 administrator and apply at once: nobody else is disconnected, no reload.
 With no broker at the admin URL (before the first start), the plugin's file
 dynamic-security.json in --broker-dir is written instead; the broker reads
-it when it starts. The admin credential is made with that file, in
---broker-dir/admin.toml (mode 600). docs/stack.md explains it all.
+it when it starts. The admin credential is made with that file, beside the
+folder: deploy/mosquitto-admin.toml for deploy/mosquitto (mode 600).
+docs/stack.md explains it all.
 """
 
 from __future__ import annotations
@@ -46,13 +47,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--broker-dir", type=Path,
                        default=Path(os.environ.get("FARMEDGE_BROKER_DIR", "deploy/mosquitto")),
-                       help="folder of the broker's dynamic-security.json and of admin.toml "
+                       help="folder of the broker's dynamic-security.json "
                             "(default: $FARMEDGE_BROKER_DIR or deploy/mosquitto)")
         q.add_argument("--admin-file", type=Path,
                        default=Path(os.environ["FARMEDGE_BROKER_ADMIN_FILE"])
                        if os.environ.get("FARMEDGE_BROKER_ADMIN_FILE") else None,
                        help="the admin credential (default: $FARMEDGE_BROKER_ADMIN_FILE or "
-                            "BROKER_DIR/admin.toml); $FARMEDGE_BROKER_ADMIN_PASSWORD overrides "
+                            "BROKER_DIR-admin.toml beside the folder); "
+                            "$FARMEDGE_BROKER_ADMIN_PASSWORD overrides "
                             "its password")
         q.add_argument("--admin-url",
                        help="the broker as provisioning reaches it (default: "
@@ -175,10 +177,12 @@ def _say(msg: str) -> None:
 
 
 @contextlib.contextmanager
-def _locked(folder: Path) -> Iterator[None]:
-    """One provisioning run at a time per broker folder."""
-    folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".provision.lock", os.O_RDWR | os.O_CREAT, 0o600)
+def _locked(admin_file: Path) -> Iterator[None]:
+    """One provisioning run at a time per broker (a lock file beside the
+    admin credential: the broker's folder may not be ours to write)."""
+    admin_file.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(admin_file.with_name(f".{admin_file.name}.lock"), os.O_RDWR | os.O_CREAT,
+                 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -187,9 +191,9 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def _admin_file(args: argparse.Namespace) -> Path:
-    from .dynsec import ADMIN_FILE
+    from .dynsec import admin_file_for
 
-    return Path(args.admin_file) if args.admin_file else args.broker_dir / ADMIN_FILE
+    return Path(args.admin_file) if args.admin_file else admin_file_for(args.broker_dir)
 
 
 @contextlib.contextmanager
@@ -213,7 +217,8 @@ def _broker(args: argparse.Namespace, *, offline_only: bool = False) -> Iterator
     path = args.broker_dir / DYNSEC_FILE
     admin_file = _admin_file(args)
     backend: Backend
-    with _locked(args.broker_dir):
+    args.broker_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(admin_file):
         if not path.exists():
             cred = load_admin(admin_file, url=args.admin_url)
             if cred is None:

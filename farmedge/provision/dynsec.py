@@ -30,6 +30,7 @@ import secrets
 import socket
 import ssl
 import stat
+import sys
 import tempfile
 import threading
 import time
@@ -43,7 +44,6 @@ from urllib.parse import unquote, urlsplit
 from .errors import ProvisionError
 
 __all__ = [
-    "ADMIN_FILE",
     "ADMIN_USERNAME",
     "CONTROL_TOPIC",
     "DYNSEC_FILE",
@@ -52,6 +52,7 @@ __all__ = [
     "BrokerUnreachable",
     "DynsecFile",
     "LiveBroker",
+    "admin_file_for",
     "hashed_password",
     "initial_config",
     "load_admin",
@@ -60,9 +61,8 @@ __all__ = [
 
 CONTROL_TOPIC = "$CONTROL/dynamic-security/v1"
 RESPONSE_TOPIC = CONTROL_TOPIC + "/response"
-#: File names in the broker folder (``--broker-dir``).
+#: The plugin's file, in the broker folder (``--broker-dir``).
 DYNSEC_FILE = "dynamic-security.json"
-ADMIN_FILE = "admin.toml"
 #: The plugin's administrator: a service account (see accounts.SERVICE_PREFIX).
 ADMIN_USERNAME = "svc~admin"
 ADMIN_ROLE = "service:admin"
@@ -85,6 +85,15 @@ def hashed_password(password: str, *, salt: bytes | None = None,
     digest = hashlib.pbkdf2_hmac("sha512", password.encode(), salt, iterations)
     return {"password": base64.b64encode(digest).decode(),
             "salt": base64.b64encode(salt).decode(), "iterations": iterations}
+
+
+def admin_file_for(broker_dir: Path) -> Path:
+    """Where the admin credential is by default: beside the broker folder,
+    not in it (deploy/mosquitto -> deploy/mosquitto-admin.toml). The folder
+    is the broker's: compose's image makes all of it uid 1883's at start, and
+    the broker need not read the credential."""
+    d = broker_dir.absolute()
+    return d.parent / f"{d.name}-admin.toml"
 
 
 def admin_acls() -> list[dict[str, Any]]:
@@ -293,6 +302,12 @@ class DynsecFile(Backend):
             write_private(self.path, json.dumps(self.data, indent=2, ensure_ascii=False) + "\n",
                           owner=self._owner)
             self.changed = False
+            if self.path.stat().st_uid == 0 and self._owner is None:
+                print(f"warning: {self.path} belongs to root, mode 600: a broker running as "
+                      f"another user (Debian's runs as mosquitto) cannot load it. Make "
+                      f"{self.path.parent} the broker user's (sudo chown mosquitto: "
+                      f"{self.path.parent}), or give --broker-user; compose's image does it "
+                      "for deploy/mosquitto at start.", file=sys.stderr)
 
 
 class _CommandError(Exception):
