@@ -274,8 +274,8 @@ class Sandbox:
             (a, b) for a, b in json.loads((root / "substitutions.json").read_text())]
         paths = sorted((p for p in self.pairs if p[0].startswith("/")), key=lambda p: -len(p[0]))
         self._paths = dict(paths)
-        self._path_re = re.compile(r"(?<![\w./-])(" + "|".join(re.escape(a) for a, _ in paths)
-                                   + r")(?=[/\s\"'=:;,)]|$)", re.M) if paths else None
+        self._path_re = re.compile(r"(?<![\w./])(" + "|".join(re.escape(a) for a, _ in paths)
+                                   + r")(?![\w.-])") if paths else None
         ports = [p for p in self.pairs if p[0].isdigit()]
         self._ports = dict(ports)
         self._port_re = re.compile(r"(?<!\d)(" + "|".join(a for a, _ in ports) + r")(?!\d)") \
