@@ -23,6 +23,7 @@ a write the edge goes on from memory and logs it (throttled).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -72,20 +73,47 @@ class IngestState:
         self._dead_inserts = 0
         self._pending_dead: dict[bytes, tuple[int, int]] = {}
         if path is not None:
-            try:
-                self._open(path)
-            except (sqlite3.Error, OSError) as exc:
-                # A full or read-only disk must not stop the edge (it would
-                # crash-loop): go on from memory, and say so.
-                self.close()
-                self._log.error("ingest_state.unavailable", path=str(path), error=str(exc)[:200],
-                                hint="budgets, unsynced clock offsets and status times are "
-                                     "kept in memory only until the edge restarts")
+            self._open_any(path)
 
-    def _open(self, path: Path) -> None:
+    def _open_any(self, path: Path) -> None:
+        """Open the file; on a full disk in exclusive locking mode; when that
+        fails too, or the file cannot be used at all (read-only, corrupt), go
+        on from memory and say so: the edge must not die (and crash-loop)
+        for its ingest state."""
+        try:
+            self._open(path)
+            return
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            error: Exception = exc
+            try:
+                free = shutil.disk_usage(path.parent).free
+            except OSError:
+                free = 0
+        if free < 1 << 20:
+            # A full disk: WAL mode cannot make its shared-memory file; in
+            # exclusive locking mode SQLite keeps that index in memory.
+            for d in (self.known, self.segments, self.statuses):
+                d.clear()
+            try:
+                self._open(path, exclusive=True)
+            except (sqlite3.Error, OSError) as exc:
+                self.close()
+                error = exc
+            else:
+                return
+        for d in (self.known, self.segments, self.statuses):
+            d.clear()
+        self._log.error("ingest_state.unavailable", path=str(path), error=str(error)[:200],
+                        hint="budgets, unsynced clock offsets and status times are kept in "
+                             "memory only until the edge restarts")
+
+    def _open(self, path: Path, *, exclusive: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
         self._db = db  # closed by close() even when what follows fails
+        if exclusive:
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("CREATE TABLE IF NOT EXISTS known_id (county TEXT, farm TEXT, gateway TEXT,"
