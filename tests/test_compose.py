@@ -467,3 +467,32 @@ def _free_port() -> int:
     from farmedge.devservers import free_port
 
     return free_port()
+
+
+def test_broker_command_refuses_to_start_without_its_accounts(tmp_path: Path) -> None:
+    """The mosquitto service's command, run by sh here with /mosquitto moved
+    into a temporary folder: without dynamic-security.json it stops with a
+    message naming the command that writes it (the broker would otherwise run
+    and let no one in); with the file it runs the broker. The broker itself
+    is a stand-in on PATH that records its arguments (the real one runs the
+    shipped config in tests/test_provision.py)."""
+    cmd = compose()["services"]["mosquitto"]["command"]
+    assert cmd[:2] == ["/bin/sh", "-c"]
+    root = tmp_path / "mosquitto"
+    (root / "config").mkdir(parents=True)
+    script = cmd[2].replace("/mosquitto/", f"{root}/")
+    fake = tmp_path / "bin" / "mosquitto"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "ran"}\n')
+    fake.chmod(0o755)
+    env = {"PATH": f"{fake.parent}:/usr/bin:/bin"}
+    out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert out.returncode == 1
+    assert "farmedge provision edge --env-file .env" in out.stderr
+    assert not (tmp_path / "ran").exists()
+    (root / "config" / "dynamic-security.json").write_text("{}")
+    out = subprocess.run(["sh", "-c", script], env=env, capture_output=True, text=True,
+                         timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "ran").read_text().split() == ["-c", f"{root}/config/mosquitto.conf"]

@@ -305,16 +305,16 @@ def test_reserved_and_bad_ids_are_refused(tmp_path: Path,
 
 def test_live_provisioning_disconnects_no_one_else(
         broker: ShippedBroker, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """Ten clients (the edge and nine gateways) stay connected and publishing
+    """Ten gateways stay connected and publishing, and the edge subscribed,
     while 20 gateways are provisioned one by one and 5 of them revoked, all
-    live: none of the ten is disconnected or refused, every message they
-    publish is acknowledged and reaches the edge; each new gateway connects
-    as soon as its command returns; the revoked ones are disconnected at
-    once and refused from then on."""
+    live: none of the ten (nor the edge) is disconnected or refused, every
+    message they publish is acknowledged and reaches the edge; each new
+    gateway connects as soon as its command returns; the revoked ones are
+    disconnected at once and refused from then on."""
     edge = connected(broker, service(broker, "edge", capsys))
     assert edge.subscribe("farm/v1/+/+/+/telemetry") == [1]
     steady = [gateway(broker, tmp_path, "suihua", "steady", f"gw-{i}", capsys)
-              for i in range(9)]
+              for i in range(10)]
     clients = [connected(broker, mq) for mq in steady]
     acked = [0] * len(clients)
     failures: list[str] = []

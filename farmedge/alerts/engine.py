@@ -33,6 +33,7 @@ import asyncio
 import contextlib
 import logging
 import math
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -44,6 +45,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from farmedge.edge.events import AcceptedReading, StatusEvent
+from farmedge.edge.spool import is_disk_full
 from farmedge.registry import Contact, Farm, GatewayEntry, Registry, SensorMeta
 
 from .errors import AlertsError, DeliveryFailed
@@ -222,6 +224,8 @@ class AlertEngine:
         self.settings = s
         self.clock = clock
         self._store = StateStore(state_path)
+        #: True while the state cannot be written for lack of disk space.
+        self.disk_full = False
         self._index = registry.index() if registry is not None else {}
         self._rule_index: dict[str, tuple[Rule, int]] = {}
         for pname, p in rules.profiles.items():
@@ -1246,6 +1250,23 @@ class AlertEngine:
         self._timers(now)
         self._groups_pass(now)
 
+    def _commit_or_hold(self) -> None:
+        """Commit; on a full disk keep the changes in memory (they are
+        written at a later tick) and say so in ``disk_full``."""
+        try:
+            self._commit()
+        except (sqlite3.Error, OSError) as exc:
+            if not is_disk_full(exc):
+                raise
+            if not self.disk_full:
+                log.error("alerts: disk full, state kept in memory until there is room: %s",
+                          exc)
+            self.disk_full = True
+            return
+        if self.disk_full:
+            log.warning("alerts: room again, state written")
+            self.disk_full = False
+
     async def run(self) -> None:
         """Load state, then loop: timers, groups, commit, dispatch. Cancel to stop."""
         self._wake = asyncio.Event()
@@ -1258,7 +1279,7 @@ class AlertEngine:
                 self._wake.clear()
                 now = self.clock()
                 self._pass(now)
-                self._commit()
+                self._commit_or_hold()
                 self._dispatch(now)
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                 # cancel that arrives just as the event is set.

@@ -10,7 +10,9 @@ retries). WAL with synchronous=NORMAL keeps SD-card and disk writes low.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
 import sqlite3
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -33,12 +35,29 @@ class StateStore:
             return
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._db = self._connect(exclusive=False)
+        except sqlite3.Error:
+            if self.path == ":memory:" or _free(self.path) >= 1 << 20:
+                raise
+            # A full disk: WAL mode cannot make its shared-memory file; in
+            # exclusive locking mode SQLite keeps that index in memory.
+            self._db = self._connect(exclusive=True)
+
+    def _connect(self, *, exclusive: bool) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=NORMAL")
-        for t in _TABLES:
-            db.execute(f"CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY, data TEXT NOT NULL)")
-        self._db = db
+        try:
+            if exclusive:
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            for t in _TABLES:
+                db.execute(f"CREATE TABLE IF NOT EXISTS {t} (key TEXT PRIMARY KEY,"
+                           " data TEXT NOT NULL)")
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         if self._db is not None:
@@ -73,9 +92,20 @@ class StateStore:
                                    puts)
             db.execute("COMMIT")
         except BaseException:
-            db.execute("ROLLBACK")
+            # SQLite may have rolled back already (a full disk does): then a
+            # ROLLBACK fails and would hide the real error.
+            if db.in_transaction:
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
             raise
 
     def keys(self, table: str) -> Iterable[str]:
         assert self._db is not None and table in _TABLES
         return [r[0] for r in self._db.execute(f"SELECT key FROM {table}")]
+
+
+def _free(path: str) -> int:
+    try:
+        return int(shutil.disk_usage(Path(path).parent).free)
+    except OSError:
+        return 1 << 62

@@ -797,7 +797,8 @@ class EdgeService:
             reasons.append(f"InfluxDB unavailable, spooling: {self._influx_error[:200]}")
         if self._disk_error is not None:
             reasons.append(self._disk_error)
-        if self._observer_disk_full_at and now - self._observer_disk_full_at < 60:
+        if any(getattr(o, "disk_full", False) is True for o in self.observers) or (
+                self._observer_disk_full_at and now - self._observer_disk_full_at < 60):
             reasons.append(f"disk full: an observer (the alert engine) cannot write its state "
                            f"({self.spool.free_bytes()} bytes free)")
         age = self._oldest_pending_age()

@@ -488,7 +488,10 @@ class LiveBroker(Backend):
             raise ProvisionError(
                 f"the broker at {cred.url} refused the admin credential {user!r} (reason "
                 f"{rc}): is it running with the dynamic security file this admin "
-                "credential belongs to (plugin lines of mosquitto.conf)?")
+                "credential belongs to (plugin lines of mosquitto.conf)? A broker that "
+                "cannot read its file starts with no accounts at all and logs \"Error "
+                "loading Dynamic security plugin config\": the file must be readable by "
+                "the user the broker runs as.")
         self._c.subscribe(RESPONSE_TOPIC, qos=1)
         try:
             granted = self._suback.get(timeout=timeout)

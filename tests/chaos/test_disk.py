@@ -67,8 +67,7 @@ def test_a_full_disk_holds_messages_replays_and_resumes(
     kw = dict(mqtt_url=mosquitto.url, influx_url=influx.url, database="d",
               data_dir=small_disk / "edge", county=county,
               extra_env={"FARMEDGE_INFLUX_RETRY_FOR_S": "0.5",
-                         "FARMEDGE_INFLUX_BACKOFF_MAX_S": "2",
-                         "FARMEDGE_ALERTS_ENABLED": "false"})
+                         "FARMEDGE_INFLUX_BACKOFF_MAX_S": "2"})  # alerts on (the default)
 
     def new_edge() -> EdgeProcess:
         e = EdgeProcess(**kw)  # type: ignore[arg-type]
