@@ -23,6 +23,7 @@ a write the edge goes on from memory and logs it (throttled).
 from __future__ import annotations
 
 import contextlib
+import shutil
 import sqlite3
 import time
 from dataclasses import dataclass
@@ -72,11 +73,39 @@ class IngestState:
         self._dead_inserts = 0
         self._pending_dead: dict[bytes, tuple[int, int]] = {}
         if path is not None:
-            self._open(path)
+            self._open_any(path)
 
-    def _open(self, path: Path) -> None:
+    def _open_any(self, path: Path) -> None:
+        try:
+            self._open(path)
+            return
+        except sqlite3.Error as exc:
+            try:
+                free = shutil.disk_usage(path.parent).free
+            except OSError:
+                free = 0
+            if free >= 1 << 20:
+                raise
+            error = exc
+        # A full disk: WAL mode cannot make its shared-memory file; in
+        # exclusive locking mode SQLite keeps that index in memory.
+        for d in (self.known, self.segments, self.statuses):
+            d.clear()
+        try:
+            self._open(path, exclusive=True)
+        except sqlite3.Error as exc:
+            error = exc
+        else:
+            return
+        self._db = None
+        self._log.error("ingest_state.unavailable", path=str(path), error=str(error)[:200],
+                        hint="the disk is full: the edge goes on from memory")
+
+    def _open(self, path: Path, *, exclusive: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        if exclusive:
+            db.execute("PRAGMA locking_mode=EXCLUSIVE")
         db.execute("PRAGMA journal_mode=WAL")
         db.execute("PRAGMA synchronous=NORMAL")
         db.execute("CREATE TABLE IF NOT EXISTS known_id (county TEXT, farm TEXT, gateway TEXT,"

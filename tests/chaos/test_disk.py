@@ -121,3 +121,29 @@ def test_a_full_disk_holds_messages_replays_and_resumes(
         first.close()
         second.close()
         assert edge.stop() == 0, edge.log_tail()
+
+
+def test_an_edge_started_on_a_full_disk_runs(
+        mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
+        small_disk: Path, tmp_path: Path) -> None:
+    """Stopped cleanly (its SQLite files closed), then the disk fills, then
+    the edge starts: it must run (InfluxDB needs no disk), not crash-loop."""
+    kw = dict(mqtt_url=mosquitto.url, influx_url=influxdb.url, database=influx_db,
+              data_dir=small_disk / "edge", county=county)
+    edge = EdgeProcess(**kw)  # type: ignore[arg-type]
+    edge.log_path = tmp_path / "edge.log"
+    edge.start()
+    assert edge.stop() == 0
+    fill(small_disk)
+    edge = EdgeProcess(**kw)  # type: ignore[arg-type]
+    edge.log_path = tmp_path / "edge2.log"
+    edge.start()
+    pub = StreamPublisher(mosquitto.url, county, messages=100, per_message=10, rate=200).start()
+    try:
+        pub.wait_done(60)
+        eventually(lambda: count(influxdb.url, influx_db, "soil", "moisture") == 1000,
+                   timeout=60, what="readings stored by an edge on a full disk")
+        assert edge.health()["http_status"] == 200
+    finally:
+        pub.close()
+        assert edge.stop() == 0, edge.log_tail()
