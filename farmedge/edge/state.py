@@ -104,6 +104,14 @@ class IngestState:
     def _open(self, path: Path, *, exclusive: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        try:
+            self._load(db, exclusive=exclusive)
+        except BaseException:
+            db.close()  # or its lock stays, and a second attempt finds it locked
+            raise
+        self._db = db
+
+    def _load(self, db: sqlite3.Connection, *, exclusive: bool) -> None:
         if exclusive:
             db.execute("PRAGMA locking_mode=EXCLUSIVE")
         db.execute("PRAGMA journal_mode=WAL")
@@ -131,7 +139,6 @@ class IngestState:
         for c, f, g, d, ts in db.execute(
                 "SELECT county, farm, gateway, digest, ts FROM status_seen ORDER BY ts"):
             self.statuses[(c, f, g)] = (bytes(d), ts)
-        self._db = db
 
     def close(self) -> None:
         self.flush()
