@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from pydantic import BaseModel, ConfigDict
@@ -125,8 +126,31 @@ def test_url_userinfo_is_redacted_in_every_log_line(capsys: pytest.CaptureFixtur
 
     from farmedge.logs import get_logger, setup_logging
 
-    setup_logging("info", "json")
-    log = get_logger("t")
+    root = logging.getLogger()
+    handlers = list(root.handlers)
+    for h in handlers:
+        root.removeHandler(h)
+    try:
+        setup_logging("info", "json")
+        _log_secrets(get_logger("t"))
+        err = capsys.readouterr().err
+    finally:
+        # setup_logging bound both to pytest's captured stderr: undo it.
+        import structlog
+
+        structlog.reset_defaults()
+        for h in list(root.handlers):
+            root.removeHandler(h)
+        for h in handlers:
+            root.addHandler(h)
+    assert "SECRET" not in err
+    assert "http://admin:***@127.0.0.1:8086" in err and "mqtt://edge:***@broker:1883" in err
+    assert "https://***@example.org/x" in err and "http://example.org/a@b" in err
+
+
+def _log_secrets(log: Any) -> None:
+    import logging
+
     log.info("edge.starting", influx="http://admin:SECRET1@127.0.0.1:8086",
              nested={"urls": ["mqtt://edge:SECRET2@broker:1883"]},
              note="token in https://SECRET3@example.org/x", harmless="http://example.org/a@b")
@@ -135,10 +159,6 @@ def test_url_userinfo_is_redacted_in_every_log_line(capsys: pytest.CaptureFixtur
     except ConnectionError:
         log.exception("influx.failed")
     logging.getLogger("aiohttp.client").error("GET %s failed", "http://u:SECRET5@h/")
-    err = capsys.readouterr().err
-    assert "SECRET" not in err
-    assert "http://admin:***@127.0.0.1:8086" in err and "mqtt://edge:***@broker:1883" in err
-    assert "https://***@example.org/x" in err and "http://example.org/a@b" in err
 
 
 @pytest.mark.servers

@@ -24,7 +24,8 @@ A block preceded by ``<!-- install-test: skip (reason) -->`` is not run;
 ``<!-- install-test: background NAME -->`` starts one that runs until the
 end (a second terminal); ``<!-- install-test: expect NAME -->`` before a
 ```text block waits (with a deadline) until NAME's output shows its lines,
-times of day aside.
+times of day aside. FARMEDGE_GUIDE_VERBOSE=1 (with pytest -s) prints what
+each block printed.
 """
 
 from __future__ import annotations
@@ -222,6 +223,8 @@ def test_install_guide_to_the_first_alert(
                 r = subprocess.run(["bash", "-e", "-o", "pipefail", "-c", sb.subst(block.text)],
                                    cwd=root, env=env, capture_output=True, text=True,
                                    timeout=600, check=False)
+                if os.environ.get("FARMEDGE_GUIDE_VERBOSE"):
+                    print(f"--- docs/install.md:{block.line}\n{r.stdout}{r.stderr}")
                 assert r.returncode == 0, (
                     f"docs/install.md:{block.line}: exit {r.returncode}\n{block.text}\n"
                     f"--- stdout\n{r.stdout[-3000:]}\n--- stderr\n{r.stderr[-3000:]}\n"

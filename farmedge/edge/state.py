@@ -76,42 +76,42 @@ class IngestState:
             self._open_any(path)
 
     def _open_any(self, path: Path) -> None:
+        """Open the file; on a full disk in exclusive locking mode; when that
+        fails too, or the file cannot be used at all (read-only, corrupt), go
+        on from memory and say so: the edge must not die (and crash-loop)
+        for its ingest state."""
         try:
             self._open(path)
             return
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
+            error: Exception = exc
             try:
                 free = shutil.disk_usage(path.parent).free
             except OSError:
                 free = 0
-            if free >= 1 << 20:
-                raise
-            error = exc
-        # A full disk: WAL mode cannot make its shared-memory file; in
-        # exclusive locking mode SQLite keeps that index in memory.
+        if free < 1 << 20:
+            # A full disk: WAL mode cannot make its shared-memory file; in
+            # exclusive locking mode SQLite keeps that index in memory.
+            for d in (self.known, self.segments, self.statuses):
+                d.clear()
+            try:
+                self._open(path, exclusive=True)
+            except (sqlite3.Error, OSError) as exc:
+                self.close()
+                error = exc
+            else:
+                return
         for d in (self.known, self.segments, self.statuses):
             d.clear()
-        try:
-            self._open(path, exclusive=True)
-        except sqlite3.Error as exc:
-            error = exc
-        else:
-            return
-        self._db = None
         self._log.error("ingest_state.unavailable", path=str(path), error=str(error)[:200],
-                        hint="the disk is full: the edge goes on from memory")
+                        hint="budgets, unsynced clock offsets and status times are kept in "
+                             "memory only until the edge restarts")
 
     def _open(self, path: Path, *, exclusive: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        try:
-            self._load(db, exclusive=exclusive)
-        except BaseException:
-            db.close()  # or its lock stays, and a second attempt finds it locked
-            raise
-        self._db = db
-
-    def _load(self, db: sqlite3.Connection, *, exclusive: bool) -> None:
+        self._db = db  # closed by close() even when what follows fails
         if exclusive:
             db.execute("PRAGMA locking_mode=EXCLUSIVE")
         db.execute("PRAGMA journal_mode=WAL")
