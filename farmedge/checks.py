@@ -312,7 +312,13 @@ def check_edge(path: Path | None) -> tuple[Report, EdgeSettings | None, Registry
         try:
             registry = load_registry(s.registry)
         except ConfigError as exc:
-            report.error(str(exc))
+            text = str(exc)
+            if ": cannot read:" in text.split("\n", 1)[0]:
+                # Name the setting that points at the file, not only the file.
+                where = ("environment variable FARMEDGE_REGISTRY: " if os.environ.get(
+                    "FARMEDGE_REGISTRY") else _line_in(path, ("registry",)))
+                text = f"{where}registry: {text}"
+            report.error(text)
             return report, s, None
     _check_url_host(report, f"{_line_in(path, ('mqtt', 'url'))}[mqtt] url", s.mqtt.url)
     _check_url_host(report, f"{_line_in(path, ('influx', 'url'))}[influx] url", s.influx.url)

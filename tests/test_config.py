@@ -174,3 +174,14 @@ def test_the_influx_password_in_its_url_never_reaches_the_log(
     log = e.log_path.read_text()
     assert "edge.starting" in log and "admin:***@" in log
     assert "SECRET-PW" not in log
+
+
+def test_a_missing_registry_names_the_setting(tmp_path: Path) -> None:
+    r = _check_config({"FARMEDGE_REGISTRY": str(tmp_path / "nope.yaml")})
+    assert r.returncode == 2
+    assert f"environment variable FARMEDGE_REGISTRY: registry: {tmp_path}/nope.yaml: cannot " \
+           "read" in r.stderr
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text(f'instance = "e"\nregistry = "{tmp_path}/nope.yaml"\n')
+    r = _check_config({}, "--config", str(cfg))
+    assert f"{cfg}:2: registry: {tmp_path}/nope.yaml: cannot read" in r.stderr

@@ -12,12 +12,13 @@
   recent :data:`MAX_DEAD_LETTERS`), so a message the broker delivers again
   (DUP flag) after a SIGKILL is dead-lettered on the same point, not twice.
 
-Everything is loaded into dicts at start; the hot path only reads them.
-Writes happen when something new is learnt (a new id, a new clock segment, a
-new status), are committed at once (WAL, ``synchronous=NORMAL``: a commit
-survives the edge being killed; a power cut may lose the last ones, which
-only makes the edge re-learn them), and never raise: when the disk refuses
-a write the edge goes on from memory and logs it (throttled).
+Everything but the dead letters is loaded into dicts at start; the hot path
+reads them and queues what it learns (a new id, a clock segment, a status).
+:meth:`IngestState.flush` commits the queue in one transaction before each
+batch is written (WAL, ``synchronous=NORMAL``: a commit survives the edge
+being killed; a power cut may lose the last ones, which only makes the edge
+re-learn them). Nothing here raises: when the disk refuses a write the edge
+goes on from memory and logs it (throttled).
 """
 
 from __future__ import annotations
@@ -72,6 +73,7 @@ class IngestState:
         self.statuses: dict[GatewayKey, tuple[bytes, int]] = {}
         self._dead_inserts = 0
         self._pending_dead: dict[bytes, tuple[int, int]] = {}
+        self._pending_sql: list[tuple[str, tuple[object, ...]]] = []
         if path is not None:
             self._open_any(path)
 
@@ -146,16 +148,13 @@ class IngestState:
             self._db.close()
             self._db = None
 
-    def _write(self, sql: str, *args: tuple[object, ...]) -> None:
+    def _write(self, sql: str, params: tuple[object, ...]) -> None:
+        """Queue a statement for the next :meth:`flush` (one transaction)."""
         if self._db is None:
             return
-        try:
-            if len(args) == 1:
-                self._db.execute(sql, args[0])
-            else:
-                self._db.executemany(sql, args)
-        except sqlite3.Error as exc:
-            self._failed(sql.split(" (", 1)[0], exc)
+        self._pending_sql.append((sql, params))
+        if len(self._pending_sql) >= 20_000:
+            self.flush()
 
     def _failed(self, what: str, exc: sqlite3.Error) -> None:
         self.write_errors += 1
@@ -230,18 +229,24 @@ class IngestState:
             self.flush()
 
     def flush(self) -> None:
-        """Commit the dead letters' times remembered since the last flush
-        (one transaction: about 2 µs a dead letter)."""
-        if not self._pending_dead or self._db is None:
+        """Commit what was learnt since the last flush, in one transaction
+        (about 2 µs a row). The service calls it before each batch goes to
+        InfluxDB or the spool, so whatever a batch's lines were derived from
+        is on disk before the lines are anywhere."""
+        if self._db is None or not (self._pending_dead or self._pending_sql):
             return
+        statements, self._pending_sql = self._pending_sql, []
         rows = [(d, ms, slot) for d, (ms, slot) in self._pending_dead.items()]
         self._pending_dead.clear()
         self._dead_inserts += len(rows)
         db = self._db
         try:
             db.execute("BEGIN")
-            db.executemany("INSERT OR REPLACE INTO dead_letter (digest, ms, slot)"
-                           " VALUES (?, ?, ?)", rows)
+            for sql, params in statements:
+                db.execute(sql, params)
+            if rows:
+                db.executemany("INSERT OR REPLACE INTO dead_letter (digest, ms, slot)"
+                               " VALUES (?, ?, ?)", rows)
             if self._dead_inserts >= 10_000:
                 self._dead_inserts = 0
                 db.execute("DELETE FROM dead_letter WHERE id <= (SELECT max(id) FROM"
@@ -250,4 +255,4 @@ class IngestState:
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
-            self._failed("dead letters", exc)
+            self._failed("flush", exc)
