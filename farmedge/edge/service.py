@@ -132,6 +132,9 @@ class EdgeService:
         self._disk_since = 0.0
         #: When an observer last met a full disk (monotonic), or 0.
         self._observer_disk_full_at = 0.0
+        #: The ingest state's write errors seen, and when the last one was.
+        self._state_errors = 0
+        self._state_error_at = 0.0
         #: (monotonic, readings, of which ts_in_future) per delivered batch
         self._clock_batches: deque[tuple[float, int, int]] = deque(maxlen=4096)
         #: (monotonic, ms a sampled reading is ahead of the edge's clock)
@@ -671,6 +674,7 @@ class EdgeService:
             free = self.spool.free_bytes()
             if free is not None:
                 self.metrics.disk_free.set(free)
+            self._note_state_errors()
             if tick % 5 == 0 and not self._influx_down and \
                     time.monotonic() - self._last_write_ok > 10:
                 if await self.writer.ping():
@@ -706,6 +710,12 @@ class EdgeService:
             except ValueError:
                 continue
             samples.append((now_mono, ts - now_ms))
+
+    def _note_state_errors(self) -> None:
+        errors = int(getattr(self.ingestor.state, "write_errors", 0) or 0)
+        if errors > self._state_errors:
+            self._state_errors = errors
+            self._state_error_at = time.monotonic()
 
     def _clock_trouble(self, now_mono: float) -> list[str]:
         window = _CLOCK_WINDOW_S
@@ -823,6 +833,11 @@ class EdgeService:
             "version": _version(),
         }
         degraded = self._clock_trouble(now)
+        self._note_state_errors()
+        if self._state_error_at and now - self._state_error_at < 15:
+            degraded.append(f"ingest state not saved ({self._state_errors} write errors, "
+                            f"{self.spool.free_bytes()} bytes free): the edge goes on from "
+                            "memory, a restart forgets what it learnt meanwhile")
         return Health(ok=not reasons and not degraded, reasons=reasons, details=details,
                       degraded=degraded)
 
