@@ -129,3 +129,21 @@ def test_a_redelivered_bad_message_is_one_dead_letter_a_resent_one_is_two(
     assert _lines(ing, _msg(b"{not json", dup=True)) == [first], "redelivery: same point"
     [again] = _lines(ing, _msg(b"{not json"))
     assert again != first, "sent again by the gateway: a dead letter of its own"
+
+
+def test_closing_a_gateway_s_sensor_list_forgets_the_ids_it_had_before(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    msg = _msg(make_payload("gw-1", 1, [{"sensor": s, "kind": "soil_moisture", "ts": NOW,
+                                         "value": 20.0, "unit": "%"} for s in ("a", "b")]))
+    entry: dict[str, object] = {"sensors": {"a": {}}}
+    reg = Registry.model_validate({"farms": [{"county": "c1", "farm": "f1",
+                                              "gateways": {"gw-1": entry}}]})
+    ing = _edge(path, reg)
+    assert len(_ts(_lines(ing, msg))) == 2
+    ing.state.close()
+    entry["only_listed_sensors"] = True
+    reg = Registry.model_validate({"farms": [{"county": "c1", "farm": "f1",
+                                              "gateways": {"gw-1": entry}}]})
+    ing = _edge(path, reg)
+    lines = _lines(ing, msg)
+    assert len(_ts(lines)) == 1 and "reason=unknown_sensor" in lines[-1]

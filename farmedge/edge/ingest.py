@@ -314,7 +314,7 @@ class Ingestor:
             meta = sensors.get(r.sensor, _EMPTY_META) if sensors is not None else _EMPTY_META
             animal = r.animal or meta.animal
             ident = (r.sensor, animal or "")
-            if ident not in known and not self._admit(
+            if (listed_only or ident not in known) and not self._admit(
                     batch, msg.topic, key, state, ident, listed_only, sensors, i):
                 continue
             ck = (r.kind.measurement, gt.county, gt.farm, gt.gateway, r.sensor,
@@ -355,10 +355,14 @@ class Ingestor:
         on while the gateway's budget lasts, else a dead letter."""
         sensor, animal = ident
         if listed_only and (sensors is None or sensor not in sensors):
+            # Checked on every reading: ids learnt before the list was closed
+            # are no longer known.
             self.dead_letter(batch, topic=topic, reason="unknown_sensor",
                              detail=f"sensor {sensor!r} is not listed for this gateway in the "
                                     "registry", raw=sensor, index=index, key=key)
             return False
+        if ident in state.known:
+            return True
         if len(state.known) >= state.limit:
             what = f"sensor {sensor!r}" + (f" animal {animal!r}" if animal else "")
             self.dead_letter(batch, topic=topic, reason="cardinality_budget",
