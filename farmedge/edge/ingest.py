@@ -54,7 +54,7 @@ DEAD_LETTER_SLOTS = 100
 # Unsynced clocks (docs/protocol.md, "Clock"): a message that would place its
 # readings this much later than the gateway's current offset says so (the
 # offset was too high); one up to _CLOCK_KEEP_MS behind it was just delayed.
-_CLOCK_LOWER_MS = 2_000
+_CLOCK_LOWER_MS = 10_000
 _CLOCK_KEEP_MS = 60_000
 # A message sent (by the current offset) before the edge's connection
 # delivered anything, give or take this, may have waited at the broker.
