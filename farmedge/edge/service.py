@@ -130,6 +130,8 @@ class EdgeService:
         #: Why the spool cannot take a batch now (disk full), or None.
         self._disk_error: str | None = None
         self._disk_since = 0.0
+        #: Observers that failed to start (name -> error): not running.
+        self._failed_observers: dict[str, str] = {}
         #: When an observer last met a full disk (monotonic), or 0.
         self._observer_disk_full_at = 0.0
         #: The ingest state's write errors seen, and when the last one was.
@@ -200,10 +202,17 @@ class EdgeService:
                            ("replay", self._replay_loop()),
                            ("housekeeping", self._housekeeping_loop())):
             self._tasks.append(asyncio.create_task(coro, name=name))
-        for obs in self.observers:
+        for obs in list(self.observers):
             start = getattr(obs, "start", None)
-            if start is not None:
+            if start is None:
+                continue
+            try:
                 await start()
+            except Exception as exc:  # ingestion goes on without it, and says so
+                self._internal_error("observer", exc)
+                self.observers.remove(obs)
+                self._failed_observers[type(obs).__name__] = \
+                    f"{type(exc).__name__}: {exc}"[:300]
         self.mqtt.start(loop)
         try:
             await self._wait_stop(stop)
@@ -807,6 +816,9 @@ class EdgeService:
             reasons.append(f"InfluxDB unavailable, spooling: {self._influx_error[:200]}")
         if self._disk_error is not None:
             reasons.append(self._disk_error)
+        for name, error in self._failed_observers.items():
+            reasons.append(f"{name} is not running: it failed to start ({error}); "
+                           "ingestion goes on without it")
         if any(getattr(o, "disk_full", False) is True for o in self.observers) or (
                 self._observer_disk_full_at and now - self._observer_disk_full_at < 60):
             reasons.append(f"disk full: an observer (the alert engine) cannot write its state "

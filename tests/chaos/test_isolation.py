@@ -76,18 +76,23 @@ async def _until(fn: object, limit: float = 45, what: str = "condition") -> None
         await asyncio.sleep(0.05)
 
 
+def _settings(mosquitto: MosquittoServer, influxdb: InfluxServer, db: str, county: str,
+              tmp_path: Path) -> EdgeSettings:
+    return EdgeSettings(
+        data_dir=tmp_path / "edge",
+        mqtt=MqttSection(url=mosquitto.url, client_id=f"edge-{county}",
+                         topics=[f"farm/v1/{county}/+/+/telemetry",
+                                 f"farm/v1/{county}/+/+/status"]),
+        influx=InfluxSection(url=influxdb.url, database=db, flush_interval_s=0.1),
+        http=HttpSection(port=0))
+
+
 async def test_a_failing_handler_or_observer_is_contained_to_its_message(
         mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
         tmp_path: Path) -> None:
     """The handler and an observer are made to fail (injected through the
     constructor); the servers are real."""
-    s = EdgeSettings(
-        data_dir=tmp_path / "edge",
-        mqtt=MqttSection(url=mosquitto.url, client_id=f"edge-{county}",
-                         topics=[f"farm/v1/{county}/+/+/telemetry",
-                                 f"farm/v1/{county}/+/+/status"]),
-        influx=InfluxSection(url=influxdb.url, database=influx_db, flush_interval_s=0.1),
-        http=HttpSection(port=0))
+    s = _settings(mosquitto, influxdb, influx_db, county, tmp_path)
     recorder = _Recorder()
     ingestor = _BuggyIngestor(s.ingest, keep_readings=True)
     svc = EdgeService(s, observers=[_BuggyObserver(), recorder], ingestor=ingestor)
@@ -170,6 +175,43 @@ def test_a_status_the_edge_cannot_store_does_not_stop_it(
         pub.publish(status_topic, b"", retain=True)  # clear the retained message
         pub.close()
         assert edge.stop() == 0, edge.log_tail()
+
+
+class _Unstartable(_Recorder):
+    async def start(self) -> None:
+        raise OSError(5, "Input/output error", "alerts.sqlite")
+
+
+async def test_an_observer_that_fails_to_start_leaves_ingestion_running(
+        mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
+        tmp_path: Path) -> None:
+    """The observer's start is made to fail (injected through the
+    constructor); the servers are real."""
+    s = _settings(mosquitto, influxdb, influx_db, county, tmp_path)
+    recorder = _Recorder()
+    svc = EdgeService(s, observers=[_Unstartable(), recorder])
+    stop = asyncio.Event()
+    task = asyncio.create_task(svc.run(stop))
+    try:
+        await _until(lambda: svc.mqtt.subscribed, what="subscribed")
+
+        def publish() -> None:
+            p = Publisher(mosquitto.url)
+            p.publish(f"farm/v1/{county}/f/gw-1/telemetry",
+                      make_payload("gw-1", 1, _readings("s", 10, int(time.time() * 1000))))
+            p.close()
+
+        await asyncio.to_thread(publish)
+        await _until(lambda: count(influxdb.url, influx_db, "soil", "moisture") == 10,
+                     what="stored")
+        await _until(lambda: len(recorder.readings) == 10, what="the other observer fed")
+        h = svc.health()
+        assert not h.ok
+        assert any("_Unstartable is not running" in r and "Input/output error" in r
+                   for r in h.reasons), h.reasons
+    finally:
+        stop.set()
+        await task
 
 
 _BROKEN_WRITER = """
