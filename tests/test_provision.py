@@ -783,3 +783,40 @@ def test_registry_doc_explains_every_key_and_its_example_loads(tmp_path: Path) -
     assert example is not None
     (tmp_path / "r.yaml").write_text(example.group(1))
     assert ("suihua", "wang-12", "gw-0007") in load_registry(tmp_path / "r.yaml").index()
+
+
+def test_operators_provisioning_at_once_all_get_their_gateway_registered(
+        broker: ShippedBroker, tmp_path: Path) -> None:
+    """Eight `provision gateway` runs at once on one registry and the live
+    broker: every gateway ends up in the registry and can connect, and the
+    registry keeps its mode and group (it holds farmers' phone numbers)."""
+    import grp
+
+    reg = tmp_path / "registry.yaml"
+    reg.write_text("## the county's farms\nfarms:\n  - county: c\n    farm: f0\n",
+                   encoding="utf-8")
+    reg.chmod(0o640)
+    group = grp.getgrnam("nogroup").gr_gid if os.geteuid() == 0 else reg.stat().st_gid
+    if os.geteuid() == 0:
+        os.chown(reg, 0, group)
+    procs = []
+    for i in range(8):
+        out = tmp_path / f"gw-{i}.toml"
+        procs.append((out, subprocess.Popen(
+            [sys.executable, "-m", "farmedge", "provision", "gateway", "--county", "c",
+             "--farm", f"f{i % 2}", "--gateway", f"gw-{i}",
+             "--broker-dir", str(broker.config_dir), "--registry", str(reg),
+             "--mqtt-url", broker.url, "--output", str(out)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)))
+    for _, p in procs:
+        _, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+    assert set(load_registry(reg).index()) == {("c", f"f{i % 2}", f"gw-{i}")
+                                               for i in range(8)}
+    assert "## the county's farms" in reg.read_text()
+    st = reg.stat()
+    assert (st.st_mode & 0o777, st.st_gid) == (0o640, group)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".registry.yaml.")
+                and not p.name.endswith(".lock")]
+    for out, _ in procs:
+        connected(broker, tomllib.loads(out.read_text())["mqtt"]).close()

@@ -5,10 +5,20 @@ farm's ``gateways:`` mapping, the end of ``farms:``), and the result is loaded
 again with the registry model. Only when that check fails (an unusual layout,
 such as flow-style collections) is the file rewritten from the parsed data,
 which loses the comments; the caller is told.
+
+Each edit holds a lock (``.registry.yaml.lock`` beside the file) from reading
+to writing, so two operators provisioning at once both get their gateway in,
+and the new file keeps the mode and owner of the one it replaces (the
+registry holds farmers' phone numbers: a ``640 root:farmedge`` file stays so).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import os
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -75,8 +85,26 @@ def _load(path: Path) -> tuple[str, Registry]:
         raise ProvisionError(f"the registry is not valid, fix it first:\n{exc}") from None
 
 
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """One edit of ``path`` at a time (a lock file beside it: the registry
+    itself is replaced by each edit, so it cannot carry the lock)."""
+    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _temp(path: Path, suffix: str) -> Path:
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    return Path(name)
+
+
 def _verify(path: Path, text: str, check: Any) -> bool:
-    tmp = path.with_name(f".{path.name}.check")
+    tmp = _temp(path, ".check")
     try:
         tmp.write_text(text, encoding="utf-8")
         try:
@@ -89,9 +117,27 @@ def _verify(path: Path, text: str, check: Any) -> bool:
 
 
 def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.new")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
+    """Replace ``path`` atomically, keeping its mode and (as root) its owner;
+    a new file gets mode 644 less the umask, like any file created here."""
+    try:
+        st: os.stat_result | None = path.stat()
+    except FileNotFoundError:
+        st = None
+    tmp = _temp(path, ".new")
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        if st is not None:
+            os.chmod(tmp, st.st_mode & 0o7777)
+            if os.geteuid() == 0:
+                os.chown(tmp, st.st_uid, st.st_gid)
+        else:
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o644 & ~umask)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def _dump(reg: Registry) -> str:
@@ -106,6 +152,12 @@ def add_gateway(path: Path, county: str, farm: str, gateway: str) -> tuple[bool,
     Returns (added, comments_kept): added is False when the gateway was
     already listed.
     """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path):
+        return _add_gateway(path, county, farm, gateway)
+
+
+def _add_gateway(path: Path, county: str, farm: str, gateway: str) -> tuple[bool, bool]:
     text, reg = _load(path)
     if (county, farm, gateway) in reg.index():
         return False, True
@@ -207,6 +259,11 @@ def remove_gateway(path: Path, county: str, farm: str, gateway: str) -> tuple[bo
     (removed, comments_kept)."""
     if not path.exists():
         return False, True
+    with _locked(path):
+        return _remove_gateway(path, county, farm, gateway)
+
+
+def _remove_gateway(path: Path, county: str, farm: str, gateway: str) -> tuple[bool, bool]:
     text, reg = _load(path)
     if (county, farm, gateway) not in reg.index():
         return False, True
