@@ -161,6 +161,19 @@ def check_gateway(path: Path | None) -> tuple[Report, GatewaySettings | None]:
         report.error(str(exc))
         return report, None
     src = str(path) if path else "environment"
+    from .config import folder_problem, unknown_env
+
+    for unknown in unknown_env(GatewaySettings):  # a misspelt variable sets nothing
+        report.warn(unknown)
+    for key, folder in (("data_dir", s.data_dir), ("[outbox] path", s.outbox_path.parent)):
+        problem = folder_problem(folder)
+        if problem is not None:
+            env = "FARMEDGE_DATA_DIR" if key == "data_dir" else "FARMEDGE_OUTBOX_PATH"
+            where = (f"environment variable {env}: " if os.environ.get(env)
+                     else _line_in(path, ("data_dir",) if key == "data_dir"
+                                   else ("outbox", "path")))
+            report.error(f"{where}{key}: {problem}")
+            break
     if s.uplink.compression in ("zstd", "zstd-dict"):
         try:
             import zstandard  # noqa: F401

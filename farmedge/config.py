@@ -37,8 +37,8 @@ from pydantic_settings import (
 if TYPE_CHECKING:
     import yaml  # imported where used: the gateway installs without PyYAML
 
-__all__ = ["ConfigError", "FileSettings", "Section", "env_names", "load_settings",
-           "load_yaml_model", "unknown_env"]
+__all__ = ["ConfigError", "FileSettings", "Section", "env_names", "folder_problem",
+           "load_settings", "load_yaml_model", "unknown_env"]
 
 ENV_PREFIX = "FARMEDGE_"
 #: FARMEDGE_* variables the command line reads itself (not settings keys).
@@ -150,6 +150,17 @@ def _yaml_loc(loc: Sequence[int | str]) -> str:
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out or "(top level)"
+
+
+def folder_problem(p: Path) -> str | None:
+    """Why ``p`` cannot be (or become) a folder, or None: it is a file, or a
+    file stands where one of its parents should be."""
+    if p.exists():
+        return None if p.is_dir() else f"{p} exists and is not a folder"
+    for parent in p.parents:
+        if parent.exists():
+            return None if parent.is_dir() else f"{parent} is a file, so {p} cannot be a folder"
+    return None
 
 
 def _is_complex(annotation: Any) -> bool:

@@ -185,3 +185,19 @@ def test_a_missing_registry_names_the_setting(tmp_path: Path) -> None:
     cfg.write_text(f'instance = "e"\nregistry = "{tmp_path}/nope.yaml"\n')
     r = _check_config({}, "--config", str(cfg))
     assert f"{cfg}:2: registry: {tmp_path}/nope.yaml: cannot read" in r.stderr
+
+
+def test_the_gateway_check_names_a_data_dir_that_is_a_file_and_unknown_variables(
+        tmp_path: Path) -> None:
+    f = tmp_path / "not-a-dir"
+    f.write_text("")
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(f'county = "c1"\nfarm = "f1"\ngateway = "gw-1"\ndata_dir = "{f}"\n')
+    r = subprocess.run([sys.executable, "-m", "farmedge", "gateway", "check-config",
+                        "--config", str(cfg)], capture_output=True, text=True, check=False,
+                       env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+                            "FARMEDGE_MQT_URL": "mqtt://x"})
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{cfg}:4: data_dir: {f} exists and is not a folder" in r.stderr
+    assert "environment variable FARMEDGE_MQT_URL is not a setting and is ignored (did you " \
+           "mean FARMEDGE_MQTT_URL?)" in r.stderr

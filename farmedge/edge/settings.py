@@ -14,7 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from farmedge.alerts.settings import AlertsSettings
-from farmedge.config import FileSettings, Section
+from farmedge.config import FileSettings, Section, folder_problem
 from farmedge.contract.topics import STATUS_FILTER, TELEMETRY_FILTER
 
 __all__ = ["EdgeSettings", "HttpSection", "InfluxSection", "MqttSection", "SpoolSection"]
@@ -165,11 +165,7 @@ class EdgeSettings(FileSettings):
     @field_validator("data_dir")
     @classmethod
     def _data_dir(cls, v: Path) -> Path:
-        if v.exists() and not v.is_dir():
-            raise ValueError(f"{v} exists and is not a folder")
-        for parent in v.parents:
-            if parent.exists():
-                if not parent.is_dir():
-                    raise ValueError(f"{parent} is a file, so {v} cannot be a folder")
-                break
+        problem = folder_problem(v)
+        if problem:
+            raise ValueError(problem)
         return v
