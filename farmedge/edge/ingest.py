@@ -461,6 +461,8 @@ class Ingestor:
                 fields[name] = f"{int(v)}i"
         if st.version is not None:
             fields["version"] = field_str(st.version)
+        if st.online:  # sent only while full: stored on every status, so it clears
+            fields["outbox_full"] = "true" if st.outbox_full else "false"
         if st.clock is not None:
             fields["clock"] = field_str(st.clock.value)
             fields["clock_synced"] = "true" if st.clock is Clock.SYNCED else "false"

@@ -7,6 +7,7 @@ delivered or counted, exactly."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 import subprocess
 import threading
@@ -18,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from farmedge.contract import GatewayStatus
-from farmedge.devservers import MosquittoServer
+from farmedge.devservers import InfluxServer, MosquittoServer, influx_query
 from farmedge.gateway.drivers import Sample
+from tests.edgeproc import EdgeProcess
 from tests.gateway_support import AgentThread, Subscriber, gw_settings
-from tests.support import eventually
+from tests.support import Publisher, eventually
 
 pytestmark = [pytest.mark.servers, pytest.mark.chaos, pytest.mark.slow]
 
@@ -173,3 +175,26 @@ def test_a_gateway_started_on_a_full_sd_card_sends_its_backlog_and_recovers(
                timeout=30, what=f"every one of {taken} readings delivered or counted")
     assert dropped > 0
     sub.close()
+
+
+def test_the_edge_stores_outbox_full_and_its_clearing(
+        mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
+        tmp_path: Path) -> None:
+    edge = EdgeProcess(mqtt_url=mosquitto.url, influx_url=influxdb.url, database=influx_db,
+                       data_dir=tmp_path / "edge", county=county).start()
+    try:
+        pub = Publisher(mosquitto.url)
+        for full in (True, False):
+            st: dict[str, object] = {"v": 1, "gateway": "gw-1", "online": True, "dropped": 7}
+            if full:
+                st["outbox_full"] = True
+            pub.publish(f"farm/v1/{county}/f/gw-1/status", json.dumps(st).encode())
+        pub.close()
+
+        def rows() -> list[object]:
+            series = influx_query(influxdb.url, "SELECT outbox_full FROM gateway", influx_db)
+            return [v[1] for v in series[0]["values"]] if series else []
+
+        assert eventually(lambda: len(rows()) == 2 and rows(), timeout=30) == [True, False]
+    finally:
+        edge.stop()
