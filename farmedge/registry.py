@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .config import load_yaml_model
+from .config import ConfigError, load_yaml_model
 from .contract.ids import check_id, check_topic_id
 from .contract.models import Id, TopicId
 
@@ -144,6 +144,14 @@ class Registry(_Model):
 
     @model_validator(mode="after")
     def _unique(self) -> Registry:
+        # A farm listed twice would split its gateways between two entries
+        # while its alerts go to the first entry's contacts only.
+        farms: dict[tuple[str, str], int] = {}
+        for n, f in enumerate(self.farms, 1):
+            first = farms.setdefault((f.county, f.farm), n)
+            if first != n:
+                raise ValueError(f"farm {f.county}/{f.farm} is listed twice (farms entries "
+                                 f"{first} and {n}): merge them into one")
         seen: set[tuple[str, str, str]] = set()
         for f in self.farms:
             for g in f.gateways:
@@ -164,5 +172,44 @@ class Registry(_Model):
         return None
 
 
+def _duplicate_key(text: str) -> tuple[int, str] | None:
+    """(line, key) of the first key a YAML mapping holds twice (YAML's
+    parser keeps the last silently: a gateway listed twice would lose its
+    first entry's sensors); None when there is none or the text is not YAML
+    (the model's loader reports that)."""
+    import yaml
+
+    try:
+        root = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError:
+        return None
+    seen: set[int] = set()  # aliases share nodes: visit each once
+    todo = [root] if root is not None else []
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
+                    if k.value in keys:
+                        return k.start_mark.line + 1, k.value
+                    keys.add(k.value)
+                todo.extend((k, v))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+    return None
+
+
 def load_registry(path: Path | str) -> Registry:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        text = ""  # the model's loader says why
+    dup = _duplicate_key(text)
+    if dup is not None:
+        raise ConfigError(f"{path}:{dup[0]}: {dup[1]}: listed twice in the same mapping "
+                          "(only the last would count): merge the two")
     return load_yaml_model(Registry, path)

@@ -263,3 +263,34 @@ def test_locations_read_as_toml(loc: tuple[int | str, ...], said: str) -> None:
 
     assert toml_loc(GatewaySettings, loc) == said
     assert toml_loc(EdgeSettings, ("mqtt", "topics", 1)) == "[mqtt] topics item 2"
+
+
+@pytest.mark.parametrize(("extra", "said"), [
+    ("      gw-1:\n        interval_s: 60\n",
+     "registry.yaml:10: gw-1: listed twice in the same mapping"),
+    ("  - county: c1\n    farm: f1\n    gateways:\n      gw-2: {}\n",
+     "farm c1/f1 is listed twice (farms entries 1 and 2)"),
+])
+def test_edge_check_config_and_run_refuse_a_registry_listing_something_twice(
+        tmp_path: Path, extra: str, said: str) -> None:
+    """YAML keeps the last of two equal keys silently (the gateway's first
+    entry would be lost), and a farm listed twice splits its gateways while
+    its alerts reach the first entry's contacts only."""
+    edge_files(tmp_path)
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(reg.read_text() + extra)
+    for cmd in ("check-config", "run"):
+        r = farmedge("edge", cmd, "-c", "edge.toml", cwd=tmp_path)
+        assert r.returncode == 2, (cmd, r.stdout, r.stderr)
+        assert said in r.stderr, (cmd, r.stderr)
+
+
+def test_a_registry_alias_bomb_is_checked_quickly(tmp_path: Path) -> None:
+    """Anchors and aliases nesting 9**9 items: refused in seconds, not hung."""
+    edge_files(tmp_path)
+    lines = ['a0: &a0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 9)]
+    (tmp_path / "registry.yaml").write_text("\n".join(lines) + "\nfarms: *a8\n")
+    r = farmedge("edge", "check-config", "-c", "edge.toml", cwd=tmp_path, timeout=30)
+    assert r.returncode == 2, r.stdout
+    assert "registry.yaml:1: a0: unknown key" in r.stderr
