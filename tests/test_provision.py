@@ -820,3 +820,25 @@ def test_operators_provisioning_at_once_all_get_their_gateway_registered(
                 and not p.name.endswith(".lock")]
     for out, _ in procs:
         connected(broker, tomllib.loads(out.read_text())["mqtt"]).close()
+
+
+def test_no_file_edit_under_a_running_broker(broker: ShippedBroker, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
+    """A wrong --admin-url (nothing there) or --offline while the broker runs
+    the file: the broker would overwrite the edit on its next change and the
+    gateway, told it is provisioned, would be refused. Refused instead, the
+    file untouched, and the gateway provisioned live afterwards stays."""
+    path = broker.config_dir / "dynamic-security.json"
+    before = path.read_text()
+    base = ["gateway", "--county", "c", "--farm", "f", "--gateway", "gw-1",
+            "--broker-dir", str(broker.config_dir), "--registry", str(tmp_path / "r.yaml"),
+            "--mqtt-url", broker.url]
+    for extra in (["--admin-url", f"mqtt://127.0.0.1:{free_port()}"], ["--offline"]):
+        capsys.readouterr()
+        assert main(["provision", *base, *extra]) == 1, extra
+        err = capsys.readouterr().err
+        assert f"a broker (pid {broker.proc.pid if broker.proc else 0}) runs {path}" in err
+        assert path.read_text() == before
+    mq = gateway(broker, tmp_path, "c", "f", "gw-2", capsys)
+    connected(broker, mq).close()
+    assert "c/f/gw-2" in dynsec(broker.config_dir)

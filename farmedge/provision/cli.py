@@ -236,6 +236,7 @@ def _broker(args: argparse.Namespace, *, offline_only: bool = False) -> Iterator
             _say(f"created {path}: the broker loads it when it starts")
             backend = f
         elif args.offline or offline_only:
+            _refuse_if_running(path)
             backend = DynsecFile(path, owner=args.broker_user)
         else:
             cred = load_admin(admin_file, url=args.admin_url)
@@ -247,12 +248,29 @@ def _broker(args: argparse.Namespace, *, offline_only: bool = False) -> Iterator
             try:
                 backend = LiveBroker(cred)
             except BrokerUnreachable:
+                _refuse_if_running(path, cred.url)
                 _say(f"no broker at {cred.url}: changing {path} directly, which the broker "
                      "loads when it starts (if a broker runs elsewhere, give --admin-url: "
                      "it would not see this change and would overwrite it)")
                 backend = DynsecFile(path, owner=args.broker_user)
         with closing(backend) as b:
             yield b
+
+
+def _refuse_if_running(path: Path, url: str | None = None) -> None:
+    """A broker running this file would overwrite an edit of it on its next
+    change: the gateway would be told it is provisioned and then refused."""
+    from .dynsec import brokers_running
+    from .errors import ProvisionError
+
+    pids = brokers_running(path)
+    if pids:
+        how = (f"it does not answer at {url}: give the address it listens on "
+               "(--admin-url)" if url else "use no --offline: changes go to it live")
+        raise ProvisionError(
+            f"a broker (pid {', '.join(map(str, pids))}) runs {path}, keeping it in memory "
+            f"and rewriting it on its next change, which would lose this one; {how}, or "
+            "stop the broker first")
 
 
 def _init(args: argparse.Namespace) -> int:

@@ -418,6 +418,73 @@ def new_password() -> str:
 
 # -- the running broker -------------------------------------------------------
 
+def _conf_files(root: Path, cwd: Path, conf: str) -> list[Path]:
+    """A mosquitto.conf and the files its ``include_dir`` lines name, as seen
+    from this host (``root`` is the process's /proc/PID/root)."""
+    def inside(p: str, base: Path) -> Path:
+        return root / p.lstrip("/") if p.startswith("/") else base / p
+    first = inside(conf, cwd)
+    out: list[Path] = []
+    todo = [first]
+    while todo and len(out) < 64:
+        f = todo.pop()
+        out.append(f)
+        try:
+            text = f.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        for line in text.splitlines():
+            words = line.split(None, 1)
+            if len(words) == 2 and words[0] == "include_dir":
+                with contextlib.suppress(OSError):
+                    todo.extend(sorted(inside(words[1].strip(), cwd).glob("*.conf")))
+    return out
+
+
+def brokers_running(path: Path) -> list[int]:
+    """Process ids of the Mosquitto brokers on this host (in containers too)
+    whose dynamic security plugin runs ``path``: the same file, compared by
+    device and inode through each process's view of its file system. A
+    broker keeps the plugin's data in memory and rewrites the file on its
+    next change, so editing the file under it loses the edit."""
+    try:
+        want = path.stat()
+    except OSError:
+        return []
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if (proc / "comm").read_text().strip() != "mosquitto":
+                continue
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        args = [a.decode(errors="replace") for a in argv]
+        confs = [args[i + 1] for i, a in enumerate(args[:-1]) if a in {"-c", "--config-file"}]
+        root, cwd = proc / "root", proc / "cwd"
+        for conf in confs:
+            for f in _conf_files(root, cwd, conf):
+                try:
+                    lines = f.read_text(encoding="utf-8", errors="replace").splitlines()
+                except OSError:
+                    continue
+                for line in lines:
+                    words = line.split(None, 1)
+                    if len(words) != 2 or words[0] != "plugin_opt_config_file":
+                        continue
+                    name = words[1].strip()
+                    target = root / name.lstrip("/") if name.startswith("/") else cwd / name
+                    try:
+                        st = target.stat()
+                    except OSError:
+                        continue
+                    if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+                        found.append(int(proc.name))
+    return sorted(set(found))
+
+
 class BrokerUnreachable(ProvisionError):
     """Nothing listens at the admin URL: no broker is running there."""
 
