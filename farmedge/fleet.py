@@ -257,23 +257,41 @@ def influx_query(settings: InfluxSection, *, timeout_s: float = 30.0) -> Query:
         token = base64.b64encode(f"{settings.username}:{pw}".encode()).decode()
         headers["Authorization"] = f"Basic {token}"
 
-    def run(statements: Sequence[str]) -> list[list[dict[str, Any]]]:
-        body = urllib.parse.urlencode({"q": ";\n".join(statements), "db": db,
-                                       "epoch": "ms"}).encode()
+    def post(q: str) -> dict[str, Any]:
+        body = urllib.parse.urlencode({"q": q, "db": db, "epoch": "ms"}).encode()
         req = urllib.request.Request(url, data=body, headers=headers, method="POST")
         try:
             with urllib.request.urlopen(req, timeout=timeout_s) as r:
-                doc = json.loads(r.read())
+                doc: dict[str, Any] = json.loads(r.read())
+                return doc
         except urllib.error.HTTPError as exc:
             detail = exc.read().decode(errors="replace")[:300]
             raise FleetError(f"InfluxDB at {settings.url} answered {exc.code}: "
                              f"{detail}") from None
         except (OSError, ValueError) as exc:
             raise FleetError(f"cannot query InfluxDB at {settings.url}: {exc}") from None
+
+    def run(statements: Sequence[str]) -> list[list[dict[str, Any]]]:
+        doc = post(";\n".join(statements))
         out: list[list[dict[str, Any]]] = []
-        for res in doc.get("results", []):
-            if "error" in res:
-                raise FleetError(f"InfluxDB: {res['error']}")
+        results = doc.get("results", [])
+        # After a failed statement InfluxDB answers "not executed" for the
+        # rest: the first error is the one that says why.
+        errors = [str(res["error"]) for res in results if "error" in res]
+        if errors:
+            first = next((e for e in errors if e != "not executed"), errors[0])
+            if first == "not executed":
+                # InfluxDB 1.x says only this, for every statement, when the
+                # database does not exist; one statement alone says why.
+                res0 = (post(statements[0]).get("results") or [{}])[0]
+                first = str(res0.get("error") or first)
+            if first.startswith("database not found"):
+                raise FleetError(
+                    f"InfluxDB at {settings.url} has no database {db!r}: the edge creates "
+                    "it on its first start (or farmedge provision influx); check [influx] "
+                    "database")
+            raise FleetError(f"InfluxDB at {settings.url}: {first}")
+        for res in results:
             out.append(list(res.get("series", [])))
         if len(out) != len(statements):
             raise FleetError(f"InfluxDB answered {len(out)} results for "

@@ -309,3 +309,39 @@ def test_registry_points_remember_what_left(tmp_path: Path) -> None:
     lines, written = registry_lines(smaller, load_written(tmp_path), 2000)
     assert lines[-1] == "gateway,county=c,farm=f,gateway=g1 registered=0i,registry_sensors=0i 2000"
     assert written == {("c", "f", "g2")}
+
+
+def test_fleet_on_a_missing_then_an_empty_database(tmp_path: Path, influxdb: InfluxServer,
+                                                   influx_db: str) -> None:
+    """Before the edge first ran, the database does not exist: InfluxDB 1.x
+    answers "not executed" to each of several statements, and fleet says
+    what is missing. Once it exists, empty, every registered gateway (ids in
+    Chinese too, a thousand of them) is never seen, quickly, in valid JSON."""
+    from farmedge.devservers import influx_query
+
+    reg = tmp_path / "registry.yaml"
+    lines = ["farms:"]
+    for f in range(100):
+        lines += [f"  - county: 县{f % 3}", f"    farm: 农场-{f}", "    gateways:"]
+        lines += [f"      网关-{g}: {{}}" for g in range(10)]
+    reg.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    missing = f"{influx_db}_none"
+    res = _fleet(influxdb, missing, "--registry", str(reg))
+    assert res.returncode == 1, res.stdout
+    assert f"has no database '{missing}'" in res.stderr, res.stderr
+    influx_query(influxdb.url, f'CREATE DATABASE "{missing}"')
+    try:
+        _check_empty(influxdb, missing, reg)
+    finally:
+        influxdb.query(f'DROP DATABASE "{missing}"')
+
+
+def _check_empty(influxdb: InfluxServer, db: str, reg: Path) -> None:
+    started = time.monotonic()
+    res = _fleet(influxdb, db, "--registry", str(reg), "--json")
+    assert res.returncode == 0, res.stderr
+    assert time.monotonic() - started < 30
+    doc = json.loads(res.stdout)
+    assert sum(c["registered"] for c in doc["counties"]) == 1000
+    assert all(c["idle_rate"] == 1.0 for c in doc["counties"])
+    assert {g["state"] for g in _by_gateway(doc).values()} <= {"never_seen", "NEVER SEEN"}
