@@ -419,6 +419,13 @@ def _duration(s: float) -> str:
     return f"{s / 3600:.1f} h"
 
 
+def _width(text: str) -> int:
+    """Columns ``text`` takes in a terminal: Chinese characters take two."""
+    import unicodedata
+
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
 def print_table(views: Sequence[CountyView], now_ms: int, out: TextIO) -> None:
     if not views:
         out.write("no gateways: none registered and none seen\n")
@@ -453,9 +460,10 @@ def print_table(views: Sequence[CountyView], now_ms: int, out: TextIO) -> None:
                 g.clock or "-",
                 f"{g.battery_v:.2f} V ({g.battery_sensor})" if g.battery_v is not None
                 else "-", "; ".join(notes)))
-        widths = [max(len(r[c]) for r in rows) for c in range(len(rows[0]))]
+        widths = [max(_width(r[c]) for r in rows) for c in range(len(rows[0]))]
         for r in rows:
-            out.write("  " + "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True))
+            out.write("  " + "  ".join(v + " " * (w - _width(v))
+                                       for v, w in zip(r, widths, strict=True))
                       .rstrip() + "\n")
 
 

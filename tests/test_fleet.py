@@ -345,3 +345,13 @@ def _check_empty(influxdb: InfluxServer, db: str, reg: Path) -> None:
     assert sum(c["registered"] for c in doc["counties"]) == 1000
     assert all(c["idle_rate"] == 1.0 for c in doc["counties"])
     assert {g["state"] for g in _by_gateway(doc).values()} <= {"never_seen", "NEVER SEEN"}
+    res = _fleet(influxdb, db, "--registry", str(reg), "--county", "县1")
+    assert res.returncode == 0, res.stderr
+    # Columns line up on a terminal, where each Chinese character takes two.
+    from farmedge.fleet import _width
+
+    lines = [ln for ln in res.stdout.splitlines() if "GATEWAY" in ln or "NEVER SEEN" in ln]
+    assert len(lines) > 300
+    starts = {_width(ln[:ln.index("NEVER SEEN" if "NEVER" in ln else "STATE")])
+              for ln in lines}
+    assert len(starts) == 1, starts
