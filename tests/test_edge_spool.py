@@ -4,11 +4,7 @@ disk, and a spool of the earlier SQLite format replayed after an upgrade."""
 
 from __future__ import annotations
 
-import errno
-import os
 import sqlite3
-import subprocess
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +12,7 @@ import pytest
 import zstandard
 
 from farmedge.edge.spool import Spool, is_disk_full
+from tests.disks import fill_disk, small_tmpfs
 
 
 async def test_spool_survives_reopen_and_replays_oldest_first(tmp_path: Path) -> None:
@@ -68,32 +65,8 @@ async def test_a_full_spool_drops_the_oldest_and_counts_it(tmp_path: Path) -> No
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs, mounted for the test."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    mnt = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path, "1m", "disk") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Fill the filesystem to the last byte."""
-    filler = disk / f"filler-{uuid.uuid4().hex[:6]}"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o644)
-    try:
-        for size in (65536, 4096, 512, 1):
-            chunk = b"x" * size
-            try:
-                while True:
-                    os.write(fd, chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 def _lines(i: int) -> list[str]:
@@ -107,7 +80,7 @@ async def test_on_a_full_disk_append_fails_cleanly_and_replay_still_deletes(
     s.open()
     for i in range(5):
         await s.append(_lines(i))
-    fill(small_disk)
+    fill_disk(small_disk)
     with pytest.raises(OSError, match="No space left") as e:
         await s.append(_lines(5))
     assert is_disk_full(e.value)

@@ -5,10 +5,6 @@ The edge's /healthz says "disk full" meanwhile (the engine's ``disk_full``)."""
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -16,6 +12,7 @@ import pytest
 
 from farmedge.registry import Contact
 from tests.alerts_support import HttpReceiver, SimClock, local_ts, until
+from tests.disks import fill_disk, small_tmpfs
 from tests.test_alerts import DRY_RULES, farm_registry, make_rig
 
 pytestmark = [pytest.mark.chaos]
@@ -23,15 +20,8 @@ pytestmark = [pytest.mark.chaos]
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    mnt = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path, "2m", "disk") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
 
 
 @pytest.fixture
@@ -39,22 +29,6 @@ async def http() -> AsyncIterator[HttpReceiver]:
     r = await HttpReceiver().start()
     yield r
     await r.stop()
-
-
-def fill(disk: Path) -> Path:
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        for size in (65536, 4096, 512, 1):
-            chunk = b"x" * size
-            try:
-                while True:
-                    os.write(fd, chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 async def test_the_alert_engine_goes_on_when_its_disk_is_full(
@@ -66,7 +40,7 @@ async def test_the_alert_engine_goes_on_when_its_disk_is_full(
     clock = SimClock(local_ts(2026, 6, 10, 10))
     rig = await make_rig(county=county, registry=reg, rules_path=rules, start=0, clock=clock,
                          state_path=state)
-    filler = fill(small_disk)
+    filler = fill_disk(small_disk)
     try:
         for _ in range(3):
             await rig.feed({"soil-1": 15})

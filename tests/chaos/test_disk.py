@@ -6,16 +6,13 @@ test."""
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 from farmedge.devservers import InfluxServer, MosquittoServer
+from tests.disks import fill_disk, small_tmpfs
 from tests.edgeproc import EdgeProcess, StreamPublisher
 from tests.support import count, eventually
 
@@ -24,32 +21,8 @@ pytestmark = [pytest.mark.servers, pytest.mark.chaos, pytest.mark.slow]
 
 @pytest.fixture
 def small_disk(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    mnt = tmp_path / f"disk-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path, "2m", "disk") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    """Fill the filesystem to the last byte; returns the file that does it."""
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        for size in (65536, 4096, 512, 1):
-            chunk = b"x" * size
-            try:
-                while True:
-                    os.write(fd, chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 def _disk_full(edge: EdgeProcess) -> dict[str, object] | None:
@@ -86,7 +59,7 @@ def test_a_full_disk_holds_messages_replays_and_resumes(
         first.wait_done(60)
         eventually(lambda: edge.health().get("spool_lines", 0) >= first.total_readings,
                    timeout=60, what="the first readings spooled")
-        filler = fill(small_disk)
+        filler = fill_disk(small_disk)
         second.start()
         h = eventually(lambda: _disk_full(edge), timeout=60, what="/healthz says disk full")
         assert any("disk full" in r and "bytes free" in r for r in h["reasons"]), h  # type: ignore[union-attr]
@@ -134,7 +107,7 @@ def test_an_edge_started_on_a_full_disk_runs(
     edge.log_path = tmp_path / "edge.log"
     edge.start()
     assert edge.stop() == 0
-    fill(small_disk)
+    fill_disk(small_disk)
     edge = EdgeProcess(**kw)  # type: ignore[arg-type]
     edge.log_path = tmp_path / "edge2.log"
     edge.start()

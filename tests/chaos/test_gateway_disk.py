@@ -6,13 +6,9 @@ delivered or counted, exactly."""
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,6 +17,7 @@ import pytest
 from farmedge.contract import GatewayStatus
 from farmedge.devservers import InfluxServer, MosquittoServer, influx_query
 from farmedge.gateway.drivers import Sample
+from tests.disks import fill_disk, small_tmpfs
 from tests.edgeproc import EdgeProcess
 from tests.gateway_support import AgentThread, Subscriber, gw_settings
 from tests.support import Publisher, eventually
@@ -30,31 +27,8 @@ pytestmark = [pytest.mark.servers, pytest.mark.chaos, pytest.mark.slow]
 
 @pytest.fixture
 def sd_card(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("mounting a size-limited tmpfs needs root")
-    mnt = tmp_path / f"sd-{uuid.uuid4().hex[:6]}"
-    mnt.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mnt)], check=True)
-    try:
+    with small_tmpfs(tmp_path, "8m", "sd") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=False)
-
-
-def fill(disk: Path) -> Path:
-    filler = disk / "filler"
-    fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        for size in (65536, 4096, 512, 1):
-            chunk = b"x" * size
-            try:
-                while True:
-                    os.write(fd, chunk)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    finally:
-        os.close(fd)
-    return filler
 
 
 class _Counter:
@@ -90,7 +64,7 @@ def test_a_full_sd_card_stops_taking_readings_counts_them_and_recovers(
     agent = AgentThread(s, drivers={"soil-1": drv}).start()
     try:
         eventually(lambda: len(sub.readings()) >= 200, timeout=30, what="readings flow")
-        filler = fill(sd_card)
+        filler = fill_disk(sd_card)
         full = eventually(lambda: [x for x in sub.status if x.get("outbox_full")], timeout=30,
                           what="status says the outbox is full")[-1]
         GatewayStatus.model_validate(full)
@@ -150,7 +124,7 @@ def test_a_gateway_started_on_a_full_sd_card_sends_its_backlog_and_recovers(
         agent.stop()
     backlog = agent.agent.outbox.depth
     first_samples = agent.agent.samples
-    filler = fill(sd_card)
+    filler = fill_disk(sd_card)
     sub = Subscriber(mosquitto.url, county)
     s = gw_settings(sd_card, mosquitto.url, county, sensors=sensors)
     agent = AgentThread(s, drivers={"soil-1": drv}).start()
