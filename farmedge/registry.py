@@ -180,7 +180,9 @@ def _duplicate_key(text: str) -> tuple[int, str] | None:
     import yaml
 
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
+        # libyaml's parser when PyYAML has it: this pass comes on top of the
+        # model loader's own.
+        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError:
         return None
     seen: set[int] = set()  # aliases share nodes: visit each once

@@ -842,3 +842,52 @@ def test_no_file_edit_under_a_running_broker(broker: ShippedBroker, tmp_path: Pa
     mq = gateway(broker, tmp_path, "c", "f", "gw-2", capsys)
     connected(broker, mq).close()
     assert "c/f/gw-2" in dynsec(broker.config_dir)
+
+
+@pytest.mark.parametrize("older_admin", [False, True])
+def test_revoke_clears_the_gateways_retained_status(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], older_admin: bool) -> None:
+    """The broker publishes no will when it closes a deleted account's
+    session: without revoke clearing it, the gateway's retained "online"
+    status would greet every edge that subscribes, forever. Also on a broker
+    whose admin role was made before the administrator could do that."""
+    b = ShippedBroker(tmp_path / "broker")
+    b.port = free_port()
+    provision("init", "--broker-dir", str(b.config_dir), "--admin-url", b.url,
+              "--broker-user", b.run_as, capsys=capsys)
+    if older_admin:
+        path = b.config_dir / "dynamic-security.json"
+        doc = json.loads(path.read_text())
+        for role in doc["roles"]:
+            if role["rolename"] == "service:admin":
+                role["acls"] = [a for a in role["acls"] if a["topic"].startswith("$CONTROL")]
+        path.write_text(json.dumps(doc))  # keeps its owner and mode
+    b.start()
+    try:
+        mq = gateway(b, tmp_path, "c", "f", "gw-1", capsys)
+        edge = service(b, "edge", capsys)
+        g = Client(b.port, mq["username"], mq["password"], client_id=mq["client_id"])
+        g.c.will_set("farm/v1/c/f/gw-1/status", b'{"online": false}', qos=1, retain=True)
+        assert g.connect() == 0
+        assert g.publish("farm/v1/c/f/gw-1/status", b'{"online": true}') in {0, 16}
+        g.c.publish("farm/v1/c/f/gw-1/status", b'{"online": true}', qos=1,
+                    retain=True).wait_for_publish(10)
+        out = provision("revoke", "--county", "c", "--farm", "f", "--gateway", "gw-1",
+                        "--broker-dir", str(b.config_dir),
+                        "--registry", str(tmp_path / "registry.yaml"), capsys=capsys)
+        assert "warning" not in out
+        eventually(g.dropped.is_set, what="the revoked gateway's connection closed")
+        e = connected(b, edge, client_id="edge-1")
+        assert e.subscribe("farm/v1/#") == [1]
+        # A marker published after the subscription: anything retained came first.
+        other = gateway(b, tmp_path, "c", "f", "gw-2", capsys)
+        o = connected(b, other)
+        assert o.publish("farm/v1/c/f/gw-2/status", b"marker") in {0, 16}
+        first = e.messages.get(timeout=10)
+        assert (first.topic, first.payload) == ("farm/v1/c/f/gw-2/status", b"marker")
+        for c in (e, o):
+            c.close()
+        # The administrator still administers.
+        gateway(b, tmp_path, "c", "f", "gw-3", capsys)
+    finally:
+        b.stop()

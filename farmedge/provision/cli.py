@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .dynsec import Backend
+    from .dynsec import Backend, LiveBroker
 
 __all__ = ["add_parser", "set_env"]
 
@@ -358,8 +358,25 @@ def set_env(path: Path, var: str, value: str) -> None:
         f.write("\n".join(out) + "\n")
 
 
+def _admin_may_clear_status(b: LiveBroker) -> None:
+    """Brokers provisioned by earlier versions: give the administrator's role
+    the status topic. Changing that role makes the broker close this very
+    connection, so it is sent last, without waiting for the answer."""
+    from .dynsec import ADMIN_ROLE, ADMIN_STATUS_TOPIC
+
+    res = b.one({"command": "getRole", "rolename": ADMIN_ROLE})
+    acls = res.get("data", {}).get("role", {}).get("acls", [])
+    if not any(a.get("topic") == ADMIN_STATUS_TOPIC for a in acls):
+        b.send_last([{"command": "addRoleACL", "rolename": ADMIN_ROLE,
+                      "acltype": "publishClientSend", "topic": ADMIN_STATUS_TOPIC,
+                      "allow": True}])
+
+
 def _revoke(args: argparse.Namespace) -> int:
+    from farmedge.contract import status_topic
+
     from . import accounts
+    from .dynsec import LiveBroker, clear_retained
     from .errors import ProvisionError
     from .registry_edit import remove_gateway
 
@@ -379,9 +396,18 @@ def _revoke(args: argparse.Namespace) -> int:
     if not all((args.county, args.farm, args.gateway)):
         raise ProvisionError("revoke needs --county, --farm and --gateway (or --user)")
     path = accounts.gateway_path(args.county, args.farm, args.gateway)
+    cred = None
     with _broker(args) as b:
         had = accounts.remove_gateway(b, args.county, args.farm, args.gateway)
         where = b.where
+        if isinstance(b, LiveBroker):
+            cred = b.cred
+            _admin_may_clear_status(b)
+    if cred is not None:
+        topic = status_topic(args.county, args.farm, args.gateway)
+        if not clear_retained(cred, topic):
+            _say(f"warning: could not clear the gateway's retained status on {topic}: the "
+                 "broker keeps its last one (\"online\") until it is cleared")
     removed = False
     if not args.keep_registry:
         removed, kept = remove_gateway(args.registry, args.county, args.farm, args.gateway)

@@ -96,9 +96,17 @@ def admin_file_for(broker_dir: Path) -> Path:
     return d.parent / f"{d.name}-admin.toml"
 
 
+#: What the administrator may publish besides the plugin's commands: a
+#: gateway's status topic, to clear the retained status a revoked gateway
+#: leaves behind (the broker publishes no will when it closes the session of
+#: a deleted account, so that status would say "online" forever).
+ADMIN_STATUS_TOPIC = "farm/v1/+/+/+/status"
+
+
 def admin_acls() -> list[dict[str, Any]]:
-    return [{"acltype": t, "topic": "$CONTROL/dynamic-security/#", "allow": True}
-            for t in ("publishClientSend", "publishClientReceive", "subscribePattern")]
+    return [*({"acltype": t, "topic": "$CONTROL/dynamic-security/#", "allow": True}
+              for t in ("publishClientSend", "publishClientReceive", "subscribePattern")),
+            {"acltype": "publishClientSend", "topic": ADMIN_STATUS_TOPIC, "allow": True}]
 
 
 def initial_config(admin_password: str) -> dict[str, Any]:
@@ -517,6 +525,7 @@ class LiveBroker(Backend):
         from paho.mqtt.enums import CallbackAPIVersion
 
         self.url = cred.url
+        self.cred = cred
         self.where = f"the broker at {cred.url}"
         self._timeout = timeout
         host, port, tls = _host_port(cred.url)
@@ -603,6 +612,15 @@ class LiveBroker(Backend):
                         got[cd] = res
         return [got[c["correlationData"]] for c in sent]
 
+    def send_last(self, commands: list[Command]) -> None:
+        """Send commands whose answer may never come back: those that make
+        the broker close this connection (a change of the administrator's
+        own role). Waits for the broker to take them (PUBACK) only."""
+        with self._lock:
+            info = self._c.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
+            with contextlib.suppress(Exception):
+                info.wait_for_publish(self._timeout)
+
     def _stop(self) -> None:
         with contextlib.suppress(Exception):
             self._c.disconnect()
@@ -610,6 +628,44 @@ class LiveBroker(Backend):
 
     def close(self) -> None:
         self._stop()
+
+
+def clear_retained(cred: AdminCredential, topic: str, *, timeout: float = 10.0) -> bool:
+    """Publish an empty retained message on ``topic`` as the administrator,
+    on a connection of its own (Mosquitto 2.0 closes an MQTT 5 connection
+    whose publish its ACL denies). True when the broker took it."""
+    import paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+
+    host, port, tls = _host_port(cred.url)
+    u = urlsplit(cred.url)
+    acked: queue.Queue[int] = queue.Queue()
+    connack: queue.Queue[int] = queue.Queue()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
+                    client_id=f"{ADMIN_USERNAME}-{os.getpid()}-{secrets.token_hex(3)}")
+    c.username_pw_set(unquote(u.username) if u.username else cred.username, cred.password)
+    if tls:
+        c.tls_set_context(ssl.create_default_context(cafile=cred.ca_file))
+    c.on_connect = lambda cl, ud, f, rc, p=None: connack.put(rc.value)
+    c.on_publish = lambda cl, ud, mid, rc, p=None: acked.put(getattr(rc, "value", 0))
+    c.on_disconnect = lambda *a: acked.put(-1)
+    try:
+        c.connect(host, port, keepalive=30)
+    except OSError:
+        return False
+    c.loop_start()
+    try:
+        if connack.get(timeout=timeout) != 0:
+            return False
+        c.publish(topic, b"", qos=1, retain=True)
+        # 0 or 16 ("no matching subscribers"): taken; -1: connection closed.
+        return 0 <= acked.get(timeout=timeout) < 128
+    except queue.Empty:
+        return False
+    finally:
+        with contextlib.suppress(Exception):
+            c.disconnect()
+        c.loop_stop()
 
 
 @contextlib.contextmanager
