@@ -75,6 +75,18 @@ def plain(doc: str | None) -> str:
     return re.sub(r"::(\s*)$", r":\1", text, flags=re.M)
 
 
+class ParagraphHelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Wraps a description's paragraphs, keeps the lines of a paragraph that
+    has its own line breaks (an example)."""
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        import textwrap
+
+        return "\n\n".join(textwrap.fill(p, min(width, 78), initial_indent=indent,
+                                         subsequent_indent=indent)
+                           if "\n" not in p else p for p in text.split("\n\n"))
+
+
 def stop_on_signals() -> threading.Event:
     """An event that SIGINT and SIGTERM set, for commands that run until
     stopped without an asyncio loop (simulate, demo)."""

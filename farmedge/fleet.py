@@ -48,6 +48,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
+from farmedge.cli import ParagraphHelpFormatter
+
 if TYPE_CHECKING:
     from farmedge.edge.settings import InfluxSection
     from farmedge.registry import Registry
@@ -478,16 +480,6 @@ def to_json(views: Sequence[CountyView], now_ms: int) -> dict[str, Any]:
 
 # -- the command ----------------------------------------------------------------
 
-class _Raw(argparse.RawDescriptionHelpFormatter):
-    """Wraps the description's paragraphs, keeps the examples' lines."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        import textwrap
-
-        return "\n\n".join(textwrap.fill(p, min(width, 78), initial_indent=indent,
-                                         subsequent_indent=indent)
-                           if "\n" not in p else p for p in text.split("\n\n"))
-
 
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
@@ -504,7 +496,7 @@ def add_parser(sub: Any) -> None:
         epilog="examples:\n"
                "  farmedge fleet --config /etc/farmedge/edge.toml\n"
                "  farmedge fleet --county suihua --json | jq '.counties[].idle_rate'",
-        formatter_class=_Raw)
+        formatter_class=ParagraphHelpFormatter)
     p.add_argument("--config", "-c", type=Path,
                    default=Path(os.environ["FARMEDGE_CONFIG"])
                    if os.environ.get("FARMEDGE_CONFIG") else None,

@@ -14,13 +14,14 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import structlog
 
-__all__ = ["LogFormat", "get_logger", "redact_secrets", "redact_text", "redact_url",
+__all__ = ["LogFormat", "Throttle", "get_logger", "redact_secrets", "redact_text", "redact_url",
            "setup_logging"]
 
 # scheme://userinfo@ : userinfo is what RFC 3986 allows there (no "/", "@",
@@ -125,3 +126,23 @@ def redact_url(url: str) -> str:
     user = parts.username or ""
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query,
                        parts.fragment))
+
+
+class Throttle:
+    """At most one log line per key per ``every`` seconds; counts the rest."""
+
+    def __init__(self, every: float = 10.0) -> None:
+        self.every = every
+        self._last: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def allow(self, key: tuple[str, str]) -> int | None:
+        """None: stay quiet. A number: log now, with this many suppressed."""
+        now = time.monotonic()
+        last, suppressed = self._last.get(key, (-1e9, 0))
+        if now - last >= self.every:
+            if len(self._last) > 10_000:
+                self._last.clear()
+            self._last[key] = (now, 0)
+            return suppressed
+        self._last[key] = (last, suppressed + 1)
+        return None

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from farmedge.edge.spool import Spool, is_disk_full
+from farmedge.disk import is_disk_full
+from farmedge.edge.spool import Spool
 from tests.disks import fill_disk, small_tmpfs
 
 

@@ -44,8 +44,8 @@ from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from farmedge.disk import is_disk_full
 from farmedge.edge.events import AcceptedReading, StatusEvent
-from farmedge.edge.spool import is_disk_full
 from farmedge.registry import Contact, Farm, GatewayEntry, Registry, SensorMeta
 
 from .errors import AlertsError, DeliveryFailed

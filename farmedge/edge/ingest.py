@@ -34,7 +34,7 @@ from farmedge.contract import (
     parse_status,
     parse_telemetry,
 )
-from farmedge.logs import get_logger
+from farmedge.logs import Throttle, get_logger
 from farmedge.registry import GatewayEntry, Registry, SensorMeta
 
 from .events import AcceptedReading, StatusEvent
@@ -96,24 +96,6 @@ class IngestCounters:
     seq_duplicates: int = 0
 
 
-class _Throttle:
-    """At most one log line per key per ``every`` seconds; counts the rest."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
-
-    def allow(self, key: tuple[str, str]) -> int | None:
-        now = time.monotonic()
-        last, suppressed = self._last.get(key, (0.0, 0))
-        if now - last >= self.every:
-            self._last[key] = (now, 0)
-            if len(self._last) > 10_000:
-                self._last.clear()
-            return suppressed
-        self._last[key] = (last, suppressed + 1)
-        return None
-
 
 class Ingestor:
     def __init__(self, settings: IngestSection, *, registry: Registry | None = None,
@@ -138,7 +120,7 @@ class Ingestor:
         self._current: Inbound | None = None
         self._current_digest: bytes | None = None
         self._log = get_logger("farmedge.edge.ingest")
-        self._throttle = _Throttle()
+        self._throttle = Throttle()
         self.counters = IngestCounters()
 
     def _gateway_state(self, key: tuple[str, str, str],

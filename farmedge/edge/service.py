@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from farmedge.contract import excerpt, parse_gateway_topic
-from farmedge.logs import get_logger, redact_url
+from farmedge.disk import is_disk_full
+from farmedge.logs import Throttle, get_logger, redact_url
 from farmedge.registry import Registry, load_registry
 
 from .events import Observer
@@ -29,7 +30,7 @@ from .lineproto import escape_tag, field_str
 from .metrics import EdgeMetrics
 from .mqtt import Inbound, MqttSource
 from .settings import EdgeSettings
-from .spool import Spool, is_disk_full
+from .spool import Spool
 from .state import IngestState
 
 __all__ = ["EdgeFatal", "EdgeService", "Health", "build_observers"]
@@ -45,25 +46,6 @@ class EdgeFatal(Exception):
         super().__init__(cause)
         self.cause = cause
 
-
-class _Throttle:
-    """At most one log line per key per ``every`` seconds; counts the rest."""
-
-    def __init__(self, every: float = 10.0) -> None:
-        self.every = every
-        self._last: dict[tuple[str, str], tuple[float, int]] = {}
-
-    def allow(self, key: tuple[str, str]) -> int | None:
-        """None: stay quiet. A number: log now, with this many suppressed."""
-        now = time.monotonic()
-        last, suppressed = self._last.get(key, (-1e9, 0))
-        if now - last >= self.every:
-            if len(self._last) > 1000:
-                self._last.clear()
-            self._last[key] = (now, 0)
-            return suppressed
-        self._last[key] = (last, suppressed + 1)
-        return None
 
 
 def build_observers(settings: EdgeSettings, registry: Registry | None) -> list[Observer]:
@@ -126,7 +108,7 @@ class EdgeService:
         self._tasks: list[asyncio.Task[None]] = []
         #: Why the service stopped on its own (None: it did not).
         self.fatal: str | None = None
-        self._internal_log = _Throttle()
+        self._internal_log = Throttle()
         #: Why the spool cannot take a batch now (disk full), or None.
         self._disk_error: str | None = None
         self._disk_since = 0.0

@@ -37,23 +37,11 @@ import zstandard
 
 from farmedge.logs import get_logger
 
-__all__ = ["Spool", "SpooledBatch", "is_disk_full"]
+__all__ = ["Spool", "SpooledBatch"]
 
 _NAME = re.compile(r"(\d{12,})-(\d+)-(\d+)\.zst")
 _DROPPED = "dropped"
 #: SQLITE_FULL: "database or disk is full"
-_SQLITE_FULL = 13
-
-
-def is_disk_full(exc: BaseException) -> bool:
-    """True for "no space left" however it is spelt: ENOSPC or EDQUOT from
-    the OS, SQLITE_FULL from SQLite."""
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(exc, sqlite3.Error):
-        return (getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
-                or "database or disk is full" in str(exc))
-    return False
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,20 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from farmedge.cli import ParagraphHelpFormatter
+
 __all__ = ["add_parser"]
 
 DEFAULT_CONFIG = "/etc/farmedge/gateway.toml"
 
-
-class _Raw(argparse.RawDescriptionHelpFormatter):
-    """Wraps the description's paragraphs, keeps the example's lines."""
-
-    def _fill_text(self, text: str, width: int, indent: str) -> str:
-        import textwrap
-
-        return "\n\n".join(textwrap.fill(p, min(width, 78), initial_indent=indent,
-                                         subsequent_indent=indent)
-                           if "\n" not in p else p for p in text.split("\n\n"))
 
 
 def add_parser(sub: Any) -> None:
@@ -70,7 +62,7 @@ def add_parser(sub: Any) -> None:
                     "answer, or a value flagged 'error'), 2 for a wrong settings file.",
         epilog=f"example:\n  farmedge gateway read-once --config {DEFAULT_CONFIG}\n"
                f"  farmedge gateway read-once --sensor soil-1 --json",
-        formatter_class=_Raw)
+        formatter_class=ParagraphHelpFormatter)
     once.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG),
                       help=f"settings file (default {DEFAULT_CONFIG}); FARMEDGE_* environment "
                            "variables override it")

@@ -22,7 +22,6 @@ stops on it.
 from __future__ import annotations
 
 import contextlib
-import errno
 import shutil
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -30,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farmedge.contract import Quality
+from farmedge.disk import is_disk_full
 from farmedge.logs import get_logger
 
 from .errors import OutboxError
@@ -43,16 +43,6 @@ ROW_OVERHEAD = 48
 SEQ_BLOCK = 1000
 #: While full, try again once at least this much is free.
 RESUME_FREE_BYTES = 1 << 20
-_SQLITE_FULL = 13
-
-
-def _is_full(exc: BaseException) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    if isinstance(exc, sqlite3.Error):
-        return (getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
-                or "database or disk is full" in str(exc))
-    return False
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS reading (
@@ -250,7 +240,7 @@ class Outbox:
                 db = self._begin()
                 cur = db.execute("INSERT INTO boot (boot_id) VALUES (?)", (boot_id,))
             except sqlite3.Error as exc:
-                if not _is_full(exc):
+                if not is_disk_full(exc):
                     raise
                 self._disk_full(exc)
                 return -1
@@ -276,7 +266,7 @@ class Outbox:
                 [(r.sensor, r.kind, r.unit, float(r.value), _QCODE[r.quality], r.animal, r.ts,
                   r.mono, boot, int(r.synced), s) for r, s in zip(rows, sizes, strict=True)])
         except sqlite3.Error as exc:
-            if not _is_full(exc):
+            if not is_disk_full(exc):
                 raise
             self._disk_full(exc, also_lost=len(rows))
             return
@@ -335,7 +325,7 @@ class Outbox:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
             self._in_tx = False
-            if not _is_full(exc):
+            if not is_disk_full(exc):
                 raise OutboxError(f"{self.path}: {exc}") from None
             self._recount()
             return
@@ -364,7 +354,7 @@ class Outbox:
                 n += cur.rowcount
                 gone += len(chunk)
         except sqlite3.Error as exc:
-            if not _is_full(exc):
+            if not is_disk_full(exc):
                 raise
             self._disk_full(exc)
             return
@@ -394,7 +384,7 @@ class Outbox:
             cur = db.execute("UPDATE reading SET ts = ? - (? - mono), synced = 1"
                              " WHERE synced = 0 AND boot = ?", (now_wall_ms, now_mono_ms, boot))
         except sqlite3.Error as exc:
-            if not _is_full(exc):
+            if not is_disk_full(exc):
                 raise
             self._disk_full(exc)
             return 0
@@ -409,7 +399,7 @@ class Outbox:
                     "INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_reserved', ?)",
                     (reserved,))
             except sqlite3.Error as exc:
-                if not _is_full(exc):
+                if not is_disk_full(exc):
                     raise
                 self._disk_full(exc)
             else:
@@ -471,7 +461,7 @@ class Outbox:
             try:
                 self.db.execute("COMMIT")
             except sqlite3.Error as exc:
-                if _is_full(exc):
+                if is_disk_full(exc):
                     self._disk_full(exc)
                     return
                 raise OutboxError(f"{self.path}: commit failed: {exc}") from None
