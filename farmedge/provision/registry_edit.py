@@ -89,7 +89,13 @@ def _load(path: Path) -> tuple[str, Registry]:
 def _locked(path: Path) -> Iterator[None]:
     """One edit of ``path`` at a time (a lock file beside it: the registry
     itself is replaced by each edit, so it cannot carry the lock)."""
-    fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path.with_name(f".{path.name}.lock"), os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        # A folder we may not write: reading works unlocked, and an edit
+        # would fail anyway when writing.
+        yield
+        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
@@ -98,7 +104,11 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _temp(path: Path, suffix: str) -> Path:
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    try:
+        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    except OSError as exc:
+        raise ProvisionError(f"{path}: cannot write in {path.parent}: "
+                             f"{exc.strerror or exc}") from None
     os.close(fd)
     return Path(name)
 
