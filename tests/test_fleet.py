@@ -177,8 +177,12 @@ def test_fleet_view_and_dashboard_agree(tmp_path: Path, mosquitto: MosquittoServ
                     n += int(s["values"][0][1])
             return n
 
-        eventually(lambda: statuses() == 4 and readings() == 4, timeout=30,
-                   what="statuses and readings stored")
+        def stored() -> bool:
+            got = (statuses(), readings())
+            assert got == (4, 4), f"(statuses, readings) = {got}"
+            return True
+
+        eventually(stored, timeout=30, what="statuses and readings stored")
 
         res = _fleet(influxdb, influx_db, "--registry", str(reg), "--json")
         assert res.returncode == 0, res.stderr

@@ -147,3 +147,20 @@ def test_closing_a_gateway_s_sensor_list_forgets_the_ids_it_had_before(tmp_path:
     ing = _edge(path, reg)
     lines = _lines(ing, msg)
     assert len(_ts(lines)) == 1 and "reason=unknown_sensor" in lines[-1]
+
+
+def test_a_last_will_after_a_synced_status_is_its_own_later_point(tmp_path: Path) -> None:
+    """A synced status is stored at the gateway's ``ts``, a last will (no
+    ``ts``) at the edge's receive time: arriving in the same millisecond, or
+    with the gateway's clock a little ahead, the will must neither overwrite
+    the status nor be stamped before it."""
+    topic = "farm/v1/c1/f1/gw-1/status"
+    will = json.dumps({"v": 1, "gateway": "gw-1", "online": False}).encode()
+    ing = _edge(tmp_path / "s.sqlite3")
+    for ahead in (0, 40):
+        alive = json.dumps({"v": 1, "gateway": "gw-1", "online": True, "clock": "synced",
+                            "ts": NOW + ahead + 100_000 * (ahead > 0)}).encode()
+        [on] = _lines(ing, _msg(alive, topic=topic, received=NOW + 100_000 * (ahead > 0)))
+        [off] = _lines(ing, _msg(will, topic=topic, received=NOW + 100_000 * (ahead > 0)))
+        t_on, t_off = int(on.rsplit(" ", 1)[1]), int(off.rsplit(" ", 1)[1])
+        assert t_off > t_on, (ahead, on, off)

@@ -461,15 +461,21 @@ class Ingestor:
         again (retained at reconnect, redelivered after a restart) lands on
         the time it was first stored at."""
         now = msg.received_ms
-        if st.ts is not None and st.clock is Clock.SYNCED and \
-                self._s.min_ts_ms <= st.ts <= now + int(self._s.max_future_s * 1000):
-            return st.ts
         digest = hashlib.blake2b(msg.payload, digest_size=16).digest()
         last = self.state.last_status(key)
+        if st.ts is not None and st.clock is Clock.SYNCED and \
+                self._s.min_ts_ms <= st.ts <= now + int(self._s.max_future_s * 1000):
+            if last != (digest, st.ts):
+                self.state.save_status(key, digest, st.ts)
+            return st.ts
         if last is not None:
             if last[0] == digest:
                 return last[1]
-            if 0 <= last[1] - now < 1000:
-                now = last[1] + 1  # two statuses in one millisecond: two points
+            if last[1] >= now:
+                # The gateway's previous status is stamped at or after the
+                # edge's now (its own clock, a little ahead, or the same
+                # millisecond): this one goes after it, on a point of its
+                # own, so the latest status stays the latest.
+                now = last[1] + 1
         self.state.save_status(key, digest, now)
         return now
