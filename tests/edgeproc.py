@@ -22,6 +22,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from farmedge.devservers import free_port
+from farmedge.edge.settings import EdgeSettings, HttpSection, InfluxSection, MqttSection
 
 from .support import eventually, make_payload
 
@@ -199,3 +200,16 @@ class StreamPublisher:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+
+
+def edge_settings(mosquitto_url: str, influx_url: str, db: str, county: str,
+                  tmp_path: Path) -> EdgeSettings:
+    """Settings for an in-process EdgeService on one county's topics, writing
+    to database ``db``, flushing every 0.1 s, health on a free port."""
+    return EdgeSettings(
+        data_dir=tmp_path / "edge",
+        mqtt=MqttSection(url=mosquitto_url, client_id=f"edge-{county}",
+                         topics=[f"farm/v1/{county}/+/+/telemetry",
+                                 f"farm/v1/{county}/+/+/status"]),
+        influx=InfluxSection(url=influx_url, database=db, flush_interval_s=0.1),
+        http=HttpSection(port=0))

@@ -23,9 +23,10 @@ from farmedge.alerts import (
 from farmedge.contract.topics import status_topic, telemetry_topic
 from farmedge.devservers import InfluxServer, MosquittoServer
 from farmedge.edge.service import EdgeService, build_observers
-from farmedge.edge.settings import EdgeSettings, HttpSection, InfluxSection, MqttSection
+from farmedge.edge.settings import EdgeSettings
 from farmedge.registry import Contact, Farm, GatewayEntry, Plot, Registry, SensorMeta
 from tests.alerts_support import HttpReceiver, SimClock, local_ts, reading, status_payload, until
+from tests.edgeproc import edge_settings
 from tests.support import Publisher, count, make_payload
 
 pytestmark = pytest.mark.servers
@@ -48,16 +49,6 @@ def registry(county: str, url: str) -> Registry:
         contacts=[Contact(name="王建国", language="zh", notify=[url])])])
 
 
-def settings(mosquitto: MosquittoServer, influxdb: InfluxServer, db: str, county: str,
-             tmp_path: Path) -> EdgeSettings:
-    return EdgeSettings(
-        data_dir=tmp_path / "edge",
-        mqtt=MqttSection(url=mosquitto.url, client_id=f"edge-{county}",
-                         topics=[f"farm/v1/{county}/+/+/telemetry",
-                                 f"farm/v1/{county}/+/+/status"]),
-        influx=InfluxSection(url=influxdb.url, database=db, flush_interval_s=0.1),
-        http=HttpSection(port=0))
-
 
 async def test_reading_through_the_edge_reaches_the_farmer(
         mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
@@ -71,7 +62,7 @@ async def test_reading_through_the_edge_reaches_the_farmer(
         recorders=[memory, InfluxRecorder(url=influxdb.url, database=influx_db, flush_s=0.2),
                    MqttRecorder(url=mosquitto.url)],
         settings=AlertsSettings(tick_s=0.05))
-    s = settings(mosquitto, influxdb, influx_db, county, tmp_path)
+    s = edge_settings(mosquitto.url, influxdb.url, influx_db, county, tmp_path)
     svc = EdgeService(s, registry=reg, observers=[engine])
     stop = asyncio.Event()
     task = asyncio.create_task(svc.run(stop))

@@ -7,9 +7,14 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farmedge.cli import ParagraphHelpFormatter
+
+if TYPE_CHECKING:
+    from farmedge.checks import Report
+
+    from .settings import GatewaySettings
 
 __all__ = ["add_parser"]
 
@@ -75,12 +80,16 @@ def add_parser(sub: Any) -> None:
     once.set_defaults(func=_read_once)
 
 
-def _load(path: Path) -> Any:
-    from farmedge.config import load_settings
 
-    from .settings import GatewaySettings
+def _checked(config: Path) -> tuple[Report, GatewaySettings | None]:
+    """The settings after every check ``run`` makes, or None (errors printed)."""
+    from farmedge.checks import check_gateway
 
-    return load_settings(GatewaySettings, path)
+    report, s = check_gateway(config)
+    if report.errors or s is None:
+        report.print("farmedge gateway", quiet_ok=True)
+        return report, None
+    return report, s
 
 
 def _check(args: argparse.Namespace) -> int:
@@ -92,14 +101,12 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _read_once(args: argparse.Namespace) -> int:
-    from farmedge.checks import EXIT_ERRORS, check_gateway
+    from farmedge.checks import EXIT_ERRORS
 
     from .readonce import print_json, print_table, read_all
 
-    report, s = check_gateway(args.config)
-    if report.errors:
-        report.print("farmedge gateway", quiet_ok=True)
-    if report.errors or s is None:
+    _, s = _checked(args.config)
+    if s is None:
         return EXIT_ERRORS
     unknown = [x for x in args.sensor if x not in {c.id for c in s.sensors}]
     if unknown:
@@ -113,16 +120,14 @@ def _read_once(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from farmedge.checks import EXIT_ERRORS, check_gateway
+    from farmedge.checks import EXIT_ERRORS
     from farmedge.logs import get_logger, setup_logging
 
     from .agent import Agent
     from .errors import GatewayError
 
-    report, s = check_gateway(args.config)
-    if report.errors:
-        report.print("farmedge gateway", quiet_ok=True)
-    if report.errors or s is None:
+    report, s = _checked(args.config)
+    if s is None:
         return EXIT_ERRORS
     setup_logging(s.log_level, s.log_format)
     for warning in report.warnings:  # what check-config warns about, in the service's log

@@ -21,8 +21,8 @@ from farmedge.edge.events import AcceptedReading, StatusEvent
 from farmedge.edge.ingest import Batch, Ingestor
 from farmedge.edge.mqtt import Inbound
 from farmedge.edge.service import EdgeService
-from farmedge.edge.settings import EdgeSettings, HttpSection, InfluxSection, MqttSection
-from tests.edgeproc import EdgeProcess
+from tests.alerts_support import until
+from tests.edgeproc import EdgeProcess, edge_settings
 from tests.support import Publisher, count, eventually, make_payload
 
 pytestmark = [pytest.mark.servers, pytest.mark.chaos]
@@ -68,23 +68,6 @@ class _Recorder:
         self.statuses.append(event)
 
 
-async def _until(fn: object, limit: float = 45, what: str = "condition") -> None:
-    deadline = time.monotonic() + limit
-    while not fn():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what} not met after {limit}s")
-        await asyncio.sleep(0.05)
-
-
-def _settings(mosquitto: MosquittoServer, influxdb: InfluxServer, db: str, county: str,
-              tmp_path: Path) -> EdgeSettings:
-    return EdgeSettings(
-        data_dir=tmp_path / "edge",
-        mqtt=MqttSection(url=mosquitto.url, client_id=f"edge-{county}",
-                         topics=[f"farm/v1/{county}/+/+/telemetry",
-                                 f"farm/v1/{county}/+/+/status"]),
-        influx=InfluxSection(url=influxdb.url, database=db, flush_interval_s=0.1),
-        http=HttpSection(port=0))
 
 
 async def test_a_failing_handler_or_observer_is_contained_to_its_message(
@@ -92,14 +75,14 @@ async def test_a_failing_handler_or_observer_is_contained_to_its_message(
         tmp_path: Path) -> None:
     """The handler and an observer are made to fail (injected through the
     constructor); the servers are real."""
-    s = _settings(mosquitto, influxdb, influx_db, county, tmp_path)
+    s = edge_settings(mosquitto.url, influxdb.url, influx_db, county, tmp_path)
     recorder = _Recorder()
     ingestor = _BuggyIngestor(s.ingest, keep_readings=True)
     svc = EdgeService(s, observers=[_BuggyObserver(), recorder], ingestor=ingestor)
     stop = asyncio.Event()
     with structlog.testing.capture_logs() as logs:
         task = asyncio.create_task(svc.run(stop))
-        await _until(lambda: svc.mqtt.subscribed, what="subscribed")
+        await until(lambda: svc.mqtt.subscribed, timeout=45, what="subscribed")
         now = int(time.time() * 1000)
 
         def publish() -> None:
@@ -116,9 +99,9 @@ async def test_a_failing_handler_or_observer_is_contained_to_its_message(
             p.close()
 
         await asyncio.to_thread(publish)
-        await _until(lambda: count(influxdb.url, influx_db, "soil", "moisture") >= 30
-                     and len(_dead_letters(influxdb, influx_db)) >= 3, what="stored")
-        await _until(lambda: recorder.statuses, what="status observed")
+        await until(lambda: count(influxdb.url, influx_db, "soil", "moisture") >= 30
+                    and len(_dead_letters(influxdb, influx_db)) >= 3, timeout=45, what="stored")
+        await until(lambda: recorder.statuses, timeout=45, what="status observed")
         assert not task.done(), "the service goes on"
         stop.set()
         await task
@@ -187,13 +170,13 @@ async def test_an_observer_that_fails_to_start_leaves_ingestion_running(
         tmp_path: Path) -> None:
     """The observer's start is made to fail (injected through the
     constructor); the servers are real."""
-    s = _settings(mosquitto, influxdb, influx_db, county, tmp_path)
+    s = edge_settings(mosquitto.url, influxdb.url, influx_db, county, tmp_path)
     recorder = _Recorder()
     svc = EdgeService(s, observers=[_Unstartable(), recorder])
     stop = asyncio.Event()
     task = asyncio.create_task(svc.run(stop))
     try:
-        await _until(lambda: svc.mqtt.subscribed, what="subscribed")
+        await until(lambda: svc.mqtt.subscribed, timeout=45, what="subscribed")
 
         def publish() -> None:
             p = Publisher(mosquitto.url)
@@ -202,9 +185,10 @@ async def test_an_observer_that_fails_to_start_leaves_ingestion_running(
             p.close()
 
         await asyncio.to_thread(publish)
-        await _until(lambda: count(influxdb.url, influx_db, "soil", "moisture") == 10,
-                     what="stored")
-        await _until(lambda: len(recorder.readings) == 10, what="the other observer fed")
+        await until(lambda: count(influxdb.url, influx_db, "soil", "moisture") == 10,
+                    timeout=45, what="stored")
+        await until(lambda: len(recorder.readings) == 10, timeout=45,
+                    what="the other observer fed")
         h = svc.health()
         assert not h.ok
         assert any("_Unstartable is not running" in r and "Input/output error" in r
