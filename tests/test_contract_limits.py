@@ -198,6 +198,30 @@ def test_status_numbers_influxdb_cannot_store_are_bad_status(field: str) -> None
     assert err.value.reason == "bad_status"
 
 
+@pytest.mark.parametrize("doc", [
+    '{"v":1,"gateway":"gw-2","online":"yes"}',
+    '{"v":1,"gateway":"gw-2","online":1}',
+    '{"v":1,"gateway":"gw-2","online":true,"dropped":true}',
+    '{"v":1,"gateway":"gw-2","online":true,"outbox_depth":"7"}',
+    '{"v":1,"gateway":"gw-2","online":true,"outbox_depth":5.0}',
+    '{"v":1,"gateway":"gw-2","online":true,"cpu_temperature":"7"}',
+    '{"v":1,"gateway":"gw-2","online":true,"uptime_s":true}',
+    '{"v":1,"gateway":"gw-2","online":true,"outbox_full":"false"}',
+])
+def test_status_fields_of_the_wrong_json_type_are_bad_status_not_guessed(doc: str) -> None:
+    """As for readings, the edge does not guess: a string or boolean where a
+    number belongs (or the reverse) is refused, not converted."""
+    with pytest.raises(MessageRejected) as err:
+        parse_status(doc.encode())
+    assert err.value.reason == "bad_status"
+
+
+def test_status_decimals_may_be_written_as_integers() -> None:
+    st = parse_status(b'{"v":1,"gateway":"gw-2","online":true,"uptime_s":100,'
+                      b'"disk_free_mb":0,"cpu_temperature":-3}')
+    assert (st.uptime_s, st.disk_free_mb, st.cpu_temperature) == (100.0, 0.0, -3.0)
+
+
 @pytest.mark.parametrize("field", [
     '"dropped":9223372036854775807',
     '"outbox_depth":0',

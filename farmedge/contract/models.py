@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    StrictBool,
     StrictInt,
 )
 
@@ -66,12 +67,13 @@ Id = Annotated[str, AfterValidator(_id)]
 #: A county, farm or gateway id: also a topic level, so not a reserved word.
 TopicId = Annotated[str, AfterValidator(_topic_id)]
 EpochMs = Annotated[StrictInt, Field(ge=0, lt=MAX_EPOCH_MS)]
-#: A count: 0 <= n < 2**63.
-Count = Annotated[int, Field(ge=0, lt=MAX_INT)]
-#: A finite decimal (float64; never NaN or infinity).
-Finite = Annotated[float, Field(allow_inf_nan=False)]
+#: A count: 0 <= n < 2**63, a JSON integer (not a boolean, string or decimal).
+Count = Annotated[StrictInt, Field(ge=0, lt=MAX_INT)]
+#: A finite decimal (float64; never NaN or infinity), a JSON number (not a
+#: boolean or string).
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 #: A finite decimal >= 0.
-FiniteNonNeg = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+FiniteNonNeg = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 
 
 class Clock(StrEnum):
@@ -135,7 +137,7 @@ class GatewayStatus(BaseModel):
 
     v: Literal[1]
     gateway: TopicId
-    online: bool
+    online: StrictBool
     ts: EpochMs | None = None
     uptime_s: FiniteNonNeg | None = None
     version: Annotated[str, Field(max_length=40)] | None = None
@@ -147,4 +149,4 @@ class GatewayStatus(BaseModel):
     disk_free_mb: FiniteNonNeg | None = None
     #: True while the gateway's disk is full: it is not keeping new readings
     #: (they are counted in ``dropped``). Sent only then.
-    outbox_full: bool | None = None
+    outbox_full: StrictBool | None = None

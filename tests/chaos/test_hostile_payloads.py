@@ -113,3 +113,30 @@ def test_a_status_with_a_count_past_int64_is_a_dead_letter(
         pub.publish(f"farm/v1/{county}/farm-1/gw-3/status", b"", retain=True)
         pub.close()
         assert edge.stop() == 0
+
+
+def test_a_status_with_fields_of_the_wrong_type_is_a_dead_letter(
+        mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
+        tmp_path: Path) -> None:
+    """``"online": "yes"`` or ``"dropped": true`` is not guessed into a
+    boolean or a count: each is a ``bad_status`` dead letter, nothing of it is
+    stored, and the good status after them is."""
+    edge = EdgeProcess(mqtt_url=mosquitto.url, influx_url=influxdb.url, database=influx_db,
+                       data_dir=tmp_path / "edge", county=county).start()
+    pub = Publisher(mosquitto.url)
+    try:
+        topic = f"farm/v1/{county}/farm-1/gw-4/status"
+        pub.publish(topic, b'{"v":1,"gateway":"gw-4","online":"yes"}')
+        pub.publish(topic, b'{"v":1,"gateway":"gw-4","online":true,"dropped":true}')
+        pub.publish(topic, b'{"v":1,"gateway":"gw-4","online":true,"dropped":3}')
+        eventually(lambda: count(influxdb.url, influx_db, "gateway", "online") == 1,
+                   timeout=30, what="the good status stored")
+        rows = influx_query(influxdb.url, "SELECT dropped FROM gateway", influx_db)
+        assert [r[1] for r in rows[0]["values"]] == [3]
+        letters = eventually(lambda: len(_dead_letters(influxdb, influx_db)) == 2
+                             and _dead_letters(influxdb, influx_db), timeout=30,
+                             what="two dead letters")
+        assert [(r, g) for r, g, _ in letters] == [("bad_status", "gw-4")] * 2
+    finally:
+        pub.close()
+        assert edge.stop() == 0
