@@ -828,6 +828,10 @@ class EdgeService:
         }
         degraded = self._clock_trouble(now)
         self._note_state_errors()
+        if self.ingestor.state.unavailable is not None:
+            degraded.append(f"ingest state unavailable ({self.ingestor.state.unavailable}): "
+                            "the edge runs from memory, a restart forgets id budgets, "
+                            "unsynced clock offsets and status times")
         if self._state_error_at and now - self._state_error_at < 15:
             degraded.append(f"ingest state not saved ({self._state_errors} write errors, "
                             f"{self.spool.free_bytes()} bytes free): the edge goes on from "

@@ -74,6 +74,8 @@ class IngestState:
         self._dead_inserts = 0
         self._pending_dead: dict[bytes, tuple[int, int]] = {}
         self._pending_sql: list[tuple[str, tuple[object, ...]]] = []
+        #: Why the state file could not be opened (the edge runs from memory).
+        self.unavailable: str | None = None
         if path is not None:
             self._open_any(path)
 
@@ -92,6 +94,17 @@ class IngestState:
                 free = shutil.disk_usage(path.parent).free
             except OSError:
                 free = 0
+        if _is_corrupt(error) and free >= 1 << 20 and self._set_aside(path, error):
+            # What it held is learnt again (ids, offsets, status times); a
+            # file that can never be opened would lose it at every restart.
+            for d in (self.known, self.segments, self.statuses):
+                d.clear()
+            try:
+                self._open(path)
+                return
+            except (sqlite3.Error, OSError) as exc:
+                self.close()
+                error = exc
         if free < 1 << 20:
             # A full disk: WAL mode cannot make its shared-memory file; in
             # exclusive locking mode SQLite keeps that index in memory.
@@ -106,9 +119,27 @@ class IngestState:
                 return
         for d in (self.known, self.segments, self.statuses):
             d.clear()
+        self.unavailable = f"{type(error).__name__}: {error}"[:200]
         self._log.error("ingest_state.unavailable", path=str(path), error=str(error)[:200],
                         hint="budgets, unsynced clock offsets and status times are kept in "
                              "memory only until the edge restarts")
+
+    def _set_aside(self, path: Path, error: Exception) -> bool:
+        """Rename an unreadable state file (and its WAL) out of the way."""
+        aside = path.with_name(f"{path.name}.corrupt-{int(time.time())}")
+        try:
+            path.rename(aside)
+            for ext in ("-wal", "-shm"):
+                side = path.with_name(path.name + ext)
+                if side.exists():
+                    side.rename(aside.with_name(aside.name + ext))
+        except OSError:
+            return False
+        self._log.error("ingest_state.corrupt_set_aside", path=str(path), moved_to=str(aside),
+                        error=str(error)[:200],
+                        hint="started afresh: id budgets, unsynced clock offsets and status "
+                             "times are learnt again")
+        return True
 
     def _open(self, path: Path, *, exclusive: bool = False) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -256,3 +287,10 @@ class IngestState:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             self._failed("flush", exc)
+
+
+def _is_corrupt(exc: BaseException) -> bool:
+    """SQLite says the file is not a database or is damaged (not: busy,
+    read-only, full)."""
+    return isinstance(exc, sqlite3.DatabaseError) and any(
+        m in str(exc) for m in ("file is not a database", "malformed", "file is encrypted"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import sqlite3
 import threading
 import time
 from pathlib import Path
@@ -290,3 +291,58 @@ def test_retained_status_and_telemetry_land_on_the_same_points_at_every_reconnec
     assert _reasons(influxdb.url, influx_db) == {"ts_implausible": 1}
     [oldest] = _rows(influxdb.url, influx_db, "SELECT first(moisture) FROM soil")
     assert int(oldest[0]) > 1_577_836_800_000
+
+
+def test_an_edge_whose_ingest_state_file_is_corrupt_sets_it_aside_and_runs(
+        mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
+        tmp_path: Path) -> None:
+    """A state file damaged on disk (a bad SD card, a half-copied backup) is
+    moved aside and a fresh one started: the edge runs, stores readings,
+    /healthz is healthy and what it learns is saved again."""
+    data = tmp_path / "edge"
+    data.mkdir()
+    (data / "ingest.sqlite3").write_bytes(b"this is not a database " * 200)
+    edge = EdgeProcess(mqtt_url=mosquitto.url, influx_url=influxdb.url, database=influx_db,
+                       data_dir=data, county=county).start()
+    pub = Publisher(mosquitto.url)
+    try:
+        now = int(time.time() * 1000)
+        pub.publish(f"farm/v1/{county}/farm-1/gw-1/telemetry", make_payload("gw-1", 0, [
+            {"sensor": f"s{i}", "kind": "soil_moisture", "ts": now - 1000, "value": 20.0,
+             "unit": "%"} for i in range(5)]))
+        eventually(lambda: count(influxdb.url, influx_db, "soil", "moisture") == 5,
+                   timeout=30, what="readings stored")
+        h = edge.health()
+        assert h["http_status"] == 200 and h["status"] == "ok", h
+        aside = list(data.glob("ingest.sqlite3.corrupt-*"))
+        assert len(aside) == 1 and aside[0].read_bytes().startswith(b"this is not")
+    finally:
+        pub.close()
+        assert edge.stop() == 0
+    with sqlite3.connect(data / "ingest.sqlite3") as db:
+        assert db.execute("SELECT count(*) FROM known_id").fetchone()[0] == 5
+
+
+def test_an_edge_whose_ingest_state_cannot_be_opened_says_so_and_runs(
+        mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
+        tmp_path: Path) -> None:
+    """The state file is a directory (an operator's mistake): the edge runs
+    from memory, stores readings, and /healthz is degraded with the reason."""
+    data = tmp_path / "edge"
+    (data / "ingest.sqlite3").mkdir(parents=True)
+    edge = EdgeProcess(mqtt_url=mosquitto.url, influx_url=influxdb.url, database=influx_db,
+                       data_dir=data, county=county).start()
+    pub = Publisher(mosquitto.url)
+    try:
+        now = int(time.time() * 1000)
+        pub.publish(f"farm/v1/{county}/farm-1/gw-1/telemetry", make_payload("gw-1", 0, [
+            {"sensor": "s1", "kind": "soil_moisture", "ts": now - 1000, "value": 20.0,
+             "unit": "%"}]))
+        eventually(lambda: count(influxdb.url, influx_db, "soil", "moisture") == 1,
+                   timeout=30, what="reading stored")
+        h = edge.health()
+        assert h["http_status"] == 503 and h["status"] == "degraded", h
+        assert any("ingest state unavailable" in r for r in h["reasons"]), h
+    finally:
+        pub.close()
+        assert edge.stop() == 0
