@@ -1,5 +1,7 @@
 # The farmedge image: the edge service (default command) and the other
-# farmedge commands (simulate, provision, ...). Runs as an unprivileged user;
+# farmedge commands (provision, alerts, fleet, ...). The target "demo" adds the
+# developer tooling (tools/: `farmedge simulate`, `farmedge demo`) for the
+# compose file's simulator. Runs as an unprivileged user;
 # the health check asks the edge's /healthz, which answers 503 with a reason
 # when the broker or InfluxDB is unreachable or ingestion has stalled.
 
@@ -8,8 +10,10 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY farmedge ./farmedge
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[edge,alerts]"
+COPY tools ./tools
+RUN pip wheel --no-cache-dir --no-deps --wheel-dir /devwheels ./tools
 
-FROM python:3.11-slim
+FROM python:3.11-slim AS edge
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/farmedge --create-home \
         --shell /usr/sbin/nologin farmedge \
     && mkdir -p /var/lib/farmedge/data /etc/farmedge \
@@ -29,3 +33,11 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=4).status != 200)"]
 ENTRYPOINT ["farmedge"]
 CMD ["edge", "run"]
+
+# The simulator of the compose file's "demo" profile: the same image plus the
+# developer tooling.
+FROM edge AS demo
+USER root
+COPY --from=build /devwheels /devwheels
+RUN pip install --no-cache-dir --no-deps /devwheels/*.whl && rm -rf /devwheels
+USER farmedge

@@ -217,7 +217,7 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
     assert spec and spec.loader
     bi: Any = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bi)
-    from farmedge.devservers import InfluxServer, MosquittoServer, process_stats
+    from farmedge_dev.devservers import InfluxServer, MosquittoServer, process_stats
 
     tmp = Path(tempfile.mkdtemp(prefix="farmedge-bench-alerts-"))
     mq = MosquittoServer(tmp / "mq").start()

@@ -41,7 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from farmedge.devservers import (  # noqa: E402
+from farmedge_dev.devservers import (  # noqa: E402
     free_port,
     influx_query,
     process_stats,

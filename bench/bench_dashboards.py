@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 from farmedge import dashboards as gen  # noqa: E402
 from farmedge.contract import KINDS  # noqa: E402
-from farmedge.devservers import InfluxServer, influx_query  # noqa: E402
 from farmedge.simdata import make_farms  # noqa: E402
+from farmedge_dev.devservers import InfluxServer, influx_query  # noqa: E402
 from tests.grafana_support import (  # noqa: E402
     Selection,
     expand,

@@ -39,7 +39,8 @@ from farmedge.contract import (  # noqa: E402
     telemetry_topic,
 )
 from farmedge.contract.models import Quality  # noqa: E402
-from farmedge.devservers import (  # noqa: E402
+from farmedge.simdata import make_farms  # noqa: E402
+from farmedge_dev.devservers import (  # noqa: E402
     InfluxServer,
     MosquittoServer,
     free_port,
@@ -47,7 +48,6 @@ from farmedge.devservers import (  # noqa: E402
     process_stats,
     wait_edge_subscribed,
 )
-from farmedge.simdata import make_farms  # noqa: E402
 
 COUNTY, FARM, GATEWAY = "heilongjiang-bayan", "farm-001", "gw-001-1"
 TOPIC = telemetry_topic(COUNTY, FARM, GATEWAY)

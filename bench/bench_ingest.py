@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
-from farmedge.devservers import (  # noqa: E402
+from farmedge_dev.devservers import (  # noqa: E402
     InfluxServer,
     MosquittoServer,
     free_port,

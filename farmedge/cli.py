@@ -27,12 +27,25 @@ EXIT_BROKEN_PIPE = 141
 _SUBCOMMANDS: dict[str, str] = {
     "edge": "farmedge.edge.cli",
     "gateway": "farmedge.gateway.cli",
-    "simulate": "farmedge.simulate",
-    "demo": "farmedge.demo",
+    "simulate": "farmedge_dev.simulate",
+    "demo": "farmedge_dev.demo",
     "provision": "farmedge.provision.cli",
     "alerts": "farmedge.alerts.cli",
     "fleet": "farmedge.fleet",
 }
+
+#: Entry-point group through which other distributions add subcommands (the
+#: developer tooling, tools/pyproject.toml, adds ``simulate`` and ``demo``).
+PLUGIN_GROUP = "farmedge.commands"
+
+
+def _subcommands() -> dict[str, str]:
+    from importlib.metadata import entry_points
+
+    found = dict(_SUBCOMMANDS)
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        found.setdefault(ep.name, ep.value)
+    return found
 
 
 #: third-party module -> the extra that installs it, for "pip install 'farmedge[...]'".
@@ -112,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"farmedge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in _SUBCOMMANDS.items():
+    for name, module_name in _subcommands().items():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:

@@ -24,8 +24,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 from farmedge.contract.models import Clock, GatewayStatus
 from farmedge.contract.parse import parse_telemetry
 from farmedge.contract.topics import parse_gateway_topic
-from farmedge.devservers import free_port
 from farmedge.edge.events import AcceptedReading, Observer, StatusEvent
+from farmedge_dev.devservers import free_port
 
 T = TypeVar("T")
 CST = timezone(timedelta(hours=8))

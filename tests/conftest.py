@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from farmedge.devservers import InfluxServer, MosquittoServer
+from farmedge_dev.devservers import InfluxServer, MosquittoServer
 
 
 @pytest.fixture(scope="session")

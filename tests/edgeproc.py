@@ -21,8 +21,8 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from farmedge.devservers import free_port
 from farmedge.edge.settings import EdgeSettings, HttpSection, InfluxSection, MqttSection
+from farmedge_dev.devservers import free_port
 
 from .support import eventually, make_payload
 

@@ -160,7 +160,7 @@ class EdgeProcess(_EdgeProcess):
 def influx_points(url: str, db: str, measurement: str, field: str,
                   where: str = "") -> list[tuple[int, float, str]]:
     """(time ms, value, sensor) of every point, oldest first."""
-    from farmedge.devservers import influx_query
+    from farmedge_dev.devservers import influx_query
 
     q = f'SELECT "{field}", "sensor" FROM "{measurement}"' + (f" WHERE {where}" if where else "")
     try:

@@ -25,19 +25,19 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from farmedge.devservers import (
-    InfluxServer,
-    MosquittoServer,
-    broker_user,
-    dynsec_plugin_path,
-    free_port,
-)
 from farmedge.provision.dynsec import (
     AdminCredential,
     LiveBroker,
     admin_file_for,
     load_admin,
     new_password,
+)
+from farmedge_dev.devservers import (
+    InfluxServer,
+    MosquittoServer,
+    broker_user,
+    dynsec_plugin_path,
+    free_port,
 )
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
-from farmedge.devservers import influx_query
+from farmedge_dev.devservers import influx_query
 
 T = TypeVar("T")
 

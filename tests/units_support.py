@@ -11,7 +11,7 @@ by the user. Stopping sends KillSignal= and waits TimeoutStopSec=. Sandboxing
 
 ``python -m tests.units_support systemctl|journalctl|apt-get|sudo ...`` is
 the stand-in the install-guide test puts first on PATH, so that the guide's
-commands run unchanged (tests/test_install_guide.py): units are looked up in
+commands run unchanged (tests/integration/test_install_guide.py): units are looked up in
 the test's root folder and then in /lib/systemd/system (Debian's own
 mosquitto and influxdb units), with the test's path substitutions applied.
 """

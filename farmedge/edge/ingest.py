@@ -36,10 +36,10 @@ from farmedge.contract import (
 )
 from farmedge.logs import Throttle, get_logger
 from farmedge.registry import GatewayEntry, Registry, SensorMeta
+from farmedge.storage.lineproto import escape_tag, field_str, float_field
+from farmedge.transport.mqtt import Inbound
 
 from .events import AcceptedReading, StatusEvent
-from .lineproto import escape_tag, field_str, float_field
-from .mqtt import Inbound
 from .settings import IngestSection
 from .state import ClockSegment, IngestState
 

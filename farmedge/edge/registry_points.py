@@ -21,8 +21,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from farmedge.registry import Registry
-
-from .lineproto import escape_tag, field_str, float_field
+from farmedge.storage.lineproto import escape_tag, field_str, float_field
 
 __all__ = ["STATE_FILE", "load_written", "registry_lines", "save_written"]
 

@@ -22,15 +22,15 @@ from farmedge.contract import excerpt, parse_gateway_topic
 from farmedge.disk import is_disk_full
 from farmedge.logs import Throttle, get_logger, redact_url
 from farmedge.registry import Registry, load_registry
+from farmedge.storage.influx import InfluxWriter, WriteKind
+from farmedge.storage.lineproto import escape_tag, field_str
+from farmedge.storage.spool import Spool
+from farmedge.transport.mqtt import Inbound, MqttSource
 
 from .events import Observer
-from .influx import InfluxWriter, WriteKind
 from .ingest import Batch, Ingestor
-from .lineproto import escape_tag, field_str
 from .metrics import EdgeMetrics
-from .mqtt import Inbound, MqttSource
 from .settings import EdgeSettings
-from .spool import Spool
 from .state import IngestState
 
 __all__ = ["EdgeFatal", "EdgeService", "Health", "build_observers"]

@@ -13,7 +13,7 @@ import pytest
 from farmedge.registry import Contact
 from tests.alerts_support import HttpReceiver, SimClock, local_ts, until
 from tests.disks import fill_disk, small_tmpfs
-from tests.test_alerts import DRY_RULES, farm_registry, make_rig
+from tests.integration.test_alerts import DRY_RULES, farm_registry, make_rig
 
 pytestmark = [pytest.mark.chaos]
 

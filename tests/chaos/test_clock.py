@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from farmedge.devservers import InfluxServer, MosquittoServer
+from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.edgeproc import EdgeProcess
 from tests.support import Publisher, count, eventually, make_payload
 

@@ -27,10 +27,10 @@ from hypothesis import strategies as st
 
 from farmedge.contract import COMPACT, KINDS, MAX_EPOCH_MS
 from farmedge.contract.compact import MAGIC, SHARED_DICTIONARY
-from farmedge.devservers import InfluxServer
 from farmedge.edge.ingest import Batch, Ingestor
-from farmedge.edge.mqtt import Inbound
 from farmedge.edge.settings import IngestSection
+from farmedge.transport.mqtt import Inbound
+from farmedge_dev.devservers import InfluxServer
 
 pytestmark = [pytest.mark.servers, pytest.mark.chaos]
 

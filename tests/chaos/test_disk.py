@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from farmedge.devservers import InfluxServer, MosquittoServer
+from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.disks import fill_disk, small_tmpfs
 from tests.edgeproc import EdgeProcess, StreamPublisher
 from tests.support import count, eventually

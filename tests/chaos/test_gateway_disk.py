@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from farmedge.contract import GatewayStatus
-from farmedge.devservers import InfluxServer, MosquittoServer, influx_query
 from farmedge.gateway.drivers import Sample
+from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
 from tests.disks import fill_disk, small_tmpfs
 from tests.edgeproc import EdgeProcess
 from tests.gateway_support import AgentThread, Subscriber, gw_settings
@@ -112,7 +112,7 @@ def test_a_full_sd_card_stops_taking_readings_counts_them_and_recovers(
 def test_a_gateway_started_on_a_full_sd_card_sends_its_backlog_and_recovers(
         sd_card: Path, mosquitto: MosquittoServer, county: str) -> None:
     """A power cut on a full card: the agent must start, not crash-loop."""
-    from farmedge.devservers import free_port
+    from farmedge_dev.devservers import free_port
 
     drv = _Counter(per_read=5)
     sensors = [{"driver": "simulated", "id": "soil-1", "interval_s": 0.02}]

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from farmedge.devservers import InfluxServer, MosquittoServer, influx_query, process_stats
+from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query, process_stats
 from tests.edgeproc import EdgeProcess
 from tests.hostile import zstd_bomb
 from tests.support import Publisher, count, eventually, make_payload

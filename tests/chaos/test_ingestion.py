@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from farmedge.devservers import InfluxServer, MosquittoServer, influx_query
+from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
 from tests.edgeproc import EdgeProcess
 from tests.support import Publisher, count, eventually, make_payload
 

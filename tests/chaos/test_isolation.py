@@ -16,11 +16,11 @@ from pathlib import Path
 import pytest
 import structlog
 
-from farmedge.devservers import InfluxServer, MosquittoServer, influx_query
 from farmedge.edge.events import AcceptedReading, StatusEvent
 from farmedge.edge.ingest import Batch, Ingestor
-from farmedge.edge.mqtt import Inbound
 from farmedge.edge.service import EdgeService
+from farmedge.transport.mqtt import Inbound
+from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
 from tests.alerts_support import until
 from tests.edgeproc import EdgeProcess, edge_settings
 from tests.support import Publisher, count, eventually, make_payload
@@ -200,7 +200,7 @@ async def test_an_observer_that_fails_to_start_leaves_ingestion_running(
 
 _BROKEN_WRITER = """
 import sys
-from farmedge.edge import influx
+from farmedge.storage import influx
 
 async def broken(self, body):
     raise RuntimeError("injected bug in the InfluxDB writer")

@@ -1,0 +1,369 @@
+"""The MQTT side of the edge: paho-mqtt 2.x driven by the asyncio event loop,
+with manual acknowledgement, so a message is PUBACKed only once its readings
+are durable.
+
+paho runs without a thread of its own: its socket is registered with the
+event loop (``add_reader``/``add_writer``, the way aiomqtt does it), so
+messages and acknowledgements never cross threads. Reconnection is the
+visible loop in :meth:`MqttSource._run`, with capped, jittered back-off.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import random
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
+
+from farmedge.logs import get_logger, redact_url
+
+from .settings import MqttSection
+
+__all__ = ["Inbound", "MqttSource"]
+
+# Packets read per readiness event before yielding to the loop.
+_READ_BURST = 200
+#: A connection that held this long resets the reconnect back-off; one the
+#: broker refuses or drops sooner makes the next wait longer.
+STABLE_AFTER_S = 30.0
+#: MQTT 5 CONNACK reason codes that a retry alone will not cure.
+_CREDENTIAL_CODES = {134, 135, 138, 140}
+
+
+@dataclass(slots=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    mid: int
+    qos: int
+    retain: bool
+    content_type: str | None
+    received_ms: int
+    received_mono: float
+    #: Connection the message came on: a PUBACK is only valid on that one.
+    generation: int
+    #: MQTT DUP flag: the broker sent this message before (to a connection
+    #: that did not acknowledge it), so it may have been handled already.
+    dup: bool = False
+
+
+class MqttSource:
+    def __init__(self, settings: MqttSection, *,
+                 on_messages: Callable[[list[Inbound]], None]) -> None:
+        self._s = settings
+        self._on_messages = on_messages
+        self._log = get_logger("farmedge.transport.mqtt", broker=redact_url(settings.url))
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._pending: list[Inbound] = []
+        self._generation = 0
+        self._accepting = True
+        self._closing = False
+        self._paused = False
+        self._lost = asyncio.Event()
+        self._stopped = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self.connected = False
+        #: True once the broker granted the subscriptions on this connection.
+        self.subscribed = False
+        self.connected_since: float | None = None
+        self.disconnected_since: float | None = time.monotonic()
+        self.connects = 0
+        #: Connection attempts since start (TCP connect and MQTT CONNECT).
+        self.attempts = 0
+        #: Why the broker refused the last attempt, for /healthz (None once
+        #: a connection is accepted).
+        self.refused: str | None = None
+        self.refused_hint = ""
+        u = urlsplit(settings.url)
+        self._host = u.hostname or "127.0.0.1"
+        self._port = u.port or (8883 if settings.tls else 1883)
+        self._username = settings.username or (unquote(u.username) if u.username else None)
+        pw = settings.password.get_secret_value() if settings.password else None
+        self._password = pw or (unquote(u.password) if u.password else None)
+        self._client = self._build_client()
+        # paho reads one packet per call of its (internal) reader; use it to
+        # drain the socket in one go, or fall back to the public loop_read.
+        self._read_packet: Callable[[], MQTTErrorCode] = getattr(
+            self._client, "_packet_read", self._client.loop_read)
+
+    def _build_client(self) -> mqtt.Client:
+        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._s.client_id,
+                        protocol=mqtt.MQTTv5, manual_ack=True)
+        if self._username:
+            c.username_pw_set(self._username, self._password)
+        if self._s.tls:
+            c.tls_set(ca_certs=str(self._s.ca_file) if self._s.ca_file else None,
+                      certfile=str(self._s.cert_file) if self._s.cert_file else None,
+                      keyfile=str(self._s.key_file) if self._s.key_file else None,
+                      cert_reqs=ssl.CERT_REQUIRED)
+        c.max_queued_messages_set(0)
+        c.on_connect = self._on_connect
+        c.on_disconnect = self._on_disconnect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.on_socket_open = self._on_socket_open
+        c.on_socket_close = self._on_socket_close
+        c.on_socket_register_write = self._on_socket_register_write
+        c.on_socket_unregister_write = self._on_socket_unregister_write
+        return c
+
+    # -- lifecycle -------------------------------------------------------
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._loop_thread = threading.get_ident()
+        self._task = loop.create_task(self._run())
+
+    async def _run(self) -> None:
+        """Connect, stay connected, and reconnect with capped, jittered
+        back-off until stopped. The back-off starts over only after a
+        connection that held for STABLE_AFTER_S: a broker that refuses the
+        edge (bad credentials, not authorised) or drops it at once sees
+        longer and longer waits, up to reconnect_max_s."""
+        attempt = 0
+        while not self._closing:
+            self._lost.clear()
+            self.attempts += 1
+            generation = self._generation
+            try:
+                await self._connect()
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                self.refused = None  # not a refusal: the broker cannot be reached
+                self._log.warning("mqtt.connect_failed", error=f"{type(exc).__name__}: {exc}",
+                                  attempt=attempt + 1)
+            else:
+                misc = asyncio.create_task(self._misc())
+                await self._lost.wait()
+                misc.cancel()
+                if self._generation != generation and self.held_s() >= STABLE_AFTER_S:
+                    attempt = 0
+            if self.closing:
+                break
+            base = min(self._s.reconnect_max_s, self._s.reconnect_min_s * 2 ** min(attempt, 16))
+            delay = random.uniform(base / 2, base)
+            attempt += 1
+            self._log.info("mqtt.reconnect_in", seconds=round(delay, 2), attempt=attempt)
+            # Sleep, but wake at once when the service stops.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), delay)
+
+    def held_s(self) -> float:
+        """How long the last accepted connection held (until now while it
+        is up); 0 before any."""
+        if self.connected_since is None:
+            return 0.0
+        end = time.monotonic() if self.connected else (self.disconnected_since or 0.0)
+        return max(0.0, end - self.connected_since)
+
+    @property
+    def closing(self) -> bool:
+        return self._closing
+
+    async def _connect(self) -> None:
+        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        props.SessionExpiryInterval = self._s.session_expiry_s
+        props.ReceiveMaximum = self._s.receive_maximum
+        self._log.info("mqtt.connecting", client_id=self._s.client_id)
+        loop = asyncio.get_running_loop()
+        # The TCP (and TLS) connect blocks: do it off the loop.
+        rc = await loop.run_in_executor(None, functools.partial(
+            self._client.connect, self._host, self._port, keepalive=self._s.keepalive_s,
+            clean_start=False, properties=props))
+        if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+            raise OSError(f"connect failed: {mqtt.error_string(rc)}")
+
+    async def _misc(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self._client.loop_misc()  # keepalive pings, and their timeouts
+
+    def stop_accepting(self) -> None:
+        """Messages that arrive from now on are neither processed nor
+        acknowledged: the broker keeps them for the session."""
+        self._accepting = False
+
+    async def stop(self) -> None:
+        self._accepting = False
+        self._closing = True
+        if self.connected:
+            self._client.disconnect()
+            deadline = time.monotonic() + 5
+            while self._client.socket() is not None and time.monotonic() < deadline:
+                self._client.loop_write()
+                await asyncio.sleep(0.01)
+        if self._client.socket() is not None:
+            with contextlib.suppress(Exception):
+                self._client._sock_close()
+        self._lost.set()
+        self._stopped.set()
+        if self._task is not None:
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._task, 15)
+        self.connected = False
+
+    # -- acknowledgement -------------------------------------------------
+    def ack(self, messages: list[Inbound]) -> int:
+        """PUBACK what is durable. A message from an earlier connection is not
+        acknowledged here: the broker redelivers it and the idempotent write
+        stores it once. Returns how many were acknowledged."""
+        gen = self._generation
+        if not self.connected:
+            return 0
+        n = 0
+        ack = self._client.ack
+        for m in messages:
+            if m.qos > 0 and m.generation == gen:
+                ack(m.mid, m.qos)
+                n += 1
+        return n
+
+    # -- flow control ----------------------------------------------------
+    def pause_reading(self) -> None:
+        """Stop reading from the broker (TCP back-pressure keeps the rest at
+        the broker); acknowledgements still go out."""
+        sock = self._client.socket()
+        if not self._paused and sock is not None and self._loop is not None:
+            self._loop.remove_reader(sock)
+        self._paused = True
+
+    def resume_reading(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        sock = self._client.socket()
+        if sock is not None and self._loop is not None:
+            self._loop.add_reader(sock, self._on_readable)
+            self._on_readable()
+
+    # -- the socket, on the event loop -----------------------------------
+    def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
+        assert self._loop is not None
+        if threading.get_ident() == self._loop_thread:
+            fn(*args)
+        else:
+            self._loop.call_soon_threadsafe(fn, *args)
+
+    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._call_in_loop(self._add_reader, sock)
+
+    def _add_reader(self, sock: Any) -> None:
+        assert self._loop is not None
+        if not self._paused:
+            self._loop.add_reader(sock, self._on_readable)
+
+    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._call_in_loop(self._remove_socket, sock)
+
+    def _remove_socket(self, sock: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(Exception):
+            self._loop.remove_reader(sock)
+        with contextlib.suppress(Exception):
+            self._loop.remove_writer(sock)
+        self._mark_lost()
+
+    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
+        self._call_in_loop(self._add_writer, sock)
+
+    def _add_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        fd: Any = sock  # the paho socket, or a stale one from a closed connection
+        if self._client.socket() is fd:
+            self._loop.add_writer(sock, self._client.loop_write)
+
+    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any,
+                                    sock: Any) -> None:
+        self._call_in_loop(self._remove_writer, sock)
+
+    def _remove_writer(self, sock: Any) -> None:
+        assert self._loop is not None
+        with contextlib.suppress(Exception):
+            self._loop.remove_writer(sock)
+
+    def _on_readable(self) -> None:
+        read = self._read_packet
+        for _ in range(_READ_BURST):
+            if self._client.socket() is None or self._paused:
+                break
+            rc = read()
+            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+                break
+            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                self._client._loop_rc_handle(rc)
+                break
+            if read is not self._client.loop_read:
+                continue
+            break
+        if self._pending:
+            items, self._pending = self._pending, []
+            self._on_messages(items)
+
+    def _mark_lost(self) -> None:
+        was = self.connected
+        self.connected = False
+        self.subscribed = False
+        if self.disconnected_since is None or was:
+            self.disconnected_since = time.monotonic()
+        self._lost.set()
+
+    # -- paho callbacks (on the event loop) ------------------------------
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                    reason_code: Any, properties: Any) -> None:
+        if reason_code.is_failure:
+            code = int(reason_code.value)
+            self.refused = f"broker refused: {str(reason_code).lower()} (rc {code})"
+            self.refused_hint = ("check [mqtt] username and password, and the broker's "
+                                 "account for the edge" if code in _CREDENTIAL_CODES else "")
+            self._log.error("mqtt.connect_refused", reason=str(reason_code), rc=code,
+                            attempt=self.attempts, hint=self.refused_hint or None)
+            return
+        self.refused = None
+        self._generation += 1
+        self.connected = True
+        self.connects += 1
+        self.connected_since = time.monotonic()
+        self.disconnected_since = None
+        prefix = f"$share/{self._s.share_group}/" if self._s.share_group else ""
+        subs = [(prefix + t, SubscribeOptions(qos=1)) for t in self._s.topics]
+        client.subscribe(subs)
+        self._log.info("mqtt.connected", session_present=bool(flags.session_present),
+                       topics=[s for s, _ in subs])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int,
+                      reason_codes: Any, properties: Any) -> None:
+        bad = [str(rc) for rc in reason_codes if rc.is_failure]
+        if bad:
+            self._log.error("mqtt.subscribe_refused", reasons=bad)
+        else:
+            self.subscribed = True
+
+    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any,
+                       reason_code: Any, properties: Any) -> None:
+        if self.connected:
+            if self._accepting:
+                self._log.warning("mqtt.disconnected", reason=str(reason_code))
+            else:
+                self._log.info("mqtt.disconnected", reason=str(reason_code))
+        self._mark_lost()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        if not self._accepting:
+            return
+        props = getattr(msg, "properties", None)
+        ctype = getattr(props, "ContentType", None) if props is not None else None
+        self._pending.append(Inbound(
+            msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain), ctype,
+            int(time.time() * 1000), time.monotonic(), self._generation, bool(msg.dup)))
