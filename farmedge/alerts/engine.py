@@ -45,7 +45,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from farmedge.disk import is_disk_full
-from farmedge.edge.events import AcceptedReading, StatusEvent
+from farmedge.records import Accepted, AcceptedReading, StatusEvent
 from farmedge.registry import Contact, Farm, GatewayEntry, Registry, SensorMeta
 
 from .errors import AlertsError, DeliveryFailed
@@ -272,6 +272,12 @@ class AlertEngine:
         self.on_dispatch: Callable[[dict[str, Any], float], None] | None = None
 
     # ------------------------------------------------------------ observer API
+
+    def on_accepted(self, records: Sequence[Accepted]) -> None:
+        readings: list[AcceptedReading] = []
+        for rec in records:
+            readings.extend(rec.each())
+        self.on_readings(readings)
 
     def on_readings(self, readings: Sequence[AcceptedReading]) -> None:
         if not self._loaded:

@@ -26,6 +26,7 @@ from farmedge.contract import (
     Clock,
     GatewayStatus,
     MessageRejected,
+    NormalizedReading,
     Quality,
     TopicError,
     excerpt,
@@ -35,11 +36,11 @@ from farmedge.contract import (
     parse_telemetry,
 )
 from farmedge.logs import Throttle, get_logger
+from farmedge.records import Accepted, StatusEvent
 from farmedge.registry import GatewayEntry, Registry, SensorMeta
 from farmedge.storage.lineproto import escape_tag, field_str, float_field
 from farmedge.transport.mqtt import Inbound
 
-from .events import AcceptedReading, StatusEvent
 from .settings import IngestSection
 from .state import ClockSegment, IngestState
 
@@ -72,7 +73,7 @@ class Batch:
 
     lines: list[str] = field(default_factory=list)
     messages: list[Inbound] = field(default_factory=list)
-    readings: list[AcceptedReading] = field(default_factory=list)
+    accepted: list[Accepted] = field(default_factory=list)
     statuses: list[StatusEvent] = field(default_factory=list)
     n_readings: int = 0
     created_mono: float = field(default_factory=time.monotonic)
@@ -279,6 +280,7 @@ class Ingestor:
         known = state.known
         lines = batch.lines
         keep = self.keep_readings
+        kept: list[NormalizedReading] = []
         for i, r in enumerate(parsed.readings):
             ts = r.ts_ms + offset
             if ts > max_ts:
@@ -317,16 +319,10 @@ class Ingestor:
                     fields += f",{fld}_time_estimated=true"
                 lines.append(f"{prefix} {fields} {ts}")
             if keep:
-                tags: dict[str, str] = {}
-                if meta.plot:
-                    tags["plot"] = meta.plot
-                if meta.crop:
-                    tags["crop"] = meta.crop
-                if animal:
-                    tags["animal"] = animal
-                batch.readings.append(AcceptedReading(
-                    gt.county, gt.farm, gt.gateway, r.sensor, r.kind.name, ts, r.value,
-                    r.kind.unit, r.quality.value, tags, synced))
+                kept.append(r)
+        if kept:
+            batch.accepted.append(Accepted(gt.county, gt.farm, gt.gateway, now, synced, offset,
+                                           kept, gw_meta))
         batch.n_readings += len(parsed.readings)
         self.counters.readings += len(parsed.readings)
 

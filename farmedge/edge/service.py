@@ -310,7 +310,7 @@ class EdgeService:
         so that it is acknowledged, never redelivered forever."""
         n_lines, n_readings_list, n_statuses, n_messages, n_readings = marks
         del batch.lines[n_lines:]
-        del batch.readings[n_readings_list:]
+        del batch.accepted[n_readings_list:]
         del batch.statuses[n_statuses:]
         del batch.messages[n_messages:]
         batch.n_readings = n_readings
@@ -367,7 +367,7 @@ class EdgeService:
                 msg = inbox.popleft()
                 self._inbox_bytes -= len(msg.payload)
                 b = self._batch
-                marks = (len(b.lines), len(b.readings), len(b.statuses), len(b.messages),
+                marks = (len(b.lines), len(b.accepted), len(b.statuses), len(b.messages),
                          b.n_readings)
                 try:
                     handle(msg, b)
@@ -424,9 +424,9 @@ class EdgeService:
                            skipped=len(batch.messages) - acked)
         for obs in self.observers:
             # An observer's bug must not stop ingestion, nor its other calls.
-            if batch.readings:
+            if batch.accepted:
                 try:
-                    obs.on_readings(batch.readings)
+                    obs.on_accepted(batch.accepted)
                 except Exception as exc:
                     self._internal_error("observer", exc)
             for ev in batch.statuses:

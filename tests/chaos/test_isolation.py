@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 import structlog
 
-from farmedge.edge.events import AcceptedReading, StatusEvent
 from farmedge.edge.ingest import Batch, Ingestor
 from farmedge.edge.service import EdgeService
+from farmedge.records import Accepted, AcceptedReading, StatusEvent
 from farmedge.transport.mqtt import Inbound
 from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
 from tests.alerts_support import until
@@ -49,7 +49,7 @@ class _BuggyIngestor(Ingestor):
 
 
 class _BuggyObserver:
-    def on_readings(self, readings: Sequence[AcceptedReading]) -> None:
+    def on_accepted(self, records: Sequence[Accepted]) -> None:
         raise ZeroDivisionError("observer bug")
 
     def on_status(self, event: StatusEvent) -> None:
@@ -61,8 +61,9 @@ class _Recorder:
         self.readings: list[AcceptedReading] = []
         self.statuses: list[StatusEvent] = []
 
-    def on_readings(self, readings: Sequence[AcceptedReading]) -> None:
-        self.readings.extend(readings)
+    def on_accepted(self, records: Sequence[Accepted]) -> None:
+        for rec in records:
+            self.readings.extend(rec.each())
 
     def on_status(self, event: StatusEvent) -> None:
         self.statuses.append(event)
