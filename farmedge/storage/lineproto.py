@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-__all__ = ["escape_tag", "field_str", "float_field", "line"]
+__all__ = ["escape_tag", "field_str", "float_field", "line", "series_key"]
 
 _TAG_ESC = re.compile(r"([,= \\])")
 
@@ -39,9 +39,15 @@ def float_field(value: float) -> str:
     return r if ("." in r or "e" in r or "n" in r) else r + ".0"
 
 
+def series_key(measurement: str, tags: Iterable[tuple[str, str]]) -> str:
+    """``measurement,key=value,...``: the start of a line, which callers that
+    write many lines of one series cache. Tags with an empty value are left
+    out (InfluxDB stores no empty tag)."""
+    return measurement + "".join(f",{k}={escape_tag(v)}" for k, v in tags if v)
+
+
 def line(measurement: str, tags: Mapping[str, str], fields: Mapping[str, str], ts: int) -> str:
     """One line; ``fields`` values are already encoded (float_field, field_str,
     ``true``/``false``, or ``<n>i``)."""
-    tag_part = "".join(f",{k}={escape_tag(v)}" for k, v in tags.items() if v)
     field_part = ",".join(f"{k}={v}" for k, v in fields.items())
-    return f"{measurement}{tag_part} {field_part} {ts}"
+    return f"{series_key(measurement, tags.items())} {field_part} {ts}"
