@@ -112,7 +112,7 @@ def imports(mod: Module) -> list[Import]:
             return
         inner = at_import and not isinstance(
             node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-        for sub in ast.iter_sub_nodes(node):
+        for sub in ast.iter_child_nodes(node):
             visit(sub, inner, type_only)
 
     for stmt in mod.tree.body:
