@@ -112,8 +112,8 @@ def imports(mod: Module) -> list[Import]:
             return
         inner = at_import and not isinstance(
             node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
-        for sub in ast.iter_child_nodes(node):
-            visit(sub, inner, type_only)
+        for kid in ast.iter_child_nodes(node):
+            visit(kid, inner, type_only)
 
     for stmt in mod.tree.body:
         visit(stmt, True, False)
