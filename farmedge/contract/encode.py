@@ -52,6 +52,7 @@ ENCODINGS: tuple[Encoding, ...] = ("json", "compact")
 #: A reading's keys in the order they are written (other keys, which only
 #: an unchecked reading can have, follow).
 _READING_KEYS = ("sensor", "kind", "ts", "value", "unit", "quality", "animal")
+_FULL_ORDERS = frozenset({_READING_KEYS[:6], (*_READING_KEYS[:5], "animal"), _READING_KEYS})
 _STATUS_KEYS = tuple(GatewayStatus.model_fields)
 
 
@@ -85,6 +86,13 @@ def _wire_reading(r: object) -> Any:
     """The reading as written: known keys in protocol order, ``quality``
     left out when ``ok`` (its default) and ``animal`` when None. Anything
     but a mapping (only an unchecked reading can be one) as it is."""
+    if type(r) is dict:
+        keys = tuple(r)
+        # Fast path: already as written (what the gateway and simulator pass).
+        if keys == _READING_KEYS[:5] or (
+                keys in _FULL_ORDERS and r.get("quality", "") != "ok"
+                and r.get("animal", "") is not None):
+            return r
     if not isinstance(r, Mapping):
         return r
     out: dict[str, Any] = {}

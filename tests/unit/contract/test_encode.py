@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from farmedge.contract import (
     COMPACT,
@@ -250,7 +251,7 @@ def test_a_reading_the_decoder_would_reject_is_named(bad: dict[str, Any], detail
         assert detail in str(exc.value)
     # The decoder agrees: it rejects that reading (or, for NaN, which JSON
     # has no word for, the whole message).
-    with pytest.raises(ValueError):  # pydantic's ValidationError
+    with pytest.raises(ValidationError):
         Reading.model_validate_json(json.dumps({**GOOD, **bad}))
     assert issubclass(EncodeError, ContractError)
 
