@@ -52,6 +52,7 @@ ENCODINGS: tuple[Encoding, ...] = ("json", "compact")
 #: A reading's keys in the order they are written (other keys, which only
 #: an unchecked reading can have, follow).
 _READING_KEYS = ("sensor", "kind", "ts", "value", "unit", "quality", "animal")
+_KNOWN = frozenset(_READING_KEYS)
 _FULL_ORDERS = frozenset({_READING_KEYS[:6], (*_READING_KEYS[:5], "animal"), _READING_KEYS})
 _STATUS_KEYS = tuple(GatewayStatus.model_fields)
 
@@ -138,6 +139,9 @@ def _check(data: bytes, readings: Sequence[Mapping[str, Any]], *, check_readings
     are the ones checked, exactly as the edge will read them): the envelope,
     and with ``check_readings`` every reading."""
     if check_readings:
+        for i, r in enumerate(readings):
+            if isinstance(r, Mapping) and not r.keys() <= _KNOWN:
+                _unknown_keys(r, i)
         try:
             Telemetry.model_validate_json(data)
         except ValidationError:
@@ -157,10 +161,23 @@ def _check(data: bytes, readings: Sequence[Mapping[str, Any]], *, check_readings
             raise EncodeError(exc.reason, exc.detail, index=i) from None
 
 
+def _unknown_keys(reading: Mapping[str, Any], index: int | None) -> None:
+    key = next(str(k) for k in reading if k not in _KNOWN)
+    raise EncodeError("schema", f"{key[:40]}: not a field of a reading in this version of "
+                                "the contract", index=index)
+
+
 def check_reading(reading: Mapping[str, Any]) -> None:
     """Raise :class:`EncodeError` if ``reading`` breaks the reading rules
     (what :func:`encode_json` checks of each reading): for a producer that
-    wants to know before it keeps a reading, as the gateway agent does."""
+    wants to know before it keeps a reading, as the gateway agent does.
+
+    A key this version of the contract does not name is refused too: the
+    edge ignores one, but an edge from before "How the contract grows"
+    (docs/protocol.md) refuses the message, and a field is sent only once
+    the contract names it."""
+    if isinstance(reading, Mapping) and not reading.keys() <= _KNOWN:
+        _unknown_keys(reading, None)
     try:
         Reading.model_validate_json(_dumps(_wire_reading(reading), "schema"))
     except ValidationError as exc:
