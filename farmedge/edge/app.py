@@ -52,14 +52,16 @@ def build_observers(settings: EdgeSettings, registry: Registry | None,
                     records: Batcher | None = None) -> list[Observer]:
     """The stages after the edge (the alert engine), built from the config;
     their records go to ``records`` (the edge's batcher: the same writer and
-    spool as readings). Raises ConfigError for a wrong rules file."""
+    spool as readings; without it, to InfluxDB by a client of the engine's
+    own). Raises ConfigError for a wrong rules file."""
     observers: list[Observer] = []
     if settings.alerts.enabled:
         from farmedge.alerts import engine_from_settings
 
         observers.append(engine_from_settings(
             settings.alerts, registry=registry, data_dir=settings.data_dir,
-            mqtt=settings.mqtt, records=records, instance=settings.instance))
+            mqtt=settings.mqtt, records=records,
+            influx=settings.influx if records is None else None, instance=settings.instance))
     return observers
 
 

@@ -9,9 +9,10 @@ batches are dropped, and every dropped line is counted.
 One file per batch (``<id>-<created_ms>-<lines>-r<readings>.zst``,
 zstd-compressed lines, the first ``readings`` of them readings and the rest
 other points; a file of an earlier version has no ``-r<readings>``, and
-:attr:`SpooledBatch.readings` is then None), written as ``.tmp``, fsynced, renamed into place and the directory
-fsynced. A file per batch because a full disk must never stop the replay:
-removing a replayed batch is an ``unlink``, which needs no free space,
+:attr:`SpooledBatch.readings` is then None), written as ``.tmp``, fsynced,
+renamed into place and the directory fsynced. A file per batch because a
+full disk must never stop the replay: removing a replayed batch is an
+``unlink``, which needs no free space,
 whereas deleting from a database needs room for its journal (SQLite answers
 ``database or disk is full`` to a DELETE on a full disk). An append that
 meets a full disk leaves nothing behind and raises ``OSError(ENOSPC)``; the

@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from farmedge.contract import COMPACT, KINDS, MAX_EPOCH_MS
 from farmedge.contract.compact import MAGIC, SHARED_DICTIONARY
-from farmedge.edge.validate import Validator
 from farmedge.edge.settings import IngestSection
+from farmedge.edge.validate import Validator
 from farmedge.transport.mqtt import Inbound
 from farmedge_dev.devservers import InfluxServer
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from farmedge.edge.batcher import Batch, Batcher
 from farmedge.edge.metrics import EdgeMetrics
-from farmedge.edge.settings import IngestSection, InfluxSection, MqttSection
+from farmedge.edge.settings import InfluxSection, IngestSection, MqttSection
 from farmedge.edge.sink import Refused
 from farmedge.edge.source import Source
 from farmedge.edge.validate import Validator, Verdict

@@ -11,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from farmedge.edge.validate import Validator
 from farmedge.edge.settings import IngestSection
 from farmedge.edge.state import IngestState
+from farmedge.edge.validate import Validator
 from farmedge.registry import Registry
 from farmedge.transport.mqtt import Inbound
 from tests.support import make_payload

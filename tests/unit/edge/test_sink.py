@@ -21,6 +21,7 @@ from farmedge.edge.settings import InfluxSection
 from farmedge.edge.sink import Refused, Sink
 from farmedge.storage.influx import WriteKind, WriteResult
 from farmedge.storage.spool import Spool
+from tests.alerts_support import until
 
 READINGS = ["soil,sensor=a moisture=1.0 1", "soil,sensor=b moisture=2.0 1"]
 POINTS = ["alerts,county=c,farm=f,event=raise count=1i 1"]
@@ -70,13 +71,6 @@ def _sink(tmp_path: Path, writer: FakeWriter, **influx: float) -> tuple[Sink, Ed
 
 def _written(metrics: EdgeMetrics) -> float:
     return metrics.registry.get_sample_value("farmedge_readings_written_total") or 0.0
-
-
-async def _until(cond: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "timed out"
-        await asyncio.sleep(0.01)
 
 
 async def test_a_batch_is_written_and_its_readings_counted(tmp_path: Path) -> None:
@@ -129,7 +123,7 @@ async def test_a_failing_write_is_spooled_with_its_readings_count_and_replayed(
     writer.answer = lambda lines: WriteResult(WriteKind.OK, 204)
     refused: list[list[Refused]] = []
     replay = asyncio.create_task(sink.replay(refused.append))
-    await _until(lambda: sink.spool.lines == 0)
+    await until(lambda: sink.spool.lines == 0, what="replayed")
     replay.cancel()
     assert writer.stored == [*READINGS, *POINTS, *POINTS]
     assert _written(metrics) == 2
@@ -152,7 +146,7 @@ async def test_a_batch_spooled_by_the_previous_version_replays(tmp_path: Path) -
     await sink.start()
     assert (sink.spool.lines, sink.spool.batches) == (5, 1)
     replay = asyncio.create_task(sink.replay(lambda refused: None))
-    await _until(lambda: sink.spool.lines == 0)
+    await until(lambda: sink.spool.lines == 0, what="replayed")
     replay.cancel()
     assert writer.stored == old
     assert _written(metrics) == 2, "soil and air: readings; the rest are not"
@@ -171,7 +165,7 @@ async def test_refused_credentials_spool_and_raise_the_alarm_until_a_write_succe
     assert sink.trouble() == ["InfluxDB answered 401: authorization failed"]
     writer.answer = lambda lines: WriteResult(WriteKind.OK, 204)  # the account was fixed
     replay = asyncio.create_task(sink.replay(lambda refused: None))
-    await _until(lambda: sink.spool.lines == 0)
+    await until(lambda: sink.spool.lines == 0, what="replayed")
     replay.cancel()
     assert sink.trouble() == [] and writer.stored == READINGS
     await sink.close()
