@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from farmedge.contract.kinds import KINDS
+from farmedge.storage.schema import reading_fields
 
 __all__ = ["DATASOURCE_UID", "Expect", "dashboards", "expectations", "idle_gateways_query",
            "main", "reading_fields"]
@@ -71,15 +71,6 @@ _TS = "GROUP BY time($__interval)"
 _FIRING_WINDOW = "30d"
 #: A device that reported within this window counts as installed.
 _INSTALLED_WINDOW = "7d"
-
-
-def reading_fields() -> list[tuple[str, str]]:
-    """(measurement, field) of every contract kind, in a stable order."""
-    seen: list[tuple[str, str]] = []
-    for k in KINDS.values():
-        if (k.measurement, k.field) not in seen:
-            seen.append((k.measurement, k.field))
-    return seen
 
 
 def _per_channel(alias: str, where: str) -> str:

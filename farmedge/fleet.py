@@ -347,7 +347,7 @@ def registered_from_file(registry: Registry, counties: Sequence[str]) -> list[Re
 
 
 def observe(query: Query, counties: Sequence[str]) -> dict[tuple[str, str, str], Observed]:
-    from farmedge.dashboards import reading_fields
+    from farmedge.storage.schema import reading_fields
 
     where = _where(counties)
     by_gw = 'GROUP BY "county", "farm", "gateway"'

@@ -11,6 +11,7 @@ retries). WAL with synchronous=NORMAL keeps SD-card and disk writes low.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -18,9 +19,36 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-__all__ = ["StateStore"]
+__all__ = ["Changes", "StateStore"]
 
 _TABLES = ("states", "groups", "outbox", "budget", "history")
+
+
+class Changes:
+    """What changed since the last commit, per table: key -> the live object
+    (a dataclass, or a plain value) or None for a delete."""
+
+    def __init__(self) -> None:
+        self.states: dict[str, Any] = {}
+        self.groups: dict[str, Any] = {}
+        self.outbox: dict[str, Any] = {}
+        self.budget: dict[str, Any] = {}
+
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """The rows to write (dataclasses as dicts)."""
+        out: dict[str, dict[str, Any]] = {}
+        for table in ("states", "groups", "outbox", "budget"):
+            rows: dict[str, Any] = getattr(self, table)
+            if rows:
+                out[table] = {k: (dataclasses.asdict(v) if dataclasses.is_dataclass(v)
+                                  and not isinstance(v, type) else v)
+                              for k, v in rows.items()}
+        return out
+
+    def clear(self) -> None:
+        """After a successful write (on a failed one the changes wait)."""
+        for table in ("states", "groups", "outbox", "budget"):
+            getattr(self, table).clear()
 
 
 class StateStore:

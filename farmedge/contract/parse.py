@@ -6,7 +6,8 @@ of the contract (docs/protocol.md, "Validation"):
 whole message
     payload too large, undecodable (bad JSON / unknown encoding), envelope
     schema wrong (``v``, ``gateway``, ``seq``, ``sent``, ``clock``,
-    ``readings`` with 1-1000 entries, no unknown keys).
+    ``readings`` with 1-1000 entries). Keys the contract does not know are
+    ignored, at every level (docs/protocol.md, "How the contract grows").
 one reading
     reading schema wrong, unknown kind, unit not accepted for the kind,
     NaN/infinity, value out of the kind's physical range.

@@ -46,7 +46,8 @@ from farmedge.contract import (
 from farmedge.logs import Throttle, get_logger
 from farmedge.records import Accepted, StatusEvent
 from farmedge.registry import GatewayEntry, Registry, SensorMeta
-from farmedge.storage.lineproto import escape_tag, field_str, float_field
+from farmedge.storage.lineproto import escape_tag, field_str, float_field, series_key
+from farmedge.storage.schema import KIND_POINTS, Tag
 from farmedge.transport.mqtt import Inbound
 
 from .settings import IngestSection
@@ -169,7 +170,7 @@ class Validator:
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.state = state if state is not None else IngestState(None)
         self._gateways: dict[tuple[str, str, str], _GatewayState] = {}
-        self._prefix_cache: dict[tuple[str, ...], str] = {}
+        self._prefix_cache: dict[tuple[str, ...], tuple[str, str]] = {}
         self._err_ms = 0
         self._err_slot = 0
         self._generation = -1
@@ -380,12 +381,10 @@ class Validator:
             if (listed_only or ident not in known) and not self._admit(
                     out, msg.topic, key, state, ident, listed_only, sensors, i):
                 continue
-            ck = (r.kind.measurement, gt.county, gt.farm, gt.gateway, r.sensor,
+            ck = (r.kind.name, gt.county, gt.farm, gt.gateway, r.sensor,
                   meta.plot or "", meta.crop or "", animal or "")
-            prefix = self._prefix_cache.get(ck)
-            if prefix is None:
-                prefix = self._prefix(ck)
-            fld = r.kind.field
+            cached = self._prefix_cache.get(ck)
+            prefix, fld = cached if cached is not None else self._prefix(ck)
             # r.value is a finite float (the contract guarantees it), and a
             # float's repr always reads as a float to InfluxDB ("20.0", "1e+16").
             if r.quality is Quality.OK and synced:
@@ -462,17 +461,19 @@ class Validator:
         self.state.save_segment(key, seg)
         return est
 
-    def _prefix(self, ck: tuple[str, ...]) -> str:
-        measurement, county, farm, gateway, sensor, plot, crop, animal = ck
-        p = (f"{measurement},county={escape_tag(county)},farm={escape_tag(farm)}"
-             f",gateway={escape_tag(gateway)},sensor={escape_tag(sensor)}")
-        # Tags in key order (InfluxDB sorts them anyway; sorted is cheaper).
-        extra = [("animal", animal), ("crop", crop), ("plot", plot)]
-        p += "".join(f",{k}={escape_tag(v)}" for k, v in extra if v)
+    def _prefix(self, ck: tuple[str, ...]) -> tuple[str, str]:
+        """(measurement and tags, field) of a reading's line (storage/schema.py)."""
+        kind, county, farm, gateway, sensor, plot, crop, animal = ck
+        where = KIND_POINTS[kind]
+        # The order the edge has always written them in (InfluxDB sorts them).
+        p = series_key(where.measurement, ((Tag.COUNTY, county), (Tag.FARM, farm),
+                                           (Tag.GATEWAY, gateway), (Tag.SENSOR, sensor),
+                                           (Tag.ANIMAL, animal), (Tag.CROP, crop),
+                                           (Tag.PLOT, plot)))
         if len(self._prefix_cache) > 200_000:
             self._prefix_cache.clear()
-        self._prefix_cache[ck] = p
-        return p
+        self._prefix_cache[ck] = (p, where.field)
+        return p, where.field
 
     def _track_seq(self, state: _GatewayState, seq: int, out: Verdict, county: str,
                    farm: str, gateway: str, msg: Inbound) -> None:

@@ -31,7 +31,7 @@ from farmedge.alerts import (
 )
 from farmedge.config import ConfigError
 from farmedge.contract.topics import status_topic, telemetry_topic
-from farmedge.edge.events import AcceptedReading
+from farmedge.records import AcceptedReading
 from farmedge.registry import Contact, Farm, GatewayEntry, Plot, Registry, SensorMeta
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.alerts_support import (
@@ -182,7 +182,8 @@ async def make_rig(*, county: str, registry: Registry, rules_path: Path | None,
     await engine.start()
     rig = Rig(engine, clock, county, memory)
     if broker is not None:
-        rig.feeder = MqttFeeder(broker.port, county, engine, asyncio.get_running_loop(), clock)
+        rig.feeder = MqttFeeder(broker.port, county, engine, asyncio.get_running_loop(), clock,
+                                 registry)
         rig.pub = Publisher(broker.url)
     return rig
 
@@ -723,7 +724,7 @@ async def test_reminder_after_the_cool_down_while_still_firing(
 async def test_device_rules_battery_range_flatline_clock_and_backlog(
         county: str, http: HttpReceiver) -> None:
     from farmedge.contract.models import GatewayStatus
-    from farmedge.edge.events import StatusEvent
+    from farmedge.records import StatusEvent
 
     reg = farm_registry(county, sensors=2, contacts=[Contact(name="王", notify=[http.url()])],
                         center=[Contact(name="center", notify=[http.url("center")])],
