@@ -1,6 +1,12 @@
 """Where alert events go besides people: InfluxDB (measurement ``alerts``,
 for Grafana annotations) and the MQTT topic ``farm/v1/{county}/{farm}/alerts``.
 
+Inside the edge, events go to InfluxDB as lines through the edge's own sink
+(:class:`SinkRecorder` over a :class:`RecordSink`): the same writer, retries
+and spool as readings, so they survive an InfluxDB outage.
+:class:`InfluxRecorder` writes them with a client of its own, for an engine
+run without the edge.
+
 Every raise, clear, reminder, escalation, delivery, failed attempt, message
 held for quiet hours and message suppressed by the daily budget is one
 :class:`AlertEvent`. Recorders never block the engine: ``record`` queues, and
@@ -20,8 +26,8 @@ from urllib.parse import urlsplit
 
 from farmedge.contract.topics import alerts_topic
 
-__all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "Recorder",
-           "line_protocol"]
+__all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "RecordSink",
+           "Recorder", "SinkRecorder", "line_protocol"]
 
 log = logging.getLogger("farmedge.alerts")
 
@@ -100,6 +106,29 @@ def line_protocol(ev: AlertEvent) -> str:
     return f"alerts,{t} {f} {ev.ts_ms}"
 
 
+class RecordSink(Protocol):
+    """Takes line-protocol lines to make durable (the edge's batcher)."""
+
+    def add_points(self, lines: list[str]) -> None: ...
+
+
+class SinkRecorder:
+    """Hands each event, as an ``alerts`` line, to a :class:`RecordSink`
+    (the edge's: written with the readings, spooled while InfluxDB is down,
+    replayed when it is back). ``record`` only queues the line there."""
+
+    def __init__(self, sink: RecordSink) -> None:
+        self._sink = sink
+        self.recorded = 0
+
+    def record(self, ev: AlertEvent) -> None:
+        self._sink.add_points([line_protocol(ev)])
+        self.recorded += 1
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
+
+
 class MemoryRecorder:
     """Keeps events in a list (tests, the benchmark, ``farmedge alerts`` tools)."""
 
@@ -137,9 +166,9 @@ class InfluxRecorder:
             self._params = {"db": database, "precision": "ms"}
             if retention_policy:
                 self._params["rp"] = retention_policy
-            if username:
-                self._params["u"] = username
-                self._params["p"] = password or ""
+        #: v1 credentials go in the Authorization header, never in the URL
+        #: (where proxies and InfluxDB's own request log would keep them).
+        self._basic = (username, password or "") if api != "v2" and username else None
         self.flush_s = flush_s
         self.max_attempts = max_attempts
         self._q: deque[str] = deque(maxlen=max_queue)
@@ -157,11 +186,12 @@ class InfluxRecorder:
         import aiohttp
 
         body = "\n".join(lines).encode()
+        auth = aiohttp.BasicAuth(*self._basic) if self._basic is not None else None
         delay = 0.2
         for _ in range(self.max_attempts):
             try:
                 async with session.post(f"{self.url}{self._path}", params=self._params,
-                                        data=body, headers=self._headers) as r:
+                                        data=body, headers=self._headers, auth=auth) as r:
                     if r.status < 300:
                         return True
                     text = (await r.text())[:200]

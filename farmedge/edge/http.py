@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
-    from .service import EdgeService
+    from .app import EdgeService
 
 __all__ = ["start_http"]
 

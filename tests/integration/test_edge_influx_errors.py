@@ -23,7 +23,7 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from farmedge.edge.service import EdgeService
+from farmedge.edge.app import EdgeService
 from farmedge.edge.settings import (
     EdgeSettings,
     HttpSection,

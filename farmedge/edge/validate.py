@@ -1,10 +1,18 @@
-"""From one MQTT message to InfluxDB lines: validate against the contract,
+"""From one MQTT message to typed records: validate against the contract,
 check topic, payload and registry against each other, map readings to
-points, and record everything rejected in the dead-letter measurement
-``ingest_errors`` with its reason, topic and a bounded excerpt.
+line-protocol lines, and describe everything rejected as a
+:class:`Rejected` record (reason, detail, topic, ids, index, a bounded
+excerpt), which :func:`dead_letter_line` turns into a line of the dead-letter
+measurement ``ingest_errors`` (the one place that does).
 
-CPU work on in-memory state: the service feeds it messages and takes the
-lines. What must survive a restart (ids known per gateway, how unsynced
+:meth:`Validator.validate` takes one :class:`Inbound` and returns one
+:class:`Verdict`: the message's reading lines, its other points (gateway
+status, sequence gaps), its :class:`Rejected` records, and the
+:class:`~farmedge.records.Accepted` / :class:`~farmedge.records.StatusEvent`
+the stages get once the lines are durable. It never touches a batch: the
+batcher (batcher.py) merges verdicts into the one open out.
+
+CPU work on in-memory state. What must survive a restart (ids known per gateway, how unsynced
 clocks were placed, the last status per gateway) lives in
 :class:`~farmedge.edge.state.IngestState`, read from dicts and written only
 when something new is learnt.
@@ -45,7 +53,8 @@ from farmedge.transport.mqtt import Inbound
 from .settings import IngestSection
 from .state import ClockSegment, IngestState
 
-__all__ = ["Batch", "Ingestor"]
+__all__ = ["DEAD_LETTER_SLOTS", "IngestCounters", "Rejected", "Validator", "Verdict",
+           "dead_letter_line"]
 
 _EMPTY_META = SensorMeta()
 
@@ -68,16 +77,61 @@ def _bounded(text: str, limit: int) -> str:
     return text if len(text) <= limit and text.isprintable() else excerpt(text, limit)
 
 
-@dataclass(slots=True)
-class Batch:
-    """Lines waiting to be written, and the messages they acknowledge."""
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """One rejected message or reading, for the dead-letter measurement.
 
+    ``ms`` and ``slot`` are the dead letter's time and slot (unique per edge
+    instance; the same again when the broker redelivers the message)."""
+
+    reason: str
+    detail: str
+    topic: str
+    county: str | None
+    farm: str | None
+    gateway: str | None
+    #: The reading's index in its message (None: the whole message).
+    index: int | None
+    #: A bounded, printable excerpt of what was rejected.
+    excerpt: str
+    ms: int
+    slot: int
+
+
+def dead_letter_line(rej: Rejected, edge_tag: str) -> str:
+    """The ``ingest_errors`` line of ``rej`` (``edge_tag``: the instance,
+    escaped). The schema is bounded so that InfluxDB cannot refuse it
+    (series and tag-value limits, docs/storage.md): tags are the reason, the
+    edge instance and a slot (at most DEAD_LETTER_SLOTS values); everything a
+    sender chooses (topic, ids, payload) goes into bounded string fields."""
+    tags = f",edge={edge_tag},reason={escape_tag(_bounded(rej.reason, 64))},slot={rej.slot}"
+    fields = (f"county={field_str(_bounded(rej.county or '_', 64))},"
+              f"farm={field_str(_bounded(rej.farm or '_', 64))},"
+              f"gateway={field_str(_bounded(rej.gateway or '_', 64))},"
+              f"topic={field_str(_bounded(rej.topic, 300))},"
+              f"detail={field_str(_bounded(rej.detail, 500))},"
+              f"excerpt={field_str(rej.excerpt)},count=1i")
+    if rej.index is not None:
+        fields += f",reading_index={rej.index}i"
+    return f"ingest_errors{tags} {fields} {rej.ms}"
+
+
+@dataclass(slots=True)
+class Verdict:
+    """What one message became."""
+
+    msg: Inbound
+    #: Line-protocol lines of its accepted readings.
     lines: list[str] = field(default_factory=list)
-    messages: list[Inbound] = field(default_factory=list)
-    accepted: list[Accepted] = field(default_factory=list)
-    statuses: list[StatusEvent] = field(default_factory=list)
+    #: Its other points (the gateway's status, a sequence gap).
+    points: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    #: Its accepted readings, for the stages (None when there are none, or
+    #: no stage wants them).
+    accepted: Accepted | None = None
+    status: StatusEvent | None = None
+    #: Readings the message held (accepted or not).
     n_readings: int = 0
-    created_mono: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -99,7 +153,10 @@ class IngestCounters:
 
 
 
-class Ingestor:
+class Validator:
+    """Turns each :class:`Inbound` into a :class:`Verdict`. ``now_ms`` is the
+    clock (injected by tests); ``state`` what must survive a restart."""
+
     def __init__(self, settings: IngestSection, *, registry: Registry | None = None,
                  instance: str = "edge-1", keep_readings: bool = False,
                  now_ms: Callable[[], int] | None = None,
@@ -121,7 +178,7 @@ class Ingestor:
         #: The message being handled, and its digest (for its dead letters).
         self._current: Inbound | None = None
         self._current_digest: bytes | None = None
-        self._log = get_logger("farmedge.edge.ingest")
+        self._log = get_logger("farmedge.edge.validate")
         self._throttle = Throttle()
         self.counters = IngestCounters()
 
@@ -179,47 +236,62 @@ class Ingestor:
         self.state.save_dead_letter(digest, ms, slot)
         return ms, slot
 
-    def dead_letter(self, batch: Batch, *, topic: str, reason: str, detail: str,
-                    raw: object, key: tuple[str, str, str] | None = None,
-                    index: int | None = None) -> None:
-        """Record one rejected message or reading in ``ingest_errors``.
+    @property
+    def edge_tag(self) -> str:
+        return self._edge_tag
 
-        The schema is bounded so that InfluxDB cannot refuse it (series and
-        tag-value limits, docs/storage.md): tags are the reason, the edge
-        instance and a slot (at most DEAD_LETTER_SLOTS values); everything a
-        sender chooses (topic, ids, payload) goes into bounded string fields.
-        """
+    def dead_letter_line(self, rej: Rejected) -> str:
+        return dead_letter_line(rej, self._edge_tag)
+
+    def reject(self, *, topic: str, reason: str, detail: str, raw: object,
+               key: tuple[str, str, str] | None = None, index: int | None = None) -> Rejected:
+        """A :class:`Rejected` record for one message or reading (of the
+        message being validated, if any): counted, logged (throttled)."""
         county, farm, gateway = key if key is not None else (None, None, None)
         c = self.counters
         c.rejected[reason] = c.rejected.get(reason, 0) + 1
         ms, slot = self._dead_letter_time(reason, index)
-        tags = f",edge={self._edge_tag},reason={escape_tag(_bounded(reason, 64))},slot={slot}"
-        fields = (f"county={field_str(_bounded(county or '_', 64))},"
-                  f"farm={field_str(_bounded(farm or '_', 64))},"
-                  f"gateway={field_str(_bounded(gateway or '_', 64))},"
-                  f"topic={field_str(_bounded(topic, 300))},"
-                  f"detail={field_str(_bounded(detail, 500))},"
-                  f"excerpt={field_str(excerpt(raw))},count=1i")
-        if index is not None:
-            fields += f",reading_index={index}i"
-        batch.lines.append(f"ingest_errors{tags} {fields} {ms}")
         suppressed = self._throttle.allow((reason, gateway or topic[:100]))
         if suppressed is not None:
             self._log.warning("ingest.rejected", reason=reason, detail=detail[:300],
                               topic=excerpt(topic, 200), gateway=gateway, index=index,
                               suppressed_since_last=suppressed)
+        return Rejected(reason, detail, topic, county, farm, gateway, index, excerpt(raw),
+                        ms, slot)
+
+    def refused(self, line: str, status: int, error: str) -> Rejected:
+        """A line InfluxDB refused (400): reason ``influx_rejected``."""
+        return self.reject(topic="", reason="influx_rejected",
+                           detail=f"InfluxDB {status}: {error}"[:500], raw=line)
+
+    def internal(self, msg: Inbound, exc: Exception) -> Rejected:
+        """Validating ``msg`` raised: the message becomes a dead letter with
+        reason ``internal``, so that it is acknowledged, never redelivered
+        forever."""
+        key: tuple[str, str, str] | None = None
+        try:
+            gt = parse_gateway_topic(msg.topic)
+            key = (gt.county, gt.farm, gt.gateway)
+        except Exception:  # the record names the topic anyway
+            pass
+        return self.reject(topic=msg.topic, reason="internal",
+                           detail=f"{type(exc).__name__}: {exc}"[:500], raw=msg.payload,
+                           key=key)
 
     # -- messages ----------------------------------------------------------
-    def handle(self, msg: Inbound, batch: Batch) -> None:
+    def validate(self, msg: Inbound) -> Verdict:
+        """The message's verdict. May raise on a bug (the batcher contains
+        it: the message then becomes an ``internal`` dead letter)."""
         self._current, self._current_digest = msg, None
+        v = Verdict(msg)
         try:
-            self._handle(msg, batch)
+            self._validate(msg, v)
         finally:
             self._current = None
+        return v
 
-    def _handle(self, msg: Inbound, batch: Batch) -> None:
+    def _validate(self, msg: Inbound, out: Verdict) -> None:
         self.counters.messages += 1
-        batch.messages.append(msg)
         if msg.generation != self._generation:
             # The first message on this broker connection: anything the
             # gateway sent before it may have waited at the broker.
@@ -230,17 +302,19 @@ class Ingestor:
         except TopicError as exc:
             levels = [x if is_valid_id(x) else "_" for x in msg.topic.split("/")[2:5]]
             levels += ["_"] * (3 - len(levels))
-            self.dead_letter(batch, topic=msg.topic, reason="bad_topic", detail=str(exc),
-                             raw=msg.payload, key=(levels[0], levels[1], levels[2]))
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason="bad_topic", detail=str(exc),
+                raw=msg.payload, key=(levels[0], levels[1], levels[2])))
             return
         key = (gt.county, gt.farm, gt.gateway)
         gw_meta = None
         if self._index is not None:
             entry = self._index.get(key)
             if entry is None:
-                self.dead_letter(batch, topic=msg.topic, reason="unknown_gateway",
-                                 detail="gateway is not in the registry", raw=msg.payload,
-                                 key=key)
+                out.rejected.append(self.reject(
+                    topic=msg.topic, reason="unknown_gateway",
+                    detail="gateway is not in the registry", raw=msg.payload,
+                    key=key))
                 return
             gw_meta = entry[1]
         elif key not in self._gateways:
@@ -250,26 +324,29 @@ class Ingestor:
         if state is None:
             state = self._gateway_state(key, gw_meta)
         if gt.channel == "status":
-            self._handle_status(msg, batch, key)
+            self._handle_status(msg, out, key)
             return
         try:
             parsed = parse_telemetry(msg.payload, content_type=msg.content_type)
         except MessageRejected as exc:
-            self.dead_letter(batch, topic=msg.topic, reason=exc.reason, detail=exc.detail,
-                             raw=msg.payload, key=key)
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason=exc.reason, detail=exc.detail,
+                raw=msg.payload, key=key))
             return
         env = parsed.envelope
         if env.gateway != gt.gateway:
-            self.dead_letter(batch, topic=msg.topic, reason="gateway_mismatch",
-                             detail=f"payload gateway {env.gateway!r} is not the topic's "
-                                    f"{gt.gateway!r}", raw=msg.payload, key=key)
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason="gateway_mismatch",
+                detail=f"payload gateway {env.gateway!r} is not the topic's "
+                f"{gt.gateway!r}", raw=msg.payload, key=key))
             return
         if not msg.retain:
             # A retained message is a replay of an old one, not news about seq.
-            self._track_seq(state, env.seq, batch, gt.county, gt.farm, gt.gateway, msg)
+            self._track_seq(state, env.seq, out, gt.county, gt.farm, gt.gateway, msg)
         for rej in parsed.rejected:
-            self.dead_letter(batch, topic=msg.topic, reason=rej.reason, detail=rej.detail,
-                             raw=rej.excerpt, index=rej.index, key=key)
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason=rej.reason, detail=rej.detail,
+                raw=rej.excerpt, index=rej.index, key=key))
 
         now = msg.received_ms
         synced = env.clock is Clock.SYNCED
@@ -279,28 +356,30 @@ class Ingestor:
         sensors = gw_meta.sensors if gw_meta is not None else None
         listed_only = gw_meta is not None and gw_meta.only_listed_sensors
         known = state.known
-        lines = batch.lines
+        lines = out.lines
         keep = self.keep_readings
         kept: list[NormalizedReading] = []
         for i, r in enumerate(parsed.readings):
             ts = r.ts_ms + offset
             if ts > max_ts:
-                self.dead_letter(batch, topic=msg.topic, reason="ts_in_future",
-                                 detail=f"ts {r.ts_ms} is {(ts - now) / 1000:.0f} s ahead of "
-                                        "the edge's clock", raw=r.sensor, index=i, key=key)
+                out.rejected.append(self.reject(
+                    topic=msg.topic, reason="ts_in_future",
+                    detail=f"ts {r.ts_ms} is {(ts - now) / 1000:.0f} s ahead of "
+                    "the edge's clock", raw=r.sensor, index=i, key=key))
                 continue
             if ts < min_ts:
-                self.dead_letter(batch, topic=msg.topic, reason="ts_implausible",
-                                 detail=f"ts {r.ts_ms} is before {min_ts} although the clock "
-                                        "is synced" if synced else
-                                        f"ts {r.ts_ms} placed on the edge's clock is {ts}, "
-                                        f"before {min_ts}", raw=r.sensor, index=i, key=key)
+                out.rejected.append(self.reject(
+                    topic=msg.topic, reason="ts_implausible",
+                    detail=f"ts {r.ts_ms} is before {min_ts} although the clock "
+                    "is synced" if synced else
+                    f"ts {r.ts_ms} placed on the edge's clock is {ts}, "
+                    f"before {min_ts}", raw=r.sensor, index=i, key=key))
                 continue
             meta = sensors.get(r.sensor, _EMPTY_META) if sensors is not None else _EMPTY_META
             animal = r.animal or meta.animal
             ident = (r.sensor, animal or "")
             if (listed_only or ident not in known) and not self._admit(
-                    batch, msg.topic, key, state, ident, listed_only, sensors, i):
+                    out, msg.topic, key, state, ident, listed_only, sensors, i):
                 continue
             ck = (r.kind.name, gt.county, gt.farm, gt.gateway, r.sensor,
                   meta.plot or "", meta.crop or "", animal or "")
@@ -320,12 +399,12 @@ class Ingestor:
             if keep:
                 kept.append(r)
         if kept:
-            batch.accepted.append(Accepted(gt.county, gt.farm, gt.gateway, now, synced, offset,
-                                           kept, gw_meta))
-        batch.n_readings += len(parsed.readings)
+            out.accepted = Accepted(gt.county, gt.farm, gt.gateway, now, synced, offset,
+                                      kept, gw_meta)
+        out.n_readings += len(parsed.readings)
         self.counters.readings += len(parsed.readings)
 
-    def _admit(self, batch: Batch, topic: str, key: tuple[str, str, str], state: _GatewayState,
+    def _admit(self, out: Verdict, topic: str, key: tuple[str, str, str], state: _GatewayState,
                ident: tuple[str, str], listed_only: bool,
                sensors: dict[str, SensorMeta] | None, index: int) -> bool:
         """A sensor/animal id this gateway has not used before: known from now
@@ -334,19 +413,21 @@ class Ingestor:
         if listed_only and (sensors is None or sensor not in sensors):
             # Checked on every reading: ids learnt before the list was closed
             # are no longer known.
-            self.dead_letter(batch, topic=topic, reason="unknown_sensor",
-                             detail=f"sensor {sensor!r} is not listed for this gateway in the "
-                                    "registry", raw=sensor, index=index, key=key)
+            out.rejected.append(self.reject(
+                topic=topic, reason="unknown_sensor",
+                detail=f"sensor {sensor!r} is not listed for this gateway in the "
+                "registry", raw=sensor, index=index, key=key))
             return False
         if ident in state.known:
             return True
         if len(state.known) >= state.limit:
             what = f"sensor {sensor!r}" + (f" animal {animal!r}" if animal else "")
-            self.dead_letter(batch, topic=topic, reason="cardinality_budget",
-                             detail=f"{what} is new and the gateway already has "
-                                    f"{len(state.known)} ids ([ingest] max_ids_per_gateway = "
-                                    f"{self._s.max_ids_per_gateway})",
-                             raw=f"{sensor} {animal}".strip(), index=index, key=key)
+            out.rejected.append(self.reject(
+                topic=topic, reason="cardinality_budget",
+                detail=f"{what} is new and the gateway already has "
+                f"{len(state.known)} ids ([ingest] max_ids_per_gateway = "
+                f"{self._s.max_ids_per_gateway})",
+                raw=f"{sensor} {animal}".strip(), index=index, key=key))
             return False
         self.state.admit(key, ident, self._now_ms())
         return True
@@ -394,7 +475,7 @@ class Ingestor:
         self._prefix_cache[ck] = (p, where.field)
         return p, where.field
 
-    def _track_seq(self, state: _GatewayState, seq: int, batch: Batch, county: str,
+    def _track_seq(self, state: _GatewayState, seq: int, out: Verdict, county: str,
                    farm: str, gateway: str, msg: Inbound) -> None:
         last = state.last_seq
         state.last_seq = seq if last is None or seq > last or seq + 1000 < last else last
@@ -405,24 +486,26 @@ class Ingestor:
         if seq > last + 1:
             gap = seq - last - 1
             self.counters.seq_gaps += gap
-            batch.lines.append(f"{tags} seq_gap={gap}i {msg.received_ms}")
+            out.points.append(f"{tags} seq_gap={gap}i {msg.received_ms}")
         elif seq + 1000 < last:
             self._log.info("ingest.seq_restart", gateway=gateway, last=last, seq=seq)
         else:
             self.counters.seq_duplicates += 1
 
-    def _handle_status(self, msg: Inbound, batch: Batch, key: tuple[str, str, str]) -> None:
+    def _handle_status(self, msg: Inbound, out: Verdict, key: tuple[str, str, str]) -> None:
         county, farm, gateway = key
         try:
             st = parse_status(msg.payload)
         except MessageRejected as exc:
-            self.dead_letter(batch, topic=msg.topic, reason=exc.reason, detail=exc.detail,
-                             raw=msg.payload, key=key)
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason=exc.reason, detail=exc.detail,
+                raw=msg.payload, key=key))
             return
         if st.gateway != gateway:
-            self.dead_letter(batch, topic=msg.topic, reason="gateway_mismatch",
-                             detail=f"status gateway {st.gateway!r} is not the topic's "
-                                    f"{gateway!r}", raw=msg.payload, key=key)
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason="gateway_mismatch",
+                detail=f"status gateway {st.gateway!r} is not the topic's "
+                f"{gateway!r}", raw=msg.payload, key=key))
             return
         fields: dict[str, str] = {"online": "true" if st.online else "false"}
         try:
@@ -431,8 +514,9 @@ class Ingestor:
                 if v is not None:
                     fields[name] = float_field(v)
         except ValueError as exc:
-            self.dead_letter(batch, topic=msg.topic, reason="bad_status", detail=str(exc),
-                             raw=msg.payload, key=key)
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason="bad_status", detail=str(exc),
+                raw=msg.payload, key=key))
             return
         for name in ("outbox_depth", "dropped"):
             v = getattr(st, name)
@@ -448,9 +532,9 @@ class Ingestor:
         tags = (f"gateway,county={escape_tag(county)},farm={escape_tag(farm)}"
                 f",gateway={escape_tag(gateway)}")
         ts = self._status_ts(key, st, msg)
-        batch.lines.append(f"{tags} {','.join(f'{k}={v}' for k, v in fields.items())} {ts}")
+        out.points.append(f"{tags} {','.join(f'{k}={v}' for k, v in fields.items())} {ts}")
         if self.keep_readings:
-            batch.statuses.append(StatusEvent(county, farm, gateway, st, msg.received_ms))
+            out.status = StatusEvent(county, farm, gateway, st, msg.received_ms)
 
     def _status_ts(self, key: tuple[str, str, str], st: GatewayStatus, msg: Inbound) -> int:
         """A status is stored at its own ``ts`` when the gateway's clock is
