@@ -21,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .codec import CodecError, PayloadTooLarge, codec_for
+from .errors import ContractError
 from .kinds import KINDS, Kind, RangeError, UnitError
 from .models import (
     MAX_PAYLOAD_BYTES,
@@ -67,7 +68,7 @@ def _escape(ch: str) -> str:
     return f"\\U{o:08x}"
 
 
-class MessageRejected(ValueError):
+class MessageRejected(ContractError):
     """The whole message is invalid."""
 
     def __init__(self, reason: str, detail: str) -> None:
