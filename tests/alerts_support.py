@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import email
 import email.policy
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from paho.mqtt.enums import CallbackAPIVersion
 
+from farmedge.contract import encode_status
 from farmedge.contract.models import Clock, GatewayStatus
 from farmedge.contract.parse import parse_telemetry
 from farmedge.contract.topics import parse_gateway_topic
@@ -209,4 +209,4 @@ def reading(sensor: str, kind: str, value: float, ts_ms: int, unit: str = "%",
 
 
 def status_payload(gateway: str, online: bool, **extra: Any) -> bytes:
-    return json.dumps({"v": 1, "gateway": gateway, "online": online, **extra}).encode()
+    return encode_status(gateway=gateway, online=online, **extra)

@@ -19,7 +19,15 @@ if TYPE_CHECKING:
     from .engine import AlertEngine, check_registry
     from .errors import AlertsError, DeliveryFailed
     from .notify import AppriseNotifier, Notifier
-    from .record import AlertEvent, InfluxRecorder, MemoryRecorder, MqttRecorder, Recorder
+    from .record import (
+        AlertEvent,
+        InfluxRecorder,
+        MemoryRecorder,
+        MqttRecorder,
+        Recorder,
+        RecordSink,
+        SinkRecorder,
+    )
     from .rules import RuleSet, load_rules
     from .settings import AlertsSettings
     from .templates import export_templates
@@ -28,7 +36,8 @@ _WHERE = {
     "AlertEngine": "engine", "check_registry": "engine", "AlertsError": "errors",
     "DeliveryFailed": "errors", "AppriseNotifier": "notify", "Notifier": "notify",
     "AlertEvent": "record", "InfluxRecorder": "record", "MemoryRecorder": "record",
-    "MqttRecorder": "record", "Recorder": "record", "RuleSet": "rules", "load_rules": "rules",
+    "MqttRecorder": "record", "Recorder": "record", "RecordSink": "record",
+    "SinkRecorder": "record", "RuleSet": "rules", "load_rules": "rules",
     "AlertsSettings": "settings", "export_templates": "templates",
     "engine_from_settings": "build",
 }
@@ -44,8 +53,10 @@ __all__ = [
     "MemoryRecorder",
     "MqttRecorder",
     "Notifier",
+    "RecordSink",
     "Recorder",
     "RuleSet",
+    "SinkRecorder",
     "check_registry",
     "engine_from_settings",
     "export_templates",

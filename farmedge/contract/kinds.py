@@ -13,14 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 
+from .errors import ContractError
+
 __all__ = ["KINDS", "Kind", "RangeError", "UnitError", "normalize"]
 
 
-class UnitError(ValueError):
+class UnitError(ContractError):
     """A unit the contract does not know for this kind."""
 
 
-class RangeError(ValueError):
+class RangeError(ContractError):
     """A value outside the physical range of its kind."""
 
 

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import ssl
 import time
@@ -22,10 +21,11 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from farmedge.contract import COMPACT, JSON, encode_compact, status_topic, telemetry_topic
+from farmedge.contract import Encoded, EncodeError, encode_telemetry, status_topic, telemetry_topic
 from farmedge.logs import get_logger
 
 from .clock import ClockSource
+from .errors import UplinkError
 from .outbox import Outbox, Row
 from .settings import GatewaySettings
 
@@ -85,12 +85,13 @@ class _Disconnected(Exception):
 
 class Uplink:
     def __init__(self, settings: GatewaySettings, outbox: Outbox, clock: ClockSource, *,
-                 status: Callable[[bool], dict[str, Any]],
+                 status_payload: Callable[[bool], bytes],
                  rng: random.Random | None = None) -> None:
         self.s = settings
         self.outbox = outbox
         self.clock = clock
-        self.status = status
+        #: online -> the status payload (the contract's encode_status).
+        self.status_payload = status_payload
         self.topic = telemetry_topic(settings.county, settings.farm, settings.gateway)
         self.status_topic = status_topic(settings.county, settings.farm, settings.gateway)
         self.backoff = Backoff(settings.mqtt.backoff_min_s, settings.mqtt.backoff_max_s,
@@ -165,8 +166,7 @@ class Uplink:
         if u.scheme == "mqtts":
             ctx = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
             client.tls_set_context(ctx)
-        client.will_set(self.status_topic, json.dumps(self.status(False)).encode(), qos=1,
-                        retain=True)
+        client.will_set(self.status_topic, self.status_payload(False), qos=1, retain=True)
         client.max_inflight_messages_set(self.s.uplink.max_inflight + 4)
         client.max_queued_messages_set(0)
         self._gen += 1
@@ -250,8 +250,7 @@ class Uplink:
             self._cursor = 0
             if stop.is_set():
                 with contextlib.suppress(Exception):
-                    info = client.publish(self.status_topic,
-                                          json.dumps(self.status(False)).encode(),
+                    info = client.publish(self.status_topic, self.status_payload(False),
                                           qos=1, retain=True)
                     await asyncio.to_thread(info.wait_for_publish, 2.0)
                 await self._close(client)
@@ -264,7 +263,7 @@ class Uplink:
         client = self._client
         if client is None or not self.connected:
             return
-        payload = json.dumps(self.status(True), separators=(",", ":")).encode()
+        payload = self.status_payload(True)
         client.publish(self.status_topic, payload, qos=1, retain=True)
 
     async def _pump(self, stop: asyncio.Event) -> None:
@@ -362,22 +361,13 @@ class Uplink:
         from paho.mqtt.packettypes import PacketTypes
         from paho.mqtt.properties import Properties
 
-        up = self.s.uplink
         seq = self.outbox.next_seq()
-        sent = self.clock.wall_ms()
-        wire = [r.wire() for r in rows]
-        if up.encoding == "compact":
-            payload = encode_compact(gateway=self.s.gateway, seq=seq, sent=sent,
-                                     clock=clock_state, readings=wire,
-                                     compression=up.compression)
-            ctype = COMPACT
-        else:
-            payload = json.dumps({"v": 1, "gateway": self.s.gateway, "seq": seq, "sent": sent,
-                                  "clock": clock_state, "readings": wire},
-                                 separators=(",", ":"), ensure_ascii=False).encode()
-            ctype = JSON
+        enc = self._encode(rows, seq, clock_state)
+        if enc is None:  # nothing of the batch can be sent
+            return
+        payload = enc.payload
         props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ContentType = ctype
+        props.ContentType = enc.content_type
         info = self._client.publish(self.topic, payload, qos=1, properties=props)
         if info.rc != 0:
             raise _Disconnected(f"publish failed (rc {info.rc})")
@@ -389,6 +379,29 @@ class Uplink:
         self.outbox.mark_sent(self._cursor)
         self.stats.messages += 1
         self.stats.bytes += len(payload)
+
+
+    def _encode(self, rows: list[Row], seq: int, clock_state: str) -> Encoded | None:
+        """The batch's payload, through the contract. A reading the contract
+        does not allow (one kept by an older version, say: it would be
+        refused at every try and block the outbox) is dropped, counted in
+        ``dropped`` and logged; ``rows`` loses it. None when no reading is
+        left."""
+        up = self.s.uplink
+        while rows:
+            try:
+                return encode_telemetry(gateway=self.s.gateway, seq=seq,
+                                        sent=self.clock.wall_ms(), clock=clock_state,
+                                        readings=[r.wire() for r in rows],
+                                        encoding=up.encoding, compression=up.compression)
+            except EncodeError as exc:
+                if exc.index is None:
+                    raise UplinkError(f"cannot encode a message: {exc}") from exc
+                bad = rows.pop(exc.index)
+                self.outbox.discard([bad])
+                self.log.error("gateway.reading_unsendable", sensor=bad.sensor, kind=bad.kind,
+                               ts=bad.ts, error=str(exc), dropped_total=self.outbox.dropped)
+        return None
 
 
 def _set_result(fut: asyncio.Future[int], code: int) -> None:

@@ -94,3 +94,13 @@ def test_docs_alerts_names_the_alerts_fields() -> None:
     quoted = set(re.findall(r"`([a-z_]+)`", section))
     m = MEASUREMENTS[Measurement.ALERTS]
     assert not [n for n in (*m.tags, *m.fields) if n not in quoted]
+
+
+def test_every_name_is_plain() -> None:
+    """Names need no escaping anywhere (line protocol, InfluxQL identifiers,
+    Flux) and read the same on every InfluxDB."""
+    names = [*MEASUREMENTS, *_names(Tag)]
+    for m in MEASUREMENTS.values():
+        names += [*m.fields, *(f + s for f in m.fields for s in m.suffixed)]
+    bad = [n for n in names if not re.fullmatch(r"[a-z][a-z0-9_]*", n)]
+    assert not bad
