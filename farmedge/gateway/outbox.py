@@ -178,7 +178,7 @@ class Outbox:
         try:
             self._open(exclusive=False)
         except OutboxError:
-            if self._free() >= RESUME_FREE_BYTES:
+            if _free_bytes(self.path.parent) >= RESUME_FREE_BYTES:
                 raise
             # A full SD card (after a power cut, say): WAL mode needs a new
             # shared-memory file, which cannot be made. In exclusive locking
@@ -189,12 +189,6 @@ class Outbox:
             self._log.error("gateway.outbox_full", at_start=True, path=str(self.path),
                             depth=self.depth)
         return self
-
-    def _free(self) -> int:
-        try:
-            return int(shutil.disk_usage(self.path.parent).free)
-        except OSError:
-            return RESUME_FREE_BYTES
 
     def _open(self, *, exclusive: bool) -> None:
         f = self.file
@@ -223,9 +217,7 @@ class Outbox:
         return self.file.is_open
 
     @property
-    def db(self) -> sqlite3.Connection:
-        """The SQLite connection (to look at the file; write through the
-        outbox's methods)."""
+    def db(self) -> sqlite3.Connection:  # to look at the file; write through the methods
         return self.file.connection
 
     # -- writing ------------------------------------------------------------
@@ -289,7 +281,7 @@ class Outbox:
         self.full = True
 
     def _try_resume(self) -> None:
-        free = self._free()
+        free = _free_bytes(self.path.parent)
         if free < RESUME_FREE_BYTES:
             return
         f = self.file
@@ -447,11 +439,14 @@ class Outbox:
         disk fills before they are committed, they are on their way, not lost."""
         self._ids.sent_max = max(self._ids.sent_max, last_id)
 
-    def oldest(self) -> Row | None:
-        rows = self.peek(0, 1)
-        return rows[0] if rows else None
-
     def stats(self) -> OutboxStats:
-        old = self.oldest()
-        return OutboxStats(self.depth, self.bytes, old.ts if old else None, self.dropped,
+        old = self.peek(0, 1)
+        return OutboxStats(self.depth, self.bytes, old[0].ts if old else None, self.dropped,
                            self.full)
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return int(shutil.disk_usage(path).free)
+    except OSError:
+        return RESUME_FREE_BYTES
