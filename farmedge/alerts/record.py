@@ -25,6 +25,7 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from farmedge.contract.topics import alerts_topic
+from farmedge.storage.schema import AlertField, Measurement, Tag
 
 __all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "RecordSink",
            "Recorder", "SinkRecorder", "line_protocol"]
@@ -79,31 +80,33 @@ def _str(v: str) -> str:
 
 
 def line_protocol(ev: AlertEvent) -> str:
+    """The event's line of the ``alerts`` measurement (farmedge/storage/schema.py)."""
+    t, a = Tag, AlertField
     tags = {
-        "county": ev.county, "farm": ev.farm, "event": ev.event, "rule": ev.rule,
-        "family": ev.family, "severity": ev.severity, "scope": ev.scope, "scope_id": ev.scope_id,
+        t.COUNTY: ev.county, t.FARM: ev.farm, t.EVENT: ev.event, t.RULE: ev.rule,
+        t.FAMILY: ev.family, t.SEVERITY: ev.severity, t.SCOPE: ev.scope, t.SCOPE_ID: ev.scope_id,
     }
     if ev.channel:
-        tags["channel"] = ev.channel
+        tags[t.CHANNEL] = ev.channel
     if ev.contact:
-        tags["contact"] = ev.contact
+        tags[t.CONTACT] = ev.contact
     fields: dict[str, str] = {
-        "group": _str(ev.group),
-        "count": f"{ev.count}i",
-        "title": _str(f"{ev.event} {ev.rule}"),
-        "text": _str(ev.text.get("zh") or ev.text.get("en") or ev.error or ev.event),
+        a.GROUP: _str(ev.group),
+        a.COUNT: f"{ev.count}i",
+        a.TITLE: _str(f"{ev.event} {ev.rule}"),
+        a.TEXT: _str(ev.text.get("zh") or ev.text.get("en") or ev.error or ev.event),
     }
     if "en" in ev.text:
-        fields["text_en"] = _str(ev.text["en"])
+        fields[a.TEXT_EN] = _str(ev.text["en"])
     if ev.value is not None:
-        fields["value"] = repr(float(ev.value))
+        fields[a.VALUE] = repr(float(ev.value))
     if ev.attempt:
-        fields["attempt"] = f"{ev.attempt}i"
+        fields[a.ATTEMPT] = f"{ev.attempt}i"
     if ev.error:
-        fields["error"] = _str(ev.error[:500])
-    t = ",".join(f"{k}={_tag(v)}" for k, v in tags.items())
-    f = ",".join(f"{k}={v}" for k, v in fields.items())
-    return f"alerts,{t} {f} {ev.ts_ms}"
+        fields[a.ERROR] = _str(ev.error[:500])
+    tag_part = ",".join(f"{k}={_tag(v)}" for k, v in tags.items())
+    field_part = ",".join(f"{k}={v}" for k, v in fields.items())
+    return f"{Measurement.ALERTS},{tag_part} {field_part} {ev.ts_ms}"
 
 
 class RecordSink(Protocol):

@@ -27,7 +27,8 @@ from typing import Any
 from farmedge.logs import get_logger, redact_url
 from farmedge.registry import Registry, load_registry
 from farmedge.storage.influx import InfluxWriter
-from farmedge.storage.lineproto import escape_tag, field_str
+from farmedge.storage.lineproto import field_str, series_key
+from farmedge.storage.schema import EdgeField, Measurement, Tag
 from farmedge.storage.spool import Spool
 
 from .batcher import Batch, Batcher
@@ -372,16 +373,19 @@ class EdgeService:
         sink.latency_ms.clear()
         c = self.validator.counters
         rejected = int(counter_total(self.metrics.rejected))
-        fields = (f"messages={c.messages}i,readings={c.readings}i,lines_written={sink.written}i,"
-                  f"rejected={rejected}i,spooled={sink.spooled}i,"
-                  f"spool_lines={sink.spool.lines}i,spool_dropped={sink.spool.dropped_lines}i,"
-                  f"pending={self.pending_messages()}i,write_p50_ms={p50:.3f},"
-                  f"write_p99_ms={p99:.3f},influx_up={'false' if sink.influx_down else 'true'},"
-                  f"mqtt_connected={'true' if self.source.connected else 'false'},"
-                  f"disk_full={'true' if sink.disk_error else 'false'},"
-                  f"version={field_str(_version())}")
-        return (f"edge,instance={escape_tag(self.settings.instance)} {fields} "
-                f"{int(time.time() * 1000)}")
+        e = EdgeField
+        fields = (f"{e.MESSAGES}={c.messages}i,{e.READINGS}={c.readings}i,"
+                  f"{e.LINES_WRITTEN}={sink.written}i,{e.REJECTED}={rejected}i,"
+                  f"{e.SPOOLED}={sink.spooled}i,{e.SPOOL_LINES}={sink.spool.lines}i,"
+                  f"{e.SPOOL_DROPPED}={sink.spool.dropped_lines}i,"
+                  f"{e.PENDING}={self.pending_messages()}i,{e.WRITE_P50_MS}={p50:.3f},"
+                  f"{e.WRITE_P99_MS}={p99:.3f},"
+                  f"{e.INFLUX_UP}={'false' if sink.influx_down else 'true'},"
+                  f"{e.MQTT_CONNECTED}={'true' if self.source.connected else 'false'},"
+                  f"{e.DISK_FULL}={'true' if sink.disk_error else 'false'},"
+                  f"{e.VERSION}={field_str(_version())}")
+        series = series_key(Measurement.EDGE, ((Tag.INSTANCE, self.settings.instance),))
+        return f"{series} {fields} {int(time.time() * 1000)}"
 
 
 def _version() -> str:

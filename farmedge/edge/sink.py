@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from farmedge.disk import is_disk_full
 from farmedge.logs import Throttle, get_logger
 from farmedge.storage.influx import WriteKind, WriteResult
+from farmedge.storage.schema import READING_MEASUREMENTS
 from farmedge.storage.settings import InfluxSection
 from farmedge.storage.spool import Spool, SpooledBatch
 
@@ -71,14 +72,13 @@ class Delivery:
     refused: list[Refused] = field(default_factory=list)
 
 
-#: Lines of these measurements are not readings: only batches spooled by an
-#: earlier version, which did not record how many of their lines are
-#: readings, are counted by looking at the lines.
-_NOT_READINGS = ("ingest_errors,", "edge,", "gateway,", "registry,", "alerts,")
+#: Only the batches spooled by an earlier version, which did not record how
+#: many of their lines are readings, are counted by looking at the lines.
+_READINGS = tuple(f"{m}," for m in READING_MEASUREMENTS)
 
 
 def _legacy_readings(lines: list[str]) -> int:
-    return sum(1 for x in lines if not x.startswith(_NOT_READINGS))
+    return sum(1 for x in lines if x.startswith(_READINGS))
 
 
 Ranges = list[tuple[int, int]]

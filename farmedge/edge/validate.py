@@ -37,19 +37,19 @@ from farmedge.contract import (
     NormalizedReading,
     Quality,
     TopicError,
-    excerpt,
     is_valid_id,
     parse_gateway_topic,
     parse_status,
     parse_telemetry,
 )
-from farmedge.logs import Throttle, get_logger
+from farmedge.logs import get_logger
 from farmedge.records import Accepted, StatusEvent
 from farmedge.registry import GatewayEntry, Registry, SensorMeta
-from farmedge.storage.lineproto import escape_tag, field_str, float_field, series_key
-from farmedge.storage.schema import KIND_POINTS, Tag
+from farmedge.storage.lineproto import field_str, float_field, series_key
+from farmedge.storage.schema import KIND_POINTS, GatewayField, Measurement, Tag
 from farmedge.transport.mqtt import Inbound
 
+from .deadletter import DEAD_LETTER_SLOTS, DeadLetters, Rejected, dead_letter_line
 from .settings import IngestSection
 from .state import ClockSegment, IngestState
 
@@ -57,10 +57,6 @@ __all__ = ["DEAD_LETTER_SLOTS", "IngestCounters", "Rejected", "Validator", "Verd
            "dead_letter_line"]
 
 _EMPTY_META = SensorMeta()
-
-#: Dead letters of one reason written in the same millisecond get distinct
-#: ``slot`` tags 0..DEAD_LETTER_SLOTS-1 (docs/storage.md).
-DEAD_LETTER_SLOTS = 100
 
 # Unsynced clocks (docs/protocol.md, "Clock"): a message that would place its
 # readings this much later than the gateway's current offset says so (the
@@ -70,50 +66,6 @@ _CLOCK_KEEP_MS = 60_000
 # A message sent (by the current offset) before the edge's connection
 # delivered anything, give or take this, may have waited at the broker.
 _BACKLOG_SLACK_MS = 10_000
-
-
-def _bounded(text: str, limit: int) -> str:
-    """At most ``limit`` printable characters (excerpt's escaping otherwise)."""
-    return text if len(text) <= limit and text.isprintable() else excerpt(text, limit)
-
-
-@dataclass(frozen=True, slots=True)
-class Rejected:
-    """One rejected message or reading, for the dead-letter measurement.
-
-    ``ms`` and ``slot`` are the dead letter's time and slot (unique per edge
-    instance; the same again when the broker redelivers the message)."""
-
-    reason: str
-    detail: str
-    topic: str
-    county: str | None
-    farm: str | None
-    gateway: str | None
-    #: The reading's index in its message (None: the whole message).
-    index: int | None
-    #: A bounded, printable excerpt of what was rejected.
-    excerpt: str
-    ms: int
-    slot: int
-
-
-def dead_letter_line(rej: Rejected, edge_tag: str) -> str:
-    """The ``ingest_errors`` line of ``rej`` (``edge_tag``: the instance,
-    escaped). The schema is bounded so that InfluxDB cannot refuse it
-    (series and tag-value limits, docs/storage.md): tags are the reason, the
-    edge instance and a slot (at most DEAD_LETTER_SLOTS values); everything a
-    sender chooses (topic, ids, payload) goes into bounded string fields."""
-    tags = f",edge={edge_tag},reason={escape_tag(_bounded(rej.reason, 64))},slot={rej.slot}"
-    fields = (f"county={field_str(_bounded(rej.county or '_', 64))},"
-              f"farm={field_str(_bounded(rej.farm or '_', 64))},"
-              f"gateway={field_str(_bounded(rej.gateway or '_', 64))},"
-              f"topic={field_str(_bounded(rej.topic, 300))},"
-              f"detail={field_str(_bounded(rej.detail, 500))},"
-              f"excerpt={field_str(rej.excerpt)},count=1i")
-    if rej.index is not None:
-        fields += f",reading_index={rej.index}i"
-    return f"ingest_errors{tags} {fields} {rej.ms}"
 
 
 @dataclass(slots=True)
@@ -165,22 +117,31 @@ class Validator:
         self._registry = registry
         self._index = registry.index() if registry is not None else None
         self._instance = instance
-        self._edge_tag = escape_tag(excerpt(instance, 64))
-        self.keep_readings = keep_readings
+        self._keep = keep_readings
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.state = state if state is not None else IngestState(None)
         self._gateways: dict[tuple[str, str, str], _GatewayState] = {}
         self._prefix_cache: dict[tuple[str, ...], tuple[str, str]] = {}
-        self._err_ms = 0
-        self._err_slot = 0
         self._generation = -1
         self._generation_first_ms = 0
-        #: The message being handled, and its digest (for its dead letters).
-        self._current: Inbound | None = None
-        self._current_digest: bytes | None = None
         self._log = get_logger("farmedge.edge.validate")
-        self._throttle = Throttle()
         self.counters = IngestCounters()
+        self.dead = DeadLetters(instance=instance, counters=self.counters.rejected,
+                                now_ms=self._now_ms, state=self.state)
+        #: One :class:`Rejected` record (deadletter.DeadLetters.reject).
+        self.reject = self.dead.reject
+        self._statuses = _Statuses(settings, self.state, self.reject)
+        self._statuses.keep = keep_readings
+
+    @property
+    def keep_readings(self) -> bool:
+        """Hand Accepted and StatusEvent records on (a stage wants them)."""
+        return self._keep
+
+    @keep_readings.setter
+    def keep_readings(self, keep: bool) -> None:
+        self._keep = keep
+        self._statuses.keep = keep
 
     def _gateway_state(self, key: tuple[str, str, str],
                        entry: GatewayEntry | None) -> _GatewayState:
@@ -198,96 +159,32 @@ class Validator:
         self._gateways[key] = state
         return state
 
-    # -- dead letters ------------------------------------------------------
-    def _error_ts(self) -> tuple[int, int]:
-        """(ms, slot), unique per edge instance: the clock's millisecond and a
-        counter within it. Only past DEAD_LETTER_SLOTS dead letters in one
-        millisecond (100,000/s, more than the edge can handle) does the
-        time run ahead of the clock."""
-        now = self._now_ms()
-        if now > self._err_ms:
-            self._err_ms, self._err_slot = now, 0
-        else:
-            self._err_slot += 1
-            if self._err_slot >= DEAD_LETTER_SLOTS:
-                self._err_ms, self._err_slot = self._err_ms + 1, 0
-        return self._err_ms, self._err_slot
-
-    def _dead_letter_time(self, reason: str, index: int | None) -> tuple[int, int]:
-        """Time and slot of a dead letter of the message being handled: the
-        same as the first time when the broker delivers the message again
-        (DUP flag, after the edge was killed before acknowledging it), new
-        otherwise (a sender may well send the same bad message twice)."""
-        msg = self._current
-        if msg is None:
-            return self._error_ts()
-        if self._current_digest is None:
-            h = hashlib.blake2b(msg.topic.encode("utf-8", "replace"), digest_size=16)
-            h.update(b"\0")
-            h.update(msg.payload)
-            self._current_digest = h.digest()
-        digest = hashlib.blake2b(self._current_digest + f"{reason}/{index}".encode(),
-                                 digest_size=16).digest()
-        if msg.dup:
-            seen = self.state.dead_letter_time(digest)
-            if seen is not None:
-                return seen
-        ms, slot = self._error_ts()
-        self.state.save_dead_letter(digest, ms, slot)
-        return ms, slot
-
+    # -- dead letters (deadletter.py) --------------------------------------
     @property
     def edge_tag(self) -> str:
-        return self._edge_tag
+        return self.dead.edge_tag
 
     def dead_letter_line(self, rej: Rejected) -> str:
-        return dead_letter_line(rej, self._edge_tag)
-
-    def reject(self, *, topic: str, reason: str, detail: str, raw: object,
-               key: tuple[str, str, str] | None = None, index: int | None = None) -> Rejected:
-        """A :class:`Rejected` record for one message or reading (of the
-        message being validated, if any): counted, logged (throttled)."""
-        county, farm, gateway = key if key is not None else (None, None, None)
-        c = self.counters
-        c.rejected[reason] = c.rejected.get(reason, 0) + 1
-        ms, slot = self._dead_letter_time(reason, index)
-        suppressed = self._throttle.allow((reason, gateway or topic[:100]))
-        if suppressed is not None:
-            self._log.warning("ingest.rejected", reason=reason, detail=detail[:300],
-                              topic=excerpt(topic, 200), gateway=gateway, index=index,
-                              suppressed_since_last=suppressed)
-        return Rejected(reason, detail, topic, county, farm, gateway, index, excerpt(raw),
-                        ms, slot)
+        return dead_letter_line(rej, self.dead.edge_tag)
 
     def refused(self, line: str, status: int, error: str) -> Rejected:
         """A line InfluxDB refused (400): reason ``influx_rejected``."""
-        return self.reject(topic="", reason="influx_rejected",
-                           detail=f"InfluxDB {status}: {error}"[:500], raw=line)
+        return self.dead.refused(line, status, error)
 
     def internal(self, msg: Inbound, exc: Exception) -> Rejected:
-        """Validating ``msg`` raised: the message becomes a dead letter with
-        reason ``internal``, so that it is acknowledged, never redelivered
-        forever."""
-        key: tuple[str, str, str] | None = None
-        try:
-            gt = parse_gateway_topic(msg.topic)
-            key = (gt.county, gt.farm, gt.gateway)
-        except Exception:  # the record names the topic anyway
-            pass
-        return self.reject(topic=msg.topic, reason="internal",
-                           detail=f"{type(exc).__name__}: {exc}"[:500], raw=msg.payload,
-                           key=key)
+        """Validating ``msg`` raised: its ``internal`` dead letter."""
+        return self.dead.internal(msg, exc)
 
     # -- messages ----------------------------------------------------------
     def validate(self, msg: Inbound) -> Verdict:
         """The message's verdict. May raise on a bug (the batcher contains
         it: the message then becomes an ``internal`` dead letter)."""
-        self._current, self._current_digest = msg, None
         v = Verdict(msg)
+        self.dead.begin(msg)
         try:
             self._validate(msg, v)
         finally:
-            self._current = None
+            self.dead.end()
         return v
 
     def _validate(self, msg: Inbound, out: Verdict) -> None:
@@ -324,7 +221,7 @@ class Validator:
         if state is None:
             state = self._gateway_state(key, gw_meta)
         if gt.channel == "status":
-            self._handle_status(msg, out, key)
+            self._statuses.handle(msg, out, key)
             return
         try:
             parsed = parse_telemetry(msg.payload, content_type=msg.content_type)
@@ -357,7 +254,7 @@ class Validator:
         listed_only = gw_meta is not None and gw_meta.only_listed_sensors
         known = state.known
         lines = out.lines
-        keep = self.keep_readings
+        keep = self._keep
         kept: list[NormalizedReading] = []
         for i, r in enumerate(parsed.readings):
             ts = r.ts_ms + offset
@@ -481,59 +378,83 @@ class Validator:
         state.last_seq = seq if last is None or seq > last or seq + 1000 < last else last
         if last is None or seq == last + 1:
             return
-        tags = f"gateway,county={escape_tag(county)},farm={escape_tag(farm)},gateway=" \
-               f"{escape_tag(gateway)}"
         if seq > last + 1:
             gap = seq - last - 1
             self.counters.seq_gaps += gap
-            out.points.append(f"{tags} seq_gap={gap}i {msg.received_ms}")
+            out.points.append(f"{_gateway_series(county, farm, gateway)} "
+                              f"{GatewayField.SEQ_GAP}={gap}i {msg.received_ms}")
         elif seq + 1000 < last:
             self._log.info("ingest.seq_restart", gateway=gateway, last=last, seq=seq)
         else:
             self.counters.seq_duplicates += 1
 
-    def _handle_status(self, msg: Inbound, out: Verdict, key: tuple[str, str, str]) -> None:
+
+#: Status fields stored as floats, and as integers (the GatewayStatus
+#: attributes of the same names).
+_FLOAT_STATUS = (GatewayField.UPTIME_S, GatewayField.OUTBOX_OLDEST_AGE_S,
+                 GatewayField.CPU_TEMPERATURE, GatewayField.DISK_FREE_MB)
+_INT_STATUS = (GatewayField.OUTBOX_DEPTH, GatewayField.DROPPED)
+
+
+def _gateway_series(county: str, farm: str, gateway: str) -> str:
+    return series_key(Measurement.GATEWAY, ((Tag.COUNTY, county), (Tag.FARM, farm),
+                                            (Tag.GATEWAY, gateway)))
+
+
+class _Statuses:
+    """A gateway's status message: its ``gateway`` point, stored at a time
+    that is the same whenever the same status is delivered again."""
+
+    def __init__(self, settings: IngestSection, state: IngestState,
+                 reject: Callable[..., Rejected]) -> None:
+        self._s = settings
+        self.state = state
+        self._reject = reject
+        #: Hand StatusEvent records on (the Validator's keep_readings).
+        self.keep = False
+
+    def handle(self, msg: Inbound, out: Verdict, key: tuple[str, str, str]) -> None:
         county, farm, gateway = key
         try:
             st = parse_status(msg.payload)
         except MessageRejected as exc:
-            out.rejected.append(self.reject(
+            out.rejected.append(self._reject(
                 topic=msg.topic, reason=exc.reason, detail=exc.detail,
                 raw=msg.payload, key=key))
             return
         if st.gateway != gateway:
-            out.rejected.append(self.reject(
+            out.rejected.append(self._reject(
                 topic=msg.topic, reason="gateway_mismatch",
                 detail=f"status gateway {st.gateway!r} is not the topic's "
                 f"{gateway!r}", raw=msg.payload, key=key))
             return
-        fields: dict[str, str] = {"online": "true" if st.online else "false"}
+        g = GatewayField
+        fields: dict[str, str] = {g.ONLINE: "true" if st.online else "false"}
         try:
-            for name in ("uptime_s", "outbox_oldest_age_s", "cpu_temperature", "disk_free_mb"):
+            for name in _FLOAT_STATUS:
                 v: Any = getattr(st, name)
                 if v is not None:
                     fields[name] = float_field(v)
         except ValueError as exc:
-            out.rejected.append(self.reject(
+            out.rejected.append(self._reject(
                 topic=msg.topic, reason="bad_status", detail=str(exc),
                 raw=msg.payload, key=key))
             return
-        for name in ("outbox_depth", "dropped"):
+        for name in _INT_STATUS:
             v = getattr(st, name)
             if v is not None:
                 fields[name] = f"{int(v)}i"
         if st.version is not None:
-            fields["version"] = field_str(st.version)
+            fields[g.VERSION] = field_str(st.version)
         if st.online:  # sent only while full: stored on every status, so it clears
-            fields["outbox_full"] = "true" if st.outbox_full else "false"
+            fields[g.OUTBOX_FULL] = "true" if st.outbox_full else "false"
         if st.clock is not None:
-            fields["clock"] = field_str(st.clock.value)
-            fields["clock_synced"] = "true" if st.clock is Clock.SYNCED else "false"
-        tags = (f"gateway,county={escape_tag(county)},farm={escape_tag(farm)}"
-                f",gateway={escape_tag(gateway)}")
+            fields[g.CLOCK] = field_str(st.clock.value)
+            fields[g.CLOCK_SYNCED] = "true" if st.clock is Clock.SYNCED else "false"
         ts = self._status_ts(key, st, msg)
-        out.points.append(f"{tags} {','.join(f'{k}={v}' for k, v in fields.items())} {ts}")
-        if self.keep_readings:
+        out.points.append(f"{_gateway_series(county, farm, gateway)} "
+                          f"{','.join(f'{k}={v}' for k, v in fields.items())} {ts}")
+        if self.keep:
             out.status = StatusEvent(county, farm, gateway, st, msg.received_ms)
 
     def _status_ts(self, key: tuple[str, str, str], st: GatewayStatus, msg: Inbound) -> int:

@@ -137,7 +137,7 @@ async def test_a_batch_spooled_by_the_previous_version_replays(tmp_path: Path) -
     spool_dir = tmp_path / "spool"
     spool_dir.mkdir()
     old = ["soil,sensor=a moisture=1.0 1", "gateway,county=c,farm=f,gateway=g seq_gap=1i 1",
-           "air,sensor=t temperature=20.5 1", "ingest_errors,edge=e,reason=r,slot=0 count=1i 1",
+           "weather,sensor=t temperature=20.5 1", "ingest_errors,edge=e,reason=r,slot=0 count=1i 1",
            "edge,instance=e messages=1i 1"]
     body = zstandard.ZstdCompressor(level=1).compress("\n".join(old).encode())
     (spool_dir / f"{1:012d}-{int(time.time() * 1000)}-{len(old)}.zst").write_bytes(body)
@@ -149,7 +149,7 @@ async def test_a_batch_spooled_by_the_previous_version_replays(tmp_path: Path) -
     await until(lambda: sink.spool.lines == 0, what="replayed")
     replay.cancel()
     assert writer.stored == old
-    assert _written(metrics) == 2, "soil and air: readings; the rest are not"
+    assert _written(metrics) == 2, "soil and weather: readings; the rest are not"
     assert list(spool_dir.glob("*.zst")) == []
     await sink.close()
 
