@@ -228,12 +228,34 @@ class AlertEngine:
         self.device.timers(now)
         self.router.groups_pass(now)
 
+    def open(self) -> None:
+        """Load the state file. ``run()`` does it; tools and tests that drive
+        the engine pass by pass (:meth:`step`) call it, then :meth:`shut`."""
+        self._load()
+        self.device.started = self.clock()
+        self._loaded = True
+
+    async def step(self) -> None:
+        """One pass at the clock's time, as ``run()`` makes them (timers,
+        groups, commit, dispatch), and the sends it starts, awaited."""
+        now = self.clock()
+        self._pass(now)
+        self._commit_or_hold()
+        self.outbox.dispatch(now)
+        while self.outbox.inflight:
+            await asyncio.gather(*list(self.outbox.inflight.values()),
+                                 return_exceptions=True)
+
+    def shut(self) -> None:
+        """Write everything and close the state file (after :meth:`open`)."""
+        self._commit(history=True)
+        self._store.close()
+        self._loaded = False
+
     async def run(self) -> None:
         """Load state, then loop: timers, groups, commit, dispatch. Cancel to stop."""
         self._wake = asyncio.Event()
-        await asyncio.to_thread(self._load)
-        self.device.started = self.clock()
-        self._loaded = True
+        await asyncio.to_thread(self.open)
         tasks = [asyncio.create_task(r.run()) for r in self.recorders]
         try:
             while True:
