@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -39,7 +38,7 @@ from farmedge.registry import Registry
 from .context import Contexts, check_registry
 from .delivery import Delivery, Outbox
 from .device import DeviceChecks
-from .errors import AlertsError
+from .errors import AlertsError, StateError
 from .history import History
 from .notify import Notifier
 from .quiet import parse_quiet_hours
@@ -200,8 +199,8 @@ class AlertEngine:
         written at a later tick) and say so in ``disk_full``."""
         try:
             self._commit()
-        except (sqlite3.Error, OSError) as exc:
-            if not is_disk_full(exc):
+        except StateError as exc:
+            if exc.__cause__ is None or not is_disk_full(exc.__cause__):
                 raise
             if not self.disk_full:
                 log.error("alerts.disk_full", error=str(exc),
