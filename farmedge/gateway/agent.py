@@ -31,7 +31,7 @@ from farmedge.logs import get_logger
 
 from .clock import ClockSource, SystemClock
 from .drivers import Driver, DriverContext, Sample, SensorConfig, build_driver
-from .errors import DriverError
+from .errors import DriverError, OutboxError
 from .outbox import NewRow, Outbox
 from .settings import GatewaySettings
 from .uplink import Uplink
@@ -88,6 +88,8 @@ class Agent:
         self.samples = 0
         #: Samples the wire contract cannot carry (also in read_errors).
         self._refused = 0
+        #: Samples the outbox failed to keep (not for a full disk).
+        self.store_errors = 0
         # Made here, not at import: logging is set up after the imports.
         self.log = get_logger("farmedge.gateway", gateway=settings.gateway)
 
@@ -150,14 +152,19 @@ class Agent:
                 self.read_errors += 1
                 errors_in_row += 1
                 if errors_in_row == 1 or errors_in_row % 100 == 0:
-                    lg.warning("sensor read failed", error=str(exc) or type(exc).__name__,
+                    lg.warning("gateway.read_failed", error=str(exc) or type(exc).__name__,
                                in_a_row=errors_in_row)
             except Exception:
                 samples = []
                 self.read_errors += 1
-                lg.exception("driver crashed")
+                lg.exception("gateway.driver_crashed")
             if samples:
-                self._store(cfg.id, samples, stuck)
+                try:
+                    self._store(cfg.id, samples, stuck)
+                except OutboxError as exc:  # not a full disk: the outbox handles that
+                    self.store_errors += 1
+                    lg.error("gateway.outbox_write_failed", error=str(exc),
+                             errors_total=self.store_errors)
             next_t += cfg.interval_s
             now = loop.time()
             if next_t < now:
@@ -204,7 +211,7 @@ class Agent:
         synced = self.clock.synced()
         dropped = self.outbox.enforce_bounds(self.clock.wall_ms() if synced else None)
         if dropped:
-            self.log.warning("outbox full: dropped the oldest readings", dropped=dropped,
+            self.log.warning("gateway.outbox_dropped_oldest", dropped=dropped,
                              dropped_total=self.outbox.dropped)
         self.outbox.commit()
 
@@ -217,7 +224,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         self.outbox.open()
-        self.log.info("gateway starting", version=__version__, sensors=len(self.drivers),
+        self.log.info("gateway.starting", version=__version__, sensors=len(self.drivers),
                       backlog=self.outbox.depth, outbox=str(self.outbox.path))
         sensors = {cfg.id: cfg for cfg in self.s.sensors}
         tasks = [asyncio.create_task(self._sample_loop(sensors[i], d), name=f"read {i}")
@@ -230,7 +237,7 @@ class Agent:
         try:
             await stop.wait()
         finally:
-            self.log.info("gateway stopping")
+            self.log.info("gateway.stopping")
             for t in tasks:
                 t.cancel()  # a read in progress finishes in its thread, unstored
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -251,7 +258,7 @@ class Agent:
                 with contextlib.suppress(Exception):
                     d.close()
             self.outbox.close()
-            self.log.info("gateway stopped", backlog=self.outbox.depth)
+            self.log.info("gateway.stopped", backlog=self.outbox.depth)
 
 
 def _encodes(encode: Any, **fields: Any) -> bool:

@@ -27,6 +27,7 @@ longer matches an import fails the test: delete it.
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -100,6 +101,7 @@ def _direct(rule: Rule) -> list[Import]:
             and rule.refuses(i.importer, i.target)]
 
 
+@functools.cache
 def _loaded_at_import() -> dict[str, set[str]]:
     """module -> the farmedge modules importing it runs (parents included)."""
     known = module_names()

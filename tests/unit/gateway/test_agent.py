@@ -7,14 +7,13 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from farmedge.contract import Quality, parse_status, parse_telemetry
-from farmedge.gateway import Agent, FakeClock, GatewaySettings, Outbox, Sample
+from farmedge.gateway import Agent, FakeClock, GatewaySettings, Outbox, OutboxError, Sample
 from farmedge.gateway.agent import _Stuck
 from farmedge.gateway.outbox import NewRow
 
@@ -152,8 +151,9 @@ def test_a_batch_of_nothing_but_refused_readings_sends_nothing(tmp_path: Path) -
 
 
 def test_nan_cannot_reach_the_outbox(tmp_path: Path) -> None:
-    """What the first test guards against: SQLite stores NaN as NULL."""
+    """What the first test guards against: SQLite stores NaN as NULL, which
+    the schema refuses; the outbox says so in its own error."""
     a = agent(tmp_path)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(OutboxError, match="NOT NULL"):
         a.outbox.add([NewRow("p", "soil_ph", "pH", math.nan, Quality.OK, None, 1, 1, True)],
                      "boot-1")
