@@ -5,7 +5,10 @@ are durable.
 paho runs without a thread of its own: its socket is registered with the
 event loop (``add_reader``/``add_writer``, the way aiomqtt does it), so
 messages and acknowledgements never cross threads. Reconnection is the
-visible loop in :meth:`MqttSource._run`, with capped, jittered back-off.
+transport's one loop (:func:`farmedge.transport.reconnect.reconnect_forever`)
+with the one :class:`farmedge.backoff.Backoff`; the broker URL, credentials
+and TLS come from :mod:`farmedge.transport.broker`. Only paho's public API
+is used.
 """
 
 from __future__ import annotations
@@ -13,14 +16,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
+import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -28,17 +30,17 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from farmedge.logs import get_logger, redact_url
+from farmedge.backoff import STABLE_AFTER_S, Backoff
+from farmedge.logs import get_logger
 
+from .errors import BrokerUnreachable, ConnectionLost, ConnectRefused
+from .reconnect import reconnect_forever
 from .settings import MqttSection
 
-__all__ = ["Inbound", "MqttSource"]
+__all__ = ["STABLE_AFTER_S", "Inbound", "MqttSource"]
 
 # Packets read per readiness event before yielding to the loop.
 _READ_BURST = 200
-#: A connection that held this long resets the reconnect back-off; one the
-#: broker refuses or drops sooner makes the next wait longer.
-STABLE_AFTER_S = 30.0
 #: MQTT 5 CONNACK reason codes that a retry alone will not cure.
 _CREDENTIAL_CODES = {134, 135, 138, 140}
 
@@ -65,7 +67,9 @@ class MqttSource:
                  on_messages: Callable[[list[Inbound]], None]) -> None:
         self._s = settings
         self._on_messages = on_messages
-        self._log = get_logger("farmedge.transport.mqtt", broker=redact_url(settings.url))
+        self._broker = settings.broker
+        self._log = get_logger("farmedge.transport.mqtt", broker=self._broker.redacted)
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._pending: list[Inbound] = []
@@ -76,6 +80,10 @@ class MqttSource:
         self._lost = asyncio.Event()
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._connack: asyncio.Future[None] | None = None
+        self._misc_task: asyncio.Task[None] | None = None
+        #: PUBLISH packets read (to tell a read packet from an empty socket).
+        self._publishes = 0
         self.connected = False
         #: True once the broker granted the subscriptions on this connection.
         self.subscribed = False
@@ -88,28 +96,12 @@ class MqttSource:
         #: a connection is accepted).
         self.refused: str | None = None
         self.refused_hint = ""
-        u = urlsplit(settings.url)
-        self._host = u.hostname or "127.0.0.1"
-        self._port = u.port or (8883 if settings.tls else 1883)
-        self._username = settings.username or (unquote(u.username) if u.username else None)
-        pw = settings.password.get_secret_value() if settings.password else None
-        self._password = pw or (unquote(u.password) if u.password else None)
         self._client = self._build_client()
-        # paho reads one packet per call of its (internal) reader; use it to
-        # drain the socket in one go, or fall back to the public loop_read.
-        self._read_packet: Callable[[], MQTTErrorCode] = getattr(
-            self._client, "_packet_read", self._client.loop_read)
 
     def _build_client(self) -> mqtt.Client:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._s.client_id,
-                        protocol=mqtt.MQTTv5, manual_ack=True)
-        if self._username:
-            c.username_pw_set(self._username, self._password)
-        if self._s.tls:
-            c.tls_set(ca_certs=str(self._s.ca_file) if self._s.ca_file else None,
-                      certfile=str(self._s.cert_file) if self._s.cert_file else None,
-                      keyfile=str(self._s.key_file) if self._s.key_file else None,
-                      cert_reqs=ssl.CERT_REQUIRED)
+                        protocol=mqtt.MQTTv5, manual_ack=True, reconnect_on_failure=False)
+        self._broker.configure(c)
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
@@ -127,38 +119,19 @@ class MqttSource:
         self._loop_thread = threading.get_ident()
         self._task = loop.create_task(self._run())
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The reconnect loop's task (None before :meth:`start`)."""
+        return self._task
+
     async def _run(self) -> None:
-        """Connect, stay connected, and reconnect with capped, jittered
+        """Connect, stay connected, and reconnect with the capped, jittered
         back-off until stopped. The back-off starts over only after a
         connection that held for STABLE_AFTER_S: a broker that refuses the
         edge (bad credentials, not authorised) or drops it at once sees
         longer and longer waits, up to reconnect_max_s."""
-        attempt = 0
-        while not self._closing:
-            self._lost.clear()
-            self.attempts += 1
-            generation = self._generation
-            try:
-                await self._connect()
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                self.refused = None  # not a refusal: the broker cannot be reached
-                self._log.warning("mqtt.connect_failed", error=f"{type(exc).__name__}: {exc}",
-                                  attempt=attempt + 1)
-            else:
-                misc = asyncio.create_task(self._misc())
-                await self._lost.wait()
-                misc.cancel()
-                if self._generation != generation and self.held_s() >= STABLE_AFTER_S:
-                    attempt = 0
-            if self.closing:
-                break
-            base = min(self._s.reconnect_max_s, self._s.reconnect_min_s * 2 ** min(attempt, 16))
-            delay = random.uniform(base / 2, base)
-            attempt += 1
-            self._log.info("mqtt.reconnect_in", seconds=round(delay, 2), attempt=attempt)
-            # Sleep, but wake at once when the service stops.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), delay)
+        await reconnect_forever(self._connect, self._session, backoff=self._backoff,
+                                stop=self._stopped, log=self._log)
 
     def held_s(self) -> float:
         """How long the last accepted connection held (until now while it
@@ -173,22 +146,64 @@ class MqttSource:
         return self._closing
 
     async def _connect(self) -> None:
+        """Returns once the broker accepted the connection (CONNACK); raises
+        BrokerUnreachable or ConnectRefused."""
+        self._lost.clear()
+        self.attempts += 1
+        loop = asyncio.get_running_loop()
+        self._connack = loop.create_future()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._s.session_expiry_s
         props.ReceiveMaximum = self._s.receive_maximum
         self._log.info("mqtt.connecting", client_id=self._s.client_id)
-        loop = asyncio.get_running_loop()
-        # The TCP (and TLS) connect blocks: do it off the loop.
-        rc = await loop.run_in_executor(None, functools.partial(
-            self._client.connect, self._host, self._port, keepalive=self._s.keepalive_s,
-            clean_start=False, properties=props))
+        b = self._broker
+        try:
+            # The TCP (and TLS) connect blocks: do it off the loop.
+            rc = await loop.run_in_executor(None, functools.partial(
+                self._client.connect, b.host, b.port, keepalive=self._s.keepalive_s,
+                clean_start=False, properties=props))
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self.refused = None  # not a refusal: the broker cannot be reached
+            raise BrokerUnreachable(f"{type(exc).__name__}: {exc}") from None
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise OSError(f"connect failed: {mqtt.error_string(rc)}")
+            self.refused = None
+            raise BrokerUnreachable(f"connect failed: {mqtt.error_string(rc)}")
+        self._misc_task = asyncio.create_task(self._misc())
+        try:
+            await self._connack
+        except BaseException:
+            self._misc_task.cancel()
+            # Let the broker's close of a refused connection land before the
+            # next attempt, so that it cannot be taken for the next one's.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), 5)
+            self._force_close()
+            raise
+
+    async def _session(self, _: None) -> None:
+        try:
+            await self._lost.wait()
+        finally:
+            if self._misc_task is not None:
+                self._misc_task.cancel()
 
     async def _misc(self) -> None:
         while True:
             await asyncio.sleep(1.0)
             self._client.loop_misc()  # keepalive pings, and their timeouts
+
+    def _force_close(self) -> None:
+        """Close a socket the broker does not close, with public calls only:
+        shut it down, and paho's next read sees the end of the stream (and
+        runs its close and disconnect callbacks)."""
+        sock = self._client.socket()
+        if sock is None:
+            return
+        if isinstance(sock, socket.socket):
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+        with contextlib.suppress(Exception):
+            self._client.loop_read()
 
     def stop_accepting(self) -> None:
         """Messages that arrive from now on are neither processed nor
@@ -204,10 +219,10 @@ class MqttSource:
             while self._client.socket() is not None and time.monotonic() < deadline:
                 self._client.loop_write()
                 await asyncio.sleep(0.01)
-        if self._client.socket() is not None:
-            with contextlib.suppress(Exception):
-                self._client._sock_close()
+        self._force_close()
         self._lost.set()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectionLost("stopping"))
         self._stopped.set()
         if self._task is not None:
             with contextlib.suppress(BaseException):
@@ -294,19 +309,25 @@ class MqttSource:
             self._loop.remove_writer(sock)
 
     def _on_readable(self) -> None:
-        read = self._read_packet
+        # loop_read reads one packet (the source publishes nothing with QoS
+        # > 0) and answers SUCCESS for an empty socket too: a read that
+        # brought no PUBLISH ends the burst, and the loop calls again while
+        # the socket stays readable. TLS may hold decrypted bytes the socket
+        # no longer shows: those are read on.
+        client = self._client
         for _ in range(_READ_BURST):
-            if self._client.socket() is None or self._paused:
+            sock = client.socket()
+            if sock is None or self._paused:
                 break
-            rc = read()
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
+            before = self._publishes
+            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
+                break  # paho closed the connection and said why (on_disconnect)
+            if self._publishes == before and not _tls_pending(sock):
                 break
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._client._loop_rc_handle(rc)
-                break
-            if read is not self._client.loop_read:
-                continue
-            break
+        else:
+            sock = client.socket()
+            if sock is not None and _tls_pending(sock) and self._loop is not None:
+                self._loop.call_soon(self._on_readable)
         if self._pending:
             items, self._pending = self._pending, []
             self._on_messages(items)
@@ -318,17 +339,21 @@ class MqttSource:
         if self.disconnected_since is None or was:
             self.disconnected_since = time.monotonic()
         self._lost.set()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectionLost("connection closed before CONNACK"))
 
     # -- paho callbacks (on the event loop) ------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
                     reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             code = int(reason_code.value)
-            self.refused = f"broker refused: {str(reason_code).lower()} (rc {code})"
-            self.refused_hint = ("check [mqtt] username and password, and the broker's "
-                                 "account for the edge" if code in _CREDENTIAL_CODES else "")
-            self._log.error("mqtt.connect_refused", reason=str(reason_code), rc=code,
-                            attempt=self.attempts, hint=self.refused_hint or None)
+            refused = ConnectRefused(code, str(reason_code), (
+                "check [mqtt] username and password, and the broker's account for the edge"
+                if code in _CREDENTIAL_CODES else ""))
+            self.refused = str(refused)
+            self.refused_hint = refused.hint
+            if self._connack is not None and not self._connack.done():
+                self._connack.set_exception(refused)
             return
         self.refused = None
         self._generation += 1
@@ -336,6 +361,8 @@ class MqttSource:
         self.connects += 1
         self.connected_since = time.monotonic()
         self.disconnected_since = None
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(None)
         prefix = f"$share/{self._s.share_group}/" if self._s.share_group else ""
         subs = [(prefix + t, SubscribeOptions(qos=1)) for t in self._s.topics]
         client.subscribe(subs)
@@ -360,6 +387,7 @@ class MqttSource:
         self._mark_lost()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._publishes += 1
         if not self._accepting:
             return
         props = getattr(msg, "properties", None)
@@ -367,3 +395,8 @@ class MqttSource:
         self._pending.append(Inbound(
             msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain), ctype,
             int(time.time() * 1000), time.monotonic(), self._generation, bool(msg.dup)))
+
+
+def _tls_pending(sock: Any) -> bool:
+    """Decrypted bytes TLS holds that the socket's readiness does not show."""
+    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
