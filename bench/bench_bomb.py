@@ -60,7 +60,7 @@ TICK_S = 0.01
 
 def child(lag_file: Path) -> int:
     from farmedge.checks import check_edge
-    from farmedge.edge.service import EdgeService
+    from farmedge.edge.app import EdgeService
     from farmedge.logs import setup_logging
 
     report, settings, registry = check_edge(None)

@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from farmedge import dashboards as gen  # noqa: E402
-from farmedge.contract import KINDS  # noqa: E402
+from farmedge.provision import dashboards as gen  # noqa: E402
 from farmedge.simdata import make_farms  # noqa: E402
+from farmedge.storage.schema import KIND_POINTS  # noqa: E402
 from farmedge_dev.devservers import InfluxServer, influx_query  # noqa: E402
 from tests.grafana_support import (  # noqa: E402
     Selection,
@@ -62,7 +62,7 @@ def fill(url: str, db: str, farms: int, days: int) -> int:
         base = f"county={f.county},farm={f.farm},gateway={gw.gateway}"
         for t in range(start, now, STEP_MS):
             for r in gw.round(t, interval_ms=STEP_MS):
-                k = KINDS[r.kind]
+                k = KIND_POINTS[r.kind]
                 tags = f"{base},sensor={r.sensor}"
                 if r.kind.startswith("soil_"):
                     tags += f",crop=maize,plot=field-{r.sensor.rsplit('-', 1)[1]}"

@@ -49,6 +49,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from farmedge.cli import ParagraphHelpFormatter
+from farmedge.storage.schema import GatewayField as G
+from farmedge.storage.schema import Measurement, Tag, point, reading_fields
 
 if TYPE_CHECKING:
     from farmedge.edge.settings import InfluxSection
@@ -74,6 +76,9 @@ INSTALLED_WINDOW_S = 7 * 86400
 #: engine's device rules use the same).
 INTERVALS = 3
 DEFAULT_INTERVAL_S = 600.0
+
+_BY_GATEWAY = f'GROUP BY "{Tag.COUNTY}", "{Tag.FARM}", "{Tag.GATEWAY}"'
+_BATTERY = (point("battery_voltage").measurement, point("battery_voltage").field)
 
 STATES = ("online", "silent_sensors", "offline", "idle", "never_seen")
 _STATE_TEXT = {"online": "online", "silent_sensors": "silent sensors", "offline": "OFFLINE",
@@ -307,27 +312,27 @@ def _where(counties: Sequence[str]) -> str:
     if not counties:
         return ""
     alt = "|".join(c.replace("/", "\\/") for c in counties)
-    return f' WHERE "county" =~ /^({alt})$/'
+    return f' WHERE "{Tag.COUNTY}" =~ /^({alt})$/'
 
 
 def _rows(series: list[dict[str, Any]]) -> list[tuple[tuple[str, str, str], dict[str, Any]]]:
     out = []
     for s in series:
         tags = s.get("tags") or {}
-        key = (str(tags.get("county", "")), str(tags.get("farm", "")),
-               str(tags.get("gateway", "")))
+        key = (str(tags.get(Tag.COUNTY, "")), str(tags.get(Tag.FARM, "")),
+               str(tags.get(Tag.GATEWAY, "")))
         for row in s.get("values", []):
             out.append((key, {**dict(zip(s["columns"], row, strict=True)),
-                              "sensor": tags.get("sensor")}))
+                              "sensor": tags.get(Tag.SENSOR)}))
     return out
 
 
 def registered_from_influx(query: Query, counties: Sequence[str]) -> list[Registered]:
     """The registry as the edge last wrote it to InfluxDB."""
     [series] = query([
-        'SELECT last("registered") AS "registered", last("registry_sensor_ids") AS "ids", '
-        f'last("registry_interval_s") AS "interval_s" FROM "gateway"{_where(counties)} '
-        'GROUP BY "county", "farm", "gateway"'])
+        f'SELECT last("{G.REGISTERED}") AS "registered", last("{G.REGISTRY_SENSOR_IDS}") AS '
+        f'"ids", last("{G.REGISTRY_INTERVAL_S}") AS "interval_s" FROM "{Measurement.GATEWAY}"'
+        f"{_where(counties)} {_BY_GATEWAY}"])
     out = []
     for key, row in _rows(series):
         if not row.get("registered"):
@@ -347,16 +352,15 @@ def registered_from_file(registry: Registry, counties: Sequence[str]) -> list[Re
 
 
 def observe(query: Query, counties: Sequence[str]) -> dict[tuple[str, str, str], Observed]:
-    from farmedge.dashboards import reading_fields
-
     where = _where(counties)
-    by_gw = 'GROUP BY "county", "farm", "gateway"'
+    by_gw = _BY_GATEWAY
+    gw = f'"{Measurement.GATEWAY}"'
     fields = reading_fields()
     statements = [
-        f'SELECT last("online") AS "online" FROM "gateway"{where} {by_gw}',
-        'SELECT last("outbox_depth") AS "outbox_depth", last("outbox_oldest_age_s") AS '
-        f'"outbox_oldest_age_s", last("clock") AS "clock" FROM "gateway"{where} {by_gw}',
-        *(f'SELECT last("{f}") AS "v" FROM "{m}"{where} {by_gw}, "sensor"'
+        f'SELECT last("{G.ONLINE}") AS "online" FROM {gw}{where} {by_gw}',
+        f'SELECT last("{G.OUTBOX_DEPTH}") AS "outbox_depth", last("{G.OUTBOX_OLDEST_AGE_S}") '
+        f'AS "outbox_oldest_age_s", last("{G.CLOCK}") AS "clock" FROM {gw}{where} {by_gw}',
+        *(f'SELECT last("{f}") AS "v" FROM "{m}"{where} {by_gw}, "{Tag.SENSOR}"'
           for m, f in fields),
     ]
     results = query(statements)
@@ -378,7 +382,7 @@ def observe(query: Query, counties: Sequence[str]) -> dict[tuple[str, str, str],
             o = out.setdefault(key, Observed())
             t = int(row["time"])
             o.sensors[sid] = max(o.sensors.get(sid, t), t)
-            if (m, f) == ("device", "battery_voltage") and row.get("v") is not None:
+            if (m, f) == _BATTERY and row.get("v") is not None:
                 o.battery[sid] = float(row["v"])
     return out
 

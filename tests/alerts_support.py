@@ -1,15 +1,15 @@
 """Receivers and helpers for the alert tests: a local HTTP server that Apprise's
 ``json://`` posts to, a local SMTP server (aiosmtpd) for ``mailto://``, a
 simulated clock, and a small MQTT feeder that stands in for the edge where a
-test needs the engine alone (it parses with the same wire contract and calls
-the engine's Observer methods on the event loop, as the edge does)."""
+test needs the engine alone (it parses with the same wire contract and hands
+the engine one Accepted record per message on the event loop, as the edge
+does)."""
 
 from __future__ import annotations
 
 import asyncio
 import email
 import email.policy
-import json
 import threading
 import time
 from collections.abc import Callable
@@ -21,10 +21,13 @@ from aiohttp import web
 from aiosmtpd.controller import Controller
 from paho.mqtt.enums import CallbackAPIVersion
 
+from farmedge.contract import encode_status
 from farmedge.contract.models import Clock, GatewayStatus
 from farmedge.contract.parse import parse_telemetry
 from farmedge.contract.topics import parse_gateway_topic
-from farmedge.edge.events import AcceptedReading, Observer, StatusEvent
+from farmedge.records import Accepted, StatusEvent
+from farmedge.records import Stage as Observer
+from farmedge.registry import Registry
 from farmedge_dev.devservers import free_port
 
 T = TypeVar("T")
@@ -157,7 +160,9 @@ class MqttFeeder:
     Reading times come from the payload; ``clock`` stamps status events."""
 
     def __init__(self, url_port: int, county: str, observer: Observer,
-                 loop: asyncio.AbstractEventLoop, clock: Callable[[], float]) -> None:
+                 loop: asyncio.AbstractEventLoop, clock: Callable[[], float],
+                 registry: Registry | None = None) -> None:
+        self.index = registry.index() if registry is not None else {}
         self.county = county
         self.observer = observer
         self.loop = loop
@@ -188,11 +193,10 @@ class MqttFeeder:
         parsed = parse_telemetry(msg.payload)
         self.rejected += len(parsed.rejected)
         ok = parsed.envelope.clock == Clock.SYNCED
-        rs = [AcceptedReading(t.county, t.farm, t.gateway, r.sensor, r.kind.name, r.ts_ms,
-                              r.value, r.kind.unit, str(r.quality),
-                              {"animal": r.animal} if r.animal else {}, ok)
-              for r in parsed.readings]
-        self.loop.call_soon_threadsafe(self.observer.on_readings, rs)
+        hit = self.index.get((t.county, t.farm, t.gateway))
+        rec = Accepted(t.county, t.farm, t.gateway, int(self.clock() * 1000), ok, 0,
+                       parsed.readings, hit[1] if hit is not None else None)
+        self.loop.call_soon_threadsafe(self.observer.on_accepted, [rec])
 
     def close(self) -> None:
         self.client.disconnect()
@@ -205,4 +209,4 @@ def reading(sensor: str, kind: str, value: float, ts_ms: int, unit: str = "%",
 
 
 def status_payload(gateway: str, online: bool, **extra: Any) -> bytes:
-    return json.dumps({"v": 1, "gateway": gateway, "online": online, **extra}).encode()
+    return encode_status(gateway=gateway, online=online, **extra)

@@ -25,6 +25,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from farmedge.contract import encode_json, encode_status
 from farmedge.provision.dynsec import (
     AdminCredential,
     LiveBroker,
@@ -250,7 +251,6 @@ def make_scenario(county: str, *, now_ms: int | None = None, hours: int = 6,
     ``interval_min`` minutes (farmedge.simdata), some bad values, one gap in
     a gateway's sequence numbers, one sick cow, status messages with one
     gateway gone offline at the end."""
-    import json
 
     from farmedge.simdata import make_farms
 
@@ -286,20 +286,20 @@ def make_scenario(county: str, *, now_ms: int | None = None, hours: int = 6,
                 readings.append({"sensor": "bolus-1", "kind": "animal_body_temperature",
                                  "ts": t + 1, "value": 40.3, "unit": "degC", "animal": sick})
             seq += 2 if (fi == 0 and t == start + 5 * step) else 1  # one message missing
-            messages.append((gw.topic, json.dumps({
-                "v": 1, "gateway": gw.gateway, "seq": seq, "sent": t + 2000,
-                "clock": "synced", "readings": readings}).encode()))
+            messages.append((gw.topic, encode_json(
+                gateway=gw.gateway, seq=seq, sent=t + 2000, clock="synced",
+                readings=readings)))
             t += step
         status_topic = gw.topic.rsplit("/", 1)[0] + "/status"
         for k in range(3):
             online = not (fi == farms - 1 and k == 2)
-            messages.append((status_topic, json.dumps({
-                "v": 1, "gateway": gw.gateway, "online": online, "ts": now - (2 - k) * 60_000,
+            messages.append((status_topic, encode_status(
+                gateway=gw.gateway, online=online, ts=now - (2 - k) * 60_000,
                 **({"uptime_s": 3600.0 * (k + 1), "version": "0.1.0",
                     "outbox_depth": 10 * fi + k, "outbox_oldest_age_s": 30.0 * (fi + k),
                     "dropped": fi, "clock": "synced" if fi != 1 else "unsynced",
                     "cpu_temperature": 48.5 + fi, "disk_free_mb": 1200.0 - k}
-                   if online else {})}).encode()))
+                   if online else {}))))
     import yaml
 
     return Scenario(county, start, now, messages,

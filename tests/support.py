@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from farmedge.contract import encode_json
 from farmedge_dev.devservers import influx_query
 
 T = TypeVar("T")
@@ -54,11 +55,22 @@ def count(url: str, db: str, measurement: str, field: str, where: str = "") -> i
 
 def make_payload(gateway: str, seq: int, readings: Iterable[dict[str, Any]],
                  *, sent: int | None = None, clock: str = "synced") -> bytes:
-    return json.dumps({
-        "v": 1, "gateway": gateway, "seq": seq,
-        "sent": sent if sent is not None else int(time.time() * 1000),
-        "clock": clock, "readings": list(readings),
-    }, ensure_ascii=False).encode()
+    """A JSON telemetry payload, by the contract's encoder. The readings are
+    written as they are (tests send malformed ones to see the edge reject
+    them one by one); the envelope is checked."""
+    return encode_json(gateway=gateway, seq=seq,
+                       sent=sent if sent is not None else int(time.time() * 1000),
+                       clock=clock, readings=list(readings), check_readings=False)
+
+
+def raw_payload(gateway: str, seq: int, readings: Iterable[Any], *, sent: int | None = None,
+                clock: str = "synced") -> bytes:
+    """A telemetry payload written by hand, for tests of what the edge does
+    with an envelope the contract's encoders refuse to build (a gateway id
+    that is not an id, say). Everything else goes through make_payload."""
+    return json.dumps({"v": 1, "gateway": gateway, "seq": seq,
+                       "sent": sent if sent is not None else int(time.time() * 1000),
+                       "clock": clock, "readings": list(readings)}, ensure_ascii=False).encode()
 
 
 class Publisher:

@@ -17,18 +17,28 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .build import engine_from_settings
     from .engine import AlertEngine, check_registry
-    from .errors import AlertsError, DeliveryFailed
+    from .errors import AlertsError, DeliveryFailed, StateError
     from .notify import AppriseNotifier, Notifier
-    from .record import AlertEvent, InfluxRecorder, MemoryRecorder, MqttRecorder, Recorder
+    from .record import (
+        AlertEvent,
+        InfluxRecorder,
+        MemoryRecorder,
+        MqttRecorder,
+        Recorder,
+        RecordSink,
+        SinkRecorder,
+    )
     from .rules import RuleSet, load_rules
     from .settings import AlertsSettings
     from .templates import export_templates
 
 _WHERE = {
     "AlertEngine": "engine", "check_registry": "engine", "AlertsError": "errors",
-    "DeliveryFailed": "errors", "AppriseNotifier": "notify", "Notifier": "notify",
+    "DeliveryFailed": "errors", "StateError": "errors", "AppriseNotifier": "notify",
+    "Notifier": "notify",
     "AlertEvent": "record", "InfluxRecorder": "record", "MemoryRecorder": "record",
-    "MqttRecorder": "record", "Recorder": "record", "RuleSet": "rules", "load_rules": "rules",
+    "MqttRecorder": "record", "Recorder": "record", "RecordSink": "record",
+    "SinkRecorder": "record", "RuleSet": "rules", "load_rules": "rules",
     "AlertsSettings": "settings", "export_templates": "templates",
     "engine_from_settings": "build",
 }
@@ -44,8 +54,11 @@ __all__ = [
     "MemoryRecorder",
     "MqttRecorder",
     "Notifier",
+    "RecordSink",
     "Recorder",
     "RuleSet",
+    "SinkRecorder",
+    "StateError",
     "check_registry",
     "engine_from_settings",
     "export_templates",

@@ -12,7 +12,7 @@ from farmedge.registry import Registry
 from .engine import AlertEngine
 from .errors import AlertsError
 from .notify import AppriseNotifier
-from .record import InfluxRecorder, MqttRecorder, Recorder
+from .record import InfluxRecorder, MqttRecorder, Recorder, RecordSink, SinkRecorder
 from .rules import load_rules
 from .settings import AlertsSettings
 
@@ -28,11 +28,13 @@ def _secret(v: Any) -> str | None:
 
 def engine_from_settings(alerts: AlertsSettings, *, registry: Registry | None, data_dir: Path,
                          mqtt: Any = None, influx: Any = None,
+                         records: RecordSink | None = None,
                          instance: str = "edge") -> AlertEngine:
     """The engine with Apprise delivery, the MQTT alerts topic (``mqtt``: the
-    edge's [mqtt] section) and the InfluxDB ``alerts`` measurement (``influx``:
-    its [influx] section). Raises ConfigError for wrong rules or a registry
-    naming an unknown profile."""
+    edge's [mqtt] section) and the InfluxDB ``alerts`` measurement: as lines
+    into ``records`` (the edge's sink: its writer and spool), or else with a
+    client of its own (``influx``: an [influx] section). Raises ConfigError
+    for wrong rules or a registry naming an unknown profile."""
     rules = load_rules(alerts.rules, shipped=alerts.shipped_profiles)
     recorders: list[Recorder] = []
     if alerts.publish_mqtt and mqtt is not None:
@@ -42,7 +44,9 @@ def engine_from_settings(alerts: AlertsSettings, *, registry: Registry | None, d
             ca_file=str(mqtt.ca_file) if mqtt.ca_file else None,
             cert_file=str(mqtt.cert_file) if mqtt.cert_file else None,
             key_file=str(mqtt.key_file) if mqtt.key_file else None))
-    if alerts.write_influx and influx is not None:
+    if alerts.write_influx and records is not None:
+        recorders.append(SinkRecorder(records))
+    elif alerts.write_influx and influx is not None:
         recorders.append(InfluxRecorder(
             url=influx.url, database=influx.database, api=influx.api,
             token=_secret(influx.token), org=influx.org, bucket=influx.bucket,

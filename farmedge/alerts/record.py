@@ -1,6 +1,12 @@
 """Where alert events go besides people: InfluxDB (measurement ``alerts``,
 for Grafana annotations) and the MQTT topic ``farm/v1/{county}/{farm}/alerts``.
 
+Inside the edge, events go to InfluxDB as lines through the edge's own sink
+(:class:`SinkRecorder` over a :class:`RecordSink`): the same writer, retries
+and spool as readings, so they survive an InfluxDB outage.
+:class:`InfluxRecorder` writes them with a client of its own, for an engine
+run without the edge.
+
 Every raise, clear, reminder, escalation, delivery, failed attempt, message
 held for quiet hours and message suppressed by the daily budget is one
 :class:`AlertEvent`. Recorders never block the engine: ``record`` queues, and
@@ -19,9 +25,10 @@ from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from farmedge.contract.topics import alerts_topic
+from farmedge.storage.schema import AlertField, Measurement, Tag
 
-__all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "Recorder",
-           "line_protocol"]
+__all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "RecordSink",
+           "Recorder", "SinkRecorder", "line_protocol"]
 
 log = logging.getLogger("farmedge.alerts")
 
@@ -73,31 +80,56 @@ def _str(v: str) -> str:
 
 
 def line_protocol(ev: AlertEvent) -> str:
+    """The event's line of the ``alerts`` measurement (farmedge/storage/schema.py)."""
+    t, a = Tag, AlertField
     tags = {
-        "county": ev.county, "farm": ev.farm, "event": ev.event, "rule": ev.rule,
-        "family": ev.family, "severity": ev.severity, "scope": ev.scope, "scope_id": ev.scope_id,
+        t.COUNTY: ev.county, t.FARM: ev.farm, t.EVENT: ev.event, t.RULE: ev.rule,
+        t.FAMILY: ev.family, t.SEVERITY: ev.severity, t.SCOPE: ev.scope, t.SCOPE_ID: ev.scope_id,
     }
     if ev.channel:
-        tags["channel"] = ev.channel
+        tags[t.CHANNEL] = ev.channel
     if ev.contact:
-        tags["contact"] = ev.contact
+        tags[t.CONTACT] = ev.contact
     fields: dict[str, str] = {
-        "group": _str(ev.group),
-        "count": f"{ev.count}i",
-        "title": _str(f"{ev.event} {ev.rule}"),
-        "text": _str(ev.text.get("zh") or ev.text.get("en") or ev.error or ev.event),
+        a.GROUP: _str(ev.group),
+        a.COUNT: f"{ev.count}i",
+        a.TITLE: _str(f"{ev.event} {ev.rule}"),
+        a.TEXT: _str(ev.text.get("zh") or ev.text.get("en") or ev.error or ev.event),
     }
     if "en" in ev.text:
-        fields["text_en"] = _str(ev.text["en"])
+        fields[a.TEXT_EN] = _str(ev.text["en"])
     if ev.value is not None:
-        fields["value"] = repr(float(ev.value))
+        fields[a.VALUE] = repr(float(ev.value))
     if ev.attempt:
-        fields["attempt"] = f"{ev.attempt}i"
+        fields[a.ATTEMPT] = f"{ev.attempt}i"
     if ev.error:
-        fields["error"] = _str(ev.error[:500])
-    t = ",".join(f"{k}={_tag(v)}" for k, v in tags.items())
-    f = ",".join(f"{k}={v}" for k, v in fields.items())
-    return f"alerts,{t} {f} {ev.ts_ms}"
+        fields[a.ERROR] = _str(ev.error[:500])
+    tag_part = ",".join(f"{k}={_tag(v)}" for k, v in tags.items())
+    field_part = ",".join(f"{k}={v}" for k, v in fields.items())
+    return f"{Measurement.ALERTS},{tag_part} {field_part} {ev.ts_ms}"
+
+
+class RecordSink(Protocol):
+    """Takes line-protocol lines to make durable (the edge's batcher)."""
+
+    def add_points(self, lines: list[str]) -> None: ...
+
+
+class SinkRecorder:
+    """Hands each event, as an ``alerts`` line, to a :class:`RecordSink`
+    (the edge's: written with the readings, spooled while InfluxDB is down,
+    replayed when it is back). ``record`` only queues the line there."""
+
+    def __init__(self, sink: RecordSink) -> None:
+        self._sink = sink
+        self.recorded = 0
+
+    def record(self, ev: AlertEvent) -> None:
+        self._sink.add_points([line_protocol(ev)])
+        self.recorded += 1
+
+    async def run(self) -> None:
+        await asyncio.Event().wait()
 
 
 class MemoryRecorder:
@@ -137,9 +169,9 @@ class InfluxRecorder:
             self._params = {"db": database, "precision": "ms"}
             if retention_policy:
                 self._params["rp"] = retention_policy
-            if username:
-                self._params["u"] = username
-                self._params["p"] = password or ""
+        #: v1 credentials go in the Authorization header, never in the URL
+        #: (where proxies and InfluxDB's own request log would keep them).
+        self._basic = (username, password or "") if api != "v2" and username else None
         self.flush_s = flush_s
         self.max_attempts = max_attempts
         self._q: deque[str] = deque(maxlen=max_queue)
@@ -157,11 +189,12 @@ class InfluxRecorder:
         import aiohttp
 
         body = "\n".join(lines).encode()
+        auth = aiohttp.BasicAuth(*self._basic) if self._basic is not None else None
         delay = 0.2
         for _ in range(self.max_attempts):
             try:
                 async with session.post(f"{self.url}{self._path}", params=self._params,
-                                        data=body, headers=self._headers) as r:
+                                        data=body, headers=self._headers, auth=auth) as r:
                     if r.status < 300:
                         return True
                     text = (await r.text())[:200]

@@ -1,4 +1,7 @@
-"""Wire contract v1: topics, payload models, units and encodings.
+"""Wire contract v1: topics, payload models, units and encodings, decoded
+(``parse_telemetry``, ``parse_status``) and encoded (``encode_telemetry``,
+``encode_json``, ``encode_compact``, ``encode_status``). ``ContractError`` is
+the root of everything it raises.
 
 Both the gateway agent and the edge service import this package; neither
 imports the other. docs/protocol.md is its human-readable form.
@@ -6,6 +9,16 @@ imports the other. docs/protocol.md is its human-readable form.
 
 from .codec import JSON, Codec, CodecError, PayloadTooLarge, codec_for, register
 from .compact import COMPACT, decode_compact, encode_compact
+from .encode import (
+    ENCODINGS,
+    Encoded,
+    EncodeError,
+    check_reading,
+    encode_json,
+    encode_status,
+    encode_telemetry,
+)
+from .errors import ContractError
 from .ids import (
     ID_PATTERN,
     RESERVED_IDS,
@@ -50,13 +63,15 @@ from .topics import (
 )
 
 __all__ = [
-    "COMPACT", "ID_PATTERN", "JSON", "KINDS", "MAX_EPOCH_MS", "MAX_INT", "MAX_PAYLOAD_BYTES",
-    "MAX_READINGS", "PREFIX", "RESERVED_IDS", "STATUS_FILTER", "TELEMETRY_FILTER", "Clock",
-    "Codec", "CodecError", "GatewayStatus", "GatewayTopic", "InvalidId", "Kind",
-    "MessageRejected", "NormalizedReading", "ParsedTelemetry", "PayloadTooLarge", "Quality",
-    "RangeError", "Reading", "ReadingRejected", "TelemetryEnvelope", "TopicError", "UnitError",
-    "alerts_topic", "check_id", "check_topic_id", "codec_for", "decode_compact",
-    "encode_compact", "excerpt", "is_valid_id", "is_valid_topic_id", "normalize",
-    "parse_gateway_topic", "parse_status", "parse_telemetry", "register",
-    "reserved_id_reason", "status_topic", "telemetry_topic",
+    "COMPACT", "ENCODINGS", "ID_PATTERN", "JSON", "KINDS", "MAX_EPOCH_MS", "MAX_INT",
+    "MAX_PAYLOAD_BYTES", "MAX_READINGS", "PREFIX", "RESERVED_IDS", "STATUS_FILTER",
+    "TELEMETRY_FILTER", "Clock", "Codec", "CodecError", "ContractError", "EncodeError", "Encoded",
+    "GatewayStatus", "GatewayTopic", "InvalidId", "Kind", "MessageRejected", "NormalizedReading",
+    "ParsedTelemetry", "PayloadTooLarge", "Quality", "RangeError", "Reading", "ReadingRejected",
+    "TelemetryEnvelope", "TopicError", "UnitError", "alerts_topic", "check_id", "check_reading",
+    "check_topic_id",
+    "codec_for", "decode_compact", "encode_compact", "encode_json", "encode_status",
+    "encode_telemetry", "excerpt", "is_valid_id", "is_valid_topic_id", "normalize",
+    "parse_gateway_topic", "parse_status", "parse_telemetry", "register", "reserved_id_reason",
+    "status_topic", "telemetry_topic"
 ]

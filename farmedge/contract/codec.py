@@ -14,12 +14,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .errors import ContractError
+
 __all__ = ["JSON", "Codec", "CodecError", "PayloadTooLarge", "codec_for", "register"]
 
 JSON = "application/json"
 
 
-class CodecError(ValueError):
+class CodecError(ContractError):
     """A payload no registered encoding can read."""
 
 

@@ -13,7 +13,13 @@ Layout::
     byte 1     compression: 0 none, 1 zstd, 2 deflate with the shared
                dictionary, 3 zstd with the shared dictionary
     bytes 2..  the (compressed) MessagePack body:
-               [1, gateway, seq, sent, clock, series, idx, ts, exps, vals, quality]
+               [1, gateway, seq, sent, clock, series, idx, ts, exps, vals, quality,
+                ...extension elements]
+
+Extension rule (docs/protocol.md, "How the contract grows"): a body may
+carry up to MAX_EXTENSIONS elements after the 11 known ones, each a scalar
+(nil, boolean, integer, float, string) or a flat array of scalars; a
+receiver checks their shape and size and ignores them.
 
 MQTT 5 content type: ``application/vnd.farmedge.v1+compact``.
 """
@@ -33,8 +39,10 @@ from .models import MAX_READINGS
 __all__ = [
     "COMPACT",
     "COMPRESSIONS",
+    "KNOWN_ELEMENTS",
     "MAGIC",
     "MAX_BODY_BYTES",
+    "MAX_EXTENSIONS",
     "MAX_ZSTD_WINDOW",
     "SHARED_DICTIONARY",
     "decode_compact",
@@ -51,9 +59,14 @@ MAX_BODY_BYTES = 1024 * 1024
 MAX_ZSTD_WINDOW = 8 * 1024 * 1024
 #: Most readings (and so series) in one message: the contract's limit.
 _MAX_ARRAY = MAX_READINGS
+#: Elements of the body this version knows; a later one may send more.
+KNOWN_ELEMENTS = 11
+#: At most this many extension elements after them (each a scalar or a flat
+#: array of scalars); a body with more is refused.
+MAX_EXTENSIONS = 16
 # Arrays in a well-formed body: the body, series, one per series, idx, ts,
-# exps, vals, quality.
-_MAX_ARRAYS = _MAX_ARRAY + 7
+# exps, vals, quality, and one per extension element.
+_MAX_ARRAYS = _MAX_ARRAY + 7 + MAX_EXTENSIONS
 
 NONE, ZSTD, DEFLATE_DICT, ZSTD_DICT = 0, 1, 2, 3
 COMPRESSIONS: dict[str, int] = {
@@ -388,6 +401,23 @@ def _int(x: Any, what: str) -> int:
     return x
 
 
+def _scalar(x: Any) -> bool:
+    return x is None or isinstance(x, bool | int | float | str)
+
+
+def _check_extensions(ext: list[Any]) -> None:
+    """Elements after the known ones: each a scalar or a flat array of
+    scalars (sizes are already bounded by the unpacker: strings, array
+    lengths, arrays in all, the body). Their content is not read."""
+    for j, x in enumerate(ext, start=KNOWN_ELEMENTS):
+        if _scalar(x):
+            continue
+        if isinstance(x, list) and all(_scalar(y) for y in x):
+            continue
+        raise _Bad(f"extension element {j} must be nil, a boolean, a number, a string "
+                   f"or an array of those")
+
+
 def decode_compact(payload: bytes) -> dict[str, Any]:
     """The JSON-equivalent message of a compact payload. Raises ValueError
     with the reason when the payload is not a well-formed compact message."""
@@ -420,8 +450,12 @@ def decode_compact(payload: bytes) -> dict[str, Any]:
             raise _Bad(f"an array of the body has more than {_MAX_ARRAY} entries "
                        f"(at most {MAX_READINGS} readings a message)") from None
         raise _Bad(f"body is not MessagePack: {type(exc).__name__}: {exc}"[:200]) from None
-    top = _list(doc, "body", 11)
-    ver, gateway, seq, sent, clock, series, idx, ts, exps, vals, qual = top
+    top = _list(doc, "body")
+    if not KNOWN_ELEMENTS <= len(top) <= KNOWN_ELEMENTS + MAX_EXTENSIONS:
+        raise _Bad(f"body has {len(top)} entries, expected {KNOWN_ELEMENTS} "
+                   f"(and at most {MAX_EXTENSIONS} extension elements after them)")
+    _check_extensions(top[KNOWN_ELEMENTS:])
+    ver, gateway, seq, sent, clock, series, idx, ts, exps, vals, qual = top[:KNOWN_ELEMENTS]
     if ver != 1:
         raise _Bad(f"body version {ver!r} is not 1")
     clock_i = _int(clock, "clock")

@@ -18,6 +18,8 @@ import re
 import unicodedata
 from functools import lru_cache
 
+from .errors import ContractError
+
 __all__ = [
     "ID_MAX_LEN",
     "ID_PATTERN",
@@ -39,7 +41,7 @@ ID_PATTERN = re.compile(r"^[\w.\-]{1,64}$")
 RESERVED_IDS = frozenset({"telemetry", "status", "alerts"})
 
 
-class InvalidId(ValueError):
+class InvalidId(ContractError):
     """An identifier that breaks the id rule."""
 
 

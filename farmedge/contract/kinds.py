@@ -1,5 +1,6 @@
-"""Reading kinds: canonical units, accepted unit aliases, physical ranges, and
-where each kind lands in InfluxDB.
+"""Reading kinds: canonical units, accepted unit aliases and physical ranges.
+Where each kind lands in InfluxDB is the storage's business
+(farmedge/storage/schema.py, ``KIND_POINTS``).
 
 Units are part of the contract. A reading in a known alias is converted to the
 canonical unit; a reading in any other unit is rejected, never guessed. A value
@@ -12,14 +13,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from dataclasses import field as dc_field
 
+from .errors import ContractError
+
 __all__ = ["KINDS", "Kind", "RangeError", "UnitError", "normalize"]
 
 
-class UnitError(ValueError):
+class UnitError(ContractError):
     """A unit the contract does not know for this kind."""
 
 
-class RangeError(ValueError):
+class RangeError(ContractError):
     """A value outside the physical range of its kind."""
 
 
@@ -55,8 +58,6 @@ _CELSIUS: dict[str, Converter] = {
 @dataclass(frozen=True, slots=True)
 class Kind:
     name: str
-    measurement: str
-    field: str
     unit: str
     low: float
     high: float
@@ -93,28 +94,28 @@ def _kinds() -> dict[str, Kind]:
           "mS/cm": _scale(1000.0), "dS/m": _scale(1000.0), "mS/m": _scale(10.0),
           "S/m": _scale(10000.0)}
     ks = [
-        Kind("soil_moisture", "soil", "moisture", "%", 0, 100, pct_vwc,
+        Kind("soil_moisture", "%", 0, 100, pct_vwc,
              "volumetric water content"),
-        Kind("soil_temperature", "soil", "temperature", "degC", -50, 80, _CELSIUS),
-        Kind("soil_ec", "soil", "ec", "uS/cm", 0, 50000, ec, "bulk electrical conductivity"),
-        Kind("soil_ph", "soil", "ph", "pH", 0, 14, {"ph": _same, "": _same}),
-        Kind("soil_nitrogen", "soil", "nitrogen", "mg/kg", 0, 5000, {"ppm": _same}),
-        Kind("soil_phosphorus", "soil", "phosphorus", "mg/kg", 0, 5000, {"ppm": _same}),
-        Kind("soil_potassium", "soil", "potassium", "mg/kg", 0, 5000, {"ppm": _same}),
-        Kind("air_temperature", "weather", "temperature", "degC", -60, 60, _CELSIUS),
-        Kind("air_humidity", "weather", "humidity", "%RH", 0, 100,
+        Kind("soil_temperature", "degC", -50, 80, _CELSIUS),
+        Kind("soil_ec", "uS/cm", 0, 50000, ec, "bulk electrical conductivity"),
+        Kind("soil_ph", "pH", 0, 14, {"ph": _same, "": _same}),
+        Kind("soil_nitrogen", "mg/kg", 0, 5000, {"ppm": _same}),
+        Kind("soil_phosphorus", "mg/kg", 0, 5000, {"ppm": _same}),
+        Kind("soil_potassium", "mg/kg", 0, 5000, {"ppm": _same}),
+        Kind("air_temperature", "degC", -60, 60, _CELSIUS),
+        Kind("air_humidity", "%RH", 0, 100,
              {"%": _same, "RH%": _same, "% RH": _same, "%rh": _same}),
-        Kind("rainfall", "weather", "rainfall", "mm", 0, 500,
+        Kind("rainfall", "mm", 0, 500,
              {"in": _scale(25.4), "inch": _scale(25.4)}, "rain since the previous reading"),
-        Kind("animal_body_temperature", "livestock", "body_temperature", "degC", 25, 46,
+        Kind("animal_body_temperature", "degC", 25, 46,
              _CELSIUS),
-        Kind("animal_activity", "livestock", "activity", "steps/h", 0, 100000,
+        Kind("animal_activity", "steps/h", 0, 100000,
              {"steps/hour": _same, "steps/min": _scale(60.0)}),
-        Kind("animal_presence", "livestock", "presence", "count", 0, 1_000_000,
+        Kind("animal_presence", "count", 0, 1_000_000,
              {"": _same}, "an animal's tag read at a gate or trough (value: times seen)"),
-        Kind("water_level", "water", "level", "%", 0, 100, {"percent": _same},
+        Kind("water_level", "%", 0, 100, {"percent": _same},
              "trough or tank level as a share of its height"),
-        Kind("battery_voltage", "device", "battery_voltage", "V", 0, 60,
+        Kind("battery_voltage", "V", 0, 60,
              {"mV": _scale(0.001), "volt": _same}),
     ]
     return {k.name: k for k in ks}

@@ -9,6 +9,14 @@ rejected).
 Everything these models accept, InfluxDB can store: every number is finite
 and within int64 (integers) or float64 (decimals), every timestamp within
 InfluxDB's time range, every string bounded (docs/protocol.md, "Limits").
+
+The contract grows by optional fields (docs/protocol.md, "How the contract
+grows"): a key these models do not know is ignored, in the envelope, in a
+reading and in a status. Its value is dropped as it is read (``extra =
+"ignore"``: nothing of it is kept on the model, so a large unknown value
+cannot ride along in memory), and it counts toward the payload's size and
+nesting limits like any other byte. Known fields stay strict: required
+fields, their types and their limits.
 """
 
 from __future__ import annotations
@@ -90,7 +98,7 @@ class Quality(StrEnum):
 class Reading(BaseModel):
     """One measurement: sensor id, kind, its own time, value, unit, quality."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True)
 
     sensor: Id
     kind: Annotated[str, Field(min_length=1, max_length=64)]
@@ -107,7 +115,7 @@ class Reading(BaseModel):
 class TelemetryEnvelope(BaseModel):
     """A gateway's batch. ``readings`` entries are validated one by one later."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     v: Literal[1]
     gateway: TopicId
@@ -131,9 +139,10 @@ class GatewayStatus(BaseModel):
 
     All fields but ``v``, ``gateway`` and ``online`` are optional so that a
     last will can be as small as ``{"v":1,"gateway":"gw-1","online":false}``.
+    Keys it does not know (added by a newer gateway) are ignored.
     """
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="ignore")
 
     v: Literal[1]
     gateway: TopicId

@@ -6,7 +6,8 @@ of the contract (docs/protocol.md, "Validation"):
 whole message
     payload too large, undecodable (bad JSON / unknown encoding), envelope
     schema wrong (``v``, ``gateway``, ``seq``, ``sent``, ``clock``,
-    ``readings`` with 1-1000 entries, no unknown keys).
+    ``readings`` with 1-1000 entries). Keys the contract does not know are
+    ignored, at every level (docs/protocol.md, "How the contract grows").
 one reading
     reading schema wrong, unknown kind, unit not accepted for the kind,
     NaN/infinity, value out of the kind's physical range.
@@ -20,6 +21,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from .codec import CodecError, PayloadTooLarge, codec_for
+from .errors import ContractError
 from .kinds import KINDS, Kind, RangeError, UnitError
 from .models import (
     MAX_PAYLOAD_BYTES,
@@ -66,7 +68,7 @@ def _escape(ch: str) -> str:
     return f"\\U{o:08x}"
 
 
-class MessageRejected(ValueError):
+class MessageRejected(ContractError):
     """The whole message is invalid."""
 
     def __init__(self, reason: str, detail: str) -> None:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Literal
 
+from .errors import ContractError
 from .ids import is_valid_topic_id, reserved_id_reason
 
 __all__ = [
@@ -32,7 +33,7 @@ STATUS_FILTER = f"{PREFIX}/+/+/+/status"
 Channel = Literal["telemetry", "status"]
 
 
-class TopicError(ValueError):
+class TopicError(ContractError):
     """A topic outside the contract."""
 
 

@@ -83,14 +83,15 @@ def _run(args: argparse.Namespace) -> int:
     for warning in report.warnings:  # what check-config warns about, in the service's log
         get_logger("farmedge.edge").warning("config.warning", warning=warning)
 
-    from farmedge.edge.service import EdgeFatal, EdgeService, build_observers
+    from farmedge.edge.app import EdgeService
+    from farmedge.edge.errors import EdgeFatal
 
     for w in report.warnings:  # printed above; also in the structured log
         if w.startswith("environment variable FARMEDGE_"):
             get_logger("farmedge.edge").warning("config.unknown_env", problem=w)
 
     try:
-        observers = build_observers(settings, registry)
+        service = EdgeService(settings, registry=registry)  # builds the stages too
     except ConfigError as exc:
         print(f"farmedge edge: configuration error\n{exc}", file=sys.stderr)
         return EXIT_ERRORS
@@ -100,7 +101,6 @@ def _run(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        service = EdgeService(settings, registry=registry, observers=observers)
         await service.run(stop)
 
     try:

@@ -8,7 +8,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 if TYPE_CHECKING:
-    from .service import EdgeService
+    from .app import EdgeService
 
 __all__ = ["start_http"]
 
@@ -31,8 +31,7 @@ async def start_http(service: EdgeService, host: str, port: int) -> tuple[web.Ap
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
-    server: Any = site._server  # the port actually bound, when port was 0
-    bound = port
-    if server is not None and getattr(server, "sockets", None):
-        bound = int(server.sockets[0].getsockname()[1])
+    # The port actually bound, when port was 0.
+    addresses: list[Any] = runner.addresses
+    bound = int(addresses[0][1]) if addresses else port
     return runner, bound

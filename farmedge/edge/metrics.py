@@ -3,9 +3,16 @@ services can live in one process, as they do in the tests)."""
 
 from __future__ import annotations
 
+import time
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
-__all__ = ["EdgeMetrics"]
+from farmedge.contract import excerpt
+from farmedge.disk import is_disk_full
+from farmedge.logs import Throttle
+
+__all__ = ["EdgeMetrics", "Incidents", "counter_total"]
 
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -58,3 +65,37 @@ class EdgeMetrics:
                                registry=r)
         self.disk_free = Gauge("farmedge_disk_free_bytes",
                                "Free bytes on the spool's filesystem", registry=r)
+
+
+class Incidents:
+    """Failures inside the edge's own code contained to one message or one
+    call: counted (``farmedge_internal_errors_total{where}``) and logged,
+    throttled, with the traceback (``edge.internal_error``)."""
+
+    def __init__(self, metrics: EdgeMetrics, log: Any) -> None:
+        self._metrics = metrics
+        self._log = log
+        self._throttle = Throttle()
+        #: When a stage last met a full disk (monotonic), or 0.
+        self.stage_disk_full_at = 0.0
+
+    def __call__(self, where: str, exc: Exception, topic: str = "") -> None:
+        self._metrics.internal_errors.labels(where).inc()
+        if where == "observer" and is_disk_full(exc):
+            self.stage_disk_full_at = time.monotonic()
+        suppressed = self._throttle.allow((where, type(exc).__name__))
+        if suppressed is not None:
+            self._log.error("edge.internal_error", where=where,
+                            error=f"{type(exc).__name__}: {exc}"[:500],
+                            topic=excerpt(topic, 200) if topic else None,
+                            suppressed_since_last=suppressed, exc_info=exc)
+
+
+def counter_total(counter: Any) -> float:
+    """The sum of a labelled counter's ``_total`` samples."""
+    out = 0.0
+    for metric in counter.collect():
+        for sample in metric.samples:
+            if sample.name.endswith("_total"):
+                out += sample.value
+    return out

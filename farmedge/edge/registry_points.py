@@ -21,7 +21,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from farmedge.registry import Registry
-from farmedge.storage.lineproto import escape_tag, field_str, float_field
+from farmedge.storage.lineproto import field_str, float_field, int_field, line
+from farmedge.storage.schema import GatewayField, Measurement, Tag
 
 __all__ = ["STATE_FILE", "load_written", "registry_lines", "save_written"]
 
@@ -30,9 +31,8 @@ STATE_FILE = "registry-gateways.json"
 Key = tuple[str, str, str]
 
 
-def _prefix(county: str, farm: str, gateway: str) -> str:
-    return (f"gateway,county={escape_tag(county)},farm={escape_tag(farm)}"
-            f",gateway={escape_tag(gateway)}")
+def _tags(county: str, farm: str, gateway: str) -> dict[str, str]:
+    return {Tag.COUNTY: county, Tag.FARM: farm, Tag.GATEWAY: gateway}
 
 
 def registry_lines(registry: Registry, previous: Iterable[Key], ts_ms: int
@@ -46,13 +46,15 @@ def registry_lines(registry: Registry, previous: Iterable[Key], ts_ms: int
         for gid, entry in farm.gateways.items():
             key = (farm.county, farm.farm, gid)
             now.add(key)
-            fields = ["registered=1i", f"registry_sensors={len(entry.sensors)}i",
-                      f"registry_sensor_ids={field_str(','.join(entry.sensors))}"]
+            fields = {GatewayField.REGISTERED: int_field(1),
+                      GatewayField.REGISTRY_SENSORS: int_field(len(entry.sensors)),
+                      GatewayField.REGISTRY_SENSOR_IDS: field_str(",".join(entry.sensors))}
             if entry.interval_s is not None:
-                fields.append(f"registry_interval_s={float_field(entry.interval_s)}")
-            lines.append(f"{_prefix(*key)} {','.join(fields)} {ts_ms}")
+                fields[GatewayField.REGISTRY_INTERVAL_S] = float_field(entry.interval_s)
+            lines.append(line(Measurement.GATEWAY, _tags(*key), fields, ts_ms))
+    gone = {GatewayField.REGISTERED: int_field(0), GatewayField.REGISTRY_SENSORS: int_field(0)}
     for key in sorted(set(previous) - now):
-        lines.append(f"{_prefix(*key)} registered=0i,registry_sensors=0i {ts_ms}")
+        lines.append(line(Measurement.GATEWAY, _tags(*key), gone, ts_ms))
     return lines, now
 
 

@@ -11,13 +11,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 from farmedge import __version__
-from farmedge.contract import KINDS, Quality, RangeError, UnitError
+from farmedge.contract import (
+    KINDS,
+    EncodeError,
+    Quality,
+    RangeError,
+    UnitError,
+    check_reading,
+    encode_status,
+)
 from farmedge.logs import get_logger
 
 from .clock import ClockSource, SystemClock
@@ -72,41 +81,54 @@ class Agent:
             cfg.id: build_driver(cfg, ctx) for cfg in settings.sensors}
         self.outbox = Outbox(settings.outbox_path, max_bytes=int(settings.outbox.max_mb * 2**20),
                              max_age_ms=int(settings.outbox.max_age_days * 86_400_000))
-        self.uplink = Uplink(settings, self.outbox, self.clock, status=self.status)
+        self.uplink = Uplink(settings, self.outbox, self.clock, status_payload=self.status)
         self.drain_s = drain_s
         self.started_mono = time.monotonic()
         self.read_errors = 0
         self.samples = 0
+        #: Samples the wire contract cannot carry (also in read_errors).
+        self._refused = 0
         # Made here, not at import: logging is set up after the imports.
         self.log = get_logger("farmedge.gateway", gateway=settings.gateway)
 
     # -- status -------------------------------------------------------------
 
-    def status(self, online: bool) -> dict[str, Any]:
-        base: dict[str, Any] = {"v": 1, "gateway": self.s.gateway, "online": online}
+    def status_fields(self, online: bool) -> dict[str, Any]:
+        """The status's fields (docs/protocol.md, "Status payload"); offline
+        is the last will's three."""
         if not online:
-            return base
-        st = self.outbox.stats() if self.outbox._db is not None else None
+            return {"gateway": self.s.gateway, "online": False}
+        st = self.outbox.stats() if self.outbox.is_open else None
         now = self.clock.wall_ms()
-        base.update(
-            ts=now,
-            uptime_s=round(time.monotonic() - self.started_mono, 1),
-            version=__version__,
-            clock="synced" if self.clock.synced() else "unsynced",
-        )
+        f: dict[str, Any] = {
+            "gateway": self.s.gateway, "online": True, "ts": now,
+            "uptime_s": round(time.monotonic() - self.started_mono, 1),
+            "version": __version__,
+            "clock": "synced" if self.clock.synced() else "unsynced",
+        }
         if st is not None:
-            base.update(outbox_depth=st.depth, dropped=st.dropped,
-                        outbox_oldest_age_s=round(max(0, now - st.oldest_ts) / 1000, 1)
-                        if st.oldest_ts is not None else 0.0)
-            if st.full:
-                base["outbox_full"] = True
-        temp = _cpu_temperature()
-        if temp is not None:
-            base["cpu_temperature"] = temp
+            f.update(outbox_depth=st.depth, dropped=st.dropped, outbox_full=st.full,
+                     outbox_oldest_age_s=round(max(0, now - st.oldest_ts) / 1000, 1)
+                     if st.oldest_ts is not None else 0.0)
+        f["cpu_temperature"] = _cpu_temperature()
         with contextlib.suppress(OSError):
-            base["disk_free_mb"] = round(
+            f["disk_free_mb"] = round(
                 shutil.disk_usage(self.s.outbox_path.parent).free / 2**20, 1)
-        return base
+        return f
+
+    def status(self, online: bool) -> bytes:
+        """The status payload, through the contract. A field the contract
+        refuses (a clock far off, say) is left out, not the whole status."""
+        fields = self.status_fields(online)
+        try:
+            return encode_status(**fields)
+        except EncodeError as exc:
+            base: dict[str, Any] = {"gateway": self.s.gateway, "online": online}
+            good = {k: v for k, v in fields.items() if k not in base
+                    and _encodes(encode_status, **base, **{k: v})}
+            self.log.warning("gateway.status_field_refused", error=str(exc),
+                             fields=sorted(set(fields) - set(good) - set(base)))
+            return encode_status(**base, **good)
 
     # -- tasks --------------------------------------------------------------
 
@@ -143,17 +165,32 @@ class Agent:
             await asyncio.sleep(next_t - now)
 
     def _store(self, sensor_id: str, samples: list[Sample], stuck: _Stuck) -> None:
+        """Stamp the samples and keep them in the outbox. A sample the wire
+        contract cannot carry (a value that is not a finite number, an id
+        that is not an id) is not kept: it would be refused at every try to
+        send it. It counts as a read error."""
         c = self.clock
         wall, mono, synced = c.wall_ms(), c.mono_ms(), c.synced()
         rows = []
         for s in samples:
-            q = check_sample(s)
             sensor = s.sensor or sensor_id
+            m = s.mono_ms if s.mono_ms is not None else mono
+            try:
+                row = NewRow(sensor, s.kind, s.unit, float(s.value), s.quality, s.animal,
+                             wall - (mono - m), m, synced)
+                check_reading(row.wire())
+            except (TypeError, ValueError) as exc:  # EncodeError included
+                detail = exc.detail if isinstance(exc, EncodeError) else f"value: {exc}"
+                self.read_errors += 1
+                self._refused += 1
+                if self._refused == 1 or self._refused % 100 == 0:
+                    self.log.warning("gateway.sample_refused", sensor=sensor, kind=s.kind,
+                                     error=detail, refused_total=self._refused)
+                continue
+            q = check_sample(s)
             if q is Quality.OK and stuck.check(sensor, s):
                 q = Quality.SUSPECT
-            m = s.mono_ms if s.mono_ms is not None else mono
-            rows.append(NewRow(sensor, s.kind, s.unit, float(s.value), q, s.animal,
-                               wall - (mono - m), m, synced))
+            rows.append(dataclasses.replace(row, quality=q))
         self.outbox.add(rows, c.boot_id())
         self.samples += len(rows)
 
@@ -215,6 +252,14 @@ class Agent:
                     d.close()
             self.outbox.close()
             self.log.info("gateway stopped", backlog=self.outbox.depth)
+
+
+def _encodes(encode: Any, **fields: Any) -> bool:
+    try:
+        encode(**fields)
+    except EncodeError:
+        return False
+    return True
 
 
 def _cpu_temperature() -> float | None:

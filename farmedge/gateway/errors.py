@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["DriverError", "GatewayError", "OutboxError"]
+__all__ = ["DriverError", "GatewayError", "OutboxError", "UplinkError"]
 
 
 class GatewayError(Exception):
@@ -15,3 +15,7 @@ class DriverError(GatewayError):
 
 class OutboxError(GatewayError):
     """The outbox database cannot be used."""
+
+
+class UplinkError(GatewayError):
+    """The uplink cannot go on (a message the contract does not allow)."""

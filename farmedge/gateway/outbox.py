@@ -76,6 +76,10 @@ class NewRow:
     mono: int
     synced: bool
 
+    def wire(self) -> dict[str, object]:
+        """The reading as the contract's encoders take it."""
+        return _wire(self)
+
 
 @dataclass(frozen=True, slots=True)
 class Row:
@@ -93,13 +97,17 @@ class Row:
     size: int
 
     def wire(self) -> dict[str, object]:
-        d: dict[str, object] = {"sensor": self.sensor, "kind": self.kind, "ts": self.ts,
-                                "value": self.value, "unit": self.unit}
-        if self.quality is not Quality.OK:
-            d["quality"] = self.quality.value
-        if self.animal is not None:
-            d["animal"] = self.animal
-        return d
+        return _wire(self)
+
+
+def _wire(r: NewRow | Row) -> dict[str, object]:
+    d: dict[str, object] = {"sensor": r.sensor, "kind": r.kind, "ts": r.ts, "value": r.value,
+                            "unit": r.unit}
+    if r.quality is not Quality.OK:
+        d["quality"] = r.quality.value
+    if r.animal is not None:
+        d["animal"] = r.animal
+    return d
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +221,10 @@ class Outbox:
             self.commit()
             self._db.close()
             self._db = None
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -364,6 +376,26 @@ class Outbox:
             self.unsynced -= sum(1 for r in rows if not r.synced)
         else:  # some were dropped meanwhile: recount
             self._recount()
+
+    def discard(self, rows: Iterable[Row]) -> None:
+        """Drop readings that can never be sent, counting them in ``dropped``
+        (durable at the next commit)."""
+        ids = [r.id for r in rows]
+        if not ids or self.full:
+            return
+        try:
+            db = self._begin()
+            n = db.execute(f"DELETE FROM reading WHERE id IN ({','.join('?' * len(ids))})",
+                           ids).rowcount
+            self.dropped += n
+            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped', ?)",
+                       (self.dropped,))
+        except sqlite3.Error as exc:
+            if not is_disk_full(exc):
+                raise OutboxError(f"{self.path}: {exc}") from None
+            self._disk_full(exc)
+            return
+        self._recount()
 
     def _recount(self) -> None:
         self.depth, total, unsynced = self.db.execute(

@@ -15,21 +15,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import random
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from farmedge.backoff import Backoff
-from farmedge.contract import COMPACT, JSON, encode_compact, status_topic, telemetry_topic
+from farmedge.contract import Encoded, EncodeError, encode_telemetry, status_topic, telemetry_topic
 from farmedge.logs import get_logger
 from farmedge.transport.errors import BrokerUnreachable, ConnectRefused, TransportError
 from farmedge.transport.publisher import Message, Publisher
 from farmedge.transport.reconnect import reconnect_forever
 
 from .clock import ClockSource
+from .errors import UplinkError
 from .outbox import Outbox, Row
 from .settings import GatewaySettings
 
@@ -69,12 +68,13 @@ class _Disconnected(TransportError):
 
 class Uplink:
     def __init__(self, settings: GatewaySettings, outbox: Outbox, clock: ClockSource, *,
-                 status: Callable[[bool], dict[str, Any]],
+                 status_payload: Callable[[bool], bytes],
                  rng: random.Random | None = None) -> None:
         self.s = settings
         self.outbox = outbox
         self.clock = clock
-        self.status = status
+        #: online -> the status payload (the contract's encode_status).
+        self.status_payload = status_payload
         self.topic = telemetry_topic(settings.county, settings.farm, settings.gateway)
         self.status_topic = status_topic(settings.county, settings.farm, settings.gateway)
         self.backoff = Backoff(settings.mqtt.backoff_min_s, settings.mqtt.backoff_max_s,
@@ -119,8 +119,7 @@ class Uplink:
         gen = self._gen
         return Publisher(
             m.broker, client_id=m.client_id or self.s.gateway, keepalive_s=m.keepalive_s,
-            will=Message(self.status_topic, json.dumps(self.status(False)).encode(), qos=1,
-                         retain=True),
+            will=Message(self.status_topic, self.status_payload(False), qos=1, retain=True),
             max_inflight=self.s.uplink.max_inflight + 4, loop=self._loop,
             on_ack=lambda mid, code: self._acked(gen, mid, code),
             on_lost=lambda reason: self._lost(gen))
@@ -154,12 +153,12 @@ class Uplink:
         self._client = pub
         self.connected = True
         self.stats.connects += 1
-        self.log.info("mqtt connected", url=pub.broker.redacted, backlog=self.outbox.depth)
+        self.log.info("uplink.connected", url=pub.broker.redacted, backlog=self.outbox.depth)
         self.publish_status()
         try:
             await self._pump(stop)
         except _Disconnected as exc:
-            self.log.warning("mqtt connection lost", reason=str(exc))
+            self.log.warning("uplink.connection_lost", reason=str(exc))
         finally:
             self.connected = False
             self._client = None
@@ -174,8 +173,7 @@ class Uplink:
         self._acks.clear()
         self._cursor = 0
         if stop.is_set():
-            offline = Message(self.status_topic, json.dumps(self.status(False)).encode(),
-                              qos=1, retain=True)
+            offline = Message(self.status_topic, self.status_payload(False), qos=1, retain=True)
             await asyncio.to_thread(pub.publish_wait, offline, 2.0)
             await pub.aclose()
 
@@ -183,7 +181,7 @@ class Uplink:
         client = self._client
         if client is None or not self.connected:
             return
-        payload = json.dumps(self.status(True), separators=(",", ":")).encode()
+        payload = self.status_payload(True)
         with contextlib.suppress(TransportError):  # lost: the next connection sends it
             client.publish(self.status_topic, payload, qos=1, retain=True)
 
@@ -279,24 +277,15 @@ class Uplink:
         return take, first
 
     def _send(self, rows: list[Row], clock_state: str) -> None:
-        up = self.s.uplink
         seq = self.outbox.next_seq()
-        sent = self.clock.wall_ms()
-        wire = [r.wire() for r in rows]
-        if up.encoding == "compact":
-            payload = encode_compact(gateway=self.s.gateway, seq=seq, sent=sent,
-                                     clock=clock_state, readings=wire,
-                                     compression=up.compression)
-            ctype = COMPACT
-        else:
-            payload = json.dumps({"v": 1, "gateway": self.s.gateway, "seq": seq, "sent": sent,
-                                  "clock": clock_state, "readings": wire},
-                                 separators=(",", ":"), ensure_ascii=False).encode()
-            ctype = JSON
+        enc = self._encode(rows, seq, clock_state)
+        if enc is None:  # nothing of the batch can be sent
+            return
+        payload = enc.payload
         if self._client is None:
             raise _Disconnected("not connected")
         try:
-            mid = self._client.publish(self.topic, payload, qos=1, content_type=ctype)
+            mid = self._client.publish(self.topic, payload, qos=1, content_type=enc.content_type)
         except TransportError as exc:
             raise _Disconnected(f"publish failed: {exc}") from None
         self._inflight[mid] = rows
@@ -307,3 +296,26 @@ class Uplink:
         self.outbox.mark_sent(self._cursor)
         self.stats.messages += 1
         self.stats.bytes += len(payload)
+
+
+    def _encode(self, rows: list[Row], seq: int, clock_state: str) -> Encoded | None:
+        """The batch's payload, through the contract. A reading the contract
+        does not allow (one kept by an older version, say: it would be
+        refused at every try and block the outbox) is dropped, counted in
+        ``dropped`` and logged; ``rows`` loses it. None when no reading is
+        left."""
+        up = self.s.uplink
+        while rows:
+            try:
+                return encode_telemetry(gateway=self.s.gateway, seq=seq,
+                                        sent=self.clock.wall_ms(), clock=clock_state,
+                                        readings=[r.wire() for r in rows],
+                                        encoding=up.encoding, compression=up.compression)
+            except EncodeError as exc:
+                if exc.index is None:
+                    raise UplinkError(f"cannot encode a message: {exc}") from exc
+                bad = rows.pop(exc.index)
+                self.outbox.discard([bad])
+                self.log.error("gateway.reading_unsendable", sensor=bad.sensor, kind=bad.kind,
+                               ts=bad.ts, error=str(exc), dropped_total=self.outbox.dropped)
+        return None

@@ -1,31 +1,56 @@
-"""Writing line protocol to InfluxDB over HTTP (v1 or v2 write API).
+"""Writing line protocol to InfluxDB over HTTP (v1 or v2 write API): the one
+writer, for readings, the edge's own points and alert records alike.
 
-Each write comes back as a :class:`WriteResult` that sorts the failure the way
-the caller must handle it: retry (429, 5xx, network), split (413), reject
-lines (400), or keep the data and raise the alarm (401, 403, 404).
+Each write comes back as a :class:`WriteResult` that sorts the failure the
+way the caller must handle it (:func:`classify`):
+
+- ``RETRY``: transient. 429, 408, 5xx, a timeout, a refused or broken
+  connection. Retry with back-off (``retry_after_s`` when the server said).
+- ``TOO_LARGE``: 413, the body is over the server's ``max-body-size``:
+  split the batch and write the halves.
+- ``REJECTED``: 400 or 422, some lines are bad. InfluxDB stores the good
+  lines of the request and says ``partial write``; writing them again is
+  harmless (same series and time: one point), so the caller splits the batch
+  until the bad lines stand alone and records those as dead letters.
+- ``AUTH``: the server refuses on grounds no retry changes: 401/403
+  (credentials), 404 (database or bucket missing, or a URL that is not
+  InfluxDB's), another 4xx, or InfluxDB 1.x's 500 "retention policy not
+  found". Keep the data (spool it) and raise the alarm.
+
+Credentials never go in the URL, where proxies and InfluxDB's own request
+log would keep them: v1 sends ``username``/``password`` (or the URL's
+``user:password@``) as HTTP Basic auth, which InfluxDB 1.x accepts; v2 sends
+``Authorization: Token``.
+
+aiohttp's and the OS's errors stop here: a write answers a WriteResult,
+``ping`` and ``ensure_database`` answer False, and using the writer before
+``start()`` raises :class:`~farmedge.storage.errors.WriterNotStarted`.
 """
 
 from __future__ import annotations
 
+import base64
 import email.utils
 import gzip
 import time
 from dataclasses import dataclass
 from enum import Enum
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
+from .errors import StorageError, WriterNotStarted
 from .settings import InfluxSection
 
-__all__ = ["InfluxWriter", "WriteKind", "WriteResult"]
+__all__ = ["InfluxWriter", "StorageError", "WriteKind", "WriteResult", "classify"]
 
 
 class WriteKind(Enum):
     OK = "ok"
-    RETRY = "retry"          # transient: 429, 5xx, timeout, connection refused
+    RETRY = "retry"          # transient: 429, 408, 5xx, timeout, connection refused
     TOO_LARGE = "too_large"  # 413: split the batch
-    REJECTED = "rejected"    # 400: some lines are bad (partial write)
-    AUTH = "auth"            # 401/403/404: configuration problem, keep the data
+    REJECTED = "rejected"    # 400/422: some lines are bad (partial write)
+    AUTH = "auth"            # refused (401/403/404, other 4xx, missing RP): keep the data
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,6 +64,38 @@ class WriteResult:
     @property
     def ok(self) -> bool:
         return self.kind is WriteKind.OK
+
+    @property
+    def retryable(self) -> bool:
+        """The same body may succeed later."""
+        return self.kind is WriteKind.RETRY
+
+    @property
+    def splittable(self) -> bool:
+        """Halves of the body may succeed (too large, or some lines bad)."""
+        return self.kind in (WriteKind.TOO_LARGE, WriteKind.REJECTED)
+
+
+#: InfluxDB 1.x answers 500 to a write naming a retention policy it lacks:
+#: configuration, not a passing failure.
+_CONFIG_500 = ("retention policy not found",)
+
+
+def classify(status: int, error: str = "") -> WriteKind:
+    """How to handle an HTTP answer to a write (0: no answer at all)."""
+    if status in (200, 204):
+        return WriteKind.OK
+    if status == 413:
+        return WriteKind.TOO_LARGE
+    if status in (400, 422):
+        return WriteKind.REJECTED
+    if status in (408, 429) or status == 0:
+        return WriteKind.RETRY
+    if 400 <= status < 500:
+        return WriteKind.AUTH
+    if status == 500 and any(m in error for m in _CONFIG_500):
+        return WriteKind.AUTH
+    return WriteKind.RETRY
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -55,30 +112,56 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
+def _basic(user: str, password: str) -> str:
+    """HTTP Basic credentials, UTF-8 (as InfluxDB compares them)."""
+    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+
+
+def _without_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The URL without ``user:password@``, and those credentials."""
+    u = urlsplit(url)
+    if u.username is None and u.password is None:
+        return url, None
+    host = u.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    netloc = f"{host}:{u.port}" if u.port is not None else host
+    return (urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment)),
+            (unquote(u.username or ""), unquote(u.password or "")))
+
+
 class InfluxWriter:
     """One HTTP session to one InfluxDB. Build, then ``await start()``."""
 
     def __init__(self, settings: InfluxSection) -> None:
         self._s = settings
         self._session: aiohttp.ClientSession | None = None
+        base, in_url = _without_userinfo(settings.url)
+        self._base = base.rstrip("/")
         if settings.api == "v1":
-            self._write_url = f"{settings.url}/write"
+            self._write_url = f"{self._base}/write"
             self._params: dict[str, str] = {"db": settings.database, "precision": "ms"}
             if settings.retention_policy:
                 self._params["rp"] = settings.retention_policy
         else:
-            self._write_url = f"{settings.url}/api/v2/write"
+            self._write_url = f"{self._base}/api/v2/write"
             self._params = {"org": settings.org or "", "bucket": settings.bucket or "",
                             "precision": "ms"}
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if settings.gzip:
             self._headers["Content-Encoding"] = "gzip"
-        if settings.api == "v2" and settings.token is not None:
-            self._headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
-        self._auth: aiohttp.BasicAuth | None = None
-        if settings.api == "v1" and settings.username:
+        auth: str | None = None
+        if settings.api == "v2":
+            if settings.token is not None:
+                auth = f"Token {settings.token.get_secret_value()}"
+        elif settings.username:
             pw = settings.password.get_secret_value() if settings.password else ""
-            self._auth = aiohttp.BasicAuth(settings.username, pw)
+            auth = _basic(settings.username, pw)
+        elif in_url is not None:
+            auth = _basic(*in_url)
+        #: Sent with every request (write, ping, query).
+        self._auth_headers = {"Authorization": auth} if auth else {}
+        self._headers.update(self._auth_headers)
 
     async def start(self) -> None:
         if self._session is None:
@@ -95,50 +178,46 @@ class InfluxWriter:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None:
-            raise RuntimeError("InfluxWriter.start() was not awaited")
+            raise WriterNotStarted("InfluxWriter.start() was not awaited")
         return self._session
 
     async def write(self, body: bytes) -> WriteResult:
+        """Write line protocol (lines joined by ``\\n``, millisecond times)."""
+        session = self.session
         data = gzip.compress(body, 1) if self._s.gzip else body
         t0 = time.perf_counter()
         try:
-            async with self.session.post(self._write_url, params=self._params, data=data,
-                                         headers=self._headers, auth=self._auth) as resp:
+            async with session.post(self._write_url, params=self._params, data=data,
+                                    headers=self._headers) as resp:
                 status = resp.status
-                text = "" if status in (200, 204) else (await resp.text())[:500]
+                text = "" if status in (200, 204) else (await resp.text(errors="replace"))[:500]
                 retry_after = _retry_after(resp.headers.get("Retry-After"))
         except (TimeoutError, aiohttp.ClientError, OSError) as exc:
             return WriteResult(WriteKind.RETRY, 0, f"{type(exc).__name__}: {exc}"[:300],
                                None, time.perf_counter() - t0)
         elapsed = time.perf_counter() - t0
-        if status in (200, 204):
-            return WriteResult(WriteKind.OK, status, "", None, elapsed)
-        if status == 413:
-            kind = WriteKind.TOO_LARGE
-        elif status in (400, 422):
-            kind = WriteKind.REJECTED
-        elif status in (401, 403, 404):
-            kind = WriteKind.AUTH
-        else:
-            kind = WriteKind.RETRY
-        return WriteResult(kind, status, text.strip(), retry_after, elapsed)
+        text = text.strip()
+        return WriteResult(classify(status, text), status, text,
+                           None if status in (200, 204) else retry_after, elapsed)
 
     async def ping(self) -> bool:
         try:
-            async with self.session.get(f"{self._s.url}/ping") as resp:
+            async with self.session.get(f"{self._base}/ping",
+                                        headers=self._auth_headers) as resp:
                 return resp.status in (200, 204)
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
     async def ensure_database(self) -> bool:
-        """CREATE DATABASE over the v1 query API; False if it could not."""
+        """CREATE DATABASE over the v1 query API (the statement in the body,
+        not the URL); False if it could not."""
         if self._s.api != "v1" or not self._s.create_database:
             return True
         name = self._s.database.replace("\\", "\\\\").replace('"', '\\"')
         try:
-            async with self.session.post(f"{self._s.url}/query",
+            async with self.session.post(f"{self._base}/query",
                                          data={"q": f'CREATE DATABASE "{name}"'},
-                                         auth=self._auth) as resp:
+                                         headers=self._auth_headers) as resp:
                 return resp.status == 200
         except (TimeoutError, aiohttp.ClientError, OSError):
             return False

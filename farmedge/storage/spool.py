@@ -6,10 +6,13 @@ acknowledged to the broker, so the spool is part of "durable". It survives
 restarts, replays oldest first, and is bounded: past ``max_bytes`` the oldest
 batches are dropped, and every dropped line is counted.
 
-One file per batch (``<id>-<created_ms>-<lines>.zst``, zstd-compressed
-lines), written as ``.tmp``, fsynced, renamed into place and the directory
-fsynced. A file per batch because a full disk must never stop the replay:
-removing a replayed batch is an ``unlink``, which needs no free space,
+One file per batch (``<id>-<created_ms>-<lines>-r<readings>.zst``,
+zstd-compressed lines, the first ``readings`` of them readings and the rest
+other points; a file of an earlier version has no ``-r<readings>``, and
+:attr:`SpooledBatch.readings` is then None), written as ``.tmp``, fsynced,
+renamed into place and the directory fsynced. A file per batch because a
+full disk must never stop the replay: removing a replayed batch is an
+``unlink``, which needs no free space,
 whereas deleting from a database needs room for its journal (SQLite answers
 ``database or disk is full`` to a DELETE on a full disk). An append that
 meets a full disk leaves nothing behind and raises ``OSError(ENOSPC)``; the
@@ -39,7 +42,7 @@ from farmedge.logs import get_logger
 
 __all__ = ["Spool", "SpooledBatch"]
 
-_NAME = re.compile(r"(\d{12,})-(\d+)-(\d+)\.zst")
+_NAME = re.compile(r"(\d{12,})-(\d+)-(\d+)(?:-r(\d+))?\.zst")
 _DROPPED = "dropped"
 #: SQLITE_FULL: "database or disk is full"
 
@@ -49,6 +52,9 @@ class SpooledBatch:
     id: int
     lines: list[str]
     created_ms: int
+    #: How many of ``lines`` (the first ones) are readings; None for a batch
+    #: spooled by an earlier version, which did not say.
+    readings: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,6 +63,7 @@ class _Entry:
     created_ms: int
     n_lines: int
     size: int
+    readings: int | None = None
 
 
 class Spool:
@@ -96,7 +103,8 @@ class Spool:
             m = _NAME.fullmatch(e.name)
             if m is None:
                 continue
-            found.append((int(m[1]), _Entry(e.name, int(m[2]), int(m[3]), e.stat().st_size)))
+            found.append((int(m[1]), _Entry(e.name, int(m[2]), int(m[3]), e.stat().st_size,
+                                            int(m[4]) if m[4] is not None else None)))
         found.sort()
         self._files = OrderedDict(found)
         self._next_id = found[-1][0] + 1 if found else 1
@@ -175,17 +183,19 @@ class Spool:
             return None
 
     # -- append ------------------------------------------------------------
-    async def append(self, lines: list[str]) -> int:
-        """Store ``lines`` durably; returns how many older lines had to be
-        dropped to stay within max_bytes. Raises OSError (ENOSPC on a full
+    async def append(self, lines: list[str], *, readings: int = 0) -> int:
+        """Store ``lines`` durably (the first ``readings`` of them are
+        readings, the rest other points); returns how many older lines had to
+        be dropped to stay within max_bytes. Raises OSError (ENOSPC on a full
         disk) when they could not be stored; then nothing was."""
         body = self._cctx.compress("\n".join(lines).encode())
+        readings = max(0, min(readings, len(lines)))
         async with self._lock:
-            dropped = await asyncio.to_thread(self._append, body, len(lines))
+            dropped = await asyncio.to_thread(self._append, body, len(lines), readings)
         self.changed.set()
         return dropped
 
-    def _append(self, body: bytes, n: int) -> int:
+    def _append(self, body: bytes, n: int, readings: int) -> int:
         dropped = 0
         while self.bytes + len(body) > self.max_bytes and self.batches > 0:
             dropped += self._drop_oldest()
@@ -198,7 +208,7 @@ class Spool:
                                 dropped_lines=self.dropped_lines)
         bid = self._next_id
         created = int(time.time() * 1000)
-        name = f"{bid:012d}-{created}-{n}.zst"
+        name = f"{bid:012d}-{created}-{n}-r{readings}.zst"
         tmp = self.dir / f"{name}.tmp"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -216,7 +226,7 @@ class Spool:
             raise
         self._fsync_dir()
         self._next_id = bid + 1
-        self._files[bid] = _Entry(name, created, n, len(body))
+        self._files[bid] = _Entry(name, created, n, len(body), readings)
         self.batches += 1
         self.lines += n
         self.bytes += len(body)
@@ -284,7 +294,8 @@ class Spool:
                     os.rename(path, self.dir / f"{entry.name}.bad")
                 self._forget_file(bid)
                 continue
-            return SpooledBatch(bid, text.split("\n") if text else [], entry.created_ms)
+            return SpooledBatch(bid, text.split("\n") if text else [], entry.created_ms,
+                                entry.readings)
         return None
 
     def _unreadable(self, what: str, exc: BaseException, n_lines: int) -> None:

@@ -3,8 +3,8 @@ with manual acknowledgement, so a message is PUBACKed only once its readings
 are durable.
 
 paho runs without a thread of its own: its socket is registered with the
-event loop (``add_reader``/``add_writer``, the way aiomqtt does it), so
-messages and acknowledgements never cross threads. Reconnection is the
+event loop (:class:`~farmedge.transport.onloop.LoopSocket`), so messages and
+acknowledgements never cross threads. Reconnection is the
 transport's one loop (:func:`farmedge.transport.reconnect.reconnect_forever`)
 with the one :class:`farmedge.backoff.Backoff`; the broker URL, credentials
 and TLS come from :mod:`farmedge.transport.broker`. Only paho's public API
@@ -16,9 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import socket
-import ssl
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,13 +31,11 @@ from farmedge.backoff import STABLE_AFTER_S, Backoff
 from farmedge.logs import get_logger
 
 from .errors import BrokerUnreachable, ConnectionLost, ConnectRefused
+from .onloop import LoopSocket
 from .reconnect import reconnect_forever
 from .settings import MqttSection
 
 __all__ = ["STABLE_AFTER_S", "Inbound", "MqttSource"]
-
-# Packets read per readiness event before yielding to the loop.
-_READ_BURST = 200
 #: MQTT 5 CONNACK reason codes that a retry alone will not cure.
 _CREDENTIAL_CODES = {134, 135, 138, 140}
 
@@ -70,13 +65,11 @@ class MqttSource:
         self._broker = settings.broker
         self._log = get_logger("farmedge.transport.mqtt", broker=self._broker.redacted)
         self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
+        self._sock: LoopSocket | None = None
         self._pending: list[Inbound] = []
         self._generation = 0
         self._accepting = True
         self._closing = False
-        self._paused = False
         self._lost = asyncio.Event()
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -107,16 +100,12 @@ class MqttSource:
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
-        c.on_socket_open = self._on_socket_open
-        c.on_socket_close = self._on_socket_close
-        c.on_socket_register_write = self._on_socket_register_write
-        c.on_socket_unregister_write = self._on_socket_unregister_write
         return c
 
     # -- lifecycle -------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
+        self._sock = LoopSocket(self._client, loop, progress=lambda: self._publishes,
+                                after_read=self._deliver, on_closed=self._mark_lost)
         self._task = loop.create_task(self._run())
 
     @property
@@ -168,7 +157,8 @@ class MqttSource:
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             self.refused = None
             raise BrokerUnreachable(f"connect failed: {mqtt.error_string(rc)}")
-        self._misc_task = asyncio.create_task(self._misc())
+        assert self._sock is not None
+        self._misc_task = asyncio.create_task(self._sock.misc())
         try:
             await self._connack
         except BaseException:
@@ -177,7 +167,7 @@ class MqttSource:
             # next attempt, so that it cannot be taken for the next one's.
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._lost.wait(), 5)
-            self._force_close()
+            self._sock.force_close()
             raise
 
     async def _session(self, _: None) -> None:
@@ -187,24 +177,6 @@ class MqttSource:
             if self._misc_task is not None:
                 self._misc_task.cancel()
 
-    async def _misc(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self._client.loop_misc()  # keepalive pings, and their timeouts
-
-    def _force_close(self) -> None:
-        """Close a socket the broker does not close, with public calls only:
-        shut it down, and paho's next read sees the end of the stream (and
-        runs its close and disconnect callbacks)."""
-        sock = self._client.socket()
-        if sock is None:
-            return
-        if isinstance(sock, socket.socket):
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(Exception):
-            self._client.loop_read()
-
     def stop_accepting(self) -> None:
         """Messages that arrive from now on are neither processed nor
         acknowledged: the broker keeps them for the session."""
@@ -213,13 +185,11 @@ class MqttSource:
     async def stop(self) -> None:
         self._accepting = False
         self._closing = True
-        if self.connected:
-            self._client.disconnect()
-            deadline = time.monotonic() + 5
-            while self._client.socket() is not None and time.monotonic() < deadline:
-                self._client.loop_write()
-                await asyncio.sleep(0.01)
-        self._force_close()
+        if self._sock is not None:
+            if self.connected:
+                self._client.disconnect()
+                await self._sock.flush(5)
+            self._sock.force_close()
         self._lost.set()
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(ConnectionLost("stopping"))
@@ -249,85 +219,14 @@ class MqttSource:
     def pause_reading(self) -> None:
         """Stop reading from the broker (TCP back-pressure keeps the rest at
         the broker); acknowledgements still go out."""
-        sock = self._client.socket()
-        if not self._paused and sock is not None and self._loop is not None:
-            self._loop.remove_reader(sock)
-        self._paused = True
+        if self._sock is not None:
+            self._sock.pause()
 
     def resume_reading(self) -> None:
-        if not self._paused:
-            return
-        self._paused = False
-        sock = self._client.socket()
-        if sock is not None and self._loop is not None:
-            self._loop.add_reader(sock, self._on_readable)
-            self._on_readable()
+        if self._sock is not None:
+            self._sock.resume()
 
-    # -- the socket, on the event loop -----------------------------------
-    def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
-        assert self._loop is not None
-        if threading.get_ident() == self._loop_thread:
-            fn(*args)
-        else:
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._call_in_loop(self._add_reader, sock)
-
-    def _add_reader(self, sock: Any) -> None:
-        assert self._loop is not None
-        if not self._paused:
-            self._loop.add_reader(sock, self._on_readable)
-
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._call_in_loop(self._remove_socket, sock)
-
-    def _remove_socket(self, sock: Any) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(sock)
-        with contextlib.suppress(Exception):
-            self._loop.remove_writer(sock)
-        self._mark_lost()
-
-    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._call_in_loop(self._add_writer, sock)
-
-    def _add_writer(self, sock: Any) -> None:
-        assert self._loop is not None
-        fd: Any = sock  # the paho socket, or a stale one from a closed connection
-        if self._client.socket() is fd:
-            self._loop.add_writer(sock, self._client.loop_write)
-
-    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any,
-                                    sock: Any) -> None:
-        self._call_in_loop(self._remove_writer, sock)
-
-    def _remove_writer(self, sock: Any) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(Exception):
-            self._loop.remove_writer(sock)
-
-    def _on_readable(self) -> None:
-        # loop_read reads one packet (the source publishes nothing with QoS
-        # > 0) and answers SUCCESS for an empty socket too: a read that
-        # brought no PUBLISH ends the burst, and the loop calls again while
-        # the socket stays readable. TLS may hold decrypted bytes the socket
-        # no longer shows: those are read on.
-        client = self._client
-        for _ in range(_READ_BURST):
-            sock = client.socket()
-            if sock is None or self._paused:
-                break
-            before = self._publishes
-            if client.loop_read() != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                break  # paho closed the connection and said why (on_disconnect)
-            if self._publishes == before and not _tls_pending(sock):
-                break
-        else:
-            sock = client.socket()
-            if sock is not None and _tls_pending(sock) and self._loop is not None:
-                self._loop.call_soon(self._on_readable)
+    def _deliver(self) -> None:
         if self._pending:
             items, self._pending = self._pending, []
             self._on_messages(items)
@@ -396,7 +295,3 @@ class MqttSource:
             msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain), ctype,
             int(time.time() * 1000), time.monotonic(), self._generation, bool(msg.dup)))
 
-
-def _tls_pending(sock: Any) -> bool:
-    """Decrypted bytes TLS holds that the socket's readiness does not show."""
-    return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0

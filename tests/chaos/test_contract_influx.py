@@ -5,7 +5,7 @@ in the compact encoding, status), mostly well formed but with hostile
 values anywhere: NaN, infinities, 1e999, integers past int64, -0,
 subnormals, huge and odd strings (U+2028, NUL, quotes, backslashes, lone
 surrogates, invalid UTF-8), deep nesting. Each goes through the edge's real
-conversion (``Ingestor.handle``, which validates with the contract and
+conversion (``Validator.validate``, which validates with the contract and
 builds the line protocol) and the lines are written to the real InfluxDB
 1.6.7: none may be refused (400), readings, statuses and dead letters
 alike, and handling never raises.
@@ -27,8 +27,8 @@ from hypothesis import strategies as st
 
 from farmedge.contract import COMPACT, KINDS, MAX_EPOCH_MS
 from farmedge.contract.compact import MAGIC, SHARED_DICTIONARY
-from farmedge.edge.ingest import Batch, Ingestor
 from farmedge.edge.settings import IngestSection
+from farmedge.edge.validate import Validator
 from farmedge.transport.mqtt import Inbound
 from farmedge_dev.devservers import InfluxServer
 
@@ -299,16 +299,16 @@ def _write(influxdb: InfluxServer, db: str, lines: list[str]) -> tuple[int, str]
 
 def _handle_and_write(influxdb: InfluxServer, db: str, topic: str, payload: bytes,
                       content_type: str | None, received_ms: int) -> None:
-    ingestor = Ingestor(IngestSection(), instance="edge-prop")
-    batch = Batch()
+    validator = Validator(IngestSection(), instance="edge-prop")
     msg = Inbound(topic=topic, payload=payload, mid=1, qos=1, retain=False,
                   content_type=content_type, received_ms=received_ms,
                   received_mono=time.monotonic(), generation=1)
-    ingestor.handle(msg, batch)  # must never raise
-    assert batch.messages == [msg]
-    accepted = [ln for ln in batch.lines if not ln.startswith("ingest_errors")]
-    dead = [ln for ln in batch.lines if ln.startswith("ingest_errors")]
-    assert len(accepted) + len(dead) == len(batch.lines)
+    v = validator.validate(msg)  # must never raise
+    assert v.msg is msg
+    accepted = [*v.lines, *v.points]
+    dead = [validator.dead_letter_line(r) for r in v.rejected]
+    assert not [ln for ln in accepted if ln.startswith("ingest_errors")]
+    assert all(ln.startswith("ingest_errors,") for ln in dead)
     if accepted:
         status_code, error = _write(influxdb, db, accepted)
         assert status_code == 204, f"InfluxDB refused what the contract accepted: " \

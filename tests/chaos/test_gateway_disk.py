@@ -6,7 +6,6 @@ delivered or counted, exactly."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Iterator
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from farmedge.contract import GatewayStatus
+from farmedge.contract import GatewayStatus, encode_status
 from farmedge.gateway.drivers import Sample
 from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
 from tests.disks import fill_disk, small_tmpfs
@@ -159,10 +158,8 @@ def test_the_edge_stores_outbox_full_and_its_clearing(
     try:
         pub = Publisher(mosquitto.url)
         for full in (True, False):
-            st: dict[str, object] = {"v": 1, "gateway": "gw-1", "online": True, "dropped": 7}
-            if full:
-                st["outbox_full"] = True
-            pub.publish(f"farm/v1/{county}/f/gw-1/status", json.dumps(st).encode())
+            pub.publish(f"farm/v1/{county}/f/gw-1/status",
+                        encode_status(gateway="gw-1", online=True, dropped=7, outbox_full=full))
         pub.close()
 
         def rows() -> list[object]:

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import structlog
 
-from farmedge.edge.ingest import Batch, Ingestor
-from farmedge.edge.service import EdgeService
+from farmedge.edge.app import EdgeService
+from farmedge.edge.validate import Validator, Verdict
 from farmedge.records import Accepted, AcceptedReading, StatusEvent
 from farmedge.transport.mqtt import Inbound
 from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
@@ -38,14 +38,15 @@ def _dead_letters(influxdb: InfluxServer, db: str) -> list[list[object]]:
     return list(series[0]["values"]) if series else []
 
 
-class _BuggyIngestor(Ingestor):
+class _BuggyValidator(Validator):
     """Fails on every message that holds a sensor named ``boom``, after it has
-    already added that message's lines to the batch."""
+    already made that message's lines."""
 
-    def handle(self, msg: Inbound, batch: Batch) -> None:
-        super().handle(msg, batch)
+    def validate(self, msg: Inbound) -> Verdict:
+        v = super().validate(msg)
         if b'"boom' in msg.payload:
             raise KeyError("boom")
+        return v
 
 
 class _BuggyObserver:
@@ -78,8 +79,8 @@ async def test_a_failing_handler_or_observer_is_contained_to_its_message(
     constructor); the servers are real."""
     s = edge_settings(mosquitto.url, influxdb.url, influx_db, county, tmp_path)
     recorder = _Recorder()
-    ingestor = _BuggyIngestor(s.ingest, keep_readings=True)
-    svc = EdgeService(s, observers=[_BuggyObserver(), recorder], ingestor=ingestor)
+    validator = _BuggyValidator(s.ingest, keep_readings=True)
+    svc = EdgeService(s, observers=[_BuggyObserver(), recorder], validator=validator)
     stop = asyncio.Event()
     with structlog.testing.capture_logs() as logs:
         task = asyncio.create_task(svc.run(stop))

@@ -21,7 +21,7 @@ from farmedge.alerts import (
     load_rules,
 )
 from farmedge.contract.topics import status_topic, telemetry_topic
-from farmedge.edge.service import EdgeService, build_observers
+from farmedge.edge.app import EdgeService, build_observers
 from farmedge.edge.settings import EdgeSettings
 from farmedge.registry import Contact, Farm, GatewayEntry, Plot, Registry, SensorMeta
 from farmedge_dev.devservers import InfluxServer, MosquittoServer

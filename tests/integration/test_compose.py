@@ -452,7 +452,7 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
         assert gw.publish("farm/v1/suihua/wang-12/gw-0007/telemetry", payload) in {0, 16}
         gw.close()
         rows = eventually(lambda: query(influx.url, 'SELECT "moisture", "plot" FROM "soil"',
-                                        GRAFANA_USER), what="the reading stored")
+                                        GRAFANA_USER), timeout=60, what="the reading stored")
         assert rows[0]["values"] == [[ts, 23.4, "field-3"]]
     finally:
         if proc is not None:

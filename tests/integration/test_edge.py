@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from farmedge.contract import is_valid_id
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.edgeproc import EdgeProcess, edge_process
-from tests.support import Publisher, count, eventually, make_payload
+from tests.support import Publisher, count, eventually, make_payload, raw_payload
 
 pytestmark = pytest.mark.servers
 
@@ -164,7 +164,9 @@ def test_hostile_ids_and_payloads_never_crash_or_inject(
             return  # a different topic depth: not subscribed, never reaches the edge
         topic = f"farm/v1/{county}/{farm}/{gateway}/telemetry"
         r = {"sensor": sensor, "kind": "air_humidity", "ts": NOW, "value": 50.0, "unit": "%RH"}
-        pub.publish(topic, make_payload(gateway, 1, [r]))
+        # The gateway id may be hostile: written by hand, as a hostile
+        # firmware would, since the encoder refuses to build it.
+        pub.publish(topic, raw_payload(gateway, 1, [r]))
         if is_valid_id(farm) and is_valid_id(gateway) and is_valid_id(sensor):
             expected_ok.append((farm, gateway, sensor))
         else:

@@ -23,14 +23,14 @@ import pytest
 from aiohttp import web
 from pydantic import SecretStr
 
-from farmedge.edge.service import EdgeService
+from farmedge.edge.app import EdgeService
 from farmedge.edge.settings import (
     EdgeSettings,
     HttpSection,
     InfluxSection,
     MqttSection,
 )
-from farmedge_dev.devservers import MosquittoServer
+from farmedge_dev.devservers import MosquittoServer, free_port
 from tests.support import Publisher, make_payload
 
 pytestmark = pytest.mark.servers
@@ -90,9 +90,8 @@ async def fake_influx() -> AsyncIterator[FakeInfluxV2]:
     app.router.add_get("/ping", _ping)
     runner = web.AppRunner(app)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
     fake.url = f"http://127.0.0.1:{port}"
     yield fake
     await runner.cleanup()

@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from farmedge import dashboards as gen
+from farmedge.contract import encode_status
+from farmedge.provision import dashboards as gen
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.edgeproc import EdgeProcess
 from tests.grafana_support import Selection, expand
@@ -63,12 +64,12 @@ farms:
 
 
 def _status(gateway: str, online: bool = True, **extra: Any) -> bytes:
-    doc: dict[str, Any] = {"v": 1, "gateway": gateway, "online": online}
+    doc: dict[str, Any] = {}
     if online:
         doc.update(ts=int(time.time() * 1000), uptime_s=100.0, version="0.1.0",
                    clock="synced", outbox_depth=0, outbox_oldest_age_s=0.0, dropped=0)
         doc.update(extra)
-    return json.dumps(doc).encode()
+    return encode_status(gateway=gateway, online=online, **doc)
 
 
 def _query(url: str, db: str, q: str) -> list[dict[str, Any]]:

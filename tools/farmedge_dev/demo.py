@@ -340,17 +340,17 @@ class Demo:
         return influx_query(self._influx_url, q, DATABASE)
 
     def snapshot(self) -> Snapshot:
-        from farmedge.contract import KINDS
+        from farmedge.storage.schema import KIND_POINTS
 
         snap = Snapshot()
         since = f"time > {self._started_ms - 3_600_000}ms"
-        measurements = sorted({k.measurement for k in KINDS.values()})
+        measurements = sorted({p.measurement for p in KIND_POINTS.values()})
         q = f"SELECT count(*) FROM {', '.join(_q(m) for m in measurements)} WHERE {since}"
         for s in self._query(q):
             values = s.get("values") or [[0]]
             snap.stored += sum(int(v) for v in values[0][1:] if v)
         for _label, kind in _COLUMNS:
-            k = KINDS[kind]
+            k = KIND_POINTS[kind]
             q = (f"SELECT last({_q(k.field)}) FROM {_q(k.measurement)} WHERE {since} "
                  'GROUP BY "farm"')
             for s in self._query(q):

@@ -23,7 +23,6 @@ simulated gateways; real gateway agents each use their own.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import signal
@@ -37,7 +36,7 @@ from datetime import datetime
 from typing import Any
 
 from farmedge.backoff import Backoff
-from farmedge.contract import MAX_READINGS
+from farmedge.contract import MAX_READINGS, encode_json
 from farmedge.logs import get_logger
 from farmedge.simdata import GatewaySim, SimReading, make_farms
 from farmedge.transport.broker import parse_broker_url
@@ -78,12 +77,13 @@ class SimMessage:
 
 def encode_message(gateway: str, seq: int, readings: list[SimReading] | tuple[SimReading, ...],
                    *, sent: int | None = None, clock: str = "synced") -> bytes:
-    """A JSON telemetry payload of wire contract v1."""
+    """A JSON telemetry payload of wire contract v1, built by the contract's
+    encoder (its injected faults are readings the edge rejects one by one:
+    well-formed, out of range or in a wrong unit)."""
     if sent is None:
         sent = int(time.time() * 1000)
-    doc = {"v": 1, "gateway": gateway, "seq": seq, "sent": sent, "clock": clock,
-           "readings": [r.to_wire() for r in readings]}
-    return json.dumps(doc, ensure_ascii=False, separators=(",", ":")).encode()
+    return encode_json(gateway=gateway, seq=seq, sent=sent, clock=clock,
+                       readings=[r.to_wire() for r in readings])
 
 
 class GatewayStream:

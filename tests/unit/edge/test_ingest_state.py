@@ -1,6 +1,6 @@
-"""The ingestor's memory across restarts (farmedge/edge/state.py), through
-the real conversion (``Ingestor.handle``) and a real SQLite file: a new
-Ingestor on the same file is an edge restarted. The end-to-end cases, with
+"""The validator's memory across restarts (farmedge/edge/state.py), through
+the real conversion (``Validator.validate``) and a real SQLite file: a new
+Validator on the same file is an edge restarted. The end-to-end cases, with
 the edge as a process and the real servers, are in
 tests/chaos/test_ingestion.py."""
 
@@ -11,9 +11,9 @@ import json
 import time
 from pathlib import Path
 
-from farmedge.edge.ingest import Batch, Ingestor
 from farmedge.edge.settings import IngestSection
 from farmedge.edge.state import IngestState
+from farmedge.edge.validate import Validator
 from farmedge.registry import Registry
 from farmedge.transport.mqtt import Inbound
 from tests.support import make_payload
@@ -27,15 +27,15 @@ def _msg(payload: bytes, *, topic: str = TOPIC, received: int = NOW, gen: int = 
     return Inbound(topic, payload, 1, 1, retain, None, received, time.monotonic(), gen, dup)
 
 
-def _edge(path: Path, registry: Registry | None = None, **kw: int) -> Ingestor:
-    return Ingestor(IngestSection(**kw), registry=registry, state=IngestState(path))
+def _edge(path: Path, registry: Registry | None = None, **kw: int) -> Validator:
+    return Validator(IngestSection(**kw), registry=registry, state=IngestState(path))
 
 
-def _lines(ing: Ingestor, msg: Inbound) -> list[str]:
-    b = Batch()
-    ing.handle(msg, b)
+def _lines(ing: Validator, msg: Inbound) -> list[str]:
+    """Every line the message became: readings, other points, dead letters."""
+    v = ing.validate(msg)
     ing.state.flush()
-    return b.lines
+    return [*v.lines, *v.points, *(ing.dead_letter_line(r) for r in v.rejected)]
 
 
 def _unsynced(seq: int, sent: int) -> bytes:

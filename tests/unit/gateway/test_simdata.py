@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import itertools
-import json
 import statistics
 
-from farmedge.contract import KINDS, parse_telemetry
+from farmedge.contract import KINDS, encode_json, parse_telemetry
 from farmedge.simdata import BAD_KINDS, DEFAULT_CHANNELS, SensorSim, make_farms
 
 HOUR = 3_600_000
@@ -16,8 +15,7 @@ JULY = 1_782_835_200_000
 
 
 def _payload(readings: list[dict[str, object]]) -> bytes:
-    return json.dumps({"v": 1, "gateway": "gw-1", "seq": 1, "sent": JULY, "clock": "synced",
-                       "readings": readings}).encode()
+    return encode_json(gateway="gw-1", seq=1, sent=JULY, clock="synced", readings=readings)
 
 
 def test_same_seed_same_values_in_any_order() -> None:

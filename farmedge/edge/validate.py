@@ -1,10 +1,18 @@
-"""From one MQTT message to InfluxDB lines: validate against the contract,
+"""From one MQTT message to typed records: validate against the contract,
 check topic, payload and registry against each other, map readings to
-points, and record everything rejected in the dead-letter measurement
-``ingest_errors`` with its reason, topic and a bounded excerpt.
+line-protocol lines, and describe everything rejected as a
+:class:`Rejected` record (reason, detail, topic, ids, index, a bounded
+excerpt), which :func:`dead_letter_line` turns into a line of the dead-letter
+measurement ``ingest_errors`` (the one place that does).
 
-CPU work on in-memory state: the service feeds it messages and takes the
-lines. What must survive a restart (ids known per gateway, how unsynced
+:meth:`Validator.validate` takes one :class:`Inbound` and returns one
+:class:`Verdict`: the message's reading lines, its other points (gateway
+status, sequence gaps), its :class:`Rejected` records, and the
+:class:`~farmedge.records.Accepted` / :class:`~farmedge.records.StatusEvent`
+the stages get once the lines are durable. It never touches a batch: the
+batcher (batcher.py) merges verdicts into the one open out.
+
+CPU work on in-memory state. What must survive a restart (ids known per gateway, how unsynced
 clocks were placed, the last status per gateway) lives in
 :class:`~farmedge.edge.state.IngestState`, read from dicts and written only
 when something new is learnt.
@@ -29,28 +37,26 @@ from farmedge.contract import (
     NormalizedReading,
     Quality,
     TopicError,
-    excerpt,
     is_valid_id,
     parse_gateway_topic,
     parse_status,
     parse_telemetry,
 )
-from farmedge.logs import Throttle, get_logger
+from farmedge.logs import get_logger
 from farmedge.records import Accepted, StatusEvent
 from farmedge.registry import GatewayEntry, Registry, SensorMeta
-from farmedge.storage.lineproto import escape_tag, field_str, float_field
+from farmedge.storage.lineproto import field_str, float_field, series_key
+from farmedge.storage.schema import KIND_POINTS, GatewayField, Measurement, Tag
 from farmedge.transport.mqtt import Inbound
 
+from .deadletter import DEAD_LETTER_SLOTS, DeadLetters, Rejected, dead_letter_line
 from .settings import IngestSection
 from .state import ClockSegment, IngestState
 
-__all__ = ["Batch", "Ingestor"]
+__all__ = ["DEAD_LETTER_SLOTS", "IngestCounters", "Rejected", "Validator", "Verdict",
+           "dead_letter_line"]
 
 _EMPTY_META = SensorMeta()
-
-#: Dead letters of one reason written in the same millisecond get distinct
-#: ``slot`` tags 0..DEAD_LETTER_SLOTS-1 (docs/storage.md).
-DEAD_LETTER_SLOTS = 100
 
 # Unsynced clocks (docs/protocol.md, "Clock"): a message that would place its
 # readings this much later than the gateway's current offset says so (the
@@ -62,21 +68,22 @@ _CLOCK_KEEP_MS = 60_000
 _BACKLOG_SLACK_MS = 10_000
 
 
-def _bounded(text: str, limit: int) -> str:
-    """At most ``limit`` printable characters (excerpt's escaping otherwise)."""
-    return text if len(text) <= limit and text.isprintable() else excerpt(text, limit)
-
-
 @dataclass(slots=True)
-class Batch:
-    """Lines waiting to be written, and the messages they acknowledge."""
+class Verdict:
+    """What one message became."""
 
+    msg: Inbound
+    #: Line-protocol lines of its accepted readings.
     lines: list[str] = field(default_factory=list)
-    messages: list[Inbound] = field(default_factory=list)
-    accepted: list[Accepted] = field(default_factory=list)
-    statuses: list[StatusEvent] = field(default_factory=list)
+    #: Its other points (the gateway's status, a sequence gap).
+    points: list[str] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    #: Its accepted readings, for the stages (None when there are none, or
+    #: no stage wants them).
+    accepted: Accepted | None = None
+    status: StatusEvent | None = None
+    #: Readings the message held (accepted or not).
     n_readings: int = 0
-    created_mono: float = field(default_factory=time.monotonic)
 
 
 @dataclass(slots=True)
@@ -98,7 +105,10 @@ class IngestCounters:
 
 
 
-class Ingestor:
+class Validator:
+    """Turns each :class:`Inbound` into a :class:`Verdict`. ``now_ms`` is the
+    clock (injected by tests); ``state`` what must survive a restart."""
+
     def __init__(self, settings: IngestSection, *, registry: Registry | None = None,
                  instance: str = "edge-1", keep_readings: bool = False,
                  now_ms: Callable[[], int] | None = None,
@@ -107,22 +117,31 @@ class Ingestor:
         self._registry = registry
         self._index = registry.index() if registry is not None else None
         self._instance = instance
-        self._edge_tag = escape_tag(excerpt(instance, 64))
-        self.keep_readings = keep_readings
+        self._keep = keep_readings
         self._now_ms = now_ms or (lambda: int(time.time() * 1000))
         self.state = state if state is not None else IngestState(None)
         self._gateways: dict[tuple[str, str, str], _GatewayState] = {}
-        self._prefix_cache: dict[tuple[str, ...], str] = {}
-        self._err_ms = 0
-        self._err_slot = 0
+        self._prefix_cache: dict[tuple[str, ...], tuple[str, str]] = {}
         self._generation = -1
         self._generation_first_ms = 0
-        #: The message being handled, and its digest (for its dead letters).
-        self._current: Inbound | None = None
-        self._current_digest: bytes | None = None
-        self._log = get_logger("farmedge.edge.ingest")
-        self._throttle = Throttle()
+        self._log = get_logger("farmedge.edge.validate")
         self.counters = IngestCounters()
+        self.dead = DeadLetters(instance=instance, counters=self.counters.rejected,
+                                now_ms=self._now_ms, state=self.state)
+        #: One :class:`Rejected` record (deadletter.DeadLetters.reject).
+        self.reject = self.dead.reject
+        self._statuses = _Statuses(settings, self.state, self.reject)
+        self._statuses.keep = keep_readings
+
+    @property
+    def keep_readings(self) -> bool:
+        """Hand Accepted and StatusEvent records on (a stage wants them)."""
+        return self._keep
+
+    @keep_readings.setter
+    def keep_readings(self, keep: bool) -> None:
+        self._keep = keep
+        self._statuses.keep = keep
 
     def _gateway_state(self, key: tuple[str, str, str],
                        entry: GatewayEntry | None) -> _GatewayState:
@@ -140,85 +159,36 @@ class Ingestor:
         self._gateways[key] = state
         return state
 
-    # -- dead letters ------------------------------------------------------
-    def _error_ts(self) -> tuple[int, int]:
-        """(ms, slot), unique per edge instance: the clock's millisecond and a
-        counter within it. Only past DEAD_LETTER_SLOTS dead letters in one
-        millisecond (100,000/s, more than the edge can handle) does the
-        time run ahead of the clock."""
-        now = self._now_ms()
-        if now > self._err_ms:
-            self._err_ms, self._err_slot = now, 0
-        else:
-            self._err_slot += 1
-            if self._err_slot >= DEAD_LETTER_SLOTS:
-                self._err_ms, self._err_slot = self._err_ms + 1, 0
-        return self._err_ms, self._err_slot
+    # -- dead letters (deadletter.py) --------------------------------------
+    @property
+    def edge_tag(self) -> str:
+        return self.dead.edge_tag
 
-    def _dead_letter_time(self, reason: str, index: int | None) -> tuple[int, int]:
-        """Time and slot of a dead letter of the message being handled: the
-        same as the first time when the broker delivers the message again
-        (DUP flag, after the edge was killed before acknowledging it), new
-        otherwise (a sender may well send the same bad message twice)."""
-        msg = self._current
-        if msg is None:
-            return self._error_ts()
-        if self._current_digest is None:
-            h = hashlib.blake2b(msg.topic.encode("utf-8", "replace"), digest_size=16)
-            h.update(b"\0")
-            h.update(msg.payload)
-            self._current_digest = h.digest()
-        digest = hashlib.blake2b(self._current_digest + f"{reason}/{index}".encode(),
-                                 digest_size=16).digest()
-        if msg.dup:
-            seen = self.state.dead_letter_time(digest)
-            if seen is not None:
-                return seen
-        ms, slot = self._error_ts()
-        self.state.save_dead_letter(digest, ms, slot)
-        return ms, slot
+    def dead_letter_line(self, rej: Rejected) -> str:
+        return dead_letter_line(rej, self.dead.edge_tag)
 
-    def dead_letter(self, batch: Batch, *, topic: str, reason: str, detail: str,
-                    raw: object, key: tuple[str, str, str] | None = None,
-                    index: int | None = None) -> None:
-        """Record one rejected message or reading in ``ingest_errors``.
+    def refused(self, line: str, status: int, error: str) -> Rejected:
+        """A line InfluxDB refused (400): reason ``influx_rejected``."""
+        return self.dead.refused(line, status, error)
 
-        The schema is bounded so that InfluxDB cannot refuse it (series and
-        tag-value limits, docs/storage.md): tags are the reason, the edge
-        instance and a slot (at most DEAD_LETTER_SLOTS values); everything a
-        sender chooses (topic, ids, payload) goes into bounded string fields.
-        """
-        county, farm, gateway = key if key is not None else (None, None, None)
-        c = self.counters
-        c.rejected[reason] = c.rejected.get(reason, 0) + 1
-        ms, slot = self._dead_letter_time(reason, index)
-        tags = f",edge={self._edge_tag},reason={escape_tag(_bounded(reason, 64))},slot={slot}"
-        fields = (f"county={field_str(_bounded(county or '_', 64))},"
-                  f"farm={field_str(_bounded(farm or '_', 64))},"
-                  f"gateway={field_str(_bounded(gateway or '_', 64))},"
-                  f"topic={field_str(_bounded(topic, 300))},"
-                  f"detail={field_str(_bounded(detail, 500))},"
-                  f"excerpt={field_str(excerpt(raw))},count=1i")
-        if index is not None:
-            fields += f",reading_index={index}i"
-        batch.lines.append(f"ingest_errors{tags} {fields} {ms}")
-        suppressed = self._throttle.allow((reason, gateway or topic[:100]))
-        if suppressed is not None:
-            self._log.warning("ingest.rejected", reason=reason, detail=detail[:300],
-                              topic=excerpt(topic, 200), gateway=gateway, index=index,
-                              suppressed_since_last=suppressed)
+    def internal(self, msg: Inbound, exc: Exception) -> Rejected:
+        """Validating ``msg`` raised: its ``internal`` dead letter."""
+        return self.dead.internal(msg, exc)
 
     # -- messages ----------------------------------------------------------
-    def handle(self, msg: Inbound, batch: Batch) -> None:
-        self._current, self._current_digest = msg, None
+    def validate(self, msg: Inbound) -> Verdict:
+        """The message's verdict. May raise on a bug (the batcher contains
+        it: the message then becomes an ``internal`` dead letter)."""
+        v = Verdict(msg)
+        self.dead.begin(msg)
         try:
-            self._handle(msg, batch)
+            self._validate(msg, v)
         finally:
-            self._current = None
+            self.dead.end()
+        return v
 
-    def _handle(self, msg: Inbound, batch: Batch) -> None:
+    def _validate(self, msg: Inbound, out: Verdict) -> None:
         self.counters.messages += 1
-        batch.messages.append(msg)
         if msg.generation != self._generation:
             # The first message on this broker connection: anything the
             # gateway sent before it may have waited at the broker.
@@ -229,17 +199,19 @@ class Ingestor:
         except TopicError as exc:
             levels = [x if is_valid_id(x) else "_" for x in msg.topic.split("/")[2:5]]
             levels += ["_"] * (3 - len(levels))
-            self.dead_letter(batch, topic=msg.topic, reason="bad_topic", detail=str(exc),
-                             raw=msg.payload, key=(levels[0], levels[1], levels[2]))
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason="bad_topic", detail=str(exc),
+                raw=msg.payload, key=(levels[0], levels[1], levels[2])))
             return
         key = (gt.county, gt.farm, gt.gateway)
         gw_meta = None
         if self._index is not None:
             entry = self._index.get(key)
             if entry is None:
-                self.dead_letter(batch, topic=msg.topic, reason="unknown_gateway",
-                                 detail="gateway is not in the registry", raw=msg.payload,
-                                 key=key)
+                out.rejected.append(self.reject(
+                    topic=msg.topic, reason="unknown_gateway",
+                    detail="gateway is not in the registry", raw=msg.payload,
+                    key=key))
                 return
             gw_meta = entry[1]
         elif key not in self._gateways:
@@ -249,26 +221,29 @@ class Ingestor:
         if state is None:
             state = self._gateway_state(key, gw_meta)
         if gt.channel == "status":
-            self._handle_status(msg, batch, key)
+            self._statuses.handle(msg, out, key)
             return
         try:
             parsed = parse_telemetry(msg.payload, content_type=msg.content_type)
         except MessageRejected as exc:
-            self.dead_letter(batch, topic=msg.topic, reason=exc.reason, detail=exc.detail,
-                             raw=msg.payload, key=key)
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason=exc.reason, detail=exc.detail,
+                raw=msg.payload, key=key))
             return
         env = parsed.envelope
         if env.gateway != gt.gateway:
-            self.dead_letter(batch, topic=msg.topic, reason="gateway_mismatch",
-                             detail=f"payload gateway {env.gateway!r} is not the topic's "
-                                    f"{gt.gateway!r}", raw=msg.payload, key=key)
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason="gateway_mismatch",
+                detail=f"payload gateway {env.gateway!r} is not the topic's "
+                f"{gt.gateway!r}", raw=msg.payload, key=key))
             return
         if not msg.retain:
             # A retained message is a replay of an old one, not news about seq.
-            self._track_seq(state, env.seq, batch, gt.county, gt.farm, gt.gateway, msg)
+            self._track_seq(state, env.seq, out, gt.county, gt.farm, gt.gateway, msg)
         for rej in parsed.rejected:
-            self.dead_letter(batch, topic=msg.topic, reason=rej.reason, detail=rej.detail,
-                             raw=rej.excerpt, index=rej.index, key=key)
+            out.rejected.append(self.reject(
+                topic=msg.topic, reason=rej.reason, detail=rej.detail,
+                raw=rej.excerpt, index=rej.index, key=key))
 
         now = msg.received_ms
         synced = env.clock is Clock.SYNCED
@@ -278,35 +253,35 @@ class Ingestor:
         sensors = gw_meta.sensors if gw_meta is not None else None
         listed_only = gw_meta is not None and gw_meta.only_listed_sensors
         known = state.known
-        lines = batch.lines
-        keep = self.keep_readings
+        lines = out.lines
+        keep = self._keep
         kept: list[NormalizedReading] = []
         for i, r in enumerate(parsed.readings):
             ts = r.ts_ms + offset
             if ts > max_ts:
-                self.dead_letter(batch, topic=msg.topic, reason="ts_in_future",
-                                 detail=f"ts {r.ts_ms} is {(ts - now) / 1000:.0f} s ahead of "
-                                        "the edge's clock", raw=r.sensor, index=i, key=key)
+                out.rejected.append(self.reject(
+                    topic=msg.topic, reason="ts_in_future",
+                    detail=f"ts {r.ts_ms} is {(ts - now) / 1000:.0f} s ahead of "
+                    "the edge's clock", raw=r.sensor, index=i, key=key))
                 continue
             if ts < min_ts:
-                self.dead_letter(batch, topic=msg.topic, reason="ts_implausible",
-                                 detail=f"ts {r.ts_ms} is before {min_ts} although the clock "
-                                        "is synced" if synced else
-                                        f"ts {r.ts_ms} placed on the edge's clock is {ts}, "
-                                        f"before {min_ts}", raw=r.sensor, index=i, key=key)
+                out.rejected.append(self.reject(
+                    topic=msg.topic, reason="ts_implausible",
+                    detail=f"ts {r.ts_ms} is before {min_ts} although the clock "
+                    "is synced" if synced else
+                    f"ts {r.ts_ms} placed on the edge's clock is {ts}, "
+                    f"before {min_ts}", raw=r.sensor, index=i, key=key))
                 continue
             meta = sensors.get(r.sensor, _EMPTY_META) if sensors is not None else _EMPTY_META
             animal = r.animal or meta.animal
             ident = (r.sensor, animal or "")
             if (listed_only or ident not in known) and not self._admit(
-                    batch, msg.topic, key, state, ident, listed_only, sensors, i):
+                    out, msg.topic, key, state, ident, listed_only, sensors, i):
                 continue
-            ck = (r.kind.measurement, gt.county, gt.farm, gt.gateway, r.sensor,
+            ck = (r.kind.name, gt.county, gt.farm, gt.gateway, r.sensor,
                   meta.plot or "", meta.crop or "", animal or "")
-            prefix = self._prefix_cache.get(ck)
-            if prefix is None:
-                prefix = self._prefix(ck)
-            fld = r.kind.field
+            cached = self._prefix_cache.get(ck)
+            prefix, fld = cached if cached is not None else self._prefix(ck)
             # r.value is a finite float (the contract guarantees it), and a
             # float's repr always reads as a float to InfluxDB ("20.0", "1e+16").
             if r.quality is Quality.OK and synced:
@@ -321,12 +296,12 @@ class Ingestor:
             if keep:
                 kept.append(r)
         if kept:
-            batch.accepted.append(Accepted(gt.county, gt.farm, gt.gateway, now, synced, offset,
-                                           kept, gw_meta))
-        batch.n_readings += len(parsed.readings)
+            out.accepted = Accepted(gt.county, gt.farm, gt.gateway, now, synced, offset,
+                                      kept, gw_meta)
+        out.n_readings += len(parsed.readings)
         self.counters.readings += len(parsed.readings)
 
-    def _admit(self, batch: Batch, topic: str, key: tuple[str, str, str], state: _GatewayState,
+    def _admit(self, out: Verdict, topic: str, key: tuple[str, str, str], state: _GatewayState,
                ident: tuple[str, str], listed_only: bool,
                sensors: dict[str, SensorMeta] | None, index: int) -> bool:
         """A sensor/animal id this gateway has not used before: known from now
@@ -335,19 +310,21 @@ class Ingestor:
         if listed_only and (sensors is None or sensor not in sensors):
             # Checked on every reading: ids learnt before the list was closed
             # are no longer known.
-            self.dead_letter(batch, topic=topic, reason="unknown_sensor",
-                             detail=f"sensor {sensor!r} is not listed for this gateway in the "
-                                    "registry", raw=sensor, index=index, key=key)
+            out.rejected.append(self.reject(
+                topic=topic, reason="unknown_sensor",
+                detail=f"sensor {sensor!r} is not listed for this gateway in the "
+                "registry", raw=sensor, index=index, key=key))
             return False
         if ident in state.known:
             return True
         if len(state.known) >= state.limit:
             what = f"sensor {sensor!r}" + (f" animal {animal!r}" if animal else "")
-            self.dead_letter(batch, topic=topic, reason="cardinality_budget",
-                             detail=f"{what} is new and the gateway already has "
-                                    f"{len(state.known)} ids ([ingest] max_ids_per_gateway = "
-                                    f"{self._s.max_ids_per_gateway})",
-                             raw=f"{sensor} {animal}".strip(), index=index, key=key)
+            out.rejected.append(self.reject(
+                topic=topic, reason="cardinality_budget",
+                detail=f"{what} is new and the gateway already has "
+                f"{len(state.known)} ids ([ingest] max_ids_per_gateway = "
+                f"{self._s.max_ids_per_gateway})",
+                raw=f"{sensor} {animal}".strip(), index=index, key=key))
             return False
         self.state.admit(key, ident, self._now_ms())
         return True
@@ -381,75 +358,104 @@ class Ingestor:
         self.state.save_segment(key, seg)
         return est
 
-    def _prefix(self, ck: tuple[str, ...]) -> str:
-        measurement, county, farm, gateway, sensor, plot, crop, animal = ck
-        p = (f"{measurement},county={escape_tag(county)},farm={escape_tag(farm)}"
-             f",gateway={escape_tag(gateway)},sensor={escape_tag(sensor)}")
-        # Tags in key order (InfluxDB sorts them anyway; sorted is cheaper).
-        extra = [("animal", animal), ("crop", crop), ("plot", plot)]
-        p += "".join(f",{k}={escape_tag(v)}" for k, v in extra if v)
+    def _prefix(self, ck: tuple[str, ...]) -> tuple[str, str]:
+        """(measurement and tags, field) of a reading's line (storage/schema.py)."""
+        kind, county, farm, gateway, sensor, plot, crop, animal = ck
+        where = KIND_POINTS[kind]
+        # The order the edge has always written them in (InfluxDB sorts them).
+        p = series_key(where.measurement, ((Tag.COUNTY, county), (Tag.FARM, farm),
+                                           (Tag.GATEWAY, gateway), (Tag.SENSOR, sensor),
+                                           (Tag.ANIMAL, animal), (Tag.CROP, crop),
+                                           (Tag.PLOT, plot)))
         if len(self._prefix_cache) > 200_000:
             self._prefix_cache.clear()
-        self._prefix_cache[ck] = p
-        return p
+        self._prefix_cache[ck] = (p, where.field)
+        return p, where.field
 
-    def _track_seq(self, state: _GatewayState, seq: int, batch: Batch, county: str,
+    def _track_seq(self, state: _GatewayState, seq: int, out: Verdict, county: str,
                    farm: str, gateway: str, msg: Inbound) -> None:
         last = state.last_seq
         state.last_seq = seq if last is None or seq > last or seq + 1000 < last else last
         if last is None or seq == last + 1:
             return
-        tags = f"gateway,county={escape_tag(county)},farm={escape_tag(farm)},gateway=" \
-               f"{escape_tag(gateway)}"
         if seq > last + 1:
             gap = seq - last - 1
             self.counters.seq_gaps += gap
-            batch.lines.append(f"{tags} seq_gap={gap}i {msg.received_ms}")
+            out.points.append(f"{_gateway_series(county, farm, gateway)} "
+                              f"{GatewayField.SEQ_GAP}={gap}i {msg.received_ms}")
         elif seq + 1000 < last:
             self._log.info("ingest.seq_restart", gateway=gateway, last=last, seq=seq)
         else:
             self.counters.seq_duplicates += 1
 
-    def _handle_status(self, msg: Inbound, batch: Batch, key: tuple[str, str, str]) -> None:
+
+#: Status fields stored as floats, and as integers (the GatewayStatus
+#: attributes of the same names).
+_FLOAT_STATUS = (GatewayField.UPTIME_S, GatewayField.OUTBOX_OLDEST_AGE_S,
+                 GatewayField.CPU_TEMPERATURE, GatewayField.DISK_FREE_MB)
+_INT_STATUS = (GatewayField.OUTBOX_DEPTH, GatewayField.DROPPED)
+
+
+def _gateway_series(county: str, farm: str, gateway: str) -> str:
+    return series_key(Measurement.GATEWAY, ((Tag.COUNTY, county), (Tag.FARM, farm),
+                                            (Tag.GATEWAY, gateway)))
+
+
+class _Statuses:
+    """A gateway's status message: its ``gateway`` point, stored at a time
+    that is the same whenever the same status is delivered again."""
+
+    def __init__(self, settings: IngestSection, state: IngestState,
+                 reject: Callable[..., Rejected]) -> None:
+        self._s = settings
+        self.state = state
+        self._reject = reject
+        #: Hand StatusEvent records on (the Validator's keep_readings).
+        self.keep = False
+
+    def handle(self, msg: Inbound, out: Verdict, key: tuple[str, str, str]) -> None:
         county, farm, gateway = key
         try:
             st = parse_status(msg.payload)
         except MessageRejected as exc:
-            self.dead_letter(batch, topic=msg.topic, reason=exc.reason, detail=exc.detail,
-                             raw=msg.payload, key=key)
+            out.rejected.append(self._reject(
+                topic=msg.topic, reason=exc.reason, detail=exc.detail,
+                raw=msg.payload, key=key))
             return
         if st.gateway != gateway:
-            self.dead_letter(batch, topic=msg.topic, reason="gateway_mismatch",
-                             detail=f"status gateway {st.gateway!r} is not the topic's "
-                                    f"{gateway!r}", raw=msg.payload, key=key)
+            out.rejected.append(self._reject(
+                topic=msg.topic, reason="gateway_mismatch",
+                detail=f"status gateway {st.gateway!r} is not the topic's "
+                f"{gateway!r}", raw=msg.payload, key=key))
             return
-        fields: dict[str, str] = {"online": "true" if st.online else "false"}
+        g = GatewayField
+        fields: dict[str, str] = {g.ONLINE: "true" if st.online else "false"}
         try:
-            for name in ("uptime_s", "outbox_oldest_age_s", "cpu_temperature", "disk_free_mb"):
+            for name in _FLOAT_STATUS:
                 v: Any = getattr(st, name)
                 if v is not None:
                     fields[name] = float_field(v)
         except ValueError as exc:
-            self.dead_letter(batch, topic=msg.topic, reason="bad_status", detail=str(exc),
-                             raw=msg.payload, key=key)
+            out.rejected.append(self._reject(
+                topic=msg.topic, reason="bad_status", detail=str(exc),
+                raw=msg.payload, key=key))
             return
-        for name in ("outbox_depth", "dropped"):
+        for name in _INT_STATUS:
             v = getattr(st, name)
             if v is not None:
                 fields[name] = f"{int(v)}i"
         if st.version is not None:
-            fields["version"] = field_str(st.version)
+            fields[g.VERSION] = field_str(st.version)
         if st.online:  # sent only while full: stored on every status, so it clears
-            fields["outbox_full"] = "true" if st.outbox_full else "false"
+            fields[g.OUTBOX_FULL] = "true" if st.outbox_full else "false"
         if st.clock is not None:
-            fields["clock"] = field_str(st.clock.value)
-            fields["clock_synced"] = "true" if st.clock is Clock.SYNCED else "false"
-        tags = (f"gateway,county={escape_tag(county)},farm={escape_tag(farm)}"
-                f",gateway={escape_tag(gateway)}")
+            fields[g.CLOCK] = field_str(st.clock.value)
+            fields[g.CLOCK_SYNCED] = "true" if st.clock is Clock.SYNCED else "false"
         ts = self._status_ts(key, st, msg)
-        batch.lines.append(f"{tags} {','.join(f'{k}={v}' for k, v in fields.items())} {ts}")
-        if self.keep_readings:
-            batch.statuses.append(StatusEvent(county, farm, gateway, st, msg.received_ms))
+        out.points.append(f"{_gateway_series(county, farm, gateway)} "
+                          f"{','.join(f'{k}={v}' for k, v in fields.items())} {ts}")
+        if self.keep:
+            out.status = StatusEvent(county, farm, gateway, st, msg.received_ms)
 
     def _status_ts(self, key: tuple[str, str, str], st: GatewayStatus, msg: Inbound) -> int:
         """A status is stored at its own ``ts`` when the gateway's clock is

@@ -1,0 +1,182 @@
+"""The outbox: one :class:`Delivery` per message, contact and URL, handed to
+the notifier when due, retried with a doubling backoff, held back by the
+per-scheme rate limits. Deliveries are kept in the state file (table
+``outbox``, the dataclass's fields as keys) until delivered or given up, so
+a restart neither loses nor repeats them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from farmedge.logs import get_logger
+
+from .errors import DeliveryFailed
+from .notify import Notifier, scheme_of
+from .record import AlertEvent
+from .settings import AlertsSettings
+from .store import Changes
+
+__all__ = ["Delivery", "Outbox"]
+
+log = get_logger("farmedge.alerts")
+
+
+@dataclass(slots=True)
+class Delivery:
+    """One message to one contact's URL. Field names are the state file's keys."""
+
+    id: str
+    due: float                  # not before (quiet hours, backoff, rate limit)
+    url: str
+    contact: str
+    lang: str
+    title: str
+    body: str
+    group: str
+    event: str                  # raise | worse | remind | escalate | clear
+    attempts: int
+    county: str
+    farm: str
+    rule: str | None
+    family: str
+    severity: str
+    scope: str
+    scope_id: str
+    count: int
+    value: float | None
+    created: float
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> Delivery:
+        names = cls.__dataclass_fields__
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+    def event_for(self, event: str, now: float, *, error: str = "",
+                  attempt: int = 0) -> AlertEvent:
+        """The delivery event (delivered, failed, held, suppressed, dropped)."""
+        return AlertEvent(
+            ts_ms=int(now * 1000), event=event, county=self.county, farm=self.farm,
+            rule=self.rule or "", family=self.family, severity=self.severity, scope=self.scope,
+            scope_id=self.scope_id, group=self.group, count=self.count, value=self.value,
+            text={self.lang: self.body}, contact=self.contact, channel=scheme_of(self.url),
+            attempt=attempt, error=error)
+
+
+class Outbox:
+    def __init__(self, *, notifier: Notifier, settings: AlertsSettings, changes: Changes,
+                 stats: dict[str, int], clock: Callable[[], float],
+                 publish: Callable[[AlertEvent], None], poke: Callable[[], None]) -> None:
+        self.notifier = notifier
+        self.settings = settings
+        self.changes = changes
+        self.stats = stats
+        self.clock = clock
+        self.publish = publish
+        self.poke = poke
+        self.items: dict[str, Delivery] = {}
+        self.inflight: dict[str, asyncio.Task[None]] = {}
+        self._sent_times: dict[str, deque[float]] = {}
+        self._next_id = 0
+        #: Called with (delivery, now) just before the notifier (benchmark hook).
+        self.on_dispatch: Callable[[Delivery, float], None] | None = None
+
+    def new_id(self, now: float) -> str:
+        self._next_id += 1
+        return f"{now:017.3f}-{self._next_id:08d}"
+
+    def load(self, rows: Mapping[str, Mapping[str, Any]]) -> None:
+        self.items = {k: Delivery.from_row(v) for k, v in rows.items()}
+        if self.items:
+            self._next_id = len(self.items)
+
+    def _put(self, d: Delivery) -> None:
+        self.items[d.id] = d
+        self.changes.outbox[d.id] = d
+
+    def _drop(self, did: str) -> Delivery | None:
+        self.changes.outbox[did] = None
+        return self.items.pop(did, None)
+
+    def add(self, d: Delivery, now: float) -> None:
+        self._put(d)
+        if d.due > now:
+            self.stats["held"] += 1
+            self.publish(d.event_for("held", now))
+
+    def drop_held(self, gkey: str, contact: str, url: str, now: float) -> bool:
+        """A clear for a raise still held (quiet hours): drop both."""
+        held = [k for k, d in self.items.items()
+                if d.group == gkey and d.contact == contact and d.url == url
+                and d.event in ("raise", "worse", "remind") and d.due > now
+                and k not in self.inflight]
+        for k in held:
+            d = self._drop(k)
+            assert d is not None
+            self.publish(d.event_for("dropped", now, error="cleared before quiet hours ended"))
+        return bool(held)
+
+    def dispatch(self, now: float) -> None:
+        """Hand every due delivery to the notifier (in its own task)."""
+        for did, d in sorted(self.items.items()):
+            if did in self.inflight or d.due > now:
+                continue
+            limit = self.settings.rate_limits.get(scheme_of(d.url))
+            if limit:
+                sent = self._sent_times.setdefault(d.url, deque())
+                while sent and sent[0] <= now - 60.0:
+                    sent.popleft()
+                if len(sent) >= limit:
+                    d.due = sent[0] + 60.0
+                    self.changes.outbox[did] = d
+                    continue
+                sent.append(now)
+            if self.on_dispatch is not None:
+                self.on_dispatch(d, now)
+            self.inflight[did] = asyncio.create_task(self._send(d))
+
+    async def _send(self, d: Delivery) -> None:
+        did = d.id
+        try:
+            await self.notifier.send(d.url, title=d.title, body=d.body)
+        except DeliveryFailed as exc:
+            now = self.clock()
+            d.attempts += 1
+            self.stats["failed"] += 1
+            self.publish(d.event_for("failed", now, error=str(exc), attempt=d.attempts))
+            if d.attempts >= self.settings.max_attempts:
+                log.warning("alerts.delivery_given_up", alert_event=d.event, contact=d.contact,
+                            attempts=d.attempts, error=str(exc))
+                self._drop(did)
+            else:
+                delay = min(self.settings.backoff_s * 2 ** (d.attempts - 1),
+                            self.settings.backoff_max_s)
+                d.due = now + delay
+                self.changes.outbox[did] = d
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("alerts.notifier_raised", contact=d.contact,
+                          channel=scheme_of(d.url))
+            d.due = self.clock() + self.settings.backoff_s
+            self.changes.outbox[did] = d
+        else:
+            now = self.clock()
+            self.stats["delivered"] += 1
+            d.attempts += 1
+            self.publish(d.event_for("delivered", now, attempt=d.attempts))
+            self._drop(did)
+        finally:
+            self.inflight.pop(did, None)
+            self.poke()
+
+    async def cancel(self) -> None:
+        """Cancel sends in flight (their deliveries stay in the outbox)."""
+        for t in list(self.inflight.values()):
+            t.cancel()
+        if self.inflight:
+            await asyncio.gather(*self.inflight.values(), return_exceptions=True)

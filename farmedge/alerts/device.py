@@ -1,0 +1,241 @@
+"""Device checks: gateway offline (last will, or silent past its intervals),
+sensor silent, flatline, out of range, clock unsynced and outbox backlog,
+from gateway status, from readings and from the engine's timers.
+
+When each gateway and sensor was last heard is kept here, per gateway, so
+the fast path marks a sensor with one dict store.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+
+from farmedge.records import StatusEvent
+
+from .context import Context, Contexts
+from .rules import BoundRule
+from .state import StateMachine, fmt
+
+__all__ = ["SILENCE_CHECK_S", "DeviceChecks"]
+
+SILENCE_CHECK_S = 10.0           # silence and offline checks at most this often (clock s)
+
+GKey = tuple[str, str, str]
+SensorKey = tuple[GKey, str]
+
+
+class DeviceChecks:
+    def __init__(self, contexts: Contexts, machine: StateMachine,
+                 stats: dict[str, int]) -> None:
+        self.contexts = contexts
+        self.machine = machine
+        self.stats = stats
+        self.gw_seen: dict[GKey, float] = {}
+        #: gateway -> sensor -> when last heard (engine clock)
+        self.sensor_seen: dict[GKey, dict[str, float]] = {}
+        #: gateways whose last will (online: false) is the latest status
+        self.gw_will: set[GKey] = set()
+        #: (gateway, sensor) -> flatline rules with a state
+        self.flat_states: dict[SensorKey, set[str]] = {}
+        #: (gateway, sensor) -> out_of_range rule -> times of bad readings
+        self.bad: dict[SensorKey, dict[str, deque[float]]] = {}
+        self.started = 0.0
+        self._last_silence_check = float("-inf")
+
+    def seen(self, gk: GKey) -> dict[str, float]:
+        s = self.sensor_seen.get(gk)
+        if s is None:
+            s = self.sensor_seen[gk] = {}
+        return s
+
+    # ------------------------------------------------------------ on readings
+
+    def flatline(self, br: BoundRule, pr: dict[str, float], ctx: Context, kind: str,
+                 value: float, ts: float, now: float) -> None:
+        st = ctx.flat.setdefault((kind, br.key), [math.inf, 0.0])
+        sk = ((ctx.county, ctx.farm, ctx.gateway), ctx.sensor)
+        eid = f"{ctx.gateway}/{ctx.sensor}"
+        if abs(value - st[0]) > pr.get("tolerance", 0.0):
+            st[0] = value
+            st[1] = ts * 1000.0
+            rules = self.flat_states.get(sk)
+            if rules is not None and br.key in rules:
+                rules.discard(br.key)
+                if not rules:
+                    del self.flat_states[sk]
+                self.machine.observe_if_present(br, ctx, "sensor", eid, now)
+            return
+        held = ts - st[1] / 1000.0
+        if held >= (br.rule.window or 43200.0):
+            self.flat_states.setdefault(sk, set()).add(br.key)
+            self.machine.observe(br, pr, ctx, "sensor", eid, True, False, value,
+                                 {"hours": str(round(held / 3600)), "reading": fmt(value, 1)},
+                                 now, decimals=1)
+
+    def out_of_range(self, br: BoundRule, pr: dict[str, float], ctx: Context, kind: str,
+                     value: float, quality: str, now: float) -> None:
+        rule = br.rule
+        bad = quality == "error"
+        rng = rule.plausible.get(kind)
+        if rng is not None and not (rng[0] <= value <= rng[1]):
+            bad = True
+        gk = (ctx.county, ctx.farm, ctx.gateway)
+        sk = (gk, ctx.sensor)
+        qs = self.bad.get(sk)
+        q = qs.get(br.key) if qs is not None else None
+        if q is None:
+            if not bad:
+                return
+            if qs is None:
+                qs = self.bad[sk] = {}
+            q = qs[br.key] = deque()
+        eid = f"{ctx.gateway}/{ctx.sensor}"
+        if bad:
+            q.append(now)
+            self.machine.flags.flag_sensor(gk, ctx.sensor)
+        while q and q[0] < now - (rule.window or 3600.0):
+            q.popleft()
+        if bad and len(q) >= pr.get("count", 3):
+            self.machine.observe(br, pr, ctx, "sensor", eid, True, False, value,
+                                 {"reading": fmt(value, 1)}, now, decimals=1)
+        elif not q:
+            assert qs is not None
+            del qs[br.key]
+            if not qs:
+                del self.bad[sk]
+            self.machine.observe_if_present(br, ctx, "sensor", eid, now)
+
+    def device_clear(self, ctx: Context, clock_ok: bool, now: float) -> None:
+        """A reading from a flagged gateway or sensor (or with an unsynced
+        clock): the gateway is up, the sensor speaks."""
+        sm = self.machine
+        gk = (ctx.county, ctx.farm, ctx.gateway)
+        found = False
+        for br, pr in ctx.status:
+            chk = br.rule.check
+            if chk == "gateway_offline" and gk not in self.gw_will:
+                if sm.observe_if_present(br, ctx, "gateway", ctx.gateway, now):
+                    found = True
+                    self.refresh_sensors(gk, now)
+            elif chk == "sensor_silent":
+                found |= sm.observe_if_present(br, ctx, "sensor",
+                                               f"{ctx.gateway}/{ctx.sensor}", now)
+            elif chk == "clock_unsynced":
+                if not clock_ok:
+                    found = True
+                    sm.observe(br, pr, ctx, "gateway", ctx.gateway, True, False, 0.0, {}, now)
+                else:
+                    found |= sm.observe_if_present(br, ctx, "gateway", ctx.gateway, now)
+        sk = (gk, ctx.sensor)
+        if not found and sk not in self.flat_states and sk not in self.bad:
+            sm.flags.clear(gk, ctx.sensor)
+
+    # ------------------------------------------------------------ status and timers
+
+    def status(self, ev: StatusEvent, now: float) -> None:
+        sm = self.machine
+        self.stats["status"] += 1
+        gk = (ev.county, ev.farm, ev.gateway)
+        prev = max([self.gw_seen.get(gk, self.started), *self.seen(gk).values()])
+        ctx = self.contexts.get(ev.county, ev.farm, ev.gateway, "")
+        st = ev.status
+        if st.online:
+            self.gw_seen[gk] = now
+            was_down = gk in self.gw_will
+            self.gw_will.discard(gk)
+        else:
+            self.gw_will.add(gk)
+            was_down = False
+        for br, pr in ctx.status:
+            rule = br.rule
+            if rule.check == "gateway_offline":
+                if st.online:
+                    if sm.observe_if_present(br, ctx, "gateway", ev.gateway, now) or was_down:
+                        self.refresh_sensors(gk, now)
+                else:
+                    mins = max(1, math.ceil((now - prev) / 60))
+                    sm.observe(br, pr, ctx, "gateway", ev.gateway, True, False, mins,
+                               {"minutes": str(mins)}, now)
+            elif rule.check == "clock_unsynced" and st.clock is not None and st.online:
+                key = sm.key(br, ctx, "gateway", ev.gateway)
+                held = sm.states[key].since if key in sm.states else now
+                mins = max(1, math.ceil((now - held) / 60))
+                unsynced = st.clock == "unsynced"
+                sm.observe(br, pr, ctx, "gateway", ev.gateway, unsynced, not unsynced, mins,
+                           {"minutes": str(mins)}, now)
+            elif rule.check == "outbox_backlog" and st.outbox_oldest_age_s is not None:
+                hours = st.outbox_oldest_age_s / 3600.0
+                assert rule.when is not None
+                cc = rule.clear_cond
+                assert cc is not None
+                sm.observe(br, pr, ctx, "gateway", ev.gateway, rule.when.holds(hours),
+                           cc.holds(hours), hours, {}, now)
+
+    def refresh_sensors(self, gk: GKey, now: float) -> None:
+        """A gateway back: its sensors get a fresh interval."""
+        seen = self.seen(gk)
+        for s, t in seen.items():
+            seen[s] = max(t, now)
+
+    def _known(self) -> tuple[set[GKey], set[tuple[GKey, str]]]:
+        # Readings mark their sensor: a gateway was last heard when its last
+        # status or any of its sensors' readings came.
+        for gk, seen in self.sensor_seen.items():
+            if seen:
+                t = max(seen.values())
+                if t > self.gw_seen.get(gk, -math.inf):
+                    self.gw_seen[gk] = t
+        gws: set[GKey] = set(self.gw_seen) | self.gw_will
+        sensors = {(gk, s) for gk, seen in self.sensor_seen.items() for s in seen}
+        for gk, (_farm, ge) in self.contexts.index.items():
+            gws.add(gk)
+            for s in ge.sensors:
+                sensors.add((gk, s))
+        return gws, sensors
+
+    def timers(self, now: float) -> None:
+        """Gateways and sensors silent past their intervals."""
+        if 0 <= now - self._last_silence_check < SILENCE_CHECK_S:
+            return
+        self._last_silence_check = now
+        sm = self.machine
+        gws, sensors = self._known()
+        down: set[GKey] = set(self.gw_will)
+        for gk in gws:
+            ctx = self.contexts.get(gk[0], gk[1], gk[2], "")
+            for br, pr in ctx.status:
+                if br.rule.check != "gateway_offline":
+                    continue
+                if sm.key(br, ctx, "gateway", gk[2]) in sm.states:
+                    down.add(gk)
+                if gk in self.gw_will:
+                    continue
+                interval = (ctx.gw_obj.interval_s if ctx.gw_obj and ctx.gw_obj.interval_s
+                            else pr.get("default_interval_s", 600.0))
+                silence = now - self.gw_seen.get(gk, self.started)
+                if silence > pr.get("intervals", 3.0) * interval:
+                    mins = math.ceil(silence / 60)
+                    sm.observe(br, pr, ctx, "gateway", gk[2], True, False, mins,
+                               {"minutes": str(mins)}, now)
+                    down.add(gk)
+        for gk, sensor in sensors:
+            if gk in down:
+                continue
+            ctx = self.contexts.get(gk[0], gk[1], gk[2], sensor)
+            for br, pr in ctx.status:
+                if br.rule.check != "sensor_silent":
+                    continue
+                interval = ((ctx.meta.interval_s if ctx.meta and ctx.meta.interval_s else None)
+                            or (ctx.gw_obj.interval_s if ctx.gw_obj and ctx.gw_obj.interval_s
+                                else None)
+                            or pr.get("default_interval_s", 600.0))
+                silence = now - self.sensor_seen.get(gk, {}).get(sensor, self.started)
+                if silence > pr.get("intervals", 3.0) * interval:
+                    mins = math.ceil(silence / 60)
+                    sm.observe(br, pr, ctx, "sensor", f"{gk[2]}/{sensor}", True, False, mins,
+                               {"minutes": str(mins)}, now)
+
+    def load_flat(self, flat: list[tuple[GKey, str, str]]) -> None:
+        for gk, sensor, rule in flat:
+            self.flat_states.setdefault((gk, sensor), set()).add(rule)

@@ -1,0 +1,186 @@
+"""From groups to messages: which event a group sends (raise, worse, remind,
+escalate, clear), its texts, who hears it (the farm's contacts, the center's,
+the county agronomist on escalation), the farm's daily message budget and
+each contact's quiet hours. Each message becomes one
+:class:`~.delivery.Delivery` per contact and URL in the outbox.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from farmedge.registry import Contact, Registry
+
+from .context import DEFAULT_TZ, Contexts
+from .delivery import Delivery, Outbox
+from .notify import SMS_SCHEMES, scheme_of
+from .quiet import release_time
+from .record import AlertEvent
+from .rules import REMIND_PREFIX, RuleSet
+from .state import AlertState, Group, StateMachine
+from .store import Changes
+from .templates import fit_sms, render, title_for
+
+__all__ = ["Router"]
+
+
+class Router:
+    def __init__(self, *, rules: RuleSet, registry: Registry | None, contexts: Contexts,
+                 machine: StateMachine, outbox: Outbox, changes: Changes,
+                 stats: dict[str, int], publish: Callable[[AlertEvent], None]) -> None:
+        self.rules = rules
+        self.registry = registry
+        self.contexts = contexts
+        self.machine = machine
+        self.outbox = outbox
+        self.changes = changes
+        self.stats = stats
+        self.publish = publish
+        #: "<county>/<farm>/<local date>" -> messages sent to the farm that day
+        self.budget: dict[str, int] = {}
+
+    def groups_pass(self, now: float) -> None:
+        sm = self.machine
+        states, index = sm.states, sm.rule_index
+        for gkey, g in list(sm.groups.items()):
+            members = [states[k] for k in g.members if k in states]
+            if members:
+                top = max(members, key=lambda s: sm.level(s.rule))
+                rule = index[top.rule][0]
+                lvl = sm.level(top.rule)
+                if g.level is None or lvl > g.level:
+                    same = [m for m in members if m.rule == top.rule]
+                    worst = top
+                    if rule.when is not None:
+                        pick = max if rule.when.rising else min
+                        worst = pick(same, key=lambda s: s.value)
+                    first = g.level is None
+                    g.level, g.rule, g.severity = lvl, top.rule, rule.severity
+                    g.audience = list(rule.audience)
+                    g.count = len(members)
+                    g.raised_at = g.raised_at or now
+                    if rule.severity == "critical":
+                        g.critical_since = g.critical_since or now
+                    g.last_sent = now
+                    # The first raise is "raise"; a higher level of the family
+                    # joining later (severe drought after dry) is "worse".
+                    self.emit(g, "raise" if first else "worse", worst, now)
+                elif g.rule is not None:
+                    rule = index[g.rule][0]
+                    if rule.remind_after and g.last_sent is not None and \
+                            now - g.last_sent >= rule.remind_after:
+                        g.last_sent = now
+                        self.emit(g, "remind", top, now)
+                    if rule.severity == "critical" and rule.escalate_after and not g.escalated \
+                            and g.critical_since is not None and \
+                            now - g.critical_since >= rule.escalate_after:
+                        g.escalated = True
+                        self.emit(g, "escalate", top, now)
+                self.changes.groups[gkey] = g
+            else:
+                if g.level is not None:
+                    self.emit(g, "clear", None, now)
+                del sm.groups[gkey]
+                self.changes.groups[gkey] = None
+            g.dirty = False
+
+    def texts(self, g: Group, variant: str, vars_: dict[str, str]) -> dict[str, str]:
+        """Texts in both languages. ``{where}`` names the group's scope (the plot
+        of ten dry sensors); a template with a ``*_many`` form names the single
+        entity in its one-member text (one silent sensor vs. its gateway)."""
+        assert g.rule is not None
+        rule = self.machine.rule_index[g.rule][0]
+        t = self.rules.templates[rule.template]
+        many = g.count > 1
+        base = "clear" if variant == "clear" else "raise"
+        v = dict(vars_)
+        v["count"] = str(g.count)
+        has_many = (t.raise_many if base == "raise" else t.clear_many) is not None
+        if many or not has_many:
+            v["where"] = g.where
+        name = f"{base}_many" if many and has_many else base
+        out = {lang: render(t, name, lang, v) for lang in ("zh", "en")}
+        if variant == "remind":
+            out = {lang: REMIND_PREFIX[lang] + txt for lang, txt in out.items()}
+        return out
+
+    def record(self, g: Group, event: str, now: float, *, value: float | None,
+               texts: dict[str, str], entities: tuple[str, ...] = (), error: str = "") -> None:
+        self.publish(AlertEvent(
+            ts_ms=int(now * 1000), event=event, county=g.county, farm=g.farm,
+            rule=g.rule or "", family=g.family, severity=g.severity, scope=g.stype,
+            scope_id=g.sid, group=g.key, count=g.count, value=value, text=texts, error=error,
+            entities=entities))
+
+    def _recipients(self, g: Group, event: str) -> list[tuple[Contact, bool]]:
+        """(contact, is a farm contact)."""
+        reg = self.registry
+        if reg is None:
+            return []
+        if event == "escalate":
+            return [(c, False) for c in reg.center_contacts if c.agronomist]
+        out: list[tuple[Contact, bool]] = []
+        f = self.contexts.farm(g.county, g.farm)
+        if "farm" in g.audience and f is not None:
+            out += [(c, True) for c in f.contacts]
+        if "center" in g.audience:
+            out += [(c, False) for c in reg.center_contacts]
+        return out
+
+    def emit(self, g: Group, event: str, st: AlertState | None, now: float) -> None:
+        vars_ = dict(st.vars) if st is not None else dict(g.last_vars)
+        texts = self.texts(g, "clear" if event == "clear" else
+                           ("remind" if event == "remind" else "raise"), vars_)
+        value = st.value if st is not None else g.last_value
+        states = self.machine.states
+        entities = tuple(states[k].eid for k in g.members if k in states)
+        self.record(g, event, now, value=value, texts=texts, entities=entities)
+        recipients = self._recipients(g, event)
+        if not recipients:
+            return
+        f = self.contexts.farm(g.county, g.farm)
+        tz = ZoneInfo(f.timezone) if f is not None else ZoneInfo(DEFAULT_TZ)
+        critical = g.severity == "critical" and event in ("raise", "worse", "remind", "escalate")
+        # Daily budget per farm (critical messages are neither limited nor counted).
+        if any(is_farm for _, is_farm in recipients):
+            if event == "clear" and g.suppressed:
+                recipients = [(c, x) for c, x in recipients if not x]
+            elif event in ("raise", "worse", "remind") and not critical:
+                budget = f.daily_message_budget if f is not None else 10
+                day = f"{g.county}/{g.farm}/{datetime.fromtimestamp(now, tz).date().isoformat()}"
+                used = self.budget.get(day, 0)
+                if used >= budget:
+                    self.stats["suppressed"] += 1
+                    if event == "raise":
+                        g.suppressed = True
+                    self.record(g, "suppressed", now, value=value, texts=texts,
+                                error=f"daily budget of {budget} messages used")
+                    recipients = [(c, x) for c, x in recipients if not x]
+                else:
+                    self.budget[day] = used + 1
+                    self.changes.budget[day] = used + 1
+                    if event == "raise":
+                        g.suppressed = False
+        farm_name = (f.name if f is not None else None) or g.farm
+        title_sev = g.severity if event != "clear" else "info"
+        for c, _is_farm in recipients:
+            lang = c.language
+            due = now
+            if c.quiet_hours and not critical:
+                due = release_time(c.quiet_hours, now, tz)
+            for url in c.notify:
+                if event == "clear" and self.outbox.drop_held(g.key, c.name, url, now):
+                    continue
+                body = texts.get(lang) or texts["zh"]
+                if event == "escalate":
+                    body = f"{farm_name}: {body}"
+                if scheme_of(url) in SMS_SCHEMES:
+                    body = fit_sms(body, lang)
+                self.outbox.add(Delivery(
+                    id=self.outbox.new_id(now), due=due, url=url, contact=c.name, lang=lang,
+                    title=title_for(lang, title_sev, farm_name), body=body, group=g.key,
+                    event=event, attempts=0, county=g.county, farm=g.farm, rule=g.rule,
+                    family=g.family, severity=g.severity, scope=g.stype, scope_id=g.sid,
+                    count=g.count, value=value, created=now), now)
