@@ -62,6 +62,14 @@ def _points(url: str, db: str, q: str) -> list[list[Any]]:
 # ------------------------------------------------------------------ the edge
 
 
+def _messages(edge: EdgeProcess) -> float:
+    """MQTT messages the edge has received (its /metrics)."""
+    for ln in edge.metrics().splitlines():
+        if ln.startswith("farmedge_messages_total "):
+            return float(ln.split()[1])
+    return 0.0
+
+
 def test_the_edge_replays_the_old_spool_and_uses_the_old_ingest_state(
         tmp_path: Path, mosquitto: MosquittoServer, influxdb: InfluxServer,
         influx_db: str) -> None:
@@ -116,6 +124,22 @@ def test_the_edge_replays_the_old_spool_and_uses_the_old_ingest_state(
         eventually(lambda: [r[1] for r in _points(influxdb.url, influx_db, q)] == [29.5],
                    timeout=60, what="gw-2's message at the time its old segment gives")
         assert count(influxdb.url, influx_db, "weather", temp) == spool["points"]["weather"]["n"]
+        # gw-1's status again (a retained one at reconnect, say): the point it
+        # was stored on, not a new one.
+        st = MANIFEST["ingest_state"]["gw1_status"]
+        seen = _messages(edge)
+        pub = Publisher(mosquitto.url)
+        try:
+            pub.publish(f"farm/v1/{county}/{farm}/gw-1/status", st["payload"].encode(),
+                        retain=True)
+        finally:
+            pub.close()
+        eventually(lambda: _messages(edge) > seen and edge.health().get("pending_messages") == 0,
+                   timeout=60, what="the status handled and written")
+        field = spool["points"]["gateway"]["field"]
+        assert count(influxdb.url, influx_db, "gateway", field) == spool["points"]["gateway"]["n"]
+        assert count(influxdb.url, influx_db, "gateway", field,
+                     f"time = {st['stored_ts']}ms") == 1
     finally:
         rc = edge.stop()
     assert rc == 0, edge.log_tail()
