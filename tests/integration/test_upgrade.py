@@ -184,7 +184,8 @@ def test_the_gateway_sends_what_its_old_outbox_holds(
         def stored() -> dict[str, int]:
             return {s: count(influxdb.url, influx_db, m, f, f"\"sensor\" = '{s}'")
                     for s, (m, f) in {"queued-1": ("soil", "moisture"),
-                                      "queued-2": ("weather", "temperature")}.items()}
+                                      "queued-2": ("weather", "temperature"),
+                                      "queued-3": ("soil", "moisture")}.items()}
 
         eventually(lambda: stored() == queued or gw.poll() is not None, timeout=90,
                    what=f"the queued readings in InfluxDB ({queued})")
@@ -197,6 +198,11 @@ def test_the_gateway_sends_what_its_old_outbox_holds(
         edge.stop()
     assert gw.returncode == 0, (tmp_path / "gateway.log").read_text()[-3000:]
     assert stored() == queued
+    # The boot that never synced: its readings went out marked unsynced.
+    assert count(influxdb.url, influx_db, "soil", "moisture_time_estimated",
+                 "\"sensor\" = 'queued-3'") == queued["queued-3"]
+    assert count(influxdb.url, influx_db, "soil", "moisture_time_estimated",
+                 "\"sensor\" = 'queued-1'") == 0
 
 
 # ------------------------------------------------------------------ the alerts
