@@ -83,8 +83,8 @@ def _settings(server: LoggingInflux, user: tuple[str, str] | None = EDGE_USER,
     creds: dict[str, object] = {}
     if user is not None:
         creds = {"username": user[0], "password": SecretStr(user[1])}
-    return InfluxSection(url=server.url, database=DB, create_database=False,
-                         **creds, **kw)  # type: ignore[arg-type]
+    return InfluxSection(**{"url": server.url, "database": DB, "create_database": False,
+                            **creds, **kw})
 
 
 def _count(server: LoggingInflux, measurement: str) -> int:
@@ -99,7 +99,12 @@ async def test_credentials_go_as_basic_auth_never_in_the_url(
     res = await w.write(lp("auth_ok f=1.0 @1000\nauth_ok f=2.0 @2000"))
     assert res.ok, res
     assert _count(server, "auth_ok") == 2
+    admin = writer_for(_settings(server, ADMIN, create_database=True))
+    await admin.start()
+    assert await admin.ensure_database() and await admin.ping()
     log = server.log_path.read_text(errors="replace")
+    assert any('"POST /query HTTP' in ln and f" - {ADMIN[0]} [" in ln for ln in log.splitlines())
+    assert ADMIN[1] not in log
     writes = [ln for ln in log.splitlines() if '"POST /write?' in ln]
     assert writes and all(f" - {EDGE_USER[0]} [" in ln for ln in writes), writes[-3:]
     assert EDGE_USER[1] not in log
