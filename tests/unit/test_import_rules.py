@@ -7,6 +7,8 @@ rules"):
 * ``farmedge.edge`` does not import the alert engine's internals: only
   ``edge/app.py`` (where the edge is composed) and ``edge/settings.py`` (for
   the ``[alerts]`` section) import ``farmedge.alerts``, the package itself;
+* ``farmedge.alerts`` imports nothing of ``farmedge.edge``: it is a stage
+  the edge hands typed records to (farmedge/records.py), not part of it;
 * ``farmedge.gateway`` (it runs on a Pi with its own, smaller set of
   dependencies) imports neither ``edge``, ``alerts``, ``storage`` nor
   ``provision``, and loads none of them through another module either;
@@ -82,6 +84,8 @@ RULES = [
          _adapter("farmedge.transport")),
     Rule("the edge imports only the alerts package, from app.py and settings.py",
          "farmedge.edge", _edge_alerts),
+    Rule("the alert engine imports nothing of the edge (it is a stage the edge hands records to)",
+         "farmedge.alerts", lambda i, t: in_part(t, "farmedge.edge")),
     Rule("the gateway imports neither edge, alerts, storage nor provision", "farmedge.gateway",
          lambda i, t: any(in_part(t, p) for p in GATEWAY_MUST_NOT), transitive=True),
     Rule("nothing shipped imports the dev tooling or the tests", "farmedge",
