@@ -4,6 +4,7 @@ file an earlier version left. SQLite files in temporary directories."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from typing import Any
@@ -168,16 +169,18 @@ def test_the_outbox_an_earlier_version_left_opens_as_it_is(tmp_path: Path) -> No
     for extra in ("-wal", "-shm"):
         if (FIXTURE / f"outbox.sqlite3{extra}").exists():
             shutil.copy(FIXTURE / f"outbox.sqlite3{extra}", tmp_path / f"outbox.sqlite3{extra}")
+    # What the earlier version queued: tests/fixtures/upgrade-168e95c/manifest.json.
+    queued = json.loads((FIXTURE.parent / "manifest.json").read_text())["gateway"]
     ob = Outbox(path).open()
-    assert ob.depth == 30
+    assert ob.depth == queued["depth"]
     rows = ob.peek(0, 100)
-    assert {r.sensor for r in rows} == {"queued-1", "queued-2"}
-    assert all(r.wire()["sensor"] in ("queued-1", "queued-2") for r in rows)
+    assert {r.sensor for r in rows} == set(queued["queued"])
+    assert all(r.wire()["sensor"] in queued["queued"] for r in rows)
     seq = ob.next_seq()
     ob.delete(rows[:10])
     ob.close()
     ob = Outbox(path).open()
-    assert ob.depth == 20 and ob.next_seq() > seq
+    assert ob.depth == queued["depth"] - 10 and ob.next_seq() > seq
     ob.close()
 
 
