@@ -170,6 +170,7 @@ def test_the_outbox_an_earlier_version_left_opens_as_it_is(tmp_path: Path) -> No
     for extra in ("-wal", "-shm"):
         if (FIXTURE / f"outbox.sqlite3{extra}").exists():
             shutil.copy(FIXTURE / f"outbox.sqlite3{extra}", tmp_path / f"outbox.sqlite3{extra}")
+    # What the earlier version queued: tests/fixtures/upgrade-168e95c/manifest.json.
     queued = json.loads((FIXTURE.parent / "manifest.json").read_text())["gateway"]
     ob = Outbox(path).open()
     assert ob.depth == queued["depth"]
