@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ast
 import functools
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,9 +119,9 @@ def imports(mod: Module) -> list[Import]:
     return found
 
 
-def all_imports(package: str = "farmedge") -> Iterator[Import]:
-    for m in modules(package):
-        yield from imports(m)
+@functools.cache
+def all_imports(package: str = "farmedge") -> tuple[Import, ...]:
+    return tuple(i for m in modules(package) for i in imports(m))
 
 
 def in_part(name: str, part: str) -> bool:
