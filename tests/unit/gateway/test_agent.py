@@ -214,3 +214,10 @@ def test_the_agent_stops_with_an_error_when_commits_fail(tmp_path: Path) -> None
     a.outbox.commit = failing  # type: ignore[method-assign]
     exc = _run(a)
     assert isinstance(exc, GatewayError) and "the outbox's commits stopped" in str(exc), exc
+
+
+def test_a_broken_outbox_file_leaves_its_fields_out_of_the_status(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.outbox.db.close()  # the file went away under the agent
+    st = parse_status(a.status(True))
+    assert st.online and st.outbox_depth is None and st.version is not None
