@@ -2,10 +2,9 @@
 MQTT uplink, for a Raspberry Pi on a weak, metered link (docs/gateway.md).
 
 It imports the wire contract (every payload is built by it), the config
-loader, logging, MQTT (paho, through transport/ as it moves there) and the
-simulated data generator;
-never the edge, the alert engine, storage or provisioning. ``GatewayError``
-is the root of what it raises.
+loader, logging, MQTT and the simulated data generator; never the edge, the
+alert engine, storage or provisioning. ``GatewayError`` is the root of what
+it raises.
 """
 
 from __future__ import annotations
