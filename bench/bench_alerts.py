@@ -261,7 +261,11 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
     alerts off and on, interleaved (off, on, on, off, off, on, ...), in one
     run. With alerts on every reading is evaluated (max_reading_age_s raised:
     the workload's readings are a day old), against the device rules (the
-    workload has no registry). Reports medians and every run."""
+    workload has no registry). Reports medians and every run.
+
+    With ``--edge-tree NAME=PATH`` (twice or more) the edges of each tree
+    (PATH: what to put first on PYTHONPATH) run in turn within each round,
+    so that trees meet the same load on a shared machine."""
     path = Path(__file__).with_name("bench_ingest.py")
     if not path.exists() or args.edge_readings <= 0:
         return None
@@ -274,55 +278,73 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
     tmp = Path(tempfile.mkdtemp(prefix="farmedge-bench-alerts-"))
     mq = MosquittoServer(tmp / "mq").start()
     ix = InfluxServer(tmp / "ix").start()
-    rates: dict[str, list[float]] = {"off": [], "on": []}
-    cpus: dict[str, list[float]] = {"off": [], "on": []}
-    # The edge runs the tree this process imports (PYTHONPATH first).
-    path_env = os.pathsep.join(p for p in (os.environ.get("PYTHONPATH"), str(bi.ROOT)) if p)
+    # The edge runs the tree this process imports (PYTHONPATH first), or each
+    # tree given.
+    trees: list[tuple[str, str]] = []
+    for spec_ in args.edge_tree or []:
+        name, _, tree_path = spec_.partition("=")
+        trees.append((name, tree_path))
+    if not trees:
+        trees = [("", os.environ.get("PYTHONPATH", ""))]
+    rates: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
+    n = args.edge_repeats
     try:
-        for rep in range(args.edge_repeats):
-            for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
-                db = f"alerts_{mode}_{rep}"
-                ix.create_database(db)
-                extra = {"FARMEDGE_ALERTS_ENABLED": "true" if mode == "on" else "false",
-                         "FARMEDGE_ALERTS_MAX_READING_AGE_S": "1e9", "PYTHONPATH": path_env}
-                edge = bi.Edge(mq, ix, db, tmp / db, extra=extra)
-                per = 50
-                n_msgs = args.edge_readings // per
-                pubs = bi.CPublishers(mq.port, f"c{mode}{rep}", n_msgs, per, bi.GATEWAYS, tmp)
-                c0 = process_stats(edge.proc.pid).cpu_s
-                t0 = time.monotonic()
-                pubs.start()
-                while bi.metric(edge.port, "farmedge_readings_written_total") < n_msgs * per:
-                    time.sleep(0.05)
-                    if time.monotonic() - t0 > 600:
-                        raise RuntimeError("the edge did not finish in 10 minutes")
-                rates[mode].append(n_msgs * per / (time.monotonic() - t0))
-                cpus[mode].append((process_stats(edge.proc.pid).cpu_s - c0) * 1e6 / (n_msgs * per))
-                pubs.wait(60)
-                edge.stop()
-                print(f"  edge run {rep + 1} alerts {mode}: {rates[mode][-1]:,.0f} readings/s, "
-                      f"{cpus[mode][-1]:.1f} µs CPU/reading", file=sys.stderr, flush=True)
+        for rep in range(n):
+            for tree, tree_path in trees:
+                path_env = os.pathsep.join(p for p in (tree_path, str(bi.ROOT)) if p)
+                for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
+                    db = f"alerts_{tree or 'x'}_{mode}_{rep}"
+                    ix.create_database(db)
+                    extra = {"FARMEDGE_ALERTS_ENABLED": "true" if mode == "on" else "false",
+                             "FARMEDGE_ALERTS_MAX_READING_AGE_S": "1e9",
+                             "PYTHONPATH": path_env}
+                    edge = bi.Edge(mq, ix, db, tmp / db, extra=extra)
+                    per = 50
+                    n_msgs = args.edge_readings // per
+                    pubs = bi.CPublishers(mq.port, f"c{tree}{mode}{rep}", n_msgs, per,
+                                          bi.GATEWAYS, tmp)
+                    c0 = process_stats(edge.proc.pid).cpu_s
+                    t0 = time.monotonic()
+                    pubs.start()
+                    while bi.metric(edge.port, "farmedge_readings_written_total") < n_msgs * per:
+                        time.sleep(0.05)
+                        if time.monotonic() - t0 > 600:
+                            raise RuntimeError("the edge did not finish in 10 minutes")
+                    rate = n_msgs * per / (time.monotonic() - t0)
+                    cpu = (process_stats(edge.proc.pid).cpu_s - c0) * 1e6 / (n_msgs * per)
+                    rates.setdefault((tree, mode), []).append(rate)
+                    cpus.setdefault((tree, mode), []).append(cpu)
+                    pubs.wait(60)
+                    edge.stop()
+                    print(f"  edge run {rep + 1} {tree} alerts {mode}: {rate:,.0f} readings/s, "
+                          f"{cpu:.1f} µs CPU/reading", file=sys.stderr, flush=True)
     finally:
         ix.stop()
         mq.stop()
     med = statistics.median
-    off, on = med(rates["off"]), med(rates["on"])
-    coff, con = med(cpus["off"]), med(cpus["on"])
 
     def runs(xs: list[float], f: str) -> str:
         return ", ".join(format(x, f) for x in xs)
 
-    n = args.edge_repeats
-    return [f"edge, {args.edge_readings:,} readings in 50-reading messages, bench_ingest.py's "
-            f"load, alerts off and on interleaved, {n} runs each:",
-            f"  runs alerts off: {runs(rates['off'], ',.0f')} readings/s; "
-            f"CPU {runs(cpus['off'], '.1f')} µs/reading",
-            f"  runs alerts on:  {runs(rates['on'], ',.0f')} readings/s; "
-            f"CPU {runs(cpus['on'], '.1f')} µs/reading",
-            f"  throughput alerts off {off:,.0f}/s, on {on:,.0f}/s (medians of {n}): "
-            f"{(1 - on / off) * 100:.1f} % lower with alerts on (target ≤ 10 %)",
-            f"  edge CPU per reading alerts off {coff:.1f} µs, on {con:.1f} µs (medians): "
-            f"{con - coff:+.1f} µs, {(con / coff - 1) * 100:+.1f} %"]
+    out = [f"edge, {args.edge_readings:,} readings in 50-reading messages, bench_ingest.py's "
+           f"load, alerts off and on interleaved, {n} runs each"
+           + (f", trees {' and '.join(t for t, _ in trees)} in turn:" if len(trees) > 1
+              else ":")]
+    for tree, _ in trees:
+        label = f"{tree}: " if tree else ""
+        ro, rn = rates[(tree, "off")], rates[(tree, "on")]
+        co, cn = cpus[(tree, "off")], cpus[(tree, "on")]
+        off, on, coff, con = med(ro), med(rn), med(co), med(cn)
+        out += [f"  {label}runs alerts off: {runs(ro, ',.0f')} readings/s; "
+                f"CPU {runs(co, '.1f')} µs/reading",
+                f"  {label}runs alerts on:  {runs(rn, ',.0f')} readings/s; "
+                f"CPU {runs(cn, '.1f')} µs/reading",
+                f"  {label}throughput alerts off {off:,.0f}/s, on {on:,.0f}/s (medians of {n}): "
+                f"{(1 - on / off) * 100:.1f} % lower with alerts on (target ≤ 10 %)",
+                f"  {label}edge CPU per reading alerts off {coff:.1f} µs, on {con:.1f} µs "
+                f"(medians): {con - coff:+.1f} µs, {(con / coff - 1) * 100:+.1f} %"]
+    return out
 
 
 def main() -> None:
@@ -336,11 +358,20 @@ def main() -> None:
                     help="readings per edge run, alerts off and on (0 skips)")
     ap.add_argument("--edge-repeats", type=int, default=3,
                     help="edge runs with alerts off and with alerts on (at least 3)")
+    ap.add_argument("--edge-tree", action="append", metavar="NAME=PYTHONPATH",
+                    help="run the edges of this tree too, in turn with the others "
+                         "(e.g. before=/tmp/before:/tmp/before/tools); twice or more")
+    ap.add_argument("--edge-only", action="store_true",
+                    help="only the edge throughput runs")
     args = ap.parse_args()
     args.trials = min(args.trials, args.farms)   # one frost group per farm and trial
     import farmedge
 
     print(f"farmedge from {Path(farmedge.__file__).parent}")
+    if args.edge_only:
+        for line in edge_comparison(args) or ["edge throughput alerts off vs on: skipped"]:
+            print(line, flush=True)
+        return
     with tempfile.TemporaryDirectory() as d:
         ev = asyncio.run(evaluation_cost(args, Path(d) / "a.sqlite"))
         lat = asyncio.run(latency(args, Path(d) / "b.sqlite"))

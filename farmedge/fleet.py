@@ -34,14 +34,10 @@ alerts agree on who is offline.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -249,61 +245,22 @@ Query = Callable[[Sequence[str]], list[list[dict[str, Any]]]]
 
 
 def influx_query(settings: InfluxSection, *, timeout_s: float = 30.0) -> Query:
-    """A function that runs InfluxQL statements over the /query endpoint
-    (InfluxDB 1.x; 2.x and 3.x through their v1-compatible API, where
-    ``database`` names the DBRP mapping, as for Grafana) and returns each
-    statement's series."""
-    url = f"{settings.url}/query"
-    headers: dict[str, str] = {"Accept": "application/json"}
-    db = settings.database
-    if settings.api == "v2":
-        if settings.token is not None:
-            headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
-    elif settings.username:
-        pw = settings.password.get_secret_value() if settings.password else ""
-        token = base64.b64encode(f"{settings.username}:{pw}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
+    """A function that runs InfluxQL statements (farmedge.storage.query) and
+    returns each statement's series; InfluxDB's errors as FleetError."""
+    from farmedge.storage.query import DatabaseNotFound, InfluxQuery, QueryError
 
-    def post(q: str) -> dict[str, Any]:
-        body = urllib.parse.urlencode({"q": q, "db": db, "epoch": "ms"}).encode()
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as r:
-                doc: dict[str, Any] = json.loads(r.read())
-                return doc
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:300]
-            raise FleetError(f"InfluxDB at {settings.url} answered {exc.code}: "
-                             f"{detail}") from None
-        except (OSError, ValueError) as exc:
-            raise FleetError(f"cannot query InfluxDB at {settings.url}: {exc}") from None
+    ask = InfluxQuery(settings, timeout_s=timeout_s)
 
     def run(statements: Sequence[str]) -> list[list[dict[str, Any]]]:
-        doc = post(";\n".join(statements))
-        out: list[list[dict[str, Any]]] = []
-        results = doc.get("results", [])
-        # After a failed statement InfluxDB answers "not executed" for the
-        # rest: the first error is the one that says why.
-        errors = [str(res["error"]) for res in results if "error" in res]
-        if errors:
-            first = next((e for e in errors if e != "not executed"), errors[0])
-            if first == "not executed":
-                # InfluxDB 1.x says only this, for every statement, when the
-                # database does not exist; one statement alone says why.
-                res0 = (post(statements[0]).get("results") or [{}])[0]
-                first = str(res0.get("error") or first)
-            if first.startswith("database not found"):
-                raise FleetError(
-                    f"InfluxDB at {settings.url} has no database {db!r}: the edge creates "
-                    "it on its first start (or farmedge provision influx); check [influx] "
-                    "database")
-            raise FleetError(f"InfluxDB at {settings.url}: {first}")
-        for res in results:
-            out.append(list(res.get("series", [])))
-        if len(out) != len(statements):
-            raise FleetError(f"InfluxDB answered {len(out)} results for "
-                             f"{len(statements)} statements")
-        return out
+        try:
+            return ask(statements)
+        except DatabaseNotFound as exc:
+            raise FleetError(
+                f"InfluxDB at {ask.where} has no database {exc.database!r}: the edge creates "
+                "it on its first start (or farmedge provision influx); check [influx] "
+                "database") from None
+        except QueryError as exc:
+            raise FleetError(str(exc)) from None
 
     return run
 

@@ -4,13 +4,15 @@ file an earlier version left. SQLite files in temporary directories."""
 
 from __future__ import annotations
 
+import json
 import shutil
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from farmedge.contract import Quality
+from farmedge.contract import Quality, check_reading
 from farmedge.gateway import FakeClock, Outbox, OutboxError, Sample
 from farmedge.gateway.agent import check_sample
 from farmedge.gateway.batching import ReplayProgress, next_batch
@@ -168,16 +170,19 @@ def test_the_outbox_an_earlier_version_left_opens_as_it_is(tmp_path: Path) -> No
     for extra in ("-wal", "-shm"):
         if (FIXTURE / f"outbox.sqlite3{extra}").exists():
             shutil.copy(FIXTURE / f"outbox.sqlite3{extra}", tmp_path / f"outbox.sqlite3{extra}")
+    # What the earlier version queued: tests/fixtures/upgrade-168e95c/manifest.json.
+    queued = json.loads((FIXTURE.parent / "manifest.json").read_text())["gateway"]
     ob = Outbox(path).open()
-    assert ob.depth == 30
-    rows = ob.peek(0, 100)
-    assert {r.sensor for r in rows} == {"queued-1", "queued-2"}
-    assert all(r.wire()["sensor"] in ("queued-1", "queued-2") for r in rows)
+    assert ob.depth == queued["depth"]
+    rows = ob.peek(0, 1000)
+    assert Counter(r.sensor for r in rows) == queued["queued"]
+    for r in rows:  # every one can still go on the wire
+        check_reading(r.wire())
     seq = ob.next_seq()
     ob.delete(rows[:10])
     ob.close()
     ob = Outbox(path).open()
-    assert ob.depth == 20 and ob.next_seq() > seq
+    assert ob.depth == queued["depth"] - 10 and ob.next_seq() > seq
     ob.close()
 
 
