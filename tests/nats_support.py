@@ -5,6 +5,7 @@ draining a stream's partitions through the edge's adapter."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -83,12 +84,12 @@ class Publisher:
         self.client.disconnect()
 
 
-async def stream_leader(cluster: NatsCluster, stream: str, timeout: float = 60.0) -> str:
+async def stream_leader(cluster: NatsCluster, stream: str, deadline_s: float = 60.0) -> str:
     """The node leading ``stream`` (waits for one)."""
     nc = await connect_any(cluster)
     try:
         js = nc.jetstream()
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
             try:
                 info = await js.stream_info(stream)
@@ -97,7 +98,7 @@ async def stream_leader(cluster: NatsCluster, stream: str, timeout: float = 60.0
             except Exception:  # no leader yet: ask again
                 pass
             await asyncio.sleep(0.2)
-        raise AssertionError(f"stream {stream} has no leader after {timeout:.0f}s")
+        raise AssertionError(f"stream {stream} has no leader after {deadline_s:.0f}s")
     finally:
         await nc.close()
 
@@ -110,20 +111,18 @@ async def connect_any(cluster: NatsCluster) -> NatsClient:
 
 
 async def step_down_until(cluster: NatsCluster, stream: str, avoid: Iterable[str],
-                          timeout: float = 60.0) -> str:
+                          deadline_s: float = 60.0) -> str:
     """Ask ``stream``'s leader to step down until it is none of ``avoid``."""
     avoid = set(avoid)
     nc = await connect_any(cluster)
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + deadline_s
         while time.monotonic() < deadline:
             leader = await stream_leader(cluster, stream)
             if leader not in avoid:
                 return leader
-            try:
+            with contextlib.suppress(Exception):  # an election under way: ask again
                 await nc.request(f"$JS.API.STREAM.LEADER.STEPDOWN.{stream}", b"", timeout=5)
-            except Exception:  # an election under way: ask again
-                pass
             await asyncio.sleep(0.5)
         raise AssertionError(f"{stream}'s leader stayed in {sorted(avoid)}")
     finally:
@@ -131,7 +130,7 @@ async def step_down_until(cluster: NatsCluster, stream: str, avoid: Iterable[str
 
 
 async def drain(cfg: SourceSection, county: str, *, quiet_s: float = 2.0,
-                timeout: float = 90.0) -> list[str]:
+                deadline_s: float = 90.0) -> list[str]:
     """Read every partition until it stays empty for ``quiet_s``; acknowledge
     and return the payloads of ``county``'s messages (duplicates kept)."""
     nc = await tn.connect(cfg, "test-drain")
@@ -139,7 +138,7 @@ async def drain(cfg: SourceSection, county: str, *, quiet_s: float = 2.0,
         js = nc.jetstream()
         readers = [tn.PartitionReader(js, cfg, p) for p in range(cfg.partitions)]
         got: list[str] = []
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + deadline_s
         quiet_since = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
             seen = 0
@@ -167,9 +166,7 @@ async def delete_consumers(cluster: NatsCluster, cfg: SourceSection) -> None:
     try:
         js = nc.jetstream()
         for p in range(cfg.partitions):
-            try:
+            with contextlib.suppress(Exception):  # already gone
                 await js.delete_consumer(cfg.stream, cfg.consumer_name(p))
-            except Exception:  # already gone
-                pass
     finally:
         await nc.close()
