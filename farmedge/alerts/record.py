@@ -18,19 +18,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from farmedge.contract.topics import alerts_topic
+from farmedge.logs import get_logger
 from farmedge.storage.schema import AlertField, Measurement, Tag
 
 __all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "RecordSink",
            "Recorder", "SinkRecorder", "line_protocol"]
 
-log = logging.getLogger("farmedge.alerts")
+log = get_logger("farmedge.alerts.record")
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,11 +199,11 @@ class InfluxRecorder:
                         return True
                     text = (await r.text())[:200]
                     if r.status < 500 and r.status != 429:
-                        log.warning("alerts: InfluxDB rejected %d events: %s %s",
-                                    len(lines), r.status, text)
+                        log.warning("alerts.influx_rejected", events=len(lines),
+                                    status=r.status, error=text)
                         return False
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.debug("alerts: InfluxDB write failed: %s", exc)
+                log.debug("alerts.influx_write_failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         return False
