@@ -1,19 +1,28 @@
 # The farmedge image: the edge service (default command) and the other
-# farmedge commands (provision, alerts, fleet, ...). The target "demo" adds the
-# developer tooling (tools/: `farmedge simulate`, `farmedge demo`) for the
-# compose file's simulator. Runs as an unprivileged user;
-# the health check asks the edge's /healthz, which answers 503 with a reason
-# when the broker or InfluxDB is unreachable or ingestion has stalled.
+# farmedge commands (provision, alerts, fleet, ...). Two targets:
+#
+#   edge  (the default: the last stage) farmedge with its edge and alerts
+#         extras and nothing of the developer tooling;
+#   demo  the same plus the developer tooling (tools/, the farmedge-dev wheel:
+#         `farmedge simulate`, `farmedge demo`), for the compose file's simulator.
+#
+# Runs as an unprivileged user; the health check asks the edge's /healthz,
+# which answers 503 with a reason when the broker or InfluxDB is unreachable
+# or ingestion has stalled.
 
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY farmedge ./farmedge
 RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[edge,alerts]"
+
+# The developer tooling's wheel (tools/pyproject.toml), only for the demo target.
+FROM python:3.11-slim AS devbuild
+WORKDIR /src
 COPY tools ./tools
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /devwheels ./tools
 
-FROM python:3.11-slim AS edge
+FROM python:3.11-slim AS runtime
 RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/farmedge --create-home \
         --shell /usr/sbin/nologin farmedge \
     && mkdir -p /var/lib/farmedge/data /etc/farmedge \
@@ -34,10 +43,13 @@ HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
 ENTRYPOINT ["farmedge"]
 CMD ["edge", "run"]
 
-# The simulator of the compose file's "demo" profile: the same image plus the
+# The simulator of the compose file's "demo" profile: the runtime plus the
 # developer tooling.
-FROM edge AS demo
+FROM runtime AS demo
 USER root
-COPY --from=build /devwheels /devwheels
+COPY --from=devbuild /devwheels /devwheels
 RUN pip install --no-cache-dir --no-deps /devwheels/*.whl && rm -rf /devwheels
 USER farmedge
+
+# What a service center runs (`docker build .` without --target builds it).
+FROM runtime AS edge

@@ -3,14 +3,22 @@
 1. rule evaluation cost per reading with the shipped profiles (a county of
    mixed farms: maize plots, dairy barns with boluses, THI and troughs, device
    rules on everything), CPU µs per reading, and the cost of one timer pass;
-2. the extra CPU the engine adds to ingestion: with the edge's benchmark
-   (bench/bench_ingest.py) present, edge throughput with alerts off and on,
-   side by side in one run; otherwise the engine's share of one core at a
-   given ingest rate;
-3. latency from the reading that completes a condition to the notifier being
+2. the engine alone on the edge benchmark's workload (50-reading messages of
+   soil moisture, open enrollment, the device rules): CPU µs per reading of
+   ``on_accepted``, the part of (3) the engine adds;
+3. edge throughput with alerts off and on (bench/bench_ingest.py's load:
+   MQTT → edge → InfluxDB), interleaved (off, on, on, off, ...), at least
+   three runs each: the median of each, the runs, and the edge's CPU per
+   reading (medians);
+4. latency from the reading that completes a condition to the notifier being
    called (p50/p99/max), with the engine under the same background load.
 
-Run: python bench/bench_alerts.py [--farms 200] [--rounds 30] [--trials 300]
+The records are handed to the engine as the edge does, one
+``farmedge.records.Accepted`` per message (``on_accepted``). To measure
+another tree (the code before a change), put it first on PYTHONPATH: the
+edge processes started here use the same path.
+
+Run: python bench/bench_alerts.py [--farms 200] [--rounds 20] [--edge-repeats 3]
 """
 
 from __future__ import annotations
@@ -18,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib.util
+import os
 import random
 import statistics
 import sys
@@ -26,10 +35,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# After PYTHONPATH, so that a tree put there is the one measured.
+sys.path.append(str(Path(__file__).resolve().parent.parent))
 
 from farmedge.alerts import AlertEngine, AlertsSettings, load_rules
-from farmedge.edge.events import AcceptedReading
+from farmedge.contract.kinds import KINDS
+from farmedge.contract.models import Quality
+from farmedge.contract.parse import NormalizedReading
+from farmedge.records import Accepted
 from farmedge.registry import (
     Contact,
     Farm,
@@ -90,54 +103,56 @@ def county(farms: int) -> Registry:
     return Registry(farms=out)
 
 
-def round_of(farms: int, ts_ms: int, rnd: random.Random) -> list[AcceptedReading]:
-    """One reporting interval of every sensor, values around normal."""
-    out: list[AcceptedReading] = []
-    for i in range(farms):
-        f = f"f{i}"
-        for k in range(10):
-            tags = {"plot": f"p{k % 3}", "crop": "maize"}
-            out.append(AcceptedReading(COUNTY, f, "gw-field", f"soil-{k}", "soil_moisture",
-                                       ts_ms, 29 + rnd.uniform(-2, 2), "%", "ok", tags))
-            out.append(AcceptedReading(COUNTY, f, "gw-field", f"soil-{k}", "soil_temperature",
-                                       ts_ms, 18 + rnd.uniform(-1, 1), "degC", "ok", tags))
-        out.append(AcceptedReading(COUNTY, f, "gw-field", "soil-0", "battery_voltage", ts_ms,
-                                   3.6 + rnd.uniform(0, 0.05), "V", "ok"))
-        for k in range(20):
-            out.append(AcceptedReading(COUNTY, f, "gw-barn", f"bolus-{k}",
-                                       "animal_body_temperature", ts_ms,
-                                       38.5 + rnd.uniform(-0.3, 0.3), "degC", "ok",
-                                       {"animal": f"cow-{k}"}))
-            out.append(AcceptedReading(COUNTY, f, "gw-barn", f"bolus-{k}", "animal_activity",
-                                       ts_ms, 300 + rnd.uniform(-50, 50), "steps/h", "ok",
-                                       {"animal": f"cow-{k}"}))
-        out.append(AcceptedReading(COUNTY, f, "gw-barn", "air-t", "air_temperature", ts_ms,
-                                   19 + rnd.uniform(-1, 1), "degC", "ok"))
-        out.append(AcceptedReading(COUNTY, f, "gw-barn", "air-h", "air_humidity", ts_ms,
-                                   55 + rnd.uniform(-3, 3), "%RH", "ok"))
-        for t in ("trough-1", "trough-2"):
-            out.append(AcceptedReading(COUNTY, f, "gw-barn", t, "water_level", ts_ms,
-                                       70 + rnd.uniform(-5, 5), "%", "ok"))
+def _r(sensor: str, kind: str, ts_ms: int, value: float,
+       animal: str | None = None) -> NormalizedReading:
+    return NormalizedReading(sensor, KINDS[kind], ts_ms, value, Quality.OK, animal)
+
+
+def round_of(reg: Registry, ts_ms: int, rnd: random.Random) -> list[Accepted]:
+    """One reporting interval of every sensor, values around normal: one
+    message per gateway, with the gateway's registry entry as the edge
+    resolves it."""
+    out: list[Accepted] = []
+    for f in reg.farms:
+        field = [_r(f"soil-{k}", kind, ts_ms, base + rnd.uniform(-spread, spread))
+                 for k in range(10)
+                 for kind, base, spread in (("soil_moisture", 29, 2),
+                                            ("soil_temperature", 18, 1))]
+        field.append(_r("soil-0", "battery_voltage", ts_ms, 3.6 + rnd.uniform(0, 0.05)))
+        barn = [_r(f"bolus-{k}", kind, ts_ms, base + rnd.uniform(-spread, spread))
+                for k in range(20)
+                for kind, base, spread in (("animal_body_temperature", 38.5, 0.3),
+                                           ("animal_activity", 300, 50))]
+        barn.append(_r("air-t", "air_temperature", ts_ms, 19 + rnd.uniform(-1, 1)))
+        barn.append(_r("air-h", "air_humidity", ts_ms, 55 + rnd.uniform(-3, 3)))
+        barn += [_r(t, "water_level", ts_ms, 70 + rnd.uniform(-5, 5))
+                 for t in ("trough-1", "trough-2")]
+        for gw, rs in (("gw-field", field), ("gw-barn", barn)):
+            out.append(Accepted(COUNTY, f.farm, gw, ts_ms, True, 0, rs, f.gateways[gw]))
     return out
+
+
+def readings_in(records: list[Accepted]) -> int:
+    return sum(len(r.readings) for r in records)
 
 
 async def evaluation_cost(args: argparse.Namespace, state: Path) -> dict[str, float]:
     clock = Clock(START)
-    engine = AlertEngine(rules=load_rules(), registry=county(args.farms),
+    reg = county(args.farms)
+    engine = AlertEngine(rules=load_rules(), registry=reg,
                          notifier=NullNotifier(), state_path=state, clock=clock,
                          settings=AlertsSettings(tick_s=3600))
     await engine.start()
     rnd = random.Random(1)
     n = 0
     cpu = 0.0
-    batch = 50
     for _ in range(args.rounds):
-        readings = round_of(args.farms, int(clock.t * 1000), rnd)
+        records = round_of(reg, int(clock.t * 1000), rnd)
         t0 = time.process_time()
-        for j in range(0, len(readings), batch):
-            engine.on_readings(readings[j:j + batch])
+        for j in range(0, len(records), 10):       # the edge's batches: many messages
+            engine.on_accepted(records[j:j + 10])
         cpu += time.process_time() - t0
-        n += len(readings)
+        n += readings_in(records)
         clock.t += 600
         await asyncio.sleep(0)
     t0 = time.process_time()
@@ -157,42 +172,44 @@ async def latency(args: argparse.Namespace, state: Path) -> list[float]:
     `for`) on its own gateway, pending since the previous round."""
     clock = Clock(START)
     notifier = NullNotifier()
-    engine = AlertEngine(rules=load_rules(), registry=county(args.farms), notifier=notifier,
+    reg = county(args.farms)
+    engine = AlertEngine(rules=load_rules(), registry=reg, notifier=notifier,
                          state_path=state, clock=clock, settings=AlertsSettings(tick_s=1.0))
     await engine.start()
     rnd = random.Random(2)
 
-    def frost(trial: int, value: float) -> AcceptedReading:
-        return AcceptedReading(COUNTY, f"f{trial % args.farms}", f"gw-x{trial}", "air",
-                               "air_temperature", int(clock.t * 1000), value, "degC", "ok")
+    def frost(trial: int, value: float) -> Accepted:
+        ts = int(clock.t * 1000)
+        return Accepted(COUNTY, f"f{trial % args.farms}", f"gw-x{trial}", ts, True, 0,
+                        [_r("air", "air_temperature", ts, value)])
 
     def full_round() -> None:
-        rs = round_of(args.farms, int(clock.t * 1000), rnd)
-        for j in range(0, len(rs), 50):
-            engine.on_readings(rs[j:j + 50])
+        rs = round_of(reg, int(clock.t * 1000), rnd)
+        for j in range(0, len(rs), 10):
+            engine.on_accepted(rs[j:j + 10])
 
     t0_sim = clock.t
     full_round()
     for trial in range(args.trials):     # frost starts: pending, 5 s apart
         clock.t = t0_sim + 5 * trial
-        engine.on_readings([frost(trial, -3.0)])
+        engine.on_accepted([frost(trial, -3.0)])
     await asyncio.sleep(0.1)
     clock.t = t0_sim + 1790
     full_round()
     await asyncio.sleep(0.1)
-    background = round_of(args.farms, int(clock.t * 1000), rnd)
+    background = round_of(reg, int(clock.t * 1000), rnd)
     lat: list[float] = []
     bg = 0
     for trial in range(args.trials):
-        for _ in range(4):             # background between two trials
-            engine.on_readings(background[bg:bg + 50])
-            bg = (bg + 50) % len(background)
+        for _ in range(4):             # background between two trials: 4 messages
+            engine.on_accepted([background[bg]])
+            bg = (bg + 1) % len(background)
         await asyncio.sleep(0)
         done = len(notifier.calls)
         # This trial's 30 min are up now; the reading completes the condition.
         clock.t = t0_sim + 1800 + 5 * trial
         t0 = time.perf_counter()
-        engine.on_readings([frost(trial, -3.5)])
+        engine.on_accepted([frost(trial, -3.5)])
         await notifier.wait_for(done + 1)
         lat.append(notifier.calls[done][0] - t0)
     await engine.close()
@@ -204,12 +221,51 @@ def _pct(xs: list[float], p: float) -> float:
     return s[min(len(s) - 1, int(p / 100 * len(s)))]
 
 
+def edge_workload_cost(args: argparse.Namespace, state: Path) -> float:
+    """The engine alone on bench_ingest.py's workload, as the edge hands it
+    (one Accepted per 50-reading message, open enrollment: no registry entry,
+    the device rules): CPU µs per reading of on_accepted, best of 5 rounds."""
+    clock = Clock(START)
+    engine = AlertEngine(rules=load_rules(), registry=None, notifier=NullNotifier(),
+                         state_path=state, clock=clock,
+                         settings=AlertsSettings(tick_s=3600, max_reading_age_s=1e9))
+
+    async def run() -> float:
+        await engine.start()
+        soil = KINDS["soil_moisture"]
+        per, gateways, n_msgs = 50, 16, 4000
+        records = []
+        for i in range(n_msgs):     # bench_ingest.payloads: the same ids and values
+            g, seq = i % gateways, i // gateways
+            ts = int(START * 1000) - 86_400_000 + seq * 1000
+            rs = [NormalizedReading(f"s{j}", soil, ts, 20.0 + (seq % 97) * 0.1 + j * 0.01,
+                                    Quality.OK) for j in range(per)]
+            records.append(Accepted(COUNTY, f"farm-{g % 50}", f"gw-{g}", ts, True, 0, rs))
+        best = float("inf")
+        for _ in range(5):
+            t0 = time.process_time()
+            for j in range(0, n_msgs, 20):      # 20 messages per durable batch
+                engine.on_accepted(records[j:j + 20])
+            best = min(best, time.process_time() - t0)
+            clock.t += 1
+            await asyncio.sleep(0)
+        await engine.close()
+        return best / (n_msgs * per) * 1e6
+
+    return asyncio.run(run())
+
+
 def edge_comparison(args: argparse.Namespace) -> list[str] | None:
     """Edge throughput (MQTT → edge → InfluxDB, bench_ingest.py's workload:
-    50-reading messages from 300 gateways, open enrollment) with alerts off
-    and on, alternating, in one run. With alerts on every reading is
-    evaluated (max_reading_age_s raised: the workload's readings are a day
-    old), against the device rules (the workload has no registry)."""
+    50-reading messages from its simulated gateways, open enrollment) with
+    alerts off and on, interleaved (off, on, on, off, off, on, ...), in one
+    run. With alerts on every reading is evaluated (max_reading_age_s raised:
+    the workload's readings are a day old), against the device rules (the
+    workload has no registry). Reports medians and every run.
+
+    With ``--edge-tree NAME=PATH`` (twice or more) the edges of each tree
+    (PATH: what to put first on PYTHONPATH) run in turn within each round,
+    so that trees meet the same load on a shared machine."""
     path = Path(__file__).with_name("bench_ingest.py")
     if not path.exists() or args.edge_readings <= 0:
         return None
@@ -222,60 +278,104 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
     tmp = Path(tempfile.mkdtemp(prefix="farmedge-bench-alerts-"))
     mq = MosquittoServer(tmp / "mq").start()
     ix = InfluxServer(tmp / "ix").start()
-    rates: dict[str, list[float]] = {"off": [], "on": []}
-    cpus: dict[str, list[float]] = {"off": [], "on": []}
+    # The edge runs the tree this process imports (PYTHONPATH first), or each
+    # tree given.
+    trees: list[tuple[str, str]] = []
+    for spec_ in args.edge_tree or []:
+        name, _, tree_path = spec_.partition("=")
+        trees.append((name, tree_path))
+    if not trees:
+        trees = [("", os.environ.get("PYTHONPATH", ""))]
+    rates: dict[tuple[str, str], list[float]] = {}
+    cpus: dict[tuple[str, str], list[float]] = {}
+    n = args.edge_repeats
     try:
-        for rep in range(args.edge_repeats):
-            for mode in ("off", "on"):
-                db = f"alerts_{mode}_{rep}"
-                ix.create_database(db)
-                extra = {"FARMEDGE_ALERTS_ENABLED": "true" if mode == "on" else "false",
-                         "FARMEDGE_ALERTS_MAX_READING_AGE_S": "1e9"}
-                edge = bi.Edge(mq, ix, db, tmp / db, extra=extra)
-                per = 50
-                n_msgs = args.edge_readings // per
-                pubs = bi.CPublishers(mq.port, f"c{mode}{rep}", n_msgs, per, bi.GATEWAYS, tmp)
-                c0 = process_stats(edge.proc.pid).cpu_s
-                t0 = time.monotonic()
-                pubs.start()
-                while bi.metric(edge.port, "farmedge_readings_written_total") < n_msgs * per:
-                    time.sleep(0.05)
-                    if time.monotonic() - t0 > 600:
-                        raise RuntimeError("the edge did not finish in 10 minutes")
-                rates[mode].append(n_msgs * per / (time.monotonic() - t0))
-                cpus[mode].append((process_stats(edge.proc.pid).cpu_s - c0) * 1e6 / (n_msgs * per))
-                pubs.wait(60)
-                edge.stop()
+        for rep in range(n):
+            for tree, tree_path in trees:
+                path_env = os.pathsep.join(p for p in (tree_path, str(bi.ROOT)) if p)
+                for mode in (("off", "on") if rep % 2 == 0 else ("on", "off")):
+                    db = f"alerts_{tree or 'x'}_{mode}_{rep}"
+                    ix.create_database(db)
+                    extra = {"FARMEDGE_ALERTS_ENABLED": "true" if mode == "on" else "false",
+                             "FARMEDGE_ALERTS_MAX_READING_AGE_S": "1e9",
+                             "PYTHONPATH": path_env}
+                    edge = bi.Edge(mq, ix, db, tmp / db, extra=extra)
+                    per = 50
+                    n_msgs = args.edge_readings // per
+                    pubs = bi.CPublishers(mq.port, f"c{tree}{mode}{rep}", n_msgs, per,
+                                          bi.GATEWAYS, tmp)
+                    c0 = process_stats(edge.proc.pid).cpu_s
+                    t0 = time.monotonic()
+                    pubs.start()
+                    while bi.metric(edge.port, "farmedge_readings_written_total") < n_msgs * per:
+                        time.sleep(0.05)
+                        if time.monotonic() - t0 > 600:
+                            raise RuntimeError("the edge did not finish in 10 minutes")
+                    rate = n_msgs * per / (time.monotonic() - t0)
+                    cpu = (process_stats(edge.proc.pid).cpu_s - c0) * 1e6 / (n_msgs * per)
+                    rates.setdefault((tree, mode), []).append(rate)
+                    cpus.setdefault((tree, mode), []).append(cpu)
+                    pubs.wait(60)
+                    edge.stop()
+                    print(f"  edge run {rep + 1} {tree} alerts {mode}: {rate:,.0f} readings/s, "
+                          f"{cpu:.1f} µs CPU/reading", file=sys.stderr, flush=True)
     finally:
         ix.stop()
         mq.stop()
-    off, on = max(rates["off"]), max(rates["on"])
-    coff, con = min(cpus["off"]), min(cpus["on"])
-    runs = ", ".join(f"{a:,.0f}/{b:,.0f}" for a, b in zip(rates["off"], rates["on"],
-                                                          strict=True))
-    return [f"edge, {args.edge_readings:,} readings in 50-reading messages, bench_ingest.py's "
-            f"load (runs off/on: {runs} readings/s):",
-            f"  throughput alerts off {off:,.0f}/s, on {on:,.0f}/s (best of "
-            f"{args.edge_repeats}): {(1 - on / off) * 100:+.1f} % drop (target ≤ 10 %)",
-            f"  edge CPU per reading alerts off {coff:.1f} µs, on {con:.1f} µs: "
-            f"{(con / coff - 1) * 100:+.1f} %"]
+    med = statistics.median
+
+    def runs(xs: list[float], f: str) -> str:
+        return ", ".join(format(x, f) for x in xs)
+
+    out = [f"edge, {args.edge_readings:,} readings in 50-reading messages, bench_ingest.py's "
+           f"load, alerts off and on interleaved, {n} runs each"
+           + (f", trees {' and '.join(t for t, _ in trees)} in turn:" if len(trees) > 1
+              else ":")]
+    for tree, _ in trees:
+        label = f"{tree}: " if tree else ""
+        ro, rn = rates[(tree, "off")], rates[(tree, "on")]
+        co, cn = cpus[(tree, "off")], cpus[(tree, "on")]
+        off, on, coff, con = med(ro), med(rn), med(co), med(cn)
+        out += [f"  {label}runs alerts off: {runs(ro, ',.0f')} readings/s; "
+                f"CPU {runs(co, '.1f')} µs/reading",
+                f"  {label}runs alerts on:  {runs(rn, ',.0f')} readings/s; "
+                f"CPU {runs(cn, '.1f')} µs/reading",
+                f"  {label}throughput alerts off {off:,.0f}/s, on {on:,.0f}/s (medians of {n}): "
+                f"{(1 - on / off) * 100:.1f} % lower with alerts on (target ≤ 10 %)",
+                f"  {label}edge CPU per reading alerts off {coff:.1f} µs, on {con:.1f} µs "
+                f"(medians): {con - coff:+.1f} µs, {(con / coff - 1) * 100:+.1f} %"]
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--farms", type=int, default=200)
-    ap.add_argument("--rounds", type=int, default=30, help="reporting intervals to evaluate")
-    ap.add_argument("--trials", type=int, default=300, help="latency trials")
+    ap.add_argument("--rounds", type=int, default=20, help="reporting intervals to evaluate")
+    ap.add_argument("--trials", type=int, default=200, help="latency trials")
     ap.add_argument("--ingest-rate", type=float, default=10_000,
                     help="readings/s to express the engine's CPU share against")
     ap.add_argument("--edge-readings", type=int, default=300_000,
                     help="readings per edge run, alerts off and on (0 skips)")
-    ap.add_argument("--edge-repeats", type=int, default=2)
+    ap.add_argument("--edge-repeats", type=int, default=3,
+                    help="edge runs with alerts off and with alerts on (at least 3)")
+    ap.add_argument("--edge-tree", action="append", metavar="NAME=PYTHONPATH",
+                    help="run the edges of this tree too, in turn with the others "
+                         "(e.g. before=/tmp/before:/tmp/before/tools); twice or more")
+    ap.add_argument("--edge-only", action="store_true",
+                    help="only the edge throughput runs")
     args = ap.parse_args()
     args.trials = min(args.trials, args.farms)   # one frost group per farm and trial
+    import farmedge
+
+    print(f"farmedge from {Path(farmedge.__file__).parent}")
+    if args.edge_only:
+        for line in edge_comparison(args) or ["edge throughput alerts off vs on: skipped"]:
+            print(line, flush=True)
+        return
     with tempfile.TemporaryDirectory() as d:
         ev = asyncio.run(evaluation_cost(args, Path(d) / "a.sqlite"))
         lat = asyncio.run(latency(args, Path(d) / "b.sqlite"))
+        wl = edge_workload_cost(args, Path(d) / "c.sqlite")
     print(f"farms {args.farms}, registry sensors {ev['sensors']:.0f}, shipped profiles "
           f"(maize-blacksoil fields, cattle-dairy barns, device rules)")
     print(f"rule evaluation: {ev['us_per_reading']:.1f} µs CPU per reading "
@@ -285,6 +385,8 @@ def main() -> None:
           f"{ev['pass_ms']:.1f} ms CPU")
     share = ev["us_per_reading"] * args.ingest_rate / 1e6 * 100
     print(f"engine CPU at {args.ingest_rate:,.0f} readings/s: {share:.1f} % of one core")
+    print(f"engine on bench_ingest.py's workload (on_accepted, 50-reading messages, device "
+          f"rules): {wl:.2f} µs CPU per reading (best of 5)")
     cmp_ = edge_comparison(args)
     for line in cmp_ or ["edge throughput alerts off vs on: skipped"]:
         print(line, flush=True)

@@ -41,6 +41,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from farmedge.contract import encode_json  # noqa: E402
 from farmedge_dev.devservers import (  # noqa: E402
     free_port,
     influx_query,
@@ -124,9 +125,9 @@ class HealthPoller(threading.Thread):
 
 
 def good_message(gw: str, seq: int, ts: int) -> bytes:
-    return json.dumps({"v": 1, "gateway": gw, "seq": seq, "sent": ts, "clock": "synced",
-                       "readings": [{"sensor": f"s{i}", "kind": "soil_moisture", "ts": ts,
-                                     "value": 20.5, "unit": "%"} for i in range(50)]}).encode()
+    return encode_json(gateway=gw, seq=seq, sent=ts, clock="synced",
+                       readings=[{"sensor": f"s{i}", "kind": "soil_moisture", "ts": ts,
+                                  "value": 20.5, "unit": "%"} for i in range(50)])
 
 
 def bombs() -> list[tuple[str, bytes]]:

@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from farmedge import dashboards as gen  # noqa: E402
+from farmedge.provision import dashboards as gen  # noqa: E402
 from farmedge.simdata import make_farms  # noqa: E402
 from farmedge.storage.schema import KIND_POINTS  # noqa: E402
 from farmedge_dev.devservers import InfluxServer, influx_query  # noqa: E402

@@ -35,6 +35,8 @@ from farmedge.contract import (  # noqa: E402
     COMPACT,
     JSON,
     encode_compact,
+    encode_json,
+    encode_status,
     status_topic,
     telemetry_topic,
 )
@@ -82,9 +84,8 @@ def farm_readings(sensors: int, rounds: int, interval_ms: int) -> list[dict[str,
 
 
 def envelope(readings: list[dict[str, Any]], seq: int) -> bytes:
-    return json.dumps({"v": 1, "gateway": GATEWAY, "seq": seq, "sent": 1_763_800_000_000,
-                       "clock": "synced", "readings": readings},
-                      separators=(",", ":"), ensure_ascii=False).encode()
+    return encode_json(gateway=GATEWAY, seq=seq, sent=1_763_800_000_000, clock="synced",
+                       readings=readings)
 
 
 def wire(per_message: int = 60) -> dict[str, float]:
@@ -129,11 +130,10 @@ def month(status_interval_s: float, keepalive_s: float) -> dict[str, float]:
         out[label] = total / 36 * rounds_per_month / 1e6
     json_each = sum(publish_bytes(TOPIC, len(envelope([r], 18231)), JSON) for r in rs)
     out["json_one_per_message"] = json_each / 36 * rounds_per_month / 1e6
-    status = json.dumps({"v": 1, "gateway": GATEWAY, "online": True, "ts": 1_763_800_000_123,
-                         "uptime_s": 864000.2, "version": "0.1.0", "clock": "synced",
-                         "outbox_depth": 0, "dropped": 0, "outbox_oldest_age_s": 0.0,
-                         "cpu_temperature": 51.2, "disk_free_mb": 9123.4},
-                        separators=(",", ":")).encode()
+    status = encode_status(gateway=GATEWAY, online=True, ts=1_763_800_000_123,
+                           uptime_s=864000.2, version="0.1.0", clock="synced", outbox_depth=0,
+                           dropped=0, outbox_oldest_age_s=0.0, cpu_temperature=51.2,
+                           disk_free_mb=9123.4)
     seconds = 30 * 86400
     out["status"] = (seconds / status_interval_s
                      * publish_bytes(status_topic(COUNTY, FARM, GATEWAY), len(status), None)

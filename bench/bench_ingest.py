@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT))
 import paho.mqtt.client as mqtt  # noqa: E402
 from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
 
+from farmedge.contract import encode_json  # noqa: E402
 from farmedge_dev.devservers import (  # noqa: E402
     InfluxServer,
     MosquittoServer,
@@ -61,9 +62,9 @@ def payloads(county: str, n_messages: int, per_message: int, gateways: int,
         readings = [{"sensor": f"s{j}", "kind": "soil_moisture", "ts": ts,
                      "value": 20.0 + (seq % 97) * 0.1 + j * 0.01, "unit": "%"}
                     for j in range(per_message)]
-        body = json.dumps({"v": 1, "gateway": f"gw-{g}", "seq": seq, "sent": ts + 500,
-                           "clock": "synced", "readings": readings}, separators=(",", ":"))
-        out.append((f"farm/v1/{county}/farm-{g % 50}/gw-{g}/telemetry", body.encode()))
+        body = encode_json(gateway=f"gw-{g}", seq=seq, sent=ts + 500, clock="synced",
+                           readings=readings)
+        out.append((f"farm/v1/{county}/farm-{g % 50}/gw-{g}/telemetry", body))
     return out
 
 
@@ -290,10 +291,9 @@ def latency(mq: MosquittoServer, ix: InfluxServer, tmp: Path, rate_readings: flo
     i = 0
     while time.monotonic() < t_end:
         now_ms = int(time.time() * 1000)
-        body = json.dumps({"v": 1, "gateway": "probe", "seq": i, "sent": now_ms,
-                           "clock": "synced", "readings": [
-                               {"sensor": "p", "kind": "soil_moisture", "ts": now_ms,
-                                "value": 1 + i / 1000, "unit": "%"}]}).encode()
+        body = encode_json(gateway="probe", seq=i, sent=now_ms, clock="synced", readings=[
+            {"sensor": "p", "kind": "soil_moisture", "ts": now_ms, "value": 1 + i / 1000,
+             "unit": "%"}])
         sent[i] = time.monotonic()
         probe.publish("farm/v1/clat/farm-p/probe/telemetry", body, qos=1)
         i += 1

@@ -27,8 +27,6 @@ EXIT_BROKEN_PIPE = 141
 _SUBCOMMANDS: dict[str, str] = {
     "edge": "farmedge.edge.cli",
     "gateway": "farmedge.gateway.cli",
-    "simulate": "farmedge_dev.simulate",
-    "demo": "farmedge_dev.demo",
     "provision": "farmedge.provision.cli",
     "alerts": "farmedge.alerts.cli",
     "fleet": "farmedge.fleet",
@@ -37,6 +35,13 @@ _SUBCOMMANDS: dict[str, str] = {
 #: Entry-point group through which other distributions add subcommands (the
 #: developer tooling, tools/pyproject.toml, adds ``simulate`` and ``demo``).
 PLUGIN_GROUP = "farmedge.commands"
+
+#: Commands of the developer tooling (the farmedge-dev distribution, tools/):
+#: listed even where it is not installed, saying how to get it.
+DEV_COMMANDS = ("simulate", "demo")
+DEV_TOOLING_MISSING = (
+    "the developer tooling (farmedge-dev) is not installed; from a clone of farmedge run "
+    "scripts/bootstrap, or install it next to farmedge: pip install ./tools")
 
 
 def _subcommands() -> dict[str, str]:
@@ -76,7 +81,7 @@ def _unavailable(sub: Any, name: str, reason: str) -> None:
         print(f"farmedge {name}: {reason}", file=sys.stderr)
         return 2
 
-    p.set_defaults(func=say)
+    p.set_defaults(func=say, unavailable=True)
 
 
 def plain(doc: str | None) -> str:
@@ -125,10 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"farmedge {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, module_name in _subcommands().items():
+    commands = _subcommands()
+    for name, module_name in commands.items():
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as exc:
+            if exc.name and exc.name.split(".")[0] == "farmedge_dev":
+                _unavailable(sub, name, DEV_TOOLING_MISSING)
+                continue
             if exc.name and exc.name.startswith("farmedge"):
                 continue  # a part that is not built yet
             reason = missing_dependency(exc)
@@ -137,12 +146,19 @@ def build_parser() -> argparse.ArgumentParser:
             _unavailable(sub, name, reason)
             continue
         module.add_parser(sub)
+    for name in DEV_COMMANDS:
+        if name not in commands:
+            _unavailable(sub, name, DEV_TOOLING_MISSING)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    # A command that is not installed takes any arguments (options too, which
+    # argparse's REMAINDER would refuse) and says what to install.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not getattr(args, "unavailable", False):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -34,14 +34,10 @@ alerts agree on who is offline.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
 from farmedge.cli import ParagraphHelpFormatter
+from farmedge.storage.schema import GatewayField as G
+from farmedge.storage.schema import Measurement, Tag, point, reading_fields
 
 if TYPE_CHECKING:
     from farmedge.edge.settings import InfluxSection
@@ -74,6 +72,9 @@ INSTALLED_WINDOW_S = 7 * 86400
 #: engine's device rules use the same).
 INTERVALS = 3
 DEFAULT_INTERVAL_S = 600.0
+
+_BY_GATEWAY = f'GROUP BY "{Tag.COUNTY}", "{Tag.FARM}", "{Tag.GATEWAY}"'
+_BATTERY = (point("battery_voltage").measurement, point("battery_voltage").field)
 
 STATES = ("online", "silent_sensors", "offline", "idle", "never_seen")
 _STATE_TEXT = {"online": "online", "silent_sensors": "silent sensors", "offline": "OFFLINE",
@@ -244,61 +245,22 @@ Query = Callable[[Sequence[str]], list[list[dict[str, Any]]]]
 
 
 def influx_query(settings: InfluxSection, *, timeout_s: float = 30.0) -> Query:
-    """A function that runs InfluxQL statements over the /query endpoint
-    (InfluxDB 1.x; 2.x and 3.x through their v1-compatible API, where
-    ``database`` names the DBRP mapping, as for Grafana) and returns each
-    statement's series."""
-    url = f"{settings.url}/query"
-    headers: dict[str, str] = {"Accept": "application/json"}
-    db = settings.database
-    if settings.api == "v2":
-        if settings.token is not None:
-            headers["Authorization"] = f"Token {settings.token.get_secret_value()}"
-    elif settings.username:
-        pw = settings.password.get_secret_value() if settings.password else ""
-        token = base64.b64encode(f"{settings.username}:{pw}".encode()).decode()
-        headers["Authorization"] = f"Basic {token}"
+    """A function that runs InfluxQL statements (farmedge.storage.query) and
+    returns each statement's series; InfluxDB's errors as FleetError."""
+    from farmedge.storage.query import DatabaseNotFound, InfluxQuery, QueryError
 
-    def post(q: str) -> dict[str, Any]:
-        body = urllib.parse.urlencode({"q": q, "db": db, "epoch": "ms"}).encode()
-        req = urllib.request.Request(url, data=body, headers=headers, method="POST")
-        try:
-            with urllib.request.urlopen(req, timeout=timeout_s) as r:
-                doc: dict[str, Any] = json.loads(r.read())
-                return doc
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode(errors="replace")[:300]
-            raise FleetError(f"InfluxDB at {settings.url} answered {exc.code}: "
-                             f"{detail}") from None
-        except (OSError, ValueError) as exc:
-            raise FleetError(f"cannot query InfluxDB at {settings.url}: {exc}") from None
+    ask = InfluxQuery(settings, timeout_s=timeout_s)
 
     def run(statements: Sequence[str]) -> list[list[dict[str, Any]]]:
-        doc = post(";\n".join(statements))
-        out: list[list[dict[str, Any]]] = []
-        results = doc.get("results", [])
-        # After a failed statement InfluxDB answers "not executed" for the
-        # rest: the first error is the one that says why.
-        errors = [str(res["error"]) for res in results if "error" in res]
-        if errors:
-            first = next((e for e in errors if e != "not executed"), errors[0])
-            if first == "not executed":
-                # InfluxDB 1.x says only this, for every statement, when the
-                # database does not exist; one statement alone says why.
-                res0 = (post(statements[0]).get("results") or [{}])[0]
-                first = str(res0.get("error") or first)
-            if first.startswith("database not found"):
-                raise FleetError(
-                    f"InfluxDB at {settings.url} has no database {db!r}: the edge creates "
-                    "it on its first start (or farmedge provision influx); check [influx] "
-                    "database")
-            raise FleetError(f"InfluxDB at {settings.url}: {first}")
-        for res in results:
-            out.append(list(res.get("series", [])))
-        if len(out) != len(statements):
-            raise FleetError(f"InfluxDB answered {len(out)} results for "
-                             f"{len(statements)} statements")
-        return out
+        try:
+            return ask(statements)
+        except DatabaseNotFound as exc:
+            raise FleetError(
+                f"InfluxDB at {ask.where} has no database {exc.database!r}: the edge creates "
+                "it on its first start (or farmedge provision influx); check [influx] "
+                "database") from None
+        except QueryError as exc:
+            raise FleetError(str(exc)) from None
 
     return run
 
@@ -307,27 +269,27 @@ def _where(counties: Sequence[str]) -> str:
     if not counties:
         return ""
     alt = "|".join(c.replace("/", "\\/") for c in counties)
-    return f' WHERE "county" =~ /^({alt})$/'
+    return f' WHERE "{Tag.COUNTY}" =~ /^({alt})$/'
 
 
 def _rows(series: list[dict[str, Any]]) -> list[tuple[tuple[str, str, str], dict[str, Any]]]:
     out = []
     for s in series:
         tags = s.get("tags") or {}
-        key = (str(tags.get("county", "")), str(tags.get("farm", "")),
-               str(tags.get("gateway", "")))
+        key = (str(tags.get(Tag.COUNTY, "")), str(tags.get(Tag.FARM, "")),
+               str(tags.get(Tag.GATEWAY, "")))
         for row in s.get("values", []):
             out.append((key, {**dict(zip(s["columns"], row, strict=True)),
-                              "sensor": tags.get("sensor")}))
+                              "sensor": tags.get(Tag.SENSOR)}))
     return out
 
 
 def registered_from_influx(query: Query, counties: Sequence[str]) -> list[Registered]:
     """The registry as the edge last wrote it to InfluxDB."""
     [series] = query([
-        'SELECT last("registered") AS "registered", last("registry_sensor_ids") AS "ids", '
-        f'last("registry_interval_s") AS "interval_s" FROM "gateway"{_where(counties)} '
-        'GROUP BY "county", "farm", "gateway"'])
+        f'SELECT last("{G.REGISTERED}") AS "registered", last("{G.REGISTRY_SENSOR_IDS}") AS '
+        f'"ids", last("{G.REGISTRY_INTERVAL_S}") AS "interval_s" FROM "{Measurement.GATEWAY}"'
+        f"{_where(counties)} {_BY_GATEWAY}"])
     out = []
     for key, row in _rows(series):
         if not row.get("registered"):
@@ -347,16 +309,15 @@ def registered_from_file(registry: Registry, counties: Sequence[str]) -> list[Re
 
 
 def observe(query: Query, counties: Sequence[str]) -> dict[tuple[str, str, str], Observed]:
-    from farmedge.storage.schema import reading_fields
-
     where = _where(counties)
-    by_gw = 'GROUP BY "county", "farm", "gateway"'
+    by_gw = _BY_GATEWAY
+    gw = f'"{Measurement.GATEWAY}"'
     fields = reading_fields()
     statements = [
-        f'SELECT last("online") AS "online" FROM "gateway"{where} {by_gw}',
-        'SELECT last("outbox_depth") AS "outbox_depth", last("outbox_oldest_age_s") AS '
-        f'"outbox_oldest_age_s", last("clock") AS "clock" FROM "gateway"{where} {by_gw}',
-        *(f'SELECT last("{f}") AS "v" FROM "{m}"{where} {by_gw}, "sensor"'
+        f'SELECT last("{G.ONLINE}") AS "online" FROM {gw}{where} {by_gw}',
+        f'SELECT last("{G.OUTBOX_DEPTH}") AS "outbox_depth", last("{G.OUTBOX_OLDEST_AGE_S}") '
+        f'AS "outbox_oldest_age_s", last("{G.CLOCK}") AS "clock" FROM {gw}{where} {by_gw}',
+        *(f'SELECT last("{f}") AS "v" FROM "{m}"{where} {by_gw}, "{Tag.SENSOR}"'
           for m, f in fields),
     ]
     results = query(statements)
@@ -378,7 +339,7 @@ def observe(query: Query, counties: Sequence[str]) -> dict[tuple[str, str, str],
             o = out.setdefault(key, Observed())
             t = int(row["time"])
             o.sensors[sid] = max(o.sensors.get(sid, t), t)
-            if (m, f) == ("device", "battery_voltage") and row.get("v") is not None:
+            if (m, f) == _BATTERY and row.get("v") is not None:
                 o.battery[sid] = float(row["v"])
     return out
 

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit, urlunsplit
 import structlog
 
 __all__ = ["LogFormat", "Throttle", "get_logger", "redact_secrets", "redact_text", "redact_url",
-           "setup_logging"]
+           "route_library_logger", "setup_logging"]
 
 # scheme://userinfo@ : userinfo is what RFC 3986 allows there (no "/", "@",
 # white space); a password after the first ":".
@@ -110,6 +110,41 @@ def get_logger(name: str, **bind: Any) -> Any:
     """A logger that takes its configuration when it first logs, so one
     made at import time still follows ``setup_logging``."""
     return structlog.get_logger(logger_name=name, **bind)
+
+
+class _ToStructlog(logging.Handler):
+    """Hands a library's standard-library log records to a structlog logger,
+    as one dotted event with the library's text in ``message``."""
+
+    def __init__(self, event: str, name: str) -> None:
+        super().__init__()
+        self.event = event
+        self._log = get_logger(name)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = record.getMessage()
+        except Exception:  # a library's bad format string must not stop it
+            text = str(record.msg)
+        kw: dict[str, Any] = {"message": text, "library": record.name}
+        if record.exc_info and record.exc_info[1] is not None:
+            kw["error"] = f"{type(record.exc_info[1]).__name__}: {record.exc_info[1]}"
+        level = record.levelname.lower()
+        method = getattr(self._log, level if level in ("debug", "info", "warning", "error",
+                                                       "critical") else "info")
+        method(self.event, **kw)
+
+
+def route_library_logger(library: str, event: str, *, level: int = logging.INFO) -> None:
+    """Send the standard-library logger ``library`` (and its children)
+    through structlog as ``event`` (e.g. ``"alerts.apprise"``), redacted like
+    every other line, instead of the root logger's plain text. Idempotent."""
+    lg = logging.getLogger(library)
+    if any(isinstance(h, _ToStructlog) for h in lg.handlers):
+        return
+    lg.addHandler(_ToStructlog(event, f"farmedge.{event.split('.', 1)[0]}"))
+    lg.setLevel(level)
+    lg.propagate = False
 
 
 def redact_url(url: str) -> str:

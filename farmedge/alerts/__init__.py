@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .build import engine_from_settings
     from .engine import AlertEngine, check_registry
-    from .errors import AlertsError, DeliveryFailed
+    from .errors import AlertsError, DeliveryFailed, StateError
     from .notify import AppriseNotifier, Notifier
     from .record import (
         AlertEvent,
@@ -34,7 +34,8 @@ if TYPE_CHECKING:
 
 _WHERE = {
     "AlertEngine": "engine", "check_registry": "engine", "AlertsError": "errors",
-    "DeliveryFailed": "errors", "AppriseNotifier": "notify", "Notifier": "notify",
+    "DeliveryFailed": "errors", "StateError": "errors", "AppriseNotifier": "notify",
+    "Notifier": "notify",
     "AlertEvent": "record", "InfluxRecorder": "record", "MemoryRecorder": "record",
     "MqttRecorder": "record", "Recorder": "record", "RecordSink": "record",
     "SinkRecorder": "record", "RuleSet": "rules", "load_rules": "rules",
@@ -57,6 +58,7 @@ __all__ = [
     "Recorder",
     "RuleSet",
     "SinkRecorder",
+    "StateError",
     "check_registry",
     "engine_from_settings",
     "export_templates",

@@ -35,7 +35,7 @@ Bound = tuple[BoundRule, dict[str, float]]
 #: Checks driven by status and timers, not by one reading.
 STATUS_CHECKS = ("gateway_offline", "sensor_silent", "clock_unsynced", "outbox_backlog")
 #: What the fast path checks for one kind: plausible (low, high) and the
-#: flatline rules as (tolerance, window, this sensor's [value, since]).
+#: flatline rules as (tolerance, window ms, this sensor's [value, since ms]).
 FastPlan = tuple[float, float, list[tuple[float, float, list[float]]]]
 #: The plan of a kind a threshold or derived-value rule reads: no value is
 #: in its range, so every reading takes the full path.
@@ -62,7 +62,7 @@ class Context:
     status: list[Bound]             # status / timer checks
     #: kind -> FastPlan (FULL_PATH when the kind needs the full path)
     fast: dict[str, FastPlan] = field(default_factory=dict)
-    #: (kind, flatline rule) -> [last value, since when]
+    #: (kind, flatline rule) -> [last value, since when (epoch ms)]
     flat: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
     def where(self, stype: str, sid: str) -> str:
@@ -99,7 +99,7 @@ class Context:
                 plan = FULL_PATH
                 break
             st = self.flat.setdefault((kind, br.key), [math.inf, 0.0])
-            flats.append((pr.get("tolerance", 0.0), br.rule.window or 43200.0, st))
+            flats.append((pr.get("tolerance", 0.0), (br.rule.window or 43200.0) * 1000.0, st))
         else:
             lo, hi = -math.inf, math.inf
             for br, _pr in self.any_kind:

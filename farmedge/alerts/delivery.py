@@ -149,7 +149,7 @@ class Outbox:
             self.stats["failed"] += 1
             self.publish(d.event_for("failed", now, error=str(exc), attempt=d.attempts))
             if d.attempts >= self.settings.max_attempts:
-                log.warning("alerts.delivery_given_up", event=d.event, contact=d.contact,
+                log.warning("alerts.delivery_given_up", alert_event=d.event, contact=d.contact,
                             attempts=d.attempts, error=str(exc))
                 self._drop(did)
             else:

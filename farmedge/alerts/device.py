@@ -58,7 +58,7 @@ class DeviceChecks:
         eid = f"{ctx.gateway}/{ctx.sensor}"
         if abs(value - st[0]) > pr.get("tolerance", 0.0):
             st[0] = value
-            st[1] = ts
+            st[1] = ts * 1000.0
             rules = self.flat_states.get(sk)
             if rules is not None and br.key in rules:
                 rules.discard(br.key)
@@ -66,7 +66,7 @@ class DeviceChecks:
                     del self.flat_states[sk]
                 self.machine.observe_if_present(br, ctx, "sensor", eid, now)
             return
-        held = ts - st[1]
+        held = ts - st[1] / 1000.0
         if held >= (br.rule.window or 43200.0):
             self.flat_states.setdefault(sk, set()).add(br.key)
             self.machine.observe(br, pr, ctx, "sensor", eid, True, False, value,

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -39,7 +38,7 @@ from farmedge.registry import Registry
 from .context import Contexts, check_registry
 from .delivery import Delivery, Outbox
 from .device import DeviceChecks
-from .errors import AlertsError
+from .errors import AlertsError, StateError
 from .history import History
 from .notify import Notifier
 from .quiet import parse_quiet_hours
@@ -200,8 +199,8 @@ class AlertEngine:
         written at a later tick) and say so in ``disk_full``."""
         try:
             self._commit()
-        except (sqlite3.Error, OSError) as exc:
-            if not is_disk_full(exc):
+        except StateError as exc:
+            if exc.__cause__ is None or not is_disk_full(exc.__cause__):
                 raise
             if not self.disk_full:
                 log.error("alerts.disk_full", error=str(exc),
@@ -228,12 +227,34 @@ class AlertEngine:
         self.device.timers(now)
         self.router.groups_pass(now)
 
+    def open(self) -> None:
+        """Load the state file. ``run()`` does it; tools and tests that drive
+        the engine pass by pass (:meth:`step`) call it, then :meth:`shut`."""
+        self._load()
+        self.device.started = self.clock()
+        self._loaded = True
+
+    async def step(self) -> None:
+        """One pass at the clock's time, as ``run()`` makes them (timers,
+        groups, commit, dispatch), and the sends it starts, awaited."""
+        now = self.clock()
+        self._pass(now)
+        self._commit_or_hold()
+        self.outbox.dispatch(now)
+        while self.outbox.inflight:
+            await asyncio.gather(*list(self.outbox.inflight.values()),
+                                 return_exceptions=True)
+
+    def shut(self) -> None:
+        """Write everything and close the state file (after :meth:`open`)."""
+        self._commit(history=True)
+        self._store.close()
+        self._loaded = False
+
     async def run(self) -> None:
         """Load state, then loop: timers, groups, commit, dispatch. Cancel to stop."""
         self._wake = asyncio.Event()
-        await asyncio.to_thread(self._load)
-        self.device.started = self.clock()
-        self._loaded = True
+        await asyncio.to_thread(self.open)
         tasks = [asyncio.create_task(r.run()) for r in self.recorders]
         try:
             while True:

@@ -12,6 +12,8 @@ import asyncio
 import threading
 from typing import Any, Protocol
 
+from farmedge.logs import route_library_logger
+
 from .errors import DeliveryFailed
 
 __all__ = ["SMS_SCHEMES", "AppriseNotifier", "Notifier", "scheme_of"]
@@ -40,6 +42,9 @@ class AppriseNotifier:
     webhooks). One Apprise object per URL, built on first use."""
 
     def __init__(self, *, timeout_s: float = 30.0, max_threads: int = 4) -> None:
+        # Apprise's own log lines (its plugins' errors, "Sent ... notification")
+        # as structlog events "alerts.apprise".
+        route_library_logger("apprise", "alerts.apprise")
         self._timeout = timeout_s
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()

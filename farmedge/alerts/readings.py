@@ -52,6 +52,7 @@ class ReadingPath:
         sensor_flags = self.machine.flags.sensors
         device = self.device
         full = self.full
+        ok = _OK
         for rec in records:
             readings = rec.readings
             n += len(readings)
@@ -69,9 +70,9 @@ class ReadingPath:
                 seen[sensor] = now
                 ctx = ctxs.get(sensor) if r.animal is None else None
                 if ctx is None:
-                    ctx = self._context(rec, r.sensor, r.animal, ctxs)
+                    ctx = self._context(rec, sensor, r.animal, ctxs)
                 kind = r.kind.name
-                if slow or r.quality is not _OK or (flagged and sensor in flagged):
+                if slow or r.quality is not ok or (flagged and sensor in flagged):
                     full(ctx, kind, r.ts_ms + offset, r.value, r.quality.value, rec.clock_ok,
                          now)
                     continue
@@ -85,13 +86,13 @@ class ReadingPath:
                     continue
                 flats = plan[2]
                 if flats:
-                    ts = (r.ts_ms + offset) / 1000.0
-                    for tol, window, st in flats:   # st: this sensor's [value, since]
+                    ts = r.ts_ms + offset if offset else r.ts_ms
+                    for tol, window, st in flats:   # st: this sensor's [value, since ms]
                         if abs(v - st[0]) > tol:
                             st[0] = v
                             st[1] = ts
                         elif ts - st[1] >= window:
-                            full(ctx, kind, r.ts_ms + offset, v, "ok", True, now)
+                            full(ctx, kind, ts, v, "ok", True, now)
                             break
         return n
 

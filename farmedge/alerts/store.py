@@ -19,6 +19,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from .errors import StateError
+
 __all__ = ["Changes", "StateStore"]
 
 _TABLES = ("states", "groups", "outbox", "budget", "history")
@@ -61,16 +63,19 @@ class StateStore:
     def open(self) -> None:
         if self._db is not None:
             return
-        if self.path != ":memory:":
-            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         try:
-            self._db = self._connect(exclusive=False)
-        except sqlite3.Error:
-            if self.path == ":memory:" or _free(self.path) >= 1 << 20:
-                raise
-            # A full disk: WAL mode cannot make its shared-memory file; in
-            # exclusive locking mode SQLite keeps that index in memory.
-            self._db = self._connect(exclusive=True)
+            if self.path != ":memory:":
+                Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+            try:
+                self._db = self._connect(exclusive=False)
+            except sqlite3.Error:
+                if self.path == ":memory:" or _free(self.path) >= 1 << 20:
+                    raise
+                # A full disk: WAL mode cannot make its shared-memory file; in
+                # exclusive locking mode SQLite keeps that index in memory.
+                self._db = self._connect(exclusive=True)
+        except (sqlite3.Error, OSError) as exc:
+            raise StateError(f"alert state {self.path}: cannot open: {exc}") from exc
 
     def _connect(self, *, exclusive: bool) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
@@ -94,10 +99,21 @@ class StateStore:
 
     def load(self, table: str) -> dict[str, Any]:
         assert self._db is not None and table in _TABLES
-        return {k: json.loads(v) for k, v in self._db.execute(f"SELECT key, data FROM {table}")}
+        try:
+            return {k: json.loads(v)
+                    for k, v in self._db.execute(f"SELECT key, data FROM {table}")}
+        except (sqlite3.Error, ValueError) as exc:
+            raise StateError(f"alert state {self.path}: cannot read {table}: {exc}") from exc
 
     def write(self, changes: Mapping[str, Mapping[str, Any | None]]) -> None:
-        """``{table: {key: data or None (delete)}}`` in one transaction."""
+        """``{table: {key: data or None (delete)}}`` in one transaction;
+        StateError (its cause the SQLite or OS error) when it fails."""
+        try:
+            self._write(changes)
+        except (sqlite3.Error, OSError) as exc:
+            raise StateError(f"alert state {self.path}: cannot write: {exc}") from exc
+
+    def _write(self, changes: Mapping[str, Mapping[str, Any | None]]) -> None:
         assert self._db is not None
         if not any(changes.values()):
             return

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import gc
 import os
 import sys
 from pathlib import Path
@@ -95,6 +96,11 @@ def _run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"farmedge edge: configuration error\n{exc}", file=sys.stderr)
         return EXIT_ERRORS
+    # With stages (the alert engine) a batch's readings live until it is
+    # durable; at CPython's default threshold (700 new objects) the cyclic
+    # collector then runs every few messages and walks them again and again
+    # (docs/performance.md, "Alerts"). The edge makes few cycles.
+    gc.set_threshold(20_000, 10, 10)
 
     async def main() -> None:
         stop = asyncio.Event()

@@ -31,7 +31,7 @@ from farmedge.logs import get_logger
 
 from .clock import ClockSource, SystemClock
 from .drivers import Driver, DriverContext, Sample, SensorConfig, build_driver
-from .errors import DriverError
+from .errors import DriverError, GatewayError, OutboxError
 from .outbox import NewRow, Outbox
 from .settings import GatewaySettings
 from .uplink import Uplink
@@ -88,6 +88,8 @@ class Agent:
         self.samples = 0
         #: Samples the wire contract cannot carry (also in read_errors).
         self._refused = 0
+        #: Samples the outbox failed to keep (not for a full disk).
+        self.store_errors = 0
         # Made here, not at import: logging is set up after the imports.
         self.log = get_logger("farmedge.gateway", gateway=settings.gateway)
 
@@ -98,7 +100,10 @@ class Agent:
         is the last will's three."""
         if not online:
             return {"gateway": self.s.gateway, "online": False}
-        st = self.outbox.stats() if self.outbox.is_open else None
+        st = None
+        if self.outbox.is_open:
+            with contextlib.suppress(OutboxError):  # a broken file: the status still goes
+                st = self.outbox.stats()
         now = self.clock.wall_ms()
         f: dict[str, Any] = {
             "gateway": self.s.gateway, "online": True, "ts": now,
@@ -150,14 +155,19 @@ class Agent:
                 self.read_errors += 1
                 errors_in_row += 1
                 if errors_in_row == 1 or errors_in_row % 100 == 0:
-                    lg.warning("sensor read failed", error=str(exc) or type(exc).__name__,
+                    lg.warning("gateway.read_failed", error=str(exc) or type(exc).__name__,
                                in_a_row=errors_in_row)
             except Exception:
                 samples = []
                 self.read_errors += 1
-                lg.exception("driver crashed")
+                lg.exception("gateway.driver_crashed")
             if samples:
-                self._store(cfg.id, samples, stuck)
+                try:
+                    self._store(cfg.id, samples, stuck)
+                except OutboxError as exc:  # not a full disk: the outbox handles that
+                    self.store_errors += 1
+                    lg.error("gateway.outbox_write_failed", error=str(exc),
+                             errors_total=self.store_errors)
             next_t += cfg.interval_s
             now = loop.time()
             if next_t < now:
@@ -204,7 +214,7 @@ class Agent:
         synced = self.clock.synced()
         dropped = self.outbox.enforce_bounds(self.clock.wall_ms() if synced else None)
         if dropped:
-            self.log.warning("outbox full: dropped the oldest readings", dropped=dropped,
+            self.log.warning("gateway.outbox_dropped_oldest", dropped=dropped,
                              dropped_total=self.outbox.dropped)
         self.outbox.commit()
 
@@ -216,8 +226,13 @@ class Agent:
                 self.uplink.publish_status()
 
     async def run(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set. Should the uplink or the outbox's
+        committer end with an error first, the agent stops the same way and
+        raises :class:`GatewayError` naming it (``farmedge gateway run``
+        exits 1 and systemd starts it again), rather than go on sampling
+        with nothing sent or nothing committed."""
         self.outbox.open()
-        self.log.info("gateway starting", version=__version__, sensors=len(self.drivers),
+        self.log.info("gateway.starting", version=__version__, sensors=len(self.drivers),
                       backlog=self.outbox.depth, outbox=str(self.outbox.path))
         sensors = {cfg.id: cfg for cfg in self.s.sensors}
         tasks = [asyncio.create_task(self._sample_loop(sensors[i], d), name=f"read {i}")
@@ -227,16 +242,19 @@ class Agent:
         uplink_stop = asyncio.Event()
         uplink = asyncio.create_task(self.uplink.run(uplink_stop))
         status = asyncio.create_task(self._status_loop(uplink_stop))
+        failure = None
         try:
-            await stop.wait()
+            failure = await _first_failure(stop, {uplink: "the uplink",
+                                                  committer: "the outbox's commits"})
         finally:
-            self.log.info("gateway stopping")
+            self.log.info("gateway.stopping")
             for t in tasks:
                 t.cancel()  # a read in progress finishes in its thread, unstored
             await asyncio.gather(*tasks, return_exceptions=True)
             committing.set()
-            await committer
-            self._commit()
+            await asyncio.gather(committer, return_exceptions=True)
+            with contextlib.suppress(OutboxError):  # a failed outbox: nothing to save
+                self._commit()
             self.uplink.flushing = True
             uplink_stop.set()
             try:
@@ -244,14 +262,39 @@ class Agent:
             except TimeoutError:
                 self.uplink.flushing = False
                 self.uplink._wake.set()
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(Exception):  # late, or failed: said below
                     await asyncio.wait_for(uplink, 5)
-            await status
+            except Exception:  # it failed: said below
+                pass
+            await asyncio.gather(status, return_exceptions=True)
             for d in self.drivers.values():
                 with contextlib.suppress(Exception):
                     d.close()
-            self.outbox.close()
-            self.log.info("gateway stopped", backlog=self.outbox.depth)
+            with contextlib.suppress(OutboxError):
+                self.outbox.close()
+            self.log.info("gateway.stopped", backlog=self.outbox.depth)
+        if failure is not None:
+            self.log.error("gateway.task_failed", error=str(failure))
+            raise failure
+
+
+async def _first_failure(stop: asyncio.Event,
+                         watched: dict[asyncio.Task[Any], str]) -> GatewayError | None:
+    """Wait for ``stop``, or for one of ``watched`` to end first (an error,
+    since they run until stop): that one as a GatewayError."""
+    waiter = asyncio.create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait({waiter, *watched}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+    for task in done:
+        if task in watched:
+            exc = None if task.cancelled() else task.exception()
+            err = GatewayError(f"{watched[task]} stopped: "
+                               f"{f'{type(exc).__name__}: {exc}' if exc else 'it ended'}")
+            err.__cause__ = exc
+            return err
+    return None
 
 
 def _encodes(encode: Any, **fields: Any) -> bool:

@@ -17,6 +17,7 @@ import ctypes.util
 import subprocess
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -81,11 +82,16 @@ def _timedatectl_synced() -> bool | None:
 
 
 class SystemClock:
-    """The real clocks. ``source``: "kernel", "timedatectl" or "trust"."""
+    """The real clocks. ``source``: "kernel", "timedatectl" or "trust".
+    ``probe`` replaces the source's check (tests pass a fake): True when
+    the clock is set, False when not, None when it cannot tell."""
 
-    def __init__(self, source: str = "kernel", *, recheck_s: float = 10.0) -> None:
+    def __init__(self, source: str = "kernel", *, recheck_s: float = 10.0,
+                 probe: Callable[[], bool | None] | None = None) -> None:
         self.source = source
         self.recheck_s = recheck_s
+        self._probe = probe or (_timedatectl_synced if source == "timedatectl"
+                                else kernel_clock_synced)
         self._boot: str | None = None
         self._synced = source == "trust"
         self._checked = -1e9
@@ -112,8 +118,7 @@ class SystemClock:
         if now - self._checked < self.recheck_s:
             return False
         self._checked = now
-        state = _timedatectl_synced() if self.source == "timedatectl" else kernel_clock_synced()
-        self._synced = bool(state)
+        self._synced = bool(self._probe())
         return self._synced
 
 

@@ -16,12 +16,13 @@ those it could not keep in ``dropped`` (the readings taken since the last
 commit too: that transaction cannot be committed), and, at each commit
 while full, tries whether there is room again (a small write); then it takes
 readings again. It never raises for a full disk, so no task of the agent
-stops on it.
+stops on it. Any other SQLite failure is an
+:class:`~farmedge.gateway.errors.OutboxError` (the file itself is
+:mod:`~farmedge.gateway.outbox_db`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import shutil
 import sqlite3
 from collections.abc import Iterable, Sequence
@@ -29,10 +30,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from farmedge.contract import Quality
-from farmedge.disk import is_disk_full
 from farmedge.logs import get_logger
 
 from .errors import OutboxError
+from .outbox_db import DiskFull, OutboxDb
 
 __all__ = ["NewRow", "Outbox", "OutboxStats", "Row"]
 
@@ -43,25 +44,6 @@ ROW_OVERHEAD = 48
 SEQ_BLOCK = 1000
 #: While full, try again once at least this much is free.
 RESUME_FREE_BYTES = 1 << 20
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS reading (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ids keep the order taken
-    sensor TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    unit TEXT NOT NULL,
-    value REAL NOT NULL,
-    quality INTEGER NOT NULL,
-    animal TEXT,
-    ts INTEGER NOT NULL,      -- epoch ms, corrected once the clock is synced
-    mono INTEGER NOT NULL,    -- CLOCK_BOOTTIME ms when taken
-    boot INTEGER NOT NULL,    -- boot.id
-    synced INTEGER NOT NULL,  -- 1: ts is from a synced clock
-    size INTEGER NOT NULL     -- estimated bytes, for the size bound
-);
-CREATE TABLE IF NOT EXISTS boot (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +107,44 @@ def _size(r: NewRow) -> int:
             + (len(r.animal) if r.animal else 0))
 
 
+@dataclass(slots=True)
+class _Ledger:
+    """Which reading ids the open transaction holds, so that a transaction
+    lost to a full disk is counted right: its readings the uplink has
+    published are on their way, the others are lost, and none of their ids
+    is used again."""
+
+    #: sqlite_sequence of ``reading`` at the last commit: the open
+    #: transaction's readings have the ids after it.
+    committed: int = 0
+    #: Readings added in the open transaction.
+    tx_rows: int = 0
+    #: The highest reading id the uplink has published (mark_sent).
+    sent_max: int = 0
+    #: The highest reading id that may have been used (never reused).
+    id_high: int = 0
+
+    def added(self, n: int) -> None:
+        self.tx_rows += n
+        self.id_high = max(self.id_high, self.committed + self.tx_rows)
+
+    def commit(self) -> None:
+        self.committed += self.tx_rows
+        self.tx_rows = 0
+
+    def lose(self, also_lost: int) -> int:
+        """The open transaction is given up; how many readings are lost."""
+        start = self.committed
+        handed = max(0, min(self.sent_max, start + self.tx_rows) - start)
+        lost = self.tx_rows - handed + also_lost
+        self.id_high = max(self.id_high, start + self.tx_rows + also_lost, self.sent_max)
+        self.tx_rows = 0
+        return lost
+
+    def resumed(self) -> None:
+        self.committed = max(self.committed, self.id_high)
+
+
 class Outbox:
     """``open()`` it, ``add()`` readings, ``commit()`` every few seconds,
     ``peek()`` the oldest, ``delete()`` what the broker acknowledged."""
@@ -134,8 +154,7 @@ class Outbox:
         self.path = Path(path)
         self.max_bytes = max_bytes
         self.max_age_ms = max_age_ms
-        self._db: sqlite3.Connection | None = None
-        self._in_tx = False
+        self.file = OutboxDb(self.path)
         self.depth = 0
         self.bytes = 0
         self.dropped = 0
@@ -146,26 +165,20 @@ class Outbox:
         #: True while the disk is full: readings are counted in ``dropped``,
         #: not kept.
         self.full = False
-        #: Readings added in the open transaction (lost if it cannot commit,
-        #: unless the uplink has taken them already).
-        self._tx_rows = 0
-        #: sqlite_sequence of ``reading`` at the last commit: the open
-        #: transaction's readings have the ids after it.
-        self._seq_committed = 0
-        #: The highest reading id the uplink has published (mark_sent).
-        self._sent_max = 0
-        #: The highest reading id that may have been used (never reused).
-        self._id_high = 0
+        self._ids = _Ledger()
         self._log = get_logger("farmedge.gateway.outbox")
 
     # -- life cycle ---------------------------------------------------------
 
     def open(self) -> Outbox:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutboxError(f"{self.path.parent}: {exc.strerror or exc}") from None
         try:
             self._open(exclusive=False)
         except OutboxError:
-            if self._free() >= RESUME_FREE_BYTES:
+            if _free_bytes(self.path.parent) >= RESUME_FREE_BYTES:
                 raise
             # A full SD card (after a power cut, say): WAL mode needs a new
             # shared-memory file, which cannot be made. In exclusive locking
@@ -173,71 +186,39 @@ class Outbox:
             # full, and sends what it holds; nothing else reads it meanwhile.
             self._open(exclusive=True)
             self.full = True
-            self._log.error("outbox: disk full at start, not keeping readings until there "
-                            "is room", path=str(self.path), depth=self.depth)
+            self._log.error("gateway.outbox_full", at_start=True, path=str(self.path),
+                            depth=self.depth)
         return self
 
-    def _free(self) -> int:
-        try:
-            return int(shutil.disk_usage(self.path.parent).free)
-        except OSError:
-            return RESUME_FREE_BYTES
-
     def _open(self, *, exclusive: bool) -> None:
-        db: sqlite3.Connection | None = None
+        f = self.file
+        f.open(exclusive=exclusive)
         try:
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            if exclusive:
-                db.execute("PRAGMA locking_mode=EXCLUSIVE")
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
-            # Checkpoint less often than the default 1000 pages: fewer fsyncs.
-            db.execute("PRAGMA wal_autocheckpoint=2000")
-            ok = db.execute("PRAGMA quick_check").fetchone()[0]
-            if ok != "ok":
-                raise OutboxError(f"{self.path}: database is damaged: {ok}")
-            db.executescript(_SCHEMA)
-            self.depth, total, self.unsynced = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(synced = 0), 0)"
-                " FROM reading").fetchone()
-            self.bytes = int(total)
-            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
-            self.dropped = int(meta.get("dropped", 0))
+            self.depth, self.bytes, self.unsynced = f.counts()
+            meta = f.meta()
+            self.dropped = meta.get("dropped", 0)
             # Sequence numbers are reserved in blocks, so a crash can skip
             # numbers (a gap the edge sees) but never repeat one.
-            self._seq = self._seq_reserved = int(meta.get("seq_reserved", 0))
-            self._boots = {b: i for i, b in db.execute("SELECT id, boot_id FROM boot")}
-            seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = 'reading'").fetchone()
-            self._seq_committed = self._id_high = int(seq[0]) if seq else 0
-        except sqlite3.Error as exc:
-            if db is not None:
-                with contextlib.suppress(sqlite3.Error):
-                    db.close()
-            raise OutboxError(f"{self.path}: {exc}") from None
-        self._db = db
+            self._seq = self._seq_reserved = meta.get("seq_reserved", 0)
+            self._boots = f.boots()
+            last = f.last_reading_id()
+            self._ids = _Ledger(committed=last, id_high=last)
+        except OutboxError:
+            f.close()
+            raise
 
     def close(self) -> None:
-        if self._db is not None:
+        if self.file.is_open:
             self.commit()
-            self._db.close()
-            self._db = None
+            self.file.close()
 
     @property
     def is_open(self) -> bool:
-        return self._db is not None
+        return self.file.is_open
 
     @property
-    def db(self) -> sqlite3.Connection:
-        if self._db is None:
-            raise OutboxError("the outbox is not open")
-        return self._db
-
-    def _begin(self) -> sqlite3.Connection:
-        db = self.db
-        if not self._in_tx:
-            db.execute("BEGIN")
-            self._in_tx = True
-        return db
+    def db(self) -> sqlite3.Connection:  # to look at the file; write through the methods
+        return self.file.connection
 
     # -- writing ------------------------------------------------------------
 
@@ -249,11 +230,9 @@ class Outbox:
             if self.full:
                 return -1
             try:
-                db = self._begin()
-                cur = db.execute("INSERT INTO boot (boot_id) VALUES (?)", (boot_id,))
-            except sqlite3.Error as exc:
-                if not is_disk_full(exc):
-                    raise
+                self.file.begin()
+                cur = self.file.execute("INSERT INTO boot (boot_id) VALUES (?)", (boot_id,))
+            except DiskFull as exc:
                 self._disk_full(exc)
                 return -1
             key = self._boots[boot_id] = int(cur.lastrowid or 0)
@@ -271,19 +250,16 @@ class Outbox:
             return
         sizes = [_size(r) for r in rows]
         try:
-            db = self._begin()
-            db.executemany(
+            self.file.begin()
+            self.file.executemany(
                 "INSERT INTO reading (sensor, kind, unit, value, quality, animal, ts, mono, boot,"
                 " synced, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [(r.sensor, r.kind, r.unit, float(r.value), _QCODE[r.quality], r.animal, r.ts,
                   r.mono, boot, int(r.synced), s) for r, s in zip(rows, sizes, strict=True)])
-        except sqlite3.Error as exc:
-            if not is_disk_full(exc):
-                raise
+        except DiskFull as exc:
             self._disk_full(exc, also_lost=len(rows))
             return
-        self._tx_rows += len(rows)
-        self._id_high = max(self._id_high, self._seq_committed + self._tx_rows)
+        self._ids.added(len(rows))
         self.depth += len(rows)
         self.bytes += sum(sizes)
         self.unsynced += sum(1 for r in rows if not r.synced)
@@ -294,57 +270,38 @@ class Outbox:
         """The disk is full: give up the open transaction (it cannot commit),
         count its readings and ``also_lost`` as dropped, and stop taking
         readings until there is room again."""
-        start = self._seq_committed
-        # Readings of this transaction the uplink has taken are on their way.
-        handed = max(0, min(self._sent_max, start + self._tx_rows) - start)
-        lost = self._tx_rows - handed + also_lost
-        self._id_high = max(self._id_high, start + self._tx_rows + also_lost,
-                            self._sent_max)
-        db = self.db
-        if db.in_transaction:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-        self._in_tx = False
-        self._tx_rows = 0
+        lost = self._ids.lose(also_lost)
+        self.file.rollback()
         self.dropped += lost
         self._recount()
-        self._boots = {b: i for i, b in db.execute("SELECT id, boot_id FROM boot")}
+        self._boots = self.file.boots()
         if not self.full:
-            self._log.error("outbox: disk full, not keeping readings until there is room",
-                            error=str(exc), lost=lost, dropped_total=self.dropped,
-                            path=str(self.path))
+            self._log.error("gateway.outbox_full", error=str(exc), lost=lost,
+                            dropped_total=self.dropped, path=str(self.path))
         self.full = True
 
     def _try_resume(self) -> None:
-        free = self._free()
+        free = _free_bytes(self.path.parent)
         if free < RESUME_FREE_BYTES:
             return
-        db = self.db
+        f = self.file
         try:
-            self._begin()  # deletes of acknowledged readings may be waiting in it
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped', ?)",
-                       (self.dropped,))
+            f.begin()  # deletes of acknowledged readings may be waiting in it
+            f.set_meta("dropped", self.dropped)
             # Ids of the readings given up are never used again: the uplink
             # may have passed them already.
-            db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'reading' AND seq < ?",
-                       (self._id_high, self._id_high))
-            db.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'reading', ? WHERE NOT"
-                       " EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'reading')",
-                       (self._id_high,))
-            db.execute("COMMIT")
-        except sqlite3.Error as exc:
-            if db.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-            self._in_tx = False
-            if not is_disk_full(exc):
-                raise OutboxError(f"{self.path}: {exc}") from None
+            f.raise_reading_id(self._ids.id_high)
+            f.commit()
+        except DiskFull:
+            f.rollback()
             self._recount()
             return
-        self._in_tx = False
+        except OutboxError:
+            f.rollback()
+            raise
         self.full = False
-        self._seq_committed = max(self._seq_committed, self._id_high)
-        self._log.warning("outbox: room again, keeping readings", free_bytes=free,
+        self._ids.resumed()
+        self._log.warning("gateway.outbox_room_again", free_bytes=free,
                           dropped_total=self.dropped)
 
     def delete(self, rows: Iterable[Row]) -> None:
@@ -354,23 +311,13 @@ class Outbox:
         rows = list(rows)
         if not rows:
             return
-        n = 0
-        gone = 0
         try:
-            db = self._begin()
-            for i in range(0, len(rows), 500):
-                chunk = rows[i:i + 500]
-                cur = db.execute(
-                    f"DELETE FROM reading WHERE id IN ({','.join('?' * len(chunk))})",
-                    [r.id for r in chunk])
-                n += cur.rowcount
-                gone += len(chunk)
-        except sqlite3.Error as exc:
-            if not is_disk_full(exc):
-                raise
+            self.file.begin()
+            n = self.file.delete_ids([r.id for r in rows])
+        except DiskFull as exc:
             self._disk_full(exc)
             return
-        if n == gone:
+        if n == len(rows):
             self.depth -= n
             self.bytes -= sum(r.size for r in rows)
             self.unsynced -= sum(1 for r in rows if not r.synced)
@@ -384,25 +331,16 @@ class Outbox:
         if not ids or self.full:
             return
         try:
-            db = self._begin()
-            n = db.execute(f"DELETE FROM reading WHERE id IN ({','.join('?' * len(ids))})",
-                           ids).rowcount
-            self.dropped += n
-            db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped', ?)",
-                       (self.dropped,))
-        except sqlite3.Error as exc:
-            if not is_disk_full(exc):
-                raise OutboxError(f"{self.path}: {exc}") from None
+            self.file.begin()
+            self.dropped += self.file.delete_ids(ids)
+            self.file.set_meta("dropped", self.dropped)
+        except DiskFull as exc:
             self._disk_full(exc)
             return
         self._recount()
 
     def _recount(self) -> None:
-        self.depth, total, unsynced = self.db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(synced = 0), 0)"
-            " FROM reading").fetchone()
-        self.bytes = int(total)
-        self.unsynced = int(unsynced)
+        self.depth, self.bytes, self.unsynced = self.file.counts()
 
     def correct_clock(self, boot_id: str, now_wall_ms: int, now_mono_ms: int) -> int:
         """Re-date readings of this boot taken before the clock was set."""
@@ -412,12 +350,11 @@ class Outbox:
         if self.full:
             return 0
         try:
-            db = self._begin()
-            cur = db.execute("UPDATE reading SET ts = ? - (? - mono), synced = 1"
-                             " WHERE synced = 0 AND boot = ?", (now_wall_ms, now_mono_ms, boot))
-        except sqlite3.Error as exc:
-            if not is_disk_full(exc):
-                raise
+            self.file.begin()
+            cur = self.file.execute(
+                "UPDATE reading SET ts = ? - (? - mono), synced = 1 WHERE synced = 0 AND boot = ?",
+                (now_wall_ms, now_mono_ms, boot))
+        except DiskFull as exc:
             self._disk_full(exc)
             return 0
         self.unsynced -= cur.rowcount
@@ -427,12 +364,9 @@ class Outbox:
         if self._seq >= self._seq_reserved and not self.full:
             reserved = self._seq + SEQ_BLOCK
             try:
-                self._begin().execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES ('seq_reserved', ?)",
-                    (reserved,))
-            except sqlite3.Error as exc:
-                if not is_disk_full(exc):
-                    raise
+                self.file.begin()
+                self.file.set_meta("seq_reserved", reserved)
+            except DiskFull as exc:
                 self._disk_full(exc)
             else:
                 self.commit()
@@ -449,79 +383,70 @@ class Outbox:
         than the age bound (judged only when the clock is set). Returns how
         many were dropped."""
         dropped = 0
-        db = self.db
         if self.full:
             return 0
-        while self.bytes > self.max_bytes and self.depth > 0:
-            avg = max(1, self.bytes // max(1, self.depth))
-            excess = max(1, (self.bytes - int(self.max_bytes * 0.95)) // avg)
-            row = db.execute("SELECT id FROM reading ORDER BY id LIMIT 1 OFFSET ?",
-                             (min(excess, self.depth) - 1,)).fetchone()
-            if row is None:
-                break
-            dropped += self._drop_through(row[0])
-        if now_wall_ms is not None:
-            limit = now_wall_ms - self.max_age_ms
-            while self.depth > 0:
-                old = db.execute("SELECT id FROM (SELECT id, ts, synced FROM reading ORDER BY id"
-                                 " LIMIT 1000) WHERE synced = 1 AND ts < ? ORDER BY id DESC"
-                                 " LIMIT 1", (limit,)).fetchone()
-                if old is None:
+        f = self.file
+        try:
+            while self.bytes > self.max_bytes and self.depth > 0:
+                avg = max(1, self.bytes // max(1, self.depth))
+                excess = max(1, (self.bytes - int(self.max_bytes * 0.95)) // avg)
+                last = f.nth_oldest_id(min(excess, self.depth) - 1)
+                if last is None:
                     break
-                dropped += self._drop_through(old[0])
+                dropped += self._drop_through(last)
+            if now_wall_ms is not None:
+                while self.depth > 0:
+                    last = f.last_expired_id(now_wall_ms - self.max_age_ms)
+                    if last is None:
+                        break
+                    dropped += self._drop_through(last)
+        except DiskFull as exc:
+            self._disk_full(exc)
         return dropped
 
     def _drop_through(self, last_id: int) -> int:
-        db = self._begin()
-        n, size, unsynced = db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(synced = 0), 0)"
-            " FROM reading WHERE id <= ?", (last_id,)).fetchone()
-        db.execute("DELETE FROM reading WHERE id <= ?", (last_id,))
+        f = self.file
+        f.begin()
+        n, size, unsynced = f.delete_through(last_id)
         self.depth -= n
-        self.bytes -= int(size)
-        self.unsynced -= int(unsynced)
+        self.bytes -= size
+        self.unsynced -= unsynced
         self.dropped += n
-        db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('dropped', ?)",
-                   (self.dropped,))
-        return int(n)
+        f.set_meta("dropped", self.dropped)
+        return n
 
     def commit(self) -> None:
         if self.full:
             self._try_resume()
             return
-        if self._in_tx:
+        if self.file.in_transaction:
             try:
-                self.db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if is_disk_full(exc):
-                    self._disk_full(exc)
-                    return
-                raise OutboxError(f"{self.path}: commit failed: {exc}") from None
-            self._in_tx = False
-            self._seq_committed += self._tx_rows
-            self._tx_rows = 0
+                self.file.commit()
+            except DiskFull as exc:
+                self._disk_full(exc)
+                return
+            self._ids.commit()
 
     # -- reading ------------------------------------------------------------
 
     def peek(self, after_id: int, limit: int) -> list[Row]:
         """The oldest ``limit`` readings with an id above ``after_id``."""
-        cur = self.db.execute(
-            "SELECT id, sensor, kind, unit, value, quality, animal, ts, mono, boot, synced, size"
-            " FROM reading WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
         return [Row(i, s, k, u, v, _QUALITY[q], a, t, m, b, bool(sy), sz)
-                for i, s, k, u, v, q, a, t, m, b, sy, sz in cur]
+                for i, s, k, u, v, q, a, t, m, b, sy, sz in self.file.readings(after_id, limit)]
 
     def mark_sent(self, last_id: int) -> None:
         """The uplink has published the readings up to ``last_id``: if the
         disk fills before they are committed, they are on their way, not lost."""
-        if last_id > self._sent_max:
-            self._sent_max = last_id
-
-    def oldest(self) -> Row | None:
-        rows = self.peek(0, 1)
-        return rows[0] if rows else None
+        self._ids.sent_max = max(self._ids.sent_max, last_id)
 
     def stats(self) -> OutboxStats:
-        old = self.oldest()
-        return OutboxStats(self.depth, self.bytes, old.ts if old else None, self.dropped,
+        old = self.peek(0, 1)
+        return OutboxStats(self.depth, self.bytes, old[0].ts if old else None, self.dropped,
                            self.full)
+
+
+def _free_bytes(path: Path) -> int:
+    try:
+        return int(shutil.disk_usage(path).free)
+    except OSError:
+        return RESUME_FREE_BYTES

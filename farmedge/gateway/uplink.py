@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import random
 import ssl
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,6 +23,7 @@ from urllib.parse import urlsplit
 from farmedge.contract import Encoded, EncodeError, encode_telemetry, status_topic, telemetry_topic
 from farmedge.logs import get_logger
 
+from .batching import Batch, RateLimit, ReplayProgress, next_batch
 from .clock import ClockSource
 from .errors import UplinkError
 from .outbox import Outbox, Row
@@ -61,24 +61,6 @@ class UplinkStats:
     refused: int = 0
 
 
-class _Bucket:
-    """Token bucket: at most ``rate`` readings per second, bursts of ``burst``."""
-
-    def __init__(self, rate: float, burst: float) -> None:
-        self.rate = rate
-        self.burst = max(burst, 1.0)
-        self.tokens = self.burst
-        self.t = time.monotonic()
-
-    async def take(self, n: int) -> None:
-        now = time.monotonic()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        self.tokens -= n
-        if self.tokens < 0:
-            await asyncio.sleep(-self.tokens / self.rate)
-
-
 class _Disconnected(Exception):
     pass
 
@@ -108,11 +90,10 @@ class Uplink:
         self._inflight: dict[int, list[Row]] = {}
         self._gen = 0
         self._cursor = 0
-        self._bucket = _Bucket(settings.uplink.max_rate, settings.uplink.batch_max)
+        self._bucket = RateLimit(settings.uplink.max_rate, settings.uplink.batch_max)
         # Made here, not at import: logging is set up after the imports.
         self.log = get_logger("farmedge.gateway.uplink", gateway=settings.gateway)
-        self._progress_at = 0.0
-        self._replay_start: tuple[float, int] | None = None
+        self._replay = ReplayProgress(self.log, batch_max=settings.uplink.batch_max)
 
     # -- paho callbacks (network thread) --------------------------------------
 
@@ -296,66 +277,17 @@ class Uplink:
             if code >= 0x80:
                 self.stats.refused += 1
                 raise _Disconnected(f"broker refused a message (reason code {code:#x})")
-            self.log.debug("acked", mid=mid, gen=self._gen, n=len(rows))
+            self.log.debug("gateway.acked", mid=mid, gen=self._gen, n=len(rows))
             self.outbox.delete(rows)
             self.stats.readings += len(rows)
         self._progress()
 
     def _progress(self) -> None:
-        now = time.monotonic()
-        backlog = self.outbox.depth
-        if backlog <= 10 * self.s.uplink.batch_max:
-            if self._replay_start is not None:
-                self.log.info("backlog replayed", sent=self.stats.readings - self._replay_start[1],
-                              seconds=round(now - self._replay_start[0], 1))
-                self._replay_start = None
-            return
-        if self._replay_start is None:
-            self._replay_start = (now, self.stats.readings)
-            self._progress_at = now
-            self.log.info("replaying backlog", backlog=backlog)
-        elif now - self._progress_at >= 10:
-            t0, n0 = self._replay_start
-            done = self.stats.readings - n0
-            self.log.info("replaying backlog", sent=done, left=backlog,
-                          rate_per_s=round(done / max(now - t0, 1e-9), 1))
-            self._progress_at = now
+        self._replay.update(self.outbox.depth, self.stats.readings)
 
-    def _next_batch(self, *, final: bool) -> tuple[list[Row], str] | None:
-        up = self.s.uplink
-        clock = self.clock
-        synced = clock.synced()
-        if synced and self.outbox.unsynced:
-            n = self.outbox.correct_clock(clock.boot_id(), clock.wall_ms(), clock.mono_ms())
-            if n:
-                self.log.info("clock set: re-dated readings taken before", readings=n)
-        rows = self.outbox.peek(self._cursor, up.batch_max)
-        if not rows:
-            return None
-        boot = self.outbox.boot_key(clock.boot_id())
-        now_mono = clock.mono_ms()
-        hold_ms = up.hold_unsynced_s * 1000
-
-        def state(r: Row) -> str:
-            if r.synced:
-                return "synced"
-            if r.boot == boot and now_mono - r.mono < hold_ms and not final:
-                return "hold"
-            return "unsynced"
-
-        first = state(rows[0])
-        if first == "hold":
-            return None
-        take = [rows[0]]
-        for r in rows[1:]:
-            if state(r) != first:
-                break
-            take.append(r)
-        complete = len(take) >= up.batch_max or len(take) < len(rows)
-        waited = rows[0].boot != boot or now_mono - rows[0].mono >= up.batch_max_wait_s * 1000
-        if not (complete or waited or final):
-            return None
-        return take, first
+    def _next_batch(self, *, final: bool) -> Batch | None:
+        return next_batch(self.outbox, self.clock, self.s.uplink, after_id=self._cursor,
+                          final=final, log=self.log)
 
     def _send(self, rows: list[Row], clock_state: str) -> None:
         from paho.mqtt.packettypes import PacketTypes

@@ -10,6 +10,7 @@ broker (Mosquitto's dynamic security plugin) and the registry.
   farmedge provision import-passwd --passwd passwd --acl acl
   farmedge provision init
   farmedge provision influx [--env-file FILE]
+  farmedge provision dashboards [--check]
 
 With the broker running, changes are sent to it over MQTT as the plugin's
 administrator and apply at once: nobody else is disconnected, no reload.
@@ -149,9 +150,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     common(m)
     m.set_defaults(func=_cmd(_import))
 
+    from .dashboards import add_parser as add_dashboards_parser
     from .influx import add_parser as add_influx_parser
 
     add_influx_parser(psub)
+    add_dashboards_parser(psub)
 
 
 def _ids(q: argparse.ArgumentParser) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["StorageError", "WriterNotStarted"]
+__all__ = ["SpoolError", "StorageError", "WriterNotStarted"]
 
 
 class StorageError(Exception):
@@ -13,3 +13,17 @@ class StorageError(Exception):
 
 class WriterNotStarted(StorageError):
     """The writer was used before ``await start()`` (or after ``close()``)."""
+
+
+class SpoolError(StorageError, OSError):
+    """The spool could not store, read or forget a batch. An ``OSError``
+    too, with the original ``errno``, ``strerror`` and ``filename``, so that
+    a full disk (``ENOSPC``) is told apart as before (farmedge.disk)."""
+
+    @classmethod
+    def wrap(cls, exc: OSError) -> SpoolError:
+        if isinstance(exc, SpoolError):
+            return exc
+        if exc.errno is None:
+            return cls(str(exc))
+        return cls(exc.errno, exc.strerror, exc.filename)

@@ -29,16 +29,15 @@ aiohttp's and the OS's errors stop here: a write answers a WriteResult,
 
 from __future__ import annotations
 
-import base64
 import email.utils
 import gzip
 import time
 from dataclasses import dataclass
 from enum import Enum
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 import aiohttp
 
+from .auth import endpoint
 from .errors import StorageError, WriterNotStarted
 from .settings import InfluxSection
 
@@ -112,32 +111,13 @@ def _retry_after(value: str | None) -> float | None:
     return max(0.0, when.timestamp() - time.time())
 
 
-def _basic(user: str, password: str) -> str:
-    """HTTP Basic credentials, UTF-8 (as InfluxDB compares them)."""
-    return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
-
-
-def _without_userinfo(url: str) -> tuple[str, tuple[str, str] | None]:
-    """The URL without ``user:password@``, and those credentials."""
-    u = urlsplit(url)
-    if u.username is None and u.password is None:
-        return url, None
-    host = u.hostname or ""
-    if ":" in host:
-        host = f"[{host}]"
-    netloc = f"{host}:{u.port}" if u.port is not None else host
-    return (urlunsplit((u.scheme, netloc, u.path, u.query, u.fragment)),
-            (unquote(u.username or ""), unquote(u.password or "")))
-
-
 class InfluxWriter:
     """One HTTP session to one InfluxDB. Build, then ``await start()``."""
 
     def __init__(self, settings: InfluxSection) -> None:
         self._s = settings
         self._session: aiohttp.ClientSession | None = None
-        base, in_url = _without_userinfo(settings.url)
-        self._base = base.rstrip("/")
+        self._base, auth_headers = endpoint(settings)
         if settings.api == "v1":
             self._write_url = f"{self._base}/write"
             self._params: dict[str, str] = {"db": settings.database, "precision": "ms"}
@@ -150,18 +130,9 @@ class InfluxWriter:
         self._headers = {"Content-Type": "text/plain; charset=utf-8"}
         if settings.gzip:
             self._headers["Content-Encoding"] = "gzip"
-        auth: str | None = None
-        if settings.api == "v2":
-            if settings.token is not None:
-                auth = f"Token {settings.token.get_secret_value()}"
-        elif settings.username:
-            pw = settings.password.get_secret_value() if settings.password else ""
-            auth = _basic(settings.username, pw)
-        elif in_url is not None:
-            auth = _basic(*in_url)
         #: Sent with every request (write, ping, query).
-        self._auth_headers = {"Authorization": auth} if auth else {}
-        self._headers.update(self._auth_headers)
+        self._auth_headers = auth_headers
+        self._headers.update(auth_headers)
 
     async def start(self) -> None:
         if self._session is None:

@@ -40,6 +40,8 @@ import zstandard
 
 from farmedge.logs import get_logger
 
+from .errors import SpoolError
+
 __all__ = ["Spool", "SpooledBatch"]
 
 _NAME = re.compile(r"(\d{12,})-(\d+)-(\d+)(?:-r(\d+))?\.zst")
@@ -92,7 +94,14 @@ class Spool:
 
     # -- open / close ------------------------------------------------------
     def open(self) -> None:
-        """Needs no free space: a spool on a full disk opens."""
+        """Needs no free space: a spool on a full disk opens. Raises
+        :class:`SpoolError` when its folder cannot be made or read."""
+        try:
+            self._open()
+        except OSError as exc:
+            raise SpoolError.wrap(exc) from exc
+
+    def _open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         found: list[tuple[int, _Entry]] = []
         for e in os.scandir(self.dir):
@@ -186,12 +195,16 @@ class Spool:
     async def append(self, lines: list[str], *, readings: int = 0) -> int:
         """Store ``lines`` durably (the first ``readings`` of them are
         readings, the rest other points); returns how many older lines had to
-        be dropped to stay within max_bytes. Raises OSError (ENOSPC on a full
-        disk) when they could not be stored; then nothing was."""
+        be dropped to stay within max_bytes. Raises :class:`SpoolError`, an
+        OSError (ENOSPC on a full disk), when they could not be stored; then
+        nothing was."""
         body = self._cctx.compress("\n".join(lines).encode())
         readings = max(0, min(readings, len(lines)))
         async with self._lock:
-            dropped = await asyncio.to_thread(self._append, body, len(lines), readings)
+            try:
+                dropped = await asyncio.to_thread(self._append, body, len(lines), readings)
+            except OSError as exc:
+                raise SpoolError.wrap(exc) from exc
         self.changed.set()
         return dropped
 
@@ -260,8 +273,13 @@ class Spool:
 
     # -- replay ------------------------------------------------------------
     async def oldest(self) -> SpooledBatch | None:
+        """The oldest batch, or None. A batch that cannot be read is set
+        aside and counted; :class:`SpoolError` only when the folder fails."""
         async with self._lock:
-            return await asyncio.to_thread(self._oldest)
+            try:
+                return await asyncio.to_thread(self._oldest)
+            except OSError as exc:
+                raise SpoolError.wrap(exc) from exc
 
     def _oldest(self) -> SpooledBatch | None:
         while self._legacy_rows:
@@ -307,9 +325,14 @@ class Spool:
                         error=f"{type(exc).__name__}: {exc}"[:300])
 
     async def delete(self, batch_id: int) -> None:
-        """Forget a replayed batch. Needs no free space."""
+        """Forget a replayed batch. Needs no free space. :class:`SpoolError`
+        when the file cannot be removed (the batch is then replayed again:
+        the same points, stored once)."""
         async with self._lock:
-            await asyncio.to_thread(self._delete, batch_id)
+            try:
+                await asyncio.to_thread(self._delete, batch_id)
+            except OSError as exc:
+                raise SpoolError.wrap(exc) from exc
         self.changed.set()
 
     def _delete(self, batch_id: int) -> None:
@@ -322,11 +345,13 @@ class Spool:
         entry = self._files.pop(bid, None)
         if entry is None:
             return
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.dir / entry.name)
+        # Counted out first: a file that cannot be removed is no longer
+        # this run's (it is replayed again after a restart).
         self.batches -= 1
         self.lines -= entry.n_lines
         self.bytes -= entry.size
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.dir / entry.name)
 
     def _forget_legacy(self, rid: int) -> None:
         row = self._legacy_rows.pop(rid, None)

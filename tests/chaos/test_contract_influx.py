@@ -25,7 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from farmedge.contract import COMPACT, KINDS, MAX_EPOCH_MS
+from farmedge.contract import COMPACT, KINDS, MAX_EPOCH_MS, encode_json
 from farmedge.contract.compact import MAGIC, SHARED_DICTIONARY
 from farmedge.edge.settings import IngestSection
 from farmedge.edge.validate import Validator
@@ -360,9 +360,9 @@ def test_readings_at_influxdb_s_time_limits_are_stored_and_read_back(
     """The contract's first and last timestamps are InfluxDB's: a reading at
     2262-04-11T23:47:16.854Z is stored and read back."""
     late = MAX_EPOCH_MS - 1
-    payload = json.dumps({"v": 1, "gateway": GW, "seq": 1, "sent": late, "clock": "synced",
-                          "readings": [{"sensor": "s1", "kind": "soil_ph", "ts": late,
-                                        "value": 7, "unit": "pH"}]}).encode()
+    payload = encode_json(gateway=GW, seq=1, sent=late, clock="synced",
+                          readings=[{"sensor": "s1", "kind": "soil_ph", "ts": late, "value": 7,
+                                     "unit": "pH"}])
     _handle_and_write(influxdb, influx_db, f"farm/v1/c1/farm-1/{GW}/telemetry", payload, None,
                       late - 300_000)
     rows = influxdb.query("SELECT ph FROM soil", influx_db)

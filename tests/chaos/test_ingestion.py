@@ -7,7 +7,6 @@ SIGKILLs, retained at reconnect) yields exactly the same points."""
 from __future__ import annotations
 
 import itertools
-import json
 import sqlite3
 import threading
 import time
@@ -16,6 +15,7 @@ from typing import Any
 
 import pytest
 
+from farmedge.contract import encode_status
 from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
 from tests.edgeproc import EdgeProcess
 from tests.support import Publisher, count, eventually, make_payload
@@ -258,7 +258,7 @@ def test_retained_status_and_telemetry_land_on_the_same_points_at_every_reconnec
                        data_dir=tmp_path / "edge", county=county).start()
     pub = Publisher(mosquitto.url)
     pub.publish(f"farm/v1/{county}/f/gw-1/status",
-                json.dumps({"v": 1, "gateway": "gw-1", "online": False}).encode(), retain=True)
+                encode_status(gateway="gw-1", online=False), retain=True)
     fake = 3_600_000
     pub.publish(f"farm/v1/{county}/f/gw-1/telemetry", _unsynced("gw-1", 1, fake, 3),
                 retain=True)
@@ -267,9 +267,8 @@ def test_retained_status_and_telemetry_land_on_the_same_points_at_every_reconnec
         {"sensor": "old", "kind": "soil_moisture", "ts": 0, "value": 20.0, "unit": "%"}],
         sent=9_000_000_000_000, clock="unsynced"))
     synced_ts = int(time.time() * 1000) - 5000
-    pub.publish(f"farm/v1/{county}/f/gw-2/status", json.dumps(
-        {"v": 1, "gateway": "gw-2", "online": True, "ts": synced_ts, "clock": "synced"}
-    ).encode(), retain=True)
+    pub.publish(f"farm/v1/{county}/f/gw-2/status", encode_status(
+        gateway="gw-2", online=True, ts=synced_ts, clock="synced"), retain=True)
     eventually(lambda: count(influxdb.url, influx_db, "gateway", "online") == 2)
     eventually(lambda: count(influxdb.url, influx_db, "soil", "moisture") == 3)
     first = _rows(influxdb.url, influx_db, "SELECT online FROM gateway WHERE gateway = 'gw-1'")

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import structlog
 
+from farmedge.contract import encode_status
 from farmedge.edge.app import EdgeService
 from farmedge.edge.validate import Validator, Verdict
 from farmedge.records import Accepted, AcceptedReading, StatusEvent
@@ -97,7 +98,7 @@ async def test_a_failing_handler_or_observer_is_contained_to_its_message(
                 p.publish(f"farm/v1/{county}/f/gw-1/telemetry",
                           make_payload("gw-1", seq, readings))
             p.publish(f"farm/v1/{county}/f/gw-1/status",
-                      json.dumps({"v": 1, "gateway": "gw-1", "online": True}).encode())
+                      encode_status(gateway="gw-1", online=True))
             p.close()
 
         await asyncio.to_thread(publish)

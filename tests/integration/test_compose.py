@@ -190,6 +190,41 @@ def test_dockerfile_runs_unprivileged_with_a_healthz_check() -> None:
     assert json.loads(check) == compose()["services"]["edge"]["healthcheck"]["test"][1:]
 
 
+def _stages() -> dict[str, tuple[str, str]]:
+    """Dockerfile stage name -> (what it is FROM, its text)."""
+    text = (ROOT / "Dockerfile").read_text()
+    parts = re.split(r"^FROM\s+", text, flags=re.M)[1:]
+    out: dict[str, tuple[str, str]] = {}
+    for p in parts:
+        m = re.match(r"(\S+)\s+AS\s+(\S+)", p)
+        assert m, p[:80]
+        out[m.group(2)] = (m.group(1), p)
+    return out
+
+
+def test_the_image_has_the_dev_tooling_only_in_its_demo_target() -> None:
+    """The edge target (the default: the last stage) installs farmedge and
+    nothing of tools/; the demo target adds the farmedge-dev wheel; the
+    compose file builds each service from its target."""
+    stages = _stages()
+    assert list(stages)[-1] == "edge", "docker build without --target must give the edge"
+    assert stages["edge"][0] == "runtime" and stages["demo"][0] == "runtime"
+    runtime = stages["runtime"][1]
+    for name in ("runtime", "edge"):
+        assert "devwheels" not in stages[name][1] and "tools" not in stages[name][1], name
+    assert "COPY tools" not in stages["build"][1]
+    assert "pip wheel --no-cache-dir --no-deps --wheel-dir /devwheels ./tools" in \
+        stages["devbuild"][1]
+    assert "COPY --from=devbuild /devwheels" in stages["demo"][1]
+    assert '".[edge,alerts]"' in stages["build"][1]
+    assert 'ENTRYPOINT ["farmedge"]' in runtime and 'CMD ["edge", "run"]' in runtime
+    services = compose()["services"]
+    assert services["edge"]["build"]["target"] == "edge"
+    assert services["simulator"]["build"]["target"] == "demo"
+    assert services["simulator"]["command"][0] == "simulate"
+    assert services["simulator"]["entrypoint"][-1] == "farmedge"
+
+
 def _docker_compose() -> str:
     tool = shutil.which("docker-compose")
     if tool is None:
@@ -206,6 +241,7 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
     cfg = yaml.safe_load(out.stdout)
     # docker-compose v1 lists profile services too; v2 only the active ones.
     assert set(SERVICES) - {"simulator"} <= set(cfg["services"]) <= set(SERVICES)
+    assert cfg["services"]["edge"]["build"]["target"] == "edge"
     edge_env = cfg["services"]["edge"]["environment"]
     assert edge_env["FARMEDGE_INFLUX_PASSWORD"] == "s3cret-influx_edge_password"
     for svc in cfg["services"].values():
@@ -216,6 +252,10 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
                           capture_output=True, text=True, check=False)
     assert demo.returncode == 0, demo.stderr
     assert set(demo.stdout.split()) == set(SERVICES)
+    full = subprocess.run([*base, "--profile", "demo", "config"], capture_output=True,
+                          text=True, check=False)
+    assert full.returncode == 0, full.stderr
+    assert yaml.safe_load(full.stdout)["services"]["simulator"]["build"]["target"] == "demo"
 
 
 def test_docker_compose_refuses_to_start_without_passwords(tmp_path: Path) -> None:

@@ -17,7 +17,7 @@ import jsonschema
 import pytest
 import yaml
 
-from farmedge import dashboards as gen
+from farmedge.provision import dashboards as gen
 from tests.grafana_support import Selection, expand, panel_interval_ms
 from tests.stack_support import (
     EDGE_USER,

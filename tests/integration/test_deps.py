@@ -252,3 +252,74 @@ def test_a_gateway_install_has_no_edge_library_and_runs(
         proc.send_signal(signal.SIGTERM)
         out = proc.communicate(timeout=60)[0]
     assert proc.returncode == 0, out[-3000:]
+
+
+# ------------------------------------------------------------------ the developer tooling
+
+
+def test_the_wheels_hold_farmedge_and_the_dev_tooling_apart() -> None:
+    """Both wheels built (pip, the project's real metadata): farmedge's holds
+    no developer tooling, farmedge-dev's holds it with its commands."""
+    out = subprocess.run([sys.executable, str(ROOT / "scripts" / "check-wheels"), "--contents"],
+                         capture_output=True, text=True, timeout=600, check=False, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "holds no developer tooling" in out.stdout
+
+
+def test_simulate_and_demo_work_from_the_clone_after_bootstrap() -> None:
+    """The `farmedge` command scripts/bootstrap installed in .venv finds the
+    dev tooling's commands through their entry points."""
+    exe = Path(sys.executable).with_name("farmedge")
+    assert exe.exists(), f"{exe}: run scripts/bootstrap"
+    for cmd in ("simulate", "demo"):
+        out = subprocess.run([str(exe), cmd, "--help"], capture_output=True, text=True,
+                             timeout=120, check=False, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith(f"usage: farmedge {cmd}"), out.stdout[:200]
+
+
+def _site_without_dev_tooling(tmp_path: Path) -> Path:
+    """This environment's site-packages as it is where farmedge-dev was never
+    installed: every entry linked, except farmedge-dev's metadata and the
+    path file of its editable install."""
+    import sysconfig
+
+    site = Path(sysconfig.get_paths()["purelib"])
+    env = tmp_path / "site"
+    env.mkdir()
+    for entry in site.iterdir():
+        if entry.name.startswith(("farmedge_dev", "_editable_impl_farmedge_dev")):
+            continue
+        (env / entry.name).symlink_to(entry)
+    return env
+
+
+def test_without_the_dev_tooling_simulate_says_how_to_install_it(tmp_path: Path) -> None:
+    site = _site_without_dev_tooling(tmp_path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PYTHON", "FARMEDGE_"))}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), str(site)])
+    code = textwrap.dedent("""
+        import importlib.util, sys
+        assert importlib.util.find_spec("farmedge_dev") is None, "farmedge_dev is importable"
+        from importlib.metadata import entry_points
+        assert not list(entry_points(group="farmedge.commands")), "entry points left"
+        from farmedge.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """)
+    # -S: no site-packages of this environment (whose .pth files would add
+    # tools/ back); PYTHONPATH gives farmedge and the linked packages.
+    for argv in (["simulate", "--county", "demo"], ["demo"]):
+        out = subprocess.run([sys.executable, "-S", "-c", code, *argv], capture_output=True,
+                             text=True, timeout=120, check=False, cwd=tmp_path, env=env)
+        assert out.returncode == 2, (out.stdout, out.stderr)
+        assert "Traceback" not in out.stderr, out.stderr
+        assert f"farmedge {argv[0]}: the developer tooling (farmedge-dev) is not installed" \
+            in out.stderr
+        assert "scripts/bootstrap" in out.stderr and "pip install ./tools" in out.stderr
+    listed = subprocess.run([sys.executable, "-S", "-c", code, "--help"], capture_output=True,
+                            text=True, timeout=120, check=False, cwd=tmp_path, env=env)
+    assert "simulate" in listed.stdout and "not installed" in listed.stdout
+    gateway = subprocess.run([sys.executable, "-S", "-c", code, "gateway", "--help"],
+                             capture_output=True, text=True, timeout=120, check=False,
+                             cwd=tmp_path, env=env)
+    assert gateway.returncode == 0, gateway.stderr

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from farmedge.contract import is_valid_id
+from farmedge.contract import encode_status, is_valid_id
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.edgeproc import EdgeProcess, edge_process
 from tests.support import Publisher, count, eventually, make_payload, raw_payload
@@ -196,13 +196,12 @@ def test_status_messages_are_stored(mosquitto: MosquittoServer, influxdb: Influx
     with edge_process(mqtt_url=mosquitto.url, influx_url=influxdb.url, database=influx_db,
                       data_dir=tmp_path / "edge", county=county):
         pub = Publisher(mosquitto.url)
-        st_on = {"v": 1, "gateway": "gw-1", "online": True, "uptime_s": 12.5, "version": "0.1.0",
-                 "outbox_depth": 3, "outbox_oldest_age_s": 4.0, "dropped": 0, "clock": "synced",
-                 "cpu_temperature": 51.2, "disk_free_mb": 900.0}
-        pub.publish(f"farm/v1/{county}/f/gw-1/status", json.dumps(st_on).encode(), retain=True)
+        st_on = encode_status(gateway="gw-1", online=True, uptime_s=12.5, version="0.1.0",
+                              outbox_depth=3, outbox_oldest_age_s=4.0, dropped=0,
+                              clock="synced", cpu_temperature=51.2, disk_free_mb=900.0)
+        pub.publish(f"farm/v1/{county}/f/gw-1/status", st_on, retain=True)
         pub.publish(f"farm/v1/{county}/f/gw-1/status",
-                    json.dumps({"v": 1, "gateway": "gw-1", "online": False}).encode(),
-                    retain=True)
+                    encode_status(gateway="gw-1", online=False), retain=True)
         pub.publish(f"farm/v1/{county}/f/gw-1/status", b"{}")
         pub.close()
         eventually(lambda: count(influxdb.url, influx_db, "gateway", "online") == 2)

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from farmedge import dashboards as gen
 from farmedge.contract import encode_status
+from farmedge.provision import dashboards as gen
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.edgeproc import EdgeProcess
 from tests.grafana_support import Selection, expand

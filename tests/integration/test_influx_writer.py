@@ -2,7 +2,8 @@
 on and v1-setup.iql's users: credentials as HTTP Basic auth (the server's
 own request log shows the user and no credentials in the URL), and how the
 writer sorts what the real server answers (missing database, missing
-retention policy, a partial write, a body over max-body-size)."""
+retention policy, a partial write, a body over max-body-size); and the
+InfluxQL reader (farmedge.storage.query) with the same credentials."""
 
 from __future__ import annotations
 
@@ -15,8 +16,17 @@ import pytest
 from pydantic import SecretStr
 
 from farmedge.storage.influx import InfluxWriter, WriteKind
+from farmedge.storage.query import DatabaseNotFound, InfluxQuery, QueryError
 from farmedge.storage.settings import InfluxSection
-from tests.stack_support import ADMIN, EDGE_USER, ENV, AuthInflux, query, setup_v1
+from tests.stack_support import (
+    ADMIN,
+    EDGE_USER,
+    ENV,
+    GRAFANA_USER,
+    AuthInflux,
+    query,
+    setup_v1,
+)
 from tests.support import eventually
 
 pytestmark = pytest.mark.servers
@@ -73,8 +83,8 @@ def _settings(server: LoggingInflux, user: tuple[str, str] | None = EDGE_USER,
     creds: dict[str, object] = {}
     if user is not None:
         creds = {"username": user[0], "password": SecretStr(user[1])}
-    return InfluxSection(url=server.url, database=DB, create_database=False,
-                         **creds, **kw)  # type: ignore[arg-type]
+    return InfluxSection(**{"url": server.url, "database": DB, "create_database": False,
+                            **creds, **kw})
 
 
 def _count(server: LoggingInflux, measurement: str) -> int:
@@ -89,7 +99,12 @@ async def test_credentials_go_as_basic_auth_never_in_the_url(
     res = await w.write(lp("auth_ok f=1.0 @1000\nauth_ok f=2.0 @2000"))
     assert res.ok, res
     assert _count(server, "auth_ok") == 2
+    admin = writer_for(_settings(server, ADMIN, create_database=True))
+    await admin.start()
+    assert await admin.ensure_database() and await admin.ping()
     log = server.log_path.read_text(errors="replace")
+    assert any('"POST /query HTTP' in ln and f" - {ADMIN[0]} [" in ln for ln in log.splitlines())
+    assert ADMIN[1] not in log
     writes = [ln for ln in log.splitlines() if '"POST /write?' in ln]
     assert writes and all(f" - {EDGE_USER[0]} [" in ln for ln in writes), writes[-3:]
     assert EDGE_USER[1] not in log
@@ -159,3 +174,25 @@ async def test_a_body_over_max_body_size_is_split(
     for part in (lines[i:i + half] for i in range(0, len(lines), half)):
         assert (await w.write("\n".join(part).encode())).ok
     assert _count(server, "big") == 1000
+
+
+async def test_the_reader_sends_the_same_credentials(
+        server: LoggingInflux, writer_for: type[InfluxWriter]) -> None:
+    w = writer_for(_settings(server))
+    await w.start()
+    assert (await w.write(lp("read_me,sensor=s1 f=1.0 @1000\nread_me,sensor=s2 f=2.0 @2000"))).ok
+    ask = InfluxQuery(_settings(server, GRAFANA_USER))
+    [counts, tags] = ask(['SELECT count("f") FROM "read_me"',
+                          'SHOW TAG VALUES FROM "read_me" WITH KEY = "sensor"'])
+    assert counts[0]["values"][0][1] == 2
+    assert [v[1] for v in tags[0]["values"]] == ["s1", "s2"]
+    log = server.log_path.read_text(errors="replace")
+    reads = [ln for ln in log.splitlines() if '"POST /query ' in ln]
+    assert any(f" - {GRAFANA_USER[0]} [" in ln for ln in reads)
+    assert GRAFANA_USER[1] not in log
+    with pytest.raises(QueryError, match="authorization failed"):
+        InfluxQuery(_settings(server, (GRAFANA_USER[0], "wrong")))(["SHOW MEASUREMENTS"])
+    with pytest.raises(DatabaseNotFound) as e:
+        InfluxQuery(InfluxSection(url=server.url, database="nope", username=ADMIN[0],
+                                  password=SecretStr(ADMIN[1])))(['SELECT * FROM "m"'] * 2)
+    assert e.value.database == "nope"

@@ -254,3 +254,39 @@ def test_edge_unit_exposure(tmp_path: Path) -> None:
     if m is None:
         pytest.skip(f"this systemd-analyze cannot rate a unit offline: {r.stderr[-300:]}")
     assert float(m.group(1)) < 3.0, r.stdout
+
+
+def test_failed_unit_tells_the_operators_as_farmedge(root: Path) -> None:
+    """farmedge-failed@farmedge-edge.service, as systemd starts it when the
+    edge fails for good: its ExecStart= as the user farmedge (%i expanded,
+    its state folder created), reading the root-owned registry, posting to
+    the center contact's json:// URL (the install guide's stand-in inbox)."""
+    port = free_port()
+    inbox = subprocess.Popen([sys.executable, "-m", "farmedge.alerts.inbox", "--port", str(port)],
+                             stdout=subprocess.PIPE, text=True)
+    try:
+        assert inbox.stdout is not None
+        assert "waiting for messages" in inbox.stdout.readline()
+        _write(root / "etc/farmedge/registry.yaml", f"""
+center_contacts:
+  - name: Night operator
+    language: en
+    notify: ["json://127.0.0.1:{port}/ops"]
+""")
+        sb = Sandbox(root)
+        unit = Unit.load(DEPLOY / "edge" / "farmedge-failed@.service",
+                         lambda s: sb.subst(s).replace("%i", "farmedge-edge"))
+        svc = Service(unit, sb.subst, root / "failed.log")
+        rc = svc.start().wait(120)
+        log = svc.log.read_text() if svc.log else ""
+        assert rc == 0, log
+        assert "told Night operator (json)" in log
+        line = inbox.stdout.readline()
+        assert "/ops farmedge service failed: farmedge-edge on " in line, line
+        assert "has stopped (failed): farms get no alerts" in line
+        state = root / "var/lib/farmedge/notify"
+        assert _owned_by_farmedge(state) and oct(state.stat().st_mode & 0o777) == "0o750"
+        assert _owned_by_farmedge(state / "failed-unit-notices.json")
+    finally:
+        inbox.terminate()
+        inbox.wait(10)

@@ -340,7 +340,7 @@ class Demo:
         return influx_query(self._influx_url, q, DATABASE)
 
     def snapshot(self) -> Snapshot:
-        from farmedge.storage.schema import KIND_POINTS
+        from farmedge.storage.schema import KIND_POINTS, DeadLetterField, Measurement, Tag
 
         snap = Snapshot()
         since = f"time > {self._started_ms - 3_600_000}ms"
@@ -352,21 +352,22 @@ class Demo:
         for _label, kind in _COLUMNS:
             k = KIND_POINTS[kind]
             q = (f"SELECT last({_q(k.field)}) FROM {_q(k.measurement)} WHERE {since} "
-                 'GROUP BY "farm"')
+                 f"GROUP BY {_q(Tag.FARM)}")
             for s in self._query(q):
-                farm = str((s.get("tags") or {}).get("farm", "?"))
+                farm = str((s.get("tags") or {}).get(Tag.FARM, "?"))
                 ts, value = s["values"][0][0], s["values"][0][1]
                 snap.per_farm.setdefault(farm, {})[kind] = (float(value), int(ts))
-        q = f'SELECT sum("count") FROM "ingest_errors" WHERE {since} GROUP BY "reason"'
+        q = (f"SELECT sum({_q(DeadLetterField.COUNT)}) FROM {_q(Measurement.INGEST_ERRORS)} "
+             f"WHERE {since} GROUP BY {_q(Tag.REASON)}")
         with contextlib.suppress(Exception):
             for s in self._query(q):
-                reason = str((s.get("tags") or {}).get("reason", "?"))
+                reason = str((s.get("tags") or {}).get(Tag.REASON, "?"))
                 snap.rejected[reason] += int(s["values"][0][1] or 0)
         with contextlib.suppress(Exception):
             until = (f" AND time < {self._farms_stopped_ms}ms"
                      if self._farms_stopped_ms is not None else "")
-            rows = self._query(f"SELECT * FROM \"alerts\" WHERE {since}{until} "
-                               "AND \"event\" = 'raise' ORDER BY time DESC LIMIT 200")
+            rows = self._query(f"SELECT * FROM {_q(Measurement.ALERTS)} WHERE {since}{until} "
+                               f"AND {_q(Tag.EVENT)} = 'raise' ORDER BY time DESC LIMIT 200")
             for s in rows:
                 cols = s.get("columns") or []
                 for v in s.get("values") or []:

@@ -14,6 +14,8 @@ from typing import Any
 
 import msgpack
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from farmedge.contract import (
     COMPACT,
@@ -30,7 +32,12 @@ from farmedge.contract.compact import (
     MAX_EXTENSIONS,
     SHARED_DICTIONARY,
 )
-from farmedge.contract.models import MAX_PAYLOAD_BYTES
+from farmedge.contract.models import (
+    MAX_PAYLOAD_BYTES,
+    GatewayStatus,
+    Reading,
+    TelemetryEnvelope,
+)
 
 T0 = 1763800000000
 
@@ -107,6 +114,39 @@ def test_unknown_status_keys_are_ignored() -> None:
 def test_the_smallest_last_will_with_an_unknown_key_is_accepted() -> None:
     st = parse_status(b'{"v":1,"gateway":"gw-1","online":false,"reason":"lost"}')
     assert st.online is False and st.ts is None
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                  max_size=4),
+    max_leaves=10)
+
+
+def _unknown(known: set[str]) -> st.SearchStrategy[dict[str, object]]:
+    return st.dictionaries(st.text(min_size=1, max_size=12).filter(lambda k: k not in known),
+                           json_values, max_size=5)
+
+
+@settings(max_examples=150, deadline=None)
+@given(env_extra=_unknown(set(TelemetryEnvelope.model_fields)),
+       reading_extra=_unknown(set(Reading.model_fields)),
+       status_extra=_unknown(set(GatewayStatus.model_fields)))
+def test_unknown_keys_never_change_what_is_read(env_extra: dict[str, object],
+                                                reading_extra: dict[str, object],
+                                                status_extra: dict[str, object]) -> None:
+    """Whatever the unknown keys are called and hold, the message reads as it
+    does without them."""
+    rs = [reading(sensor="a"), reading(sensor="b", value="x"), reading(sensor="c", ts=T0 + 1)]
+    want = parse_telemetry(telemetry(rs))
+    got = parse_telemetry(telemetry([{**reading_extra, **r} for r in rs], **env_extra))
+    assert got.readings == want.readings
+    assert [(r.index, r.reason) for r in got.rejected] == [(1, "schema")]
+    assert got.envelope.model_dump(exclude={"readings"}) == \
+        want.envelope.model_dump(exclude={"readings"})
+    st_want = parse_status(status())
+    st_got = parse_status(json.dumps({**status_extra, **json.loads(status())}).encode())
+    assert st_got == st_want
 
 
 # -- known fields stay strict --------------------------------------------------

@@ -7,10 +7,10 @@ tests/chaos/test_ingestion.py."""
 from __future__ import annotations
 
 import itertools
-import json
 import time
 from pathlib import Path
 
+from farmedge.contract import encode_status
 from farmedge.edge.settings import IngestSection
 from farmedge.edge.state import IngestState
 from farmedge.edge.validate import Validator
@@ -106,8 +106,8 @@ def test_the_budget_holds_across_a_restart_and_listed_sensors_do_not_count(
 def test_a_status_delivered_again_lands_on_the_same_point(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite3"
     topic = "farm/v1/c1/f1/gw-1/status"
-    will = json.dumps({"v": 1, "gateway": "gw-1", "online": False}).encode()
-    alive = json.dumps({"v": 1, "gateway": "gw-1", "online": True, "uptime_s": 5.0}).encode()
+    will = encode_status(gateway="gw-1", online=False)
+    alive = encode_status(gateway="gw-1", online=True, uptime_s=5.0)
     ing = _edge(path)
     [first] = _lines(ing, _msg(will, topic=topic, received=NOW, retain=True))
     ing.state.close()
@@ -155,11 +155,11 @@ def test_a_last_will_after_a_synced_status_is_its_own_later_point(tmp_path: Path
     with the gateway's clock a little ahead, the will must neither overwrite
     the status nor be stamped before it."""
     topic = "farm/v1/c1/f1/gw-1/status"
-    will = json.dumps({"v": 1, "gateway": "gw-1", "online": False}).encode()
+    will = encode_status(gateway="gw-1", online=False)
     ing = _edge(tmp_path / "s.sqlite3")
     for ahead in (0, 40):
-        alive = json.dumps({"v": 1, "gateway": "gw-1", "online": True, "clock": "synced",
-                            "ts": NOW + ahead + 100_000 * (ahead > 0)}).encode()
+        alive = encode_status(gateway="gw-1", online=True, clock="synced",
+                              ts=NOW + ahead + 100_000 * (ahead > 0))
         [on] = _lines(ing, _msg(alive, topic=topic, received=NOW + 100_000 * (ahead > 0)))
         [off] = _lines(ing, _msg(will, topic=topic, received=NOW + 100_000 * (ahead > 0)))
         t_on, t_off = int(on.rsplit(" ", 1)[1]), int(off.rsplit(" ", 1)[1])

@@ -7,14 +7,21 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import sqlite3
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from farmedge.contract import Quality, parse_status, parse_telemetry
-from farmedge.gateway import Agent, FakeClock, GatewaySettings, Outbox, Sample
+from farmedge.gateway import (
+    Agent,
+    FakeClock,
+    GatewayError,
+    GatewaySettings,
+    Outbox,
+    OutboxError,
+    Sample,
+)
 from farmedge.gateway.agent import _Stuck
 from farmedge.gateway.outbox import NewRow
 
@@ -152,8 +159,81 @@ def test_a_batch_of_nothing_but_refused_readings_sends_nothing(tmp_path: Path) -
 
 
 def test_nan_cannot_reach_the_outbox(tmp_path: Path) -> None:
-    """What the first test guards against: SQLite stores NaN as NULL."""
+    """What the first test guards against: SQLite stores NaN as NULL, which
+    the schema refuses; the outbox says so in its own error."""
     a = agent(tmp_path)
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises(OutboxError, match="NOT NULL"):
         a.outbox.add([NewRow("p", "soil_ph", "pH", math.nan, Quality.OK, None, 1, 1, True)],
                      "boot-1")
+
+
+def _run(a: Agent, timeout: float = 10.0) -> BaseException | None:
+    async def main() -> None:
+        await asyncio.wait_for(a.run(asyncio.Event()), timeout)
+
+    try:
+        asyncio.run(main())
+    except BaseException as exc:
+        return exc
+    return None
+
+
+def test_the_agent_stops_with_an_error_when_the_uplink_fails(tmp_path: Path) -> None:
+    """It went on sampling with nothing sent (the broker still saw the
+    connection alive) until someone noticed; now it stops and says why, and
+    systemd starts it again."""
+    a = Agent(settings(tmp_path), clock=FakeClock(),
+              drivers={"probe-1": ListDriver([GOOD], [GOOD])})
+
+    async def broken(stop: asyncio.Event) -> None:
+        await asyncio.sleep(0.2)
+        raise RuntimeError("a bug in the uplink")
+
+    a.uplink.run = broken  # type: ignore[method-assign]
+    exc = _run(a)
+    assert isinstance(exc, GatewayError), exc
+    assert "the uplink stopped: RuntimeError: a bug in the uplink" in str(exc)
+    # Stopped the usual way: what was sampled is committed, the file closed.
+    assert not a.outbox.is_open
+    assert Outbox(a.outbox.path).open().depth == a.samples
+
+
+def test_the_agent_stops_with_an_error_when_commits_fail(tmp_path: Path) -> None:
+    a = Agent(settings(tmp_path, outbox={"commit_interval_s": 0.05}), clock=FakeClock(),
+              drivers={})
+    real = a.outbox.commit
+    calls = 0
+
+    def failing() -> None:
+        nonlocal calls
+        calls += 1
+        if calls >= 2:
+            raise OutboxError("outbox.sqlite3: commit failed: disk I/O error")
+        real()
+
+    a.outbox.commit = failing  # type: ignore[method-assign]
+    exc = _run(a)
+    assert isinstance(exc, GatewayError) and "the outbox's commits stopped" in str(exc), exc
+
+
+def test_a_broken_outbox_file_leaves_its_fields_out_of_the_status(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.outbox.db.close()  # the file went away under the agent
+    st = parse_status(a.status(True))
+    assert st.online and st.outbox_depth is None and st.version is not None
+
+
+def test_the_uplinks_json_is_byte_for_byte_what_earlier_versions_sent(tmp_path: Path) -> None:
+    """The wire is unchanged: the contract's encoder writes what the uplink
+    built by hand before (compact separators, UTF-8, the same key order)."""
+    a = agent(tmp_path, uplink={"encoding": "json"})
+    a.outbox.add([NewRow("探头-1", "soil_moisture", "%", 23.4, Quality.SUSPECT, None, 1, 1, True),
+                  NewRow("rfid-gate", "animal_presence", "count", 3.0, Quality.OK,
+                         "982000123456789", 2, 2, True)], "boot-1")
+    rows = a.outbox.peek(0, 10)
+    enc = a.uplink._encode(rows, 18231, "synced")
+    assert enc is not None and enc.content_type == "application/json"
+    before = json.dumps({"v": 1, "gateway": "gw-1", "seq": 18231, "sent": FakeClock().wall,
+                         "clock": "synced", "readings": [r.wire() for r in rows]},
+                        separators=(",", ":"), ensure_ascii=False).encode()
+    assert enc.payload == before

@@ -104,3 +104,66 @@ def test_every_name_is_plain() -> None:
         names += [*m.fields, *(f + s for f in m.fields for s in m.suffixed)]
     bad = [n for n in names if not re.fullmatch(r"[a-z][a-z0-9_]*", n)]
     assert not bad
+
+
+def _schema_names() -> set[str]:
+    names = {*MEASUREMENTS, *_names(Tag)}
+    for m in MEASUREMENTS.values():
+        names |= set(m.fields)
+    return names
+
+
+def _strings(node: object, keys: set[str]) -> list[str]:
+    if isinstance(node, dict):
+        out = [v for k, v in node.items() if k in keys and isinstance(v, str)]
+        for v in node.values():
+            out += _strings(v, keys)
+        return out
+    if isinstance(node, list):
+        return [s for v in node for s in _strings(v, keys)]
+    return []
+
+
+def test_every_name_the_dashboards_use_is_in_the_schema() -> None:
+    from farmedge.provision.dashboards import dashboards
+
+    known = _schema_names()
+    seen: set[str] = set()
+    for uid, doc in dashboards().items():
+        for text in _strings(doc, {"query", "definition"}):
+            aliases = set(re.findall(r'\bAS "([^"]+)"', text))
+            quoted = set(re.findall(r'"([^"]+)"', text)) - aliases
+            for group in re.findall(r"FROM /\^\(([a-z_|]+)\)\$/", text):
+                quoted |= set(group.split("|"))
+            unknown = quoted - known
+            assert not unknown, (uid, unknown, text[:200])
+            seen |= quoted
+        for text in _strings(doc, {"alias"}):
+            tags = set(re.findall(r"\$tag_(\w+)", text))
+            assert tags <= _names(Tag), (uid, text)
+        for text in _strings(doc, {"tagsColumn", "textColumn", "titleColumn"}):
+            assert set(text.split(",")) <= known, (uid, text)
+    # The check sees the dashboards' names (a parse that found none would pass).
+    assert {Measurement.SOIL, Measurement.GATEWAY, Measurement.ALERTS, Tag.COUNTY,
+            schema.GatewayField.ONLINE, schema.EdgeField.SPOOL_LINES} <= seen
+
+
+def test_the_downsampling_set_up_names_what_the_schema_does() -> None:
+    """v1-setup.iql (InfluxDB 1.x, applied by ``farmedge provision influx``
+    or by hand) and the 2.x init script stay readable shell and InfluxQL
+    files; this keeps their names those of the schema."""
+    ds = schema.Downsample
+    iql = (ROOT / "farmedge" / "provision" / "v1-setup.iql").read_text(encoding="utf-8")
+    policies = re.findall(r'CREATE RETENTION POLICY "(\w+)"', iql)
+    assert policies == [ds.RAW, ds.HOURLY]
+    cqs = dict(re.findall(r'CREATE CONTINUOUS QUERY "(\w+)" .* BEGIN (.*) END;', iql))
+    assert set(cqs) == {ds.CQ_HOURLY, ds.CQ_HOURLY_RAIN}
+    assert f'."{ds.RAW}"./^({"|".join(schema.DOWNSAMPLED)})$/' in cqs[ds.CQ_HOURLY]
+    rain = schema.point("rainfall")
+    assert (f'SELECT sum("{rain.field}") AS "{ds.SUM_RAINFALL}" INTO '
+            f'"${{INFLUX_DATABASE}}"."{ds.HOURLY}"."{rain.measurement}"') in cqs[ds.CQ_HOURLY_RAIN]
+    sh = (ROOT / "deploy" / "influxdb" / "init" / "farmedge-init.sh").read_text(encoding="utf-8")
+    assert f"r._measurement =~ /^({'|'.join(schema.DOWNSAMPLED)})$/" in sh
+    assert (f'r._measurement == "{rain.measurement}" and r._field == "{rain.field}"') in sh
+    assert f'_field: "{ds.SUM_RAINFALL}"' in sh
+    assert f"--rp {ds.RAW} " in sh and f"--rp {ds.HOURLY} " in sh

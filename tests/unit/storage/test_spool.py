@@ -4,6 +4,7 @@ disk, and a spool of the earlier SQLite format replayed after an upgrade."""
 
 from __future__ import annotations
 
+import errno
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,8 @@ import pytest
 import zstandard
 
 from farmedge.disk import is_disk_full
+from farmedge.storage import StorageError
+from farmedge.storage.errors import SpoolError
 from farmedge.storage.spool import Spool
 from tests.disks import fill_disk, small_tmpfs
 
@@ -82,9 +85,9 @@ async def test_on_a_full_disk_append_fails_cleanly_and_replay_still_deletes(
     for i in range(5):
         await s.append(_lines(i))
     fill_disk(small_disk)
-    with pytest.raises(OSError, match="No space left") as e:
+    with pytest.raises(SpoolError, match="No space left") as e:
         await s.append(_lines(5))
-    assert is_disk_full(e.value)
+    assert is_disk_full(e.value) and isinstance(e.value, OSError | StorageError)
     assert not [p for p in (small_disk / "spool").iterdir() if p.name.endswith(".tmp")]
     held = s.lines
     s.close()
@@ -143,4 +146,26 @@ async def test_an_unreadable_batch_is_set_aside_and_counted(tmp_path: Path) -> N
     assert s.dropped_lines == 2
     assert s.unreadable_batches == 1
     assert (tmp_path / "spool" / f"{first.name}.bad").exists()
+    s.close()
+
+
+async def test_a_batch_that_cannot_be_removed_is_counted_out(tmp_path: Path) -> None:
+    """The delete says so, as a SpoolError (the file stays and is replayed
+    again after a restart: the same points); the spool's counts no longer
+    hold it, so they come down to 0 (they used to keep it until a restart).
+    A directory in the batch file's place makes the unlink fail, for root too."""
+    path = tmp_path / "spool"
+    s = Spool(path, max_bytes=10_000_000)
+    s.open()
+    await s.append(["a 1"])
+    b = await s.oldest()
+    assert b is not None
+    [f] = path.glob("*.zst")
+    f.unlink()
+    f.mkdir()
+    with pytest.raises(SpoolError) as e:
+        await s.delete(b.id)
+    assert isinstance(e.value, StorageError) and e.value.errno in (errno.EISDIR, errno.EPERM)
+    assert (s.lines, s.batches, s.bytes) == (0, 0, 0)
+    assert await s.oldest() is None
     s.close()

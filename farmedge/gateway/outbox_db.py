@@ -1,0 +1,215 @@
+"""The outbox's SQLite file: its schema, how it is opened (WAL,
+``synchronous=NORMAL``, a checked file), one write transaction at a time,
+and every sqlite3 error translated where the call is made: a full disk
+(SQLITE_FULL, ENOSPC) is :class:`DiskFull`, anything else
+:class:`~farmedge.gateway.errors.OutboxError`.
+
+The schema is the one every earlier version wrote, so an outbox left by one
+opens and is sent as it is.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+from farmedge.disk import is_disk_full
+
+from .errors import OutboxError
+
+__all__ = ["SCHEMA", "DiskFull", "OutboxDb"]
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS reading (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,  -- never reused: ids keep the order taken
+    sensor TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    unit TEXT NOT NULL,
+    value REAL NOT NULL,
+    quality INTEGER NOT NULL,
+    animal TEXT,
+    ts INTEGER NOT NULL,      -- epoch ms, corrected once the clock is synced
+    mono INTEGER NOT NULL,    -- CLOCK_BOOTTIME ms when taken
+    boot INTEGER NOT NULL,    -- boot.id
+    synced INTEGER NOT NULL,  -- 1: ts is from a synced clock
+    size INTEGER NOT NULL     -- estimated bytes, for the size bound
+);
+CREATE TABLE IF NOT EXISTS boot (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
+"""
+
+
+class DiskFull(OutboxError):
+    """The disk (SD card) is full: SQLITE_FULL or ENOSPC."""
+
+
+class OutboxDb:
+    """One SQLite connection, in autocommit mode with explicit transactions
+    (``begin`` opens one if none is open; ``commit`` ends it)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: sqlite3.Connection | None = None
+        self._in_tx = False
+
+    def _error(self, exc: sqlite3.Error, what: str = "") -> OutboxError:
+        cls = DiskFull if is_disk_full(exc) else OutboxError
+        return cls(f"{self.path}: {what}{exc}")
+
+    # -- life cycle ---------------------------------------------------------
+
+    def open(self, *, exclusive: bool) -> None:
+        """Open and check the file, creating its tables if they are missing.
+        ``exclusive``: SQLite's exclusive locking mode, which needs no
+        shared-memory file (so it opens on a full disk)."""
+        db: sqlite3.Connection | None = None
+        try:
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            if exclusive:
+                db.execute("PRAGMA locking_mode=EXCLUSIVE")
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")
+            # Checkpoint less often than the default 1000 pages: fewer fsyncs.
+            db.execute("PRAGMA wal_autocheckpoint=2000")
+            ok = db.execute("PRAGMA quick_check").fetchone()[0]
+            if ok != "ok":
+                raise OutboxError(f"{self.path}: database is damaged: {ok}")
+            db.executescript(SCHEMA)
+        except (sqlite3.Error, OutboxError) as exc:
+            if db is not None:
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            if isinstance(exc, OutboxError):
+                raise
+            raise OutboxError(f"{self.path}: {exc}") from None
+        self._db = db
+        self._in_tx = False
+
+    def close(self) -> None:
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+            self._in_tx = False
+
+    @property
+    def is_open(self) -> bool:
+        return self._db is not None
+
+    @property
+    def connection(self) -> sqlite3.Connection:
+        if self._db is None:
+            raise OutboxError("the outbox is not open")
+        return self._db
+
+    # -- statements -----------------------------------------------------------
+
+    def execute(self, sql: str, params: Sequence[Any] = ()) -> sqlite3.Cursor:
+        try:
+            return self.connection.execute(sql, params)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> sqlite3.Cursor:
+        try:
+            return self.connection.executemany(sql, rows)
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def one(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        """The first row of a query, or None."""
+        return self.execute(sql, params).fetchone()
+
+    # -- the write transaction --------------------------------------------------
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._in_tx
+
+    def begin(self) -> None:
+        if not self._in_tx:
+            self.execute("BEGIN")
+            self._in_tx = True
+
+    def commit(self) -> None:
+        if self._in_tx:
+            try:
+                self.connection.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise self._error(exc, "commit failed: ") from exc
+            self._in_tx = False
+
+    def rollback(self) -> None:
+        """Give up the open transaction (a failed one may be gone already)."""
+        db = self._db
+        if db is not None and db.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+        self._in_tx = False
+
+    # -- what the file holds ----------------------------------------------------
+
+    def counts(self, where: str = "", params: Sequence[Any] = ()) -> tuple[int, int, int]:
+        """Readings, their estimated bytes and how many are unsynced."""
+        n, size, unsynced = self.one(
+            "SELECT COUNT(*), COALESCE(SUM(size), 0), COALESCE(SUM(synced = 0), 0)"
+            f" FROM reading {where}", params)
+        return int(n), int(size), int(unsynced)
+
+    def meta(self) -> dict[str, int]:
+        return {str(k): int(v) for k, v in self.execute("SELECT key, value FROM meta")}
+
+    def set_meta(self, key: str, value: int) -> None:
+        self.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
+    def boots(self) -> dict[str, int]:
+        return {str(b): int(i) for i, b in self.execute("SELECT id, boot_id FROM boot")}
+
+    def last_reading_id(self) -> int:
+        """The highest reading id ever used (AUTOINCREMENT's sequence)."""
+        row = self.one("SELECT seq FROM sqlite_sequence WHERE name = 'reading'")
+        return int(row[0]) if row else 0
+
+    def raise_reading_id(self, to: int) -> None:
+        """Make ids up to ``to`` never used again."""
+        self.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = 'reading' AND seq < ?",
+                     (to, to))
+        self.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'reading', ? WHERE NOT"
+                     " EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'reading')", (to,))
+
+    def readings(self, after_id: int, limit: int) -> sqlite3.Cursor:
+        """The oldest ``limit`` readings with an id above ``after_id``, every
+        column in the schema's order."""
+        return self.execute(
+            "SELECT id, sensor, kind, unit, value, quality, animal, ts, mono, boot, synced, size"
+            " FROM reading WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
+
+    def nth_oldest_id(self, n: int) -> int | None:
+        row = self.one("SELECT id FROM reading ORDER BY id LIMIT 1 OFFSET ?", (n,))
+        return int(row[0]) if row else None
+
+    def last_expired_id(self, before_ms: int) -> int | None:
+        """The newest synced reading older than ``before_ms`` among the
+        oldest thousand (dropping through it drops them all)."""
+        row = self.one("SELECT id FROM (SELECT id, ts, synced FROM reading ORDER BY id"
+                       " LIMIT 1000) WHERE synced = 1 AND ts < ? ORDER BY id DESC LIMIT 1",
+                       (before_ms,))
+        return int(row[0]) if row else None
+
+    def delete_ids(self, ids: Sequence[int]) -> int:
+        """Delete these readings; how many there were."""
+        n = 0
+        for i in range(0, len(ids), 500):
+            chunk = ids[i:i + 500]
+            n += self.execute(f"DELETE FROM reading WHERE id IN ({','.join('?' * len(chunk))})",
+                              chunk).rowcount
+        return n
+
+    def delete_through(self, last_id: int) -> tuple[int, int, int]:
+        """Delete the readings up to ``last_id``; their counts (as ``counts``)."""
+        gone = self.counts("WHERE id <= ?", (last_id,))
+        self.execute("DELETE FROM reading WHERE id <= ?", (last_id,))
+        return gone

@@ -1,0 +1,5 @@
+import sys
+
+from farmedge.provision.dashboards import main
+
+sys.exit(main())
