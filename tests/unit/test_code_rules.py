@@ -26,8 +26,6 @@ MAX_CLASS_LINES = 300
 
 #: "path:Class" -> why it may be longer than MAX_CLASS_LINES.
 BIG_CLASSES: dict[str, str] = {
-    "farmedge/transport/mqtt.py:MqttSource":
-        "transport: URL/TLS/auth parsing and the reconnect loop leave MqttSource",
 }
 
 #: Modules besides farmedge/logs.py that use the standard library's logging,
