@@ -74,8 +74,7 @@ class Source:
     @property
     def task(self) -> asyncio.Task[None] | None:
         """The connection's task (it ending on its own is fatal)."""
-        t = getattr(self.mqtt, "_task", None)
-        return t if isinstance(t, asyncio.Task) else None
+        return self.mqtt.task
 
     @property
     def connected(self) -> bool:
