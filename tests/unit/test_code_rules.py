@@ -39,7 +39,6 @@ STDLIB_LOGGING: dict[str, str] = {
 #: Modules whose log calls do not yet use dotted event names.
 FREE_TEXT_EVENTS: dict[str, str] = {
     "farmedge/alerts/record.py": "edge: alert records through the edge's writer",
-    "farmedge/gateway/uplink.py": "transport/gateway: the uplink's client code and logging",
 }
 
 EVENT = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
