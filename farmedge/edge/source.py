@@ -74,7 +74,8 @@ class Source:
     @property
     def task(self) -> asyncio.Task[None] | None:
         """The connection's task (it ending on its own is fatal)."""
-        return self.mqtt.task
+        t = getattr(self.mqtt, "task", None)  # MqttSource.task; a fake may have none
+        return t if isinstance(t, asyncio.Task) else None
 
     @property
     def connected(self) -> bool:

@@ -33,9 +33,7 @@ BIG_CLASSES: dict[str, str] = {
 STDLIB_LOGGING: dict[str, str] = {}
 
 #: Modules whose log calls do not yet use dotted event names.
-FREE_TEXT_EVENTS: dict[str, str] = {
-    "farmedge/gateway/uplink.py": "transport/gateway: the uplink's client code and logging",
-}
+FREE_TEXT_EVENTS: dict[str, str] = {}
 
 EVENT = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 LEVELS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "fatal", "msg",
