@@ -22,10 +22,14 @@ import logging
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
-from urllib.parse import urlsplit
 
+from farmedge.backoff import Backoff
 from farmedge.contract.topics import alerts_topic
+from farmedge.logs import get_logger
 from farmedge.storage.schema import AlertField, Measurement, Tag
+from farmedge.transport.broker import parse_broker_url
+from farmedge.transport.publisher import REFUSED, Publisher
+from farmedge.transport.reconnect import reconnect_forever
 
 __all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "RecordSink",
            "Recorder", "SinkRecorder", "line_protocol"]
@@ -233,47 +237,31 @@ class InfluxRecorder:
 
 class MqttRecorder:
     """Publishes each event as JSON (QoS 1, not retained) on the farm's alerts
-    topic, with its own paho client (MQTT 5) and network thread. ``record``
-    only queues (bounded: past ``max_queue`` the oldest are dropped and
-    counted); the recorder's task hands events to paho from a worker thread
-    while the client is connected, because paho can block a caller while it
-    waits to reconnect. Reconnects by itself."""
+    topic through the transport's :class:`~farmedge.transport.publisher.Publisher`
+    (MQTT 5; paho's network thread, so publishing never blocks the edge's
+    loop) and its reconnect loop with the shared back-off. ``record`` only
+    queues (bounded: past ``max_queue`` the oldest are dropped and counted);
+    an event leaves the recorder on its PUBACK, and what a lost connection
+    had in flight goes again, first, on the next one."""
 
     def __init__(self, *, url: str, client_id: str = "", qos: int = 1,
                  username: str | None = None, password: str | None = None,
                  ca_file: str | None = None, cert_file: str | None = None,
-                 key_file: str | None = None, max_queue: int = 10_000) -> None:
-        self.url = url
+                 key_file: str | None = None, max_queue: int = 10_000,
+                 max_inflight: int = 500) -> None:
+        self.broker = parse_broker_url(url, username=username, password=password,
+                                       ca_file=ca_file, cert_file=cert_file, key_file=key_file)
         self.client_id = client_id
         self.qos = qos
-        self.username = username
-        self.password = password
-        self.tls_files = (ca_file, cert_file, key_file)
-        self._client: Any = None
+        self.max_inflight = max_inflight
         self._q: deque[AlertEvent] = deque(maxlen=max_queue)
+        self._inflight: dict[int, AlertEvent] = {}
         self._wake = asyncio.Event()
+        self._gone = asyncio.Event()
+        self._gen = 0
+        self._log = get_logger("farmedge.alerts.record", broker=self.broker.redacted)
         self.published = 0
         self.dropped = 0
-
-    def _connect(self) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        u = urlsplit(self.url)
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=mqtt.MQTTv5)
-        user = self.username or u.username
-        if user:
-            c.username_pw_set(user, self.password or u.password)
-        ca, cert, key = self.tls_files
-        if u.scheme in ("mqtts", "ssl", "tls") or ca:
-            c.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
-        c.max_queued_messages_set(10_000)
-        c.reconnect_delay_set(1, 30)
-        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
-        c.connect_async(u.hostname or "127.0.0.1", port)
-        c.loop_start()
-        self._client = c
 
     def record(self, ev: AlertEvent) -> None:
         if len(self._q) == self._q.maxlen:
@@ -281,25 +269,55 @@ class MqttRecorder:
         self._q.append(ev)
         self._wake.set()
 
-    def _publish_batch(self, evs: list[AlertEvent]) -> None:
-        for ev in evs:
-            self._client.publish(alerts_topic(ev.county, ev.farm), ev.to_json(), qos=self.qos)
-
     async def run(self) -> None:
-        await asyncio.to_thread(self._connect)
+        await reconnect_forever(self._connect, self._session, backoff=Backoff(1.0, 30.0),
+                                stop=asyncio.Event(), log=self._log)
+
+    async def _connect(self) -> Publisher:
+        self._gen += 1
+        gen = self._gen
+        pub = Publisher(self.broker, client_id=self.client_id, loop=asyncio.get_running_loop(),
+                        on_ack=lambda mid, code: self._acked(gen, mid, code),
+                        on_lost=lambda reason: self._lost(gen))
+        self._gone.clear()
+        await pub.aconnect(10.0)
+        return pub
+
+    def _acked(self, gen: int, mid: int, code: int) -> None:
+        ev = self._inflight.pop(mid, None) if gen == self._gen else None
+        if ev is None:
+            return
+        if code < REFUSED:
+            self.published += 1
+        else:  # the broker refused it (its ACL): sending it again would not help
+            self.dropped += 1
+            self._log.warning("alerts.publish_refused", topic=alerts_topic(ev.county, ev.farm),
+                              rc=code)
+        self._wake.set()
+
+    def _lost(self, gen: int) -> None:
+        if gen == self._gen:
+            self._gone.set()
+            self._wake.set()
+
+    async def _session(self, pub: Publisher) -> None:
         try:
-            while True:
+            while not self._gone.is_set():
+                while self._q and len(self._inflight) < self.max_inflight:
+                    ev = self._q[0]
+                    mid = pub.publish(alerts_topic(ev.county, ev.farm), ev.to_json(),
+                                      qos=self.qos)
+                    self._q.popleft()
+                    if self.qos:
+                        self._inflight[mid] = ev
+                    else:
+                        self.published += 1
+                self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
                         await self._wake.wait()
-                self._wake.clear()
-                if not self._q or not self._client.is_connected():
-                    continue
-                batch = [self._q.popleft() for _ in range(min(len(self._q), 500))]
-                await asyncio.to_thread(self._publish_batch, batch)
-                self.published += len(batch)
         finally:
-            c, self._client = self._client, None
-            if c is not None:
-                await asyncio.to_thread(c.disconnect)
-                c.loop_stop()
+            self._gen += 1  # a late PUBACK of this connection counts for nothing
+            lost, self._inflight = list(self._inflight.values()), {}
+            self._q.extendleft(reversed(lost))
+            await asyncio.shield(pub.aclose())

@@ -48,7 +48,7 @@ def register(codec: Codec) -> None:
     """Add an encoding. Its magic byte must not be white space or ``{``."""
     if codec.magic is not None:
         if codec.magic in b" \t\r\n{":
-            raise ValueError("a magic byte must not look like JSON")
+            raise ContractError("a magic byte must not look like JSON")
         _BY_MAGIC[codec.magic] = codec
     _BY_TYPE[codec.content_type] = codec
 

@@ -34,6 +34,7 @@ from decimal import Decimal
 from typing import Any
 
 from .codec import Codec, PayloadTooLarge, register
+from .errors import ContractError
 from .models import MAX_READINGS
 
 __all__ = [
@@ -103,7 +104,7 @@ def _shared_dictionary() -> bytes:
 SHARED_DICTIONARY: bytes = _shared_dictionary()
 
 
-class _Bad(ValueError):
+class _Bad(ContractError):
     pass
 
 
@@ -115,7 +116,7 @@ def _decimal(value: float) -> tuple[int, int] | None:
     if isinstance(value, int):
         return (value, 0) if -_INT64 <= value <= _INT64 else None
     if not math.isfinite(value):
-        raise ValueError("value must be finite")
+        raise ContractError("value must be finite")
     sign, digits, exp = Decimal(repr(value)).as_tuple()
     assert isinstance(exp, int)
     m = 0
@@ -147,9 +148,9 @@ def encode_compact(
     ``animal``); their order is kept."""
     code = COMPRESSIONS.get(compression)
     if code is None:
-        raise ValueError(f"compression {compression!r} is not one of {sorted(COMPRESSIONS)}")
+        raise ContractError(f"compression {compression!r} is not one of {sorted(COMPRESSIONS)}")
     if clock not in _CLOCK:
-        raise ValueError(f"clock {clock!r} is not one of {_CLOCK}")
+        raise ContractError(f"clock {clock!r} is not one of {_CLOCK}")
     series: list[list[Any]] = []
     index: dict[tuple[Any, ...], int] = {}
     idx: list[int] = []
@@ -180,7 +181,7 @@ def encode_compact(
             continue
         m = d[0] * 10 ** (d[1] - e)
         if abs(m) > _INT64:
-            raise ValueError(f"value {r['value']!r} does not fit the compact encoding")
+            raise ContractError(f"value {r['value']!r} does not fit the compact encoding")
         vals.append(m - last.get(i, 0))
         last[i] = m
     for i, f in enumerate(floats):

@@ -71,7 +71,7 @@ class Source:
     @property
     def task(self) -> asyncio.Task[None] | None:
         """The connection's task (it ending on its own is fatal)."""
-        t = getattr(self.mqtt, "_task", None)
+        t = getattr(self.mqtt, "task", None)  # MqttSource.task; a fake may have none
         return t if isinstance(t, asyncio.Task) else None
 
     @property

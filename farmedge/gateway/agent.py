@@ -100,7 +100,10 @@ class Agent:
         is the last will's three."""
         if not online:
             return {"gateway": self.s.gateway, "online": False}
-        st = self.outbox.stats() if self.outbox.is_open else None
+        st = None
+        if self.outbox.is_open:
+            with contextlib.suppress(OutboxError):  # a broken file: the status still goes
+                st = self.outbox.stats()
         now = self.clock.wall_ms()
         f: dict[str, Any] = {
             "gateway": self.s.gateway, "online": True, "ts": now,

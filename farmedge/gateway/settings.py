@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, model_validator
 from farmedge.config import FileSettings, Section
 from farmedge.contract.compact import COMPRESSIONS
 from farmedge.contract.models import TopicId
+from farmedge.transport.broker import Broker, parse_broker_url
 
 from .drivers import SensorEntry
 
@@ -28,7 +29,7 @@ assert set(COMPRESSIONS) == {"none", "zstd", "deflate-dict", "zstd-dict"}
 
 
 class MqttSection(Section):
-    #: mqtt://host:port, or mqtts://host:port for TLS.
+    #: mqtt://host:port (or tcp://), or mqtts://host:port (or ssl://) for TLS.
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: SecretStr | None = None
@@ -51,11 +52,18 @@ class MqttSection(Section):
 
     @model_validator(mode="after")
     def _check(self) -> MqttSection:
-        if not self.url.startswith(("mqtt://", "mqtts://")):
-            raise ValueError("url must start with mqtt:// or mqtts://")
+        _ = self.broker  # BrokerUrlError is a ValueError: reported with file:line and key
         if self.backoff_max_s < self.backoff_min_s:
             raise ValueError("backoff_max_s must be at least backoff_min_s")
         return self
+
+    @property
+    def broker(self) -> Broker:
+        """URL, credentials and TLS, parsed the way every farmedge client does."""
+        return parse_broker_url(
+            self.url, username=self.username,
+            password=self.password.get_secret_value() if self.password else None,
+            ca_file=self.ca_file)
 
 
 class OutboxSection(Section):

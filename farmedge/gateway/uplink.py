@@ -2,11 +2,13 @@
 them only on PUBACK, reconnect with capped, jittered backoff, keep a retained
 status with a last will.
 
-paho-mqtt runs its network loop in its own thread; its callbacks cross into
-asyncio only through ``loop.call_soon_threadsafe``. A fresh paho client is
-made for every connection, so nothing of a dead connection (queued or
-in-flight messages) is resent behind the outbox's back: after a reconnect the
-outbox is read again from its oldest reading.
+The MQTT client is the transport's :class:`~farmedge.transport.publisher.Publisher`
+(paho's network thread; its callbacks reach this loop through
+``call_soon_threadsafe``), and reconnection its shared loop with the shared
+:class:`~farmedge.backoff.Backoff`. A fresh connection (and paho client) is
+made every time, so nothing of a dead connection (queued or in-flight
+messages) is resent behind the outbox's back: after a reconnect the outbox
+is read again from its oldest reading.
 """
 
 from __future__ import annotations
@@ -14,14 +16,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import ssl
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit
+from dataclasses import dataclass
 
+from farmedge.backoff import Backoff
 from farmedge.contract import Encoded, EncodeError, encode_telemetry, status_topic, telemetry_topic
 from farmedge.logs import get_logger
+from farmedge.transport.errors import BrokerUnreachable, ConnectRefused, TransportError
+from farmedge.transport.publisher import Message, Publisher
+from farmedge.transport.reconnect import reconnect_forever
 
 from .batching import Batch, RateLimit, ReplayProgress, next_batch
 from .clock import ClockSource
@@ -33,26 +36,6 @@ __all__ = ["Backoff", "Uplink", "UplinkStats"]
 
 
 @dataclass
-class Backoff:
-    """Capped exponential backoff with "equal jitter": the n-th wait is drawn
-    uniformly from [d/2, d] with d = min(max, min * 2**n), so gateways that
-    lost the broker together do not come back together."""
-
-    min_s: float
-    max_s: float
-    rng: random.Random = field(default_factory=random.Random)
-    attempt: int = 0
-
-    def next(self) -> float:
-        d = min(self.max_s, self.min_s * 2 ** min(self.attempt, 30))
-        self.attempt += 1
-        return self.rng.uniform(d / 2, d)
-
-    def reset(self) -> None:
-        self.attempt = 0
-
-
-@dataclass
 class UplinkStats:
     messages: int = 0
     readings: int = 0
@@ -61,7 +44,7 @@ class UplinkStats:
     refused: int = 0
 
 
-class _Disconnected(Exception):
+class _Disconnected(TransportError):
     pass
 
 
@@ -81,11 +64,11 @@ class Uplink:
         self.stats = UplinkStats()
         self.connected = False
         self.flushing = False
-        self._client: Any = None
+        self._client: Publisher | None = None
+        self._stop = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wake = asyncio.Event()
         self._acks: list[tuple[int, int]] = []
-        self._connack: asyncio.Future[int] | None = None
         self._gone = asyncio.Event()
         self._inflight: dict[int, list[Row]] = {}
         self._gen = 0
@@ -95,32 +78,7 @@ class Uplink:
         self.log = get_logger("farmedge.gateway.uplink", gateway=settings.gateway)
         self._replay = ReplayProgress(self.log, batch_max=settings.uplink.batch_max)
 
-    # -- paho callbacks (network thread) --------------------------------------
-
-    def _callbacks(self, client: Any, gen: int) -> None:
-        """Wire paho's callbacks to this connection's generation: message ids
-        restart with every client, so a late PUBACK of a dead connection must
-        never be taken for one of the next."""
-        loop = self._loop
-        assert loop is not None
-
-        def on_connect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
-            code = int(getattr(rc, "value", rc))
-            if self._connack is not None:
-                loop.call_soon_threadsafe(_set_result, self._connack, code)
-
-        def on_disconnect(c: Any, u: Any, flags: Any, rc: Any, props: Any) -> None:
-            loop.call_soon_threadsafe(self._lost, gen)
-
-        def on_publish(c: Any, u: Any, mid: int, rc: Any, props: Any) -> None:
-            code = int(getattr(rc, "value", rc) or 0)
-            loop.call_soon_threadsafe(self._acked, gen, mid, code)
-
-        client.on_connect = on_connect
-        client.on_disconnect = on_disconnect
-        client.on_publish = on_publish
-
-    # -- loop side --------------------------------------------------------------
+    # -- connection callbacks (run on the loop) ------------------------------
 
     def _lost(self, gen: int) -> None:
         if gen == self._gen:
@@ -132,120 +90,80 @@ class Uplink:
             self._acks.append((mid, code))
             self._wake.set()
 
-    def _make_client(self) -> Any:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
+    def _make_publisher(self) -> Publisher:
+        """A connection of its own generation: message ids restart with
+        every connection, so a late PUBACK of a dead one must never be taken
+        for one of the next."""
         m = self.s.mqtt
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=m.client_id or self.s.gateway,
-                             protocol=mqtt.MQTTv5, reconnect_on_failure=False)
-        u = urlsplit(m.url)
-        user = m.username or u.username
-        password = m.password.get_secret_value() if m.password else u.password
-        if user:
-            client.username_pw_set(user, password)
-        if u.scheme == "mqtts":
-            ctx = ssl.create_default_context(cafile=str(m.ca_file) if m.ca_file else None)
-            client.tls_set_context(ctx)
-        client.will_set(self.status_topic, self.status_payload(False), qos=1, retain=True)
-        client.max_inflight_messages_set(self.s.uplink.max_inflight + 4)
-        client.max_queued_messages_set(0)
         self._gen += 1
-        self._callbacks(client, self._gen)
-        return client
+        gen = self._gen
+        return Publisher(
+            m.broker, client_id=m.client_id or self.s.gateway, keepalive_s=m.keepalive_s,
+            will=Message(self.status_topic, self.status_payload(False), qos=1, retain=True),
+            max_inflight=self.s.uplink.max_inflight + 4, loop=self._loop,
+            on_ack=lambda mid, code: self._acked(gen, mid, code),
+            on_lost=lambda reason: self._lost(gen))
 
-    async def _connect(self) -> Any:
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
+    async def _connect(self) -> Publisher:
         m = self.s.mqtt
-        u = urlsplit(m.url)
-        host = u.hostname or "127.0.0.1"
-        port = u.port or (8883 if u.scheme == "mqtts" else 1883)
-        client = self._make_client()
+        pub = self._make_publisher()
         self._gone.clear()
-        loop = asyncio.get_running_loop()
-        self._connack = loop.create_future()
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 0
         try:
-            await asyncio.wait_for(
-                asyncio.to_thread(client.connect, host, port, m.keepalive_s, clean_start=True,
-                                  properties=props),
-                m.connect_timeout_s)
-        except (OSError, TimeoutError) as exc:
-            raise _Disconnected(f"cannot reach {host}:{port}: {exc}") from None
-        client.loop_start()
-        try:
-            code = await asyncio.wait_for(self._connack, m.connect_timeout_s)
-        except TimeoutError:
-            await self._close(client)
-            raise _Disconnected("no CONNACK") from None
-        if code >= 0x80:
+            # connect_timeout_s for the TCP/TLS connect, as long for the CONNACK.
+            await asyncio.wait_for(pub.aconnect(m.connect_timeout_s),
+                                   2 * m.connect_timeout_s + 5)
+        except ConnectRefused:
             self.stats.refused += 1
-            await self._close(client)
-            raise _Disconnected(f"broker refused the connection (reason code {code:#x})")
-        return client
-
-    async def _close(self, client: Any) -> None:
-        with contextlib.suppress(Exception):
-            client.disconnect()
-        await asyncio.to_thread(client.loop_stop)
+            raise
+        except TimeoutError:
+            raise BrokerUnreachable("no CONNACK") from None
+        return pub
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, publish, reconnect, until ``stop`` is set and (when
         ``flushing`` is set by the agent) the outbox is empty or the drain
         time is over."""
         self._loop = asyncio.get_running_loop()
-        while not stop.is_set():
-            try:
-                client = await self._connect()
-            except _Disconnected as exc:
-                wait = self.backoff.next()
-                self.log.warning("mqtt connect failed", reason=str(exc), retry_in_s=round(wait, 1))
-                await _wait(stop, wait)
-                continue
-            self._client = client
-            self.connected = True
-            self.stats.connects += 1
-            self.backoff.reset()
-            self.log.info("mqtt connected", url=_redact(self.s.mqtt.url),
-                          backlog=self.outbox.depth)
-            self.publish_status()
-            try:
-                await self._pump(stop)
-            except _Disconnected as exc:
-                self.log.warning("mqtt connection lost", reason=str(exc))
-            finally:
-                self.connected = False
-                self._client = None
-            if not stop.is_set():
-                await self._close(client)
-            # PUBACKs that came in before the connection died still count.
-            await asyncio.sleep(0)
-            with contextlib.suppress(_Disconnected):
-                self._handle_acks()
-            self._gen += 1  # anything later of this connection is ignored
-            self._inflight.clear()
-            self._acks.clear()
-            self._cursor = 0
-            if stop.is_set():
-                with contextlib.suppress(Exception):
-                    info = client.publish(self.status_topic, self.status_payload(False),
-                                          qos=1, retain=True)
-                    await asyncio.to_thread(info.wait_for_publish, 2.0)
-                await self._close(client)
-                break
-            wait = self.backoff.next()
-            self.log.info("reconnecting", retry_in_s=round(wait, 1))
-            await _wait(stop, wait)
+        self._stop = stop
+        await reconnect_forever(self._connect, self._session, backoff=self.backoff, stop=stop,
+                                log=self.log)
+
+    async def _session(self, pub: Publisher) -> None:
+        stop = self._stop
+        self._client = pub
+        self.connected = True
+        self.stats.connects += 1
+        self.log.info("gateway.connected", url=pub.broker.redacted, backlog=self.outbox.depth)
+        self.publish_status()
+        try:
+            await self._pump(stop)
+        except _Disconnected as exc:
+            self.log.warning("gateway.connection_lost", reason=str(exc))
+        finally:
+            self.connected = False
+            self._client = None
+        if not stop.is_set():
+            await pub.aclose()
+        # PUBACKs that came in before the connection died still count.
+        await asyncio.sleep(0)
+        with contextlib.suppress(_Disconnected):
+            self._handle_acks()
+        self._gen += 1  # anything later of this connection is ignored
+        self._inflight.clear()
+        self._acks.clear()
+        self._cursor = 0
+        if stop.is_set():
+            offline = Message(self.status_topic, self.status_payload(False), qos=1, retain=True)
+            await asyncio.to_thread(pub.publish_wait, offline, 2.0)
+            await pub.aclose()
 
     def publish_status(self) -> None:
         client = self._client
         if client is None or not self.connected:
             return
         payload = self.status_payload(True)
-        client.publish(self.status_topic, payload, qos=1, retain=True)
+        with contextlib.suppress(TransportError):  # lost: the next connection sends it
+            client.publish(self.status_topic, payload, qos=1, retain=True)
 
     async def _pump(self, stop: asyncio.Event) -> None:
         up = self.s.uplink
@@ -290,21 +208,19 @@ class Uplink:
                           final=final, log=self.log)
 
     def _send(self, rows: list[Row], clock_state: str) -> None:
-        from paho.mqtt.packettypes import PacketTypes
-        from paho.mqtt.properties import Properties
-
         seq = self.outbox.next_seq()
         enc = self._encode(rows, seq, clock_state)
         if enc is None:  # nothing of the batch can be sent
             return
         payload = enc.payload
-        props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-        props.ContentType = enc.content_type
-        info = self._client.publish(self.topic, payload, qos=1, properties=props)
-        if info.rc != 0:
-            raise _Disconnected(f"publish failed (rc {info.rc})")
-        self._inflight[info.mid] = rows
-        self.log.debug("sent", mid=info.mid, gen=self._gen, n=len(rows), seq=seq,
+        if self._client is None:
+            raise _Disconnected("not connected")
+        try:
+            mid = self._client.publish(self.topic, payload, qos=1, content_type=enc.content_type)
+        except TransportError as exc:
+            raise _Disconnected(f"publish failed: {exc}") from None
+        self._inflight[mid] = rows
+        self.log.debug("gateway.sent", mid=mid, gen=self._gen, n=len(rows), seq=seq,
                        first=f"{rows[0].sensor}={rows[0].value:g}",
                        last=f"{rows[-1].sensor}={rows[-1].value:g}")
         self._cursor = rows[-1].id
@@ -334,19 +250,3 @@ class Uplink:
                 self.log.error("gateway.reading_unsendable", sensor=bad.sensor, kind=bad.kind,
                                ts=bad.ts, error=str(exc), dropped_total=self.outbox.dropped)
         return None
-
-
-def _set_result(fut: asyncio.Future[int], code: int) -> None:
-    if not fut.done():
-        fut.set_result(code)
-
-
-async def _wait(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
-
-
-def _redact(url: str) -> str:
-    from farmedge.logs import redact_url
-
-    return redact_url(url)

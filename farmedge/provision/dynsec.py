@@ -498,11 +498,14 @@ class BrokerUnreachable(ProvisionError):
 
 
 def _host_port(url: str) -> tuple[str, int, bool]:
-    u = urlsplit(url)
-    if u.scheme not in {"mqtt", "mqtts"} or not u.hostname:
-        raise ProvisionError(f"admin url {url!r} is not mqtt://host[:port] or mqtts://...")
-    tls = u.scheme == "mqtts"
-    return u.hostname, u.port or (8883 if tls else 1883), tls
+    from farmedge.transport.broker import parse_broker_url
+    from farmedge.transport.errors import BrokerUrlError
+
+    try:
+        b = parse_broker_url(url)
+    except BrokerUrlError as exc:
+        raise ProvisionError(f"admin url: {exc}") from None
+    return b.host, b.port, b.tls
 
 
 def listening(url: str, timeout: float = 2.0) -> bool:

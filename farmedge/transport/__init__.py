@@ -1,5 +1,20 @@
-"""Transport: the MQTT adapter (URL, TLS and credentials, back-off, the
-reconnect loop), the edge's source client and the publisher everyone else uses.
+"""Transport: the MQTT adapter. Broker URLs, credentials and TLS
+(:mod:`.broker`), errors (:mod:`.errors`, root :class:`TransportError`), the
+reconnect loop (:mod:`.reconnect`, with :class:`farmedge.backoff.Backoff`),
+the edge's source client (:mod:`.mqtt`) and the publisher everyone else
+uses (:mod:`.publisher`).
 
-Imports only :mod:`farmedge.contract`, :mod:`farmedge.config` and
-:mod:`farmedge.logs` (tests/test_import_rules.py)."""
+Imports only :mod:`farmedge.contract`, :mod:`farmedge.config`,
+:mod:`farmedge.logs` and :mod:`farmedge.backoff` (docs/architecture.md)."""
+
+from .errors import (
+    BrokerUnreachable,
+    BrokerUrlError,
+    ConnectionLost,
+    ConnectRefused,
+    NotConnected,
+    TransportError,
+)
+
+__all__ = ["BrokerUnreachable", "BrokerUrlError", "ConnectRefused", "ConnectionLost",
+           "NotConnected", "TransportError"]

@@ -3,9 +3,12 @@ with manual acknowledgement, so a message is PUBACKed only once its readings
 are durable.
 
 paho runs without a thread of its own: its socket is registered with the
-event loop (``add_reader``/``add_writer``, the way aiomqtt does it), so
-messages and acknowledgements never cross threads. Reconnection is the
-visible loop in :meth:`MqttSource._run`, with capped, jittered back-off.
+event loop (:class:`~farmedge.transport.onloop.LoopSocket`), so messages and
+acknowledgements never cross threads. Reconnection is the
+transport's one loop (:func:`farmedge.transport.reconnect.reconnect_forever`)
+with the one :class:`farmedge.backoff.Backoff`; the broker URL, credentials
+and TLS come from :mod:`farmedge.transport.broker`. Only paho's public API
+is used.
 """
 
 from __future__ import annotations
@@ -13,14 +16,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
-import ssl
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
@@ -28,17 +27,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from farmedge.logs import get_logger, redact_url
+from farmedge.backoff import STABLE_AFTER_S, Backoff
+from farmedge.logs import get_logger
 
+from .errors import BrokerUnreachable, ConnectionLost, ConnectRefused
+from .onloop import LoopSocket
+from .reconnect import reconnect_forever
 from .settings import MqttSection
 
-__all__ = ["Inbound", "MqttSource"]
-
-# Packets read per readiness event before yielding to the loop.
-_READ_BURST = 200
-#: A connection that held this long resets the reconnect back-off; one the
-#: broker refuses or drops sooner makes the next wait longer.
-STABLE_AFTER_S = 30.0
+__all__ = ["STABLE_AFTER_S", "Inbound", "MqttSource"]
 #: MQTT 5 CONNACK reason codes that a retry alone will not cure.
 _CREDENTIAL_CODES = {134, 135, 138, 140}
 
@@ -65,17 +62,21 @@ class MqttSource:
                  on_messages: Callable[[list[Inbound]], None]) -> None:
         self._s = settings
         self._on_messages = on_messages
-        self._log = get_logger("farmedge.transport.mqtt", broker=redact_url(settings.url))
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
+        self._broker = settings.broker
+        self._log = get_logger("farmedge.transport.mqtt", broker=self._broker.redacted)
+        self._backoff = Backoff(settings.reconnect_min_s, settings.reconnect_max_s)
+        self._sock: LoopSocket | None = None
         self._pending: list[Inbound] = []
         self._generation = 0
         self._accepting = True
         self._closing = False
-        self._paused = False
         self._lost = asyncio.Event()
         self._stopped = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._connack: asyncio.Future[None] | None = None
+        self._misc_task: asyncio.Task[None] | None = None
+        #: PUBLISH packets read (to tell a read packet from an empty socket).
+        self._publishes = 0
         self.connected = False
         #: True once the broker granted the subscriptions on this connection.
         self.subscribed = False
@@ -88,77 +89,38 @@ class MqttSource:
         #: a connection is accepted).
         self.refused: str | None = None
         self.refused_hint = ""
-        u = urlsplit(settings.url)
-        self._host = u.hostname or "127.0.0.1"
-        self._port = u.port or (8883 if settings.tls else 1883)
-        self._username = settings.username or (unquote(u.username) if u.username else None)
-        pw = settings.password.get_secret_value() if settings.password else None
-        self._password = pw or (unquote(u.password) if u.password else None)
         self._client = self._build_client()
-        # paho reads one packet per call of its (internal) reader; use it to
-        # drain the socket in one go, or fall back to the public loop_read.
-        self._read_packet: Callable[[], MQTTErrorCode] = getattr(
-            self._client, "_packet_read", self._client.loop_read)
 
     def _build_client(self) -> mqtt.Client:
         c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self._s.client_id,
-                        protocol=mqtt.MQTTv5, manual_ack=True)
-        if self._username:
-            c.username_pw_set(self._username, self._password)
-        if self._s.tls:
-            c.tls_set(ca_certs=str(self._s.ca_file) if self._s.ca_file else None,
-                      certfile=str(self._s.cert_file) if self._s.cert_file else None,
-                      keyfile=str(self._s.key_file) if self._s.key_file else None,
-                      cert_reqs=ssl.CERT_REQUIRED)
+                        protocol=mqtt.MQTTv5, manual_ack=True, reconnect_on_failure=False)
+        self._broker.configure(c)
         c.max_queued_messages_set(0)
         c.on_connect = self._on_connect
         c.on_disconnect = self._on_disconnect
         c.on_message = self._on_message
         c.on_subscribe = self._on_subscribe
-        c.on_socket_open = self._on_socket_open
-        c.on_socket_close = self._on_socket_close
-        c.on_socket_register_write = self._on_socket_register_write
-        c.on_socket_unregister_write = self._on_socket_unregister_write
         return c
 
     # -- lifecycle -------------------------------------------------------
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._loop_thread = threading.get_ident()
+        self._sock = LoopSocket(self._client, loop, progress=lambda: self._publishes,
+                                after_read=self._deliver, on_closed=self._mark_lost)
         self._task = loop.create_task(self._run())
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The reconnect loop's task (None before :meth:`start`)."""
+        return self._task
+
     async def _run(self) -> None:
-        """Connect, stay connected, and reconnect with capped, jittered
+        """Connect, stay connected, and reconnect with the capped, jittered
         back-off until stopped. The back-off starts over only after a
         connection that held for STABLE_AFTER_S: a broker that refuses the
         edge (bad credentials, not authorised) or drops it at once sees
         longer and longer waits, up to reconnect_max_s."""
-        attempt = 0
-        while not self._closing:
-            self._lost.clear()
-            self.attempts += 1
-            generation = self._generation
-            try:
-                await self._connect()
-            except (OSError, ssl.SSLError, ValueError) as exc:
-                self.refused = None  # not a refusal: the broker cannot be reached
-                self._log.warning("mqtt.connect_failed", error=f"{type(exc).__name__}: {exc}",
-                                  attempt=attempt + 1)
-            else:
-                misc = asyncio.create_task(self._misc())
-                await self._lost.wait()
-                misc.cancel()
-                if self._generation != generation and self.held_s() >= STABLE_AFTER_S:
-                    attempt = 0
-            if self.closing:
-                break
-            base = min(self._s.reconnect_max_s, self._s.reconnect_min_s * 2 ** min(attempt, 16))
-            delay = random.uniform(base / 2, base)
-            attempt += 1
-            self._log.info("mqtt.reconnect_in", seconds=round(delay, 2), attempt=attempt)
-            # Sleep, but wake at once when the service stops.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopped.wait(), delay)
+        await reconnect_forever(self._connect, self._session, backoff=self._backoff,
+                                stop=self._stopped, log=self._log)
 
     def held_s(self) -> float:
         """How long the last accepted connection held (until now while it
@@ -173,22 +135,47 @@ class MqttSource:
         return self._closing
 
     async def _connect(self) -> None:
+        """Returns once the broker accepted the connection (CONNACK); raises
+        BrokerUnreachable or ConnectRefused."""
+        self._lost.clear()
+        self.attempts += 1
+        loop = asyncio.get_running_loop()
+        self._connack = loop.create_future()
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._s.session_expiry_s
         props.ReceiveMaximum = self._s.receive_maximum
         self._log.info("mqtt.connecting", client_id=self._s.client_id)
-        loop = asyncio.get_running_loop()
-        # The TCP (and TLS) connect blocks: do it off the loop.
-        rc = await loop.run_in_executor(None, functools.partial(
-            self._client.connect, self._host, self._port, keepalive=self._s.keepalive_s,
-            clean_start=False, properties=props))
+        b = self._broker
+        try:
+            # The TCP (and TLS) connect blocks: do it off the loop.
+            rc = await loop.run_in_executor(None, functools.partial(
+                self._client.connect, b.host, b.port, keepalive=self._s.keepalive_s,
+                clean_start=False, properties=props))
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            self.refused = None  # not a refusal: the broker cannot be reached
+            raise BrokerUnreachable(f"{type(exc).__name__}: {exc}") from None
         if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-            raise OSError(f"connect failed: {mqtt.error_string(rc)}")
+            self.refused = None
+            raise BrokerUnreachable(f"connect failed: {mqtt.error_string(rc)}")
+        assert self._sock is not None
+        self._misc_task = asyncio.create_task(self._sock.misc())
+        try:
+            await self._connack
+        except BaseException:
+            self._misc_task.cancel()
+            # Let the broker's close of a refused connection land before the
+            # next attempt, so that it cannot be taken for the next one's.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._lost.wait(), 5)
+            self._sock.force_close()
+            raise
 
-    async def _misc(self) -> None:
-        while True:
-            await asyncio.sleep(1.0)
-            self._client.loop_misc()  # keepalive pings, and their timeouts
+    async def _session(self, _: None) -> None:
+        try:
+            await self._lost.wait()
+        finally:
+            if self._misc_task is not None:
+                self._misc_task.cancel()
 
     def stop_accepting(self) -> None:
         """Messages that arrive from now on are neither processed nor
@@ -198,16 +185,15 @@ class MqttSource:
     async def stop(self) -> None:
         self._accepting = False
         self._closing = True
-        if self.connected:
-            self._client.disconnect()
-            deadline = time.monotonic() + 5
-            while self._client.socket() is not None and time.monotonic() < deadline:
-                self._client.loop_write()
-                await asyncio.sleep(0.01)
-        if self._client.socket() is not None:
-            with contextlib.suppress(Exception):
-                self._client._sock_close()
+        self._stopped.set()  # the reconnect loop ends with this connection
+        if self._sock is not None:
+            if self.connected:
+                self._client.disconnect()
+                await self._sock.flush(5)
+            self._sock.force_close()
         self._lost.set()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectionLost("stopping"))
         self._stopped.set()
         if self._task is not None:
             with contextlib.suppress(BaseException):
@@ -234,79 +220,14 @@ class MqttSource:
     def pause_reading(self) -> None:
         """Stop reading from the broker (TCP back-pressure keeps the rest at
         the broker); acknowledgements still go out."""
-        sock = self._client.socket()
-        if not self._paused and sock is not None and self._loop is not None:
-            self._loop.remove_reader(sock)
-        self._paused = True
+        if self._sock is not None:
+            self._sock.pause()
 
     def resume_reading(self) -> None:
-        if not self._paused:
-            return
-        self._paused = False
-        sock = self._client.socket()
-        if sock is not None and self._loop is not None:
-            self._loop.add_reader(sock, self._on_readable)
-            self._on_readable()
+        if self._sock is not None:
+            self._sock.resume()
 
-    # -- the socket, on the event loop -----------------------------------
-    def _call_in_loop(self, fn: Callable[..., Any], *args: Any) -> None:
-        assert self._loop is not None
-        if threading.get_ident() == self._loop_thread:
-            fn(*args)
-        else:
-            self._loop.call_soon_threadsafe(fn, *args)
-
-    def _on_socket_open(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._call_in_loop(self._add_reader, sock)
-
-    def _add_reader(self, sock: Any) -> None:
-        assert self._loop is not None
-        if not self._paused:
-            self._loop.add_reader(sock, self._on_readable)
-
-    def _on_socket_close(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._call_in_loop(self._remove_socket, sock)
-
-    def _remove_socket(self, sock: Any) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(Exception):
-            self._loop.remove_reader(sock)
-        with contextlib.suppress(Exception):
-            self._loop.remove_writer(sock)
-        self._mark_lost()
-
-    def _on_socket_register_write(self, client: mqtt.Client, userdata: Any, sock: Any) -> None:
-        self._call_in_loop(self._add_writer, sock)
-
-    def _add_writer(self, sock: Any) -> None:
-        assert self._loop is not None
-        fd: Any = sock  # the paho socket, or a stale one from a closed connection
-        if self._client.socket() is fd:
-            self._loop.add_writer(sock, self._client.loop_write)
-
-    def _on_socket_unregister_write(self, client: mqtt.Client, userdata: Any,
-                                    sock: Any) -> None:
-        self._call_in_loop(self._remove_writer, sock)
-
-    def _remove_writer(self, sock: Any) -> None:
-        assert self._loop is not None
-        with contextlib.suppress(Exception):
-            self._loop.remove_writer(sock)
-
-    def _on_readable(self) -> None:
-        read = self._read_packet
-        for _ in range(_READ_BURST):
-            if self._client.socket() is None or self._paused:
-                break
-            rc = read()
-            if rc == MQTTErrorCode.MQTT_ERR_AGAIN:
-                break
-            if rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
-                self._client._loop_rc_handle(rc)
-                break
-            if read is not self._client.loop_read:
-                continue
-            break
+    def _deliver(self) -> None:
         if self._pending:
             items, self._pending = self._pending, []
             self._on_messages(items)
@@ -318,17 +239,21 @@ class MqttSource:
         if self.disconnected_since is None or was:
             self.disconnected_since = time.monotonic()
         self._lost.set()
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_exception(ConnectionLost("connection closed before CONNACK"))
 
     # -- paho callbacks (on the event loop) ------------------------------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any,
                     reason_code: Any, properties: Any) -> None:
         if reason_code.is_failure:
             code = int(reason_code.value)
-            self.refused = f"broker refused: {str(reason_code).lower()} (rc {code})"
-            self.refused_hint = ("check [mqtt] username and password, and the broker's "
-                                 "account for the edge" if code in _CREDENTIAL_CODES else "")
-            self._log.error("mqtt.connect_refused", reason=str(reason_code), rc=code,
-                            attempt=self.attempts, hint=self.refused_hint or None)
+            refused = ConnectRefused(code, str(reason_code), (
+                "check [mqtt] username and password, and the broker's account for the edge"
+                if code in _CREDENTIAL_CODES else ""))
+            self.refused = str(refused)
+            self.refused_hint = refused.hint
+            if self._connack is not None and not self._connack.done():
+                self._connack.set_exception(refused)
             return
         self.refused = None
         self._generation += 1
@@ -336,6 +261,8 @@ class MqttSource:
         self.connects += 1
         self.connected_since = time.monotonic()
         self.disconnected_since = None
+        if self._connack is not None and not self._connack.done():
+            self._connack.set_result(None)
         prefix = f"$share/{self._s.share_group}/" if self._s.share_group else ""
         subs = [(prefix + t, SubscribeOptions(qos=1)) for t in self._s.topics]
         client.subscribe(subs)
@@ -360,6 +287,7 @@ class MqttSource:
         self._mark_lost()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._publishes += 1
         if not self._accepting:
             return
         props = getattr(msg, "properties", None)
@@ -367,3 +295,4 @@ class MqttSource:
         self._pending.append(Inbound(
             msg.topic, bytes(msg.payload), msg.mid, msg.qos, bool(msg.retain), ctype,
             int(time.time() * 1000), time.monotonic(), self._generation, bool(msg.dup)))
+

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import urlsplit
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from farmedge.config import Section
 from farmedge.contract.topics import STATUS_FILTER, TELEMETRY_FILTER
+
+from .broker import Broker, parse_broker_url
 
 __all__ = ["MqttSection"]
 
@@ -17,7 +18,7 @@ PosFloat = Annotated[float, Field(gt=0)]
 
 
 class MqttSection(Section):
-    #: mqtt://[user:password@]host[:port], or mqtts:// for TLS.
+    #: mqtt://[user:password@]host[:port] (or tcp://), mqtts:// (or ssl://) for TLS.
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: SecretStr | None = None
@@ -41,17 +42,21 @@ class MqttSection(Section):
     @field_validator("url")
     @classmethod
     def _url(cls, v: str) -> str:
-        u = urlsplit(v)
-        if u.scheme not in {"mqtt", "mqtts", "tcp", "ssl"}:
-            raise ValueError("must start with mqtt:// or mqtts://")
-        if not u.hostname:
-            raise ValueError("has no host")
-        try:
-            _ = u.port
-        except ValueError:
-            raise ValueError("has an invalid port") from None
+        parse_broker_url(v)  # BrokerUrlError is a ValueError: reported with file:line
         return v
+
+    @model_validator(mode="after")
+    def _check(self) -> MqttSection:
+        _ = self.broker  # TLS files that do not fit together
+        return self
+
+    @property
+    def broker(self) -> Broker:
+        return parse_broker_url(
+            self.url, username=self.username,
+            password=self.password.get_secret_value() if self.password else None,
+            ca_file=self.ca_file, cert_file=self.cert_file, key_file=self.key_file)
 
     @property
     def tls(self) -> bool:
-        return urlsplit(self.url).scheme in {"mqtts", "ssl"} or self.ca_file is not None
+        return self.broker.tls

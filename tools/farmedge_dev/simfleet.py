@@ -22,10 +22,11 @@ import time
 import uuid
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from farmedge.contract import COMPACT, STATUS_FILTER, TELEMETRY_FILTER, decode_compact
 from farmedge.simdata import make_farms
+from farmedge.transport.broker import parse_broker_url
+from farmedge.transport.publisher import Publisher, Received
 
 __all__ = ["SimulatedFleet"]
 
@@ -78,7 +79,7 @@ class SimulatedFleet:
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")
         return path
 
-    def _count(self, client: Any, userdata: Any, msg: Any) -> None:
+    def _count(self, msg: Received) -> None:
         if msg.topic.endswith("/status"):
             try:
                 doc = json.loads(msg.payload)
@@ -90,7 +91,7 @@ class SimulatedFleet:
                     self.ready.set()
             return
         try:
-            ct = getattr(msg.properties, "ContentType", None) if msg.properties else None
+            ct = msg.content_type
             doc = decode_compact(msg.payload) if ct == COMPACT else json.loads(msg.payload)
             readings = doc["readings"]
         except Exception:
@@ -103,21 +104,12 @@ class SimulatedFleet:
             self.stats.bad += bad
 
     def run(self, stop: threading.Event) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        u = urlsplit(self.mqtt_url)
-        counter = mqtt.Client(CallbackAPIVersion.VERSION2,
-                              client_id=f"farmedge-demo-count-{uuid.uuid4().hex[:6]}",
-                              protocol=mqtt.MQTTv5)
-        subscribed = threading.Event()
-        counter.on_message = self._count
-        counter.on_subscribe = lambda *a: subscribed.set()
-        counter.connect(u.hostname or "127.0.0.1", u.port or 1883)
-        counter.subscribe([(TELEMETRY_FILTER.replace("+", self.county, 1), 1),
-                           (STATUS_FILTER.replace("+", self.county, 1), 1)])
-        counter.loop_start()
-        subscribed.wait(10)
+        counter = Publisher(parse_broker_url(self.mqtt_url),
+                            client_id=f"farmedge-demo-count-{uuid.uuid4().hex[:6]}",
+                            on_message=self._count)
+        counter.connect(10)
+        counter.subscribe([TELEMETRY_FILTER.replace("+", self.county, 1),
+                           STATUS_FILTER.replace("+", self.county, 1)], qos=1)
         env = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
         try:
             for farm in self.farms:
@@ -145,6 +137,5 @@ class SimulatedFleet:
                     p.kill()
                     p.wait(5)
             time.sleep(0.5)  # the last messages on their way to the counter
-            counter.disconnect()
-            counter.loop_stop()
+            counter.close()
             self.stats.finished = time.monotonic()

@@ -34,10 +34,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
-from urllib.parse import urlsplit
 
+from farmedge.backoff import Backoff
 from farmedge.contract import MAX_READINGS, encode_json
+from farmedge.logs import get_logger
 from farmedge.simdata import GatewaySim, SimReading, make_farms
+from farmedge.transport.broker import parse_broker_url
+from farmedge.transport.errors import BrokerUrlError, ConnectRefused, NotConnected, TransportError
+from farmedge.transport.publisher import REFUSED, Publisher
+from farmedge.transport.reconnect import reconnect_in_thread
 
 __all__ = [
     "GatewayStream",
@@ -218,51 +223,59 @@ class SimStats:
 
 
 class _Conn:
-    """One MQTT connection; counts a message only on its PUBACK."""
+    """One MQTT connection (the transport's Publisher); counts a message only
+    on its PUBACK. A lost connection fails what it had in flight and is made
+    again with the shared back-off."""
 
     def __init__(self, url: str, client_id: str, window: int, stats: SimStats,
                  lock: threading.Lock) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
-
-        u = urlsplit(url)
-        if u.scheme not in {"mqtt", "mqtts", "tcp", "ssl"} or not u.hostname:
-            raise SimError(f"--mqtt-url {url!r} is not mqtt://host[:port] or mqtts://...")
-        self.host = u.hostname
-        self.port = u.port or (8883 if u.scheme in {"mqtts", "ssl"} else 1883)
-        self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
-                                  protocol=mqtt.MQTTv5)
-        if u.username:
-            self.client.username_pw_set(u.username, u.password)
-        if u.scheme in {"mqtts", "ssl"}:
-            self.client.tls_set()
-        # Unlimited in paho (0): paho rescans all its in-flight messages on every
-        # PUBACK when it enforces a limit itself, which costs more than the
-        # publishing. self.window bounds what is in flight instead.
-        self.client.max_inflight_messages_set(0)
-        self.client.max_queued_messages_set(0)
-        self.client.reconnect_delay_set(1, 5)
-        self.client.on_connect = self._on_connect
-        self.client.on_publish = self._on_publish
+        try:
+            self.broker = parse_broker_url(url)
+        except BrokerUrlError as exc:
+            raise SimError(f"--mqtt-url: {exc}") from None
+        self.client_id = client_id
         self.window = threading.BoundedSemaphore(window)
-        self.connected = threading.Event()
-        self.refused: str | None = None
         self.stats = stats
         self.lock = lock
+        self.pub: Publisher | None = None
+        self._gen = 0
         self.inflight: dict[int, SimMessage] = {}
         self.early: dict[int, bool] = {}  # PUBACKs seen before publish() returned
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def _on_connect(self, client: Any, userdata: Any, flags: Any, reason: Any,
-                    properties: Any = None) -> None:
-        if getattr(reason, "is_failure", False):
-            self.refused = str(reason)
-        else:
-            self.connected.set()
-
-    def _on_publish(self, client: Any, userdata: Any, mid: int, reason: Any,
-                    properties: Any = None) -> None:
-        ok = not getattr(reason, "is_failure", False)
+    def _open(self, timeout: float = 15.0) -> Publisher:
         with self.lock:
+            self._gen += 1
+            gen = self._gen
+        # max_inflight 0 (no limit in paho): paho rescans all its in-flight
+        # messages on every PUBACK when it enforces a limit itself, which
+        # costs more than the publishing. self.window bounds what is in flight.
+        pub = Publisher(self.broker, client_id=self.client_id, keepalive_s=30,
+                        max_inflight=0, on_ack=lambda mid, code: self._on_ack(gen, mid, code))
+        pub.connect(timeout)
+        self.pub = pub
+        return pub
+
+    def _hold(self, pub: Publisher) -> None:
+        while not pub.lost.wait(0.2):
+            if self._stop.is_set():
+                return
+        # Lost: what it had in flight will never be acknowledged.
+        with self.lock:
+            self.pub = None
+            self._gen += 1
+            lost, self.inflight = self.inflight, {}
+            self.early.clear()
+            for msg in lost.values():
+                self._settle(msg, False)
+        pub.close()
+
+    def _on_ack(self, gen: int, mid: int, code: int) -> None:
+        ok = code < REFUSED
+        with self.lock:
+            if gen != self._gen:
+                return
             msg = self.inflight.pop(mid, None)
             if msg is None:
                 self.early[mid] = ok
@@ -284,17 +297,21 @@ class _Conn:
         self.window.release()
 
     def start(self, timeout: float = 15.0) -> None:
+        where = f"{self.broker.host}:{self.broker.port}"
         try:
-            self.client.connect(self.host, self.port, keepalive=30, clean_start=True)
-        except OSError as exc:
-            raise SimError(f"cannot connect to the broker at {self.host}:{self.port}: {exc}"
-                           ) from exc
-        self.client.loop_start()
-        deadline = time.monotonic() + timeout
-        while not self.connected.wait(0.1):
-            if self.refused or time.monotonic() > deadline:
-                self.client.loop_stop()
-                raise SimError(f"the broker refused the connection: {self.refused or 'timeout'}")
+            first = self._open(timeout)
+        except ConnectRefused as exc:
+            raise SimError(f"the broker at {where} refused the connection: {exc.reason}"
+                           ) from None
+        except TransportError as exc:
+            raise SimError(f"cannot connect to the broker at {where}: {exc}") from None
+        self._thread = threading.Thread(
+            target=reconnect_in_thread, name=f"mqtt-{self.client_id}", daemon=True,
+            args=(self._open, self._hold),
+            kwargs={"backoff": Backoff(1.0, 5.0), "stop": self._stop,
+                    "log": get_logger("farmedge_dev.simulate", broker=self.broker.redacted),
+                    "first": first})
+        self._thread.start()
 
     def publish(self, msg: SimMessage, stop: threading.Event) -> bool:
         while not self.window.acquire(timeout=0.2):
@@ -302,18 +319,26 @@ class _Conn:
                 return False
         with self.lock:
             self.stats.sent += 1
+            pub, gen = self.pub, self._gen
         # Not under self.lock: paho runs on_publish holding its own message
         # lock, which publish() takes too. A PUBACK that arrives before the
         # mid is registered waits in self.early.
-        info = self.client.publish(msg.topic, msg.payload, qos=1)
-        with self.lock:
-            if info.rc not in (0, 4):  # 4: not connected right now; paho resends
+        try:
+            if pub is None:
+                raise NotConnected("reconnecting")
+            mid = pub.publish(msg.topic, msg.payload, qos=1)
+        except TransportError:
+            with self.lock:
                 self.stats.failed += 1
-                self.window.release()
+            self.window.release()
+            return True
+        with self.lock:
+            if gen != self._gen:  # lost meanwhile: never acknowledged
+                self._settle(msg, False)
                 return True
-            ok = self.early.pop(info.mid, None)
+            ok = self.early.pop(mid, None)
             if ok is None:
-                self.inflight[info.mid] = msg
+                self.inflight[mid] = msg
             else:
                 self._settle(msg, ok)
         return True
@@ -323,8 +348,12 @@ class _Conn:
             return len(self.inflight)
 
     def close(self) -> None:
-        self.client.disconnect()
-        self.client.loop_stop()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        pub, self.pub = self.pub, None
+        if pub is not None:
+            pub.close()
 
 
 class Simulator:

@@ -355,3 +355,32 @@ def test_the_protocol_examples_are_what_the_encoders_write() -> None:
     # The last will as the document spells it.
     assert encode_status(gateway="gw-0007", online=False) == (
         b'{"v":1,"gateway":"gw-0007","online":false}')
+
+
+def test_everything_the_contract_raises_is_a_contract_error() -> None:
+    from farmedge.contract import (
+        check_topic_id,
+        decode_compact,
+        encode_compact,
+        normalize,
+        parse_gateway_topic,
+    )
+
+    calls: list[Any] = [
+        lambda: parse_telemetry(b"{not json"),
+        lambda: parse_status(b"{}"),
+        lambda: decode_compact(b"\xfe\x09"),
+        lambda: decode_compact(b"{}"),
+        lambda: encode_compact(gateway="gw", seq=1, sent=1, clock="ntp", readings=[GOOD]),
+        lambda: encode_compact(gateway="gw", seq=1, sent=1, clock="synced", readings=[GOOD],
+                               compression="lz4"),
+        lambda: check_topic_id("status"),
+        lambda: parse_gateway_topic("farm/v2/a/b/c/telemetry"),
+        lambda: normalize("soil_ph", 7, "furlong"),
+        lambda: normalize("soil_ph", 99, "pH"),
+        lambda: encode_json(**envelope(readings=[])),
+        lambda: encode_status(gateway="gw", online=True, dropped=-1),
+    ]
+    for call in calls:
+        with pytest.raises(ContractError):
+            call()

@@ -214,3 +214,26 @@ def test_the_agent_stops_with_an_error_when_commits_fail(tmp_path: Path) -> None
     a.outbox.commit = failing  # type: ignore[method-assign]
     exc = _run(a)
     assert isinstance(exc, GatewayError) and "the outbox's commits stopped" in str(exc), exc
+
+
+def test_a_broken_outbox_file_leaves_its_fields_out_of_the_status(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.outbox.db.close()  # the file went away under the agent
+    st = parse_status(a.status(True))
+    assert st.online and st.outbox_depth is None and st.version is not None
+
+
+def test_the_uplinks_json_is_byte_for_byte_what_earlier_versions_sent(tmp_path: Path) -> None:
+    """The wire is unchanged: the contract's encoder writes what the uplink
+    built by hand before (compact separators, UTF-8, the same key order)."""
+    a = agent(tmp_path, uplink={"encoding": "json"})
+    a.outbox.add([NewRow("探头-1", "soil_moisture", "%", 23.4, Quality.SUSPECT, None, 1, 1, True),
+                  NewRow("rfid-gate", "animal_presence", "count", 3.0, Quality.OK,
+                         "982000123456789", 2, 2, True)], "boot-1")
+    rows = a.outbox.peek(0, 10)
+    enc = a.uplink._encode(rows, 18231, "synced")
+    assert enc is not None and enc.content_type == "application/json"
+    before = json.dumps({"v": 1, "gateway": "gw-1", "seq": 18231, "sent": FakeClock().wall,
+                         "clock": "synced", "readings": [r.wire() for r in rows]},
+                        separators=(",", ":"), ensure_ascii=False).encode()
+    assert enc.payload == before

@@ -1,0 +1,110 @@
+"""Broker URLs, credentials and TLS: the one parser every MQTT client of
+farmedge uses (edge, gateway, alert recorder, simulator, provisioning).
+
+``mqtt://`` and ``tcp://`` are plain TCP, default port 1883; ``mqtts://``
+and ``ssl://`` are TLS, default port 8883. A CA file or client certificate
+given in the settings also means TLS (never plain TCP for an operator who
+configured certificates). ``user:password@`` in the URL is taken when the
+settings give none. Any other scheme is a :class:`BrokerUrlError`.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import unquote, urlsplit
+
+from farmedge.logs import redact_url
+
+from .errors import BrokerUrlError, TransportError
+
+if TYPE_CHECKING:
+    import paho.mqtt.client as mqtt
+
+__all__ = ["PLAIN_PORT", "SCHEMES", "TLS_PORT", "Broker", "parse_broker_url"]
+
+#: scheme -> TLS
+SCHEMES: dict[str, bool] = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}
+PLAIN_PORT = 1883
+TLS_PORT = 8883
+_USAGE = ("mqtt:// (or tcp://) is plain TCP, port 1883 by default; mqtts:// (or ssl://) "
+          "is TLS, port 8883 by default")
+
+
+@dataclass(frozen=True, slots=True)
+class Broker:
+    """Where a client connects and how it proves who it is."""
+
+    host: str
+    port: int
+    tls: bool
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    ca_file: Path | None = None
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    #: The URL as given (it may hold a password: log :attr:`redacted`).
+    url: str = field(default="", repr=False)
+
+    @property
+    def redacted(self) -> str:
+        """The URL for logs and messages, any password replaced by ``***``."""
+        return redact_url(self.url) if self.url else f"{self.host}:{self.port}"
+
+    def __str__(self) -> str:
+        return self.redacted
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """The TLS context (None for plain TCP): the system's CAs or
+        ``ca_file``, hostname checked, the client certificate when given.
+        A file that cannot be read is a :class:`TransportError`."""
+        if not self.tls:
+            return None
+        try:
+            ctx = ssl.create_default_context(
+                cafile=str(self.ca_file) if self.ca_file else None)
+            if self.cert_file:
+                ctx.load_cert_chain(str(self.cert_file),
+                                    str(self.key_file) if self.key_file else None)
+        except (OSError, ssl.SSLError, ValueError) as exc:
+            raise TransportError(f"TLS set-up for {self.redacted} failed: {exc}") from None
+        return ctx
+
+    def configure(self, client: mqtt.Client) -> None:
+        """Credentials and TLS onto a paho client."""
+        if self.username:
+            client.username_pw_set(self.username, self.password)
+        ctx = self.ssl_context()
+        if ctx is not None:
+            client.tls_set_context(ctx)
+
+
+def parse_broker_url(url: str, *, username: str | None = None, password: str | None = None,
+                     ca_file: Path | str | None = None, cert_file: Path | str | None = None,
+                     key_file: Path | str | None = None) -> Broker:
+    """Parse ``url``; ``username``/``password`` (from the settings) win over
+    the URL's. Raises :class:`BrokerUrlError` with a message for the operator."""
+    try:
+        u = urlsplit(url.strip())
+        port = u.port
+    except ValueError:
+        raise BrokerUrlError(f"{redact_url(url)!r} has an invalid port") from None
+    scheme = u.scheme.lower()
+    if scheme not in SCHEMES:
+        what = f"unknown scheme {scheme + '://'!r}" if scheme else "no scheme"
+        raise BrokerUrlError(f"must start with mqtt:// or mqtts:// ({redact_url(url)!r} has "
+                             f"{what}); {_USAGE}")
+    if not u.hostname:
+        raise BrokerUrlError(f"{redact_url(url)!r} has no host (mqtt://host[:port])")
+    if key_file and not cert_file:
+        raise BrokerUrlError("key_file is set without cert_file")
+    tls = SCHEMES[scheme] or bool(ca_file or cert_file)
+    user = username or (unquote(u.username) if u.username else None)
+    pw = password or (unquote(u.password) if u.password else None)
+    return Broker(host=u.hostname, port=port or (TLS_PORT if tls else PLAIN_PORT), tls=tls,
+                  username=user, password=pw,
+                  ca_file=Path(ca_file) if ca_file else None,
+                  cert_file=Path(cert_file) if cert_file else None,
+                  key_file=Path(key_file) if key_file else None, url=url.strip())
