@@ -434,3 +434,21 @@ profiles:
         rig.feed({"soil-1": 17.2 + 0.1 * (i % 2)}, "soil_temperature")
         await rig.step(1800)
     assert rig.engine.firing() == [("test-flat/flat-3h", "sensor:gw-1/soil-1", "firing")]
+
+
+async def test_readings_naming_animals_take_each_animals_profile() -> None:
+    """One reader on one gateway reports two pigs: the herd's profile applies
+    to the one in the herd only (the fast path keeps a context per animal)."""
+    from farmedge.registry import Herd
+
+    reg = Registry(farms=[Farm(
+        county="c1", farm="wang-12", name="王家猪场", profile="device",
+        herds={"sows": Herd(profile="pigs", animals=["pig-1"])},
+        gateways={"gw-1": GatewayEntry(interval_s=3600)},
+        contacts=[Contact(name="王", notify=[SMS])])])
+    rig = make_rig(reg, start=local_ts(2026, 6, 10, 8))
+    for _ in range(4):
+        for pig in ("pig-1", "pig-2"):
+            rig.feed({"reader": 41.0}, "animal_body_temperature", animal=pig)
+        await rig.step(1200)
+    assert rig.engine.firing() == [("pigs/fever", "animal:pig-1", "firing")]
