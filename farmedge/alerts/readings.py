@@ -79,21 +79,29 @@ class ReadingPath:
                 plan = ctx.fast.get(kind)
                 if plan is None:
                     plan = ctx.fast_plan(kind)
+                lo, hi, tol, window, st, more = plan
                 v = r.value
                 # out of the plausible range, or a rule that needs the full path
-                if not plan[0] <= v <= plan[1]:
+                if not lo <= v <= hi:
                     full(ctx, kind, r.ts_ms + offset, v, "ok", True, now)
                     continue
-                flats = plan[2]
-                if flats:
-                    ts = r.ts_ms + offset if offset else r.ts_ms
-                    for tol, window, st in flats:   # st: this sensor's [value, since ms]
-                        if abs(v - st[0]) > tol:
-                            st[0] = v
-                            st[1] = ts
-                        elif ts - st[1] >= window:
-                            full(ctx, kind, ts, v, "ok", True, now)
-                            break
+                if st is None:
+                    continue
+                ts = r.ts_ms + offset if offset else r.ts_ms
+                # flatline: st is this sensor's [value, since ms]
+                if abs(v - st[0]) > tol:
+                    st[0] = v
+                    st[1] = ts
+                elif ts - st[1] >= window:
+                    full(ctx, kind, ts, v, "ok", True, now)
+                    continue
+                for tol, window, st in more:      # more flatline rules on the kind
+                    if abs(v - st[0]) > tol:
+                        st[0] = v
+                        st[1] = ts
+                    elif ts - st[1] >= window:
+                        full(ctx, kind, ts, v, "ok", True, now)
+                        break
         return n
 
     def _context(self, rec: Accepted, sensor: str, animal: str | None,
