@@ -24,8 +24,8 @@ from farmedge.contract.models import GatewayStatus
 from farmedge.contract.parse import NormalizedReading
 from farmedge.registry import GatewayEntry, SensorMeta
 
-__all__ = ["Accepted", "AcceptedReading", "CenterAware", "CenterEvent", "CenterWhat", "Stage",
-           "StatusEvent"]
+__all__ = ["Accepted", "AcceptedReading", "CenterAware", "CenterEvent", "CenterWatch",
+           "CenterWhat", "Stage", "StatusEvent"]
 
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})
 _EMPTY_META = SensorMeta()
@@ -126,6 +126,35 @@ class CenterEvent:
     at_ms: int
     #: A few words for the record (the error, the broker's URL), may be empty.
     detail: str = ""
+
+
+class CenterWatch:
+    """Turns the edge's state, looked at every second, into
+    :class:`CenterEvent` records: only changes, ``edge_started`` first."""
+
+    def __init__(self) -> None:
+        self._last: tuple[bool, bool, bool] | None = None
+
+    def started(self, at_ms: int, detail: str = "") -> list[CenterEvent]:
+        """The edge took its stages up and is about to connect."""
+        self._last = (False, True, False)
+        return [CenterEvent("edge_started", at_ms, detail)]
+
+    def poll(self, *, connected: bool, influx_up: bool, replaying: bool, at_ms: int,
+             detail: str = "") -> list[CenterEvent]:
+        if self._last is None:
+            return []
+        was = self._last
+        self._last = (connected, influx_up, replaying)
+        out: list[CenterEvent] = []
+        if connected != was[0]:
+            out.append(CenterEvent("broker_up" if connected else "broker_down", at_ms))
+        if influx_up != was[1]:
+            out.append(CenterEvent("influx_up" if influx_up else "influx_down", at_ms,
+                                   "" if influx_up else detail))
+        if replaying != was[2]:
+            out.append(CenterEvent("replay_started" if replaying else "replay_done", at_ms))
+        return out
 
 
 class CenterAware(Protocol):

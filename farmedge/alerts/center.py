@@ -154,8 +154,9 @@ class _Mass:
     """One county's mass-offline incident."""
 
     since: float
-    #: Its gateways still down.
+    #: Its gateways still down, and the most that were at once.
     down: set[GKey] = field(default_factory=set)
+    peak: int = 0
 
 
 class CenterContext(Context):
@@ -179,8 +180,10 @@ class CenterIncidents:
 
     def __init__(self, *, rules: RuleSet, machine: StateMachine, health: CenterHealth,
                  settings: AlertsSettings, stats: dict[str, int],
-                 router: Callable[[], Router]) -> None:
+                 router: Callable[[], Router],
+                 longest_interval: Callable[[], float] = lambda: 600.0) -> None:
         self.machine = machine
+        self._longest_interval = longest_interval
         self.health = health
         self.settings = settings
         self.stats = stats
@@ -237,6 +240,16 @@ class CenterIncidents:
             return
         self.machine.observe_if_present(br, ctx, "farm", eid, now)
 
+    def _value(self, check: str, county: str, eid: str, value: float) -> None:
+        br = self.rule.get(check)
+        if br is None:
+            return
+        st = self.machine.states.get(self.machine.key(br, self.ctx(county), "farm", eid))
+        if st is not None:
+            st.value = value
+            st.vars["value"] = fmt(value, br.rule.decimals)
+            st.vars["count"] = fmt(value, 0)
+
     def notice(self, check: str, county: str, eid: str, where: str, now: float,
                extra: Mapping[str, str] | None = None) -> None:
         """A one-off message (the edge started)."""
@@ -274,7 +287,7 @@ class CenterIncidents:
         what = ev.what
         c = CENTER_COUNTY
         if what == "edge_started":
-            grace = fmt_duration(h.grace_s(self._default_interval()))
+            grace = fmt_duration(h.grace_s(self._longest_interval()))
             self.notice("edge_restarted", c, "edge", "edge", now, {"duration": grace})
         elif what == "broker_down" and was_connected:
             self._start("broker_down", c, "mqtt", "MQTT", now)
@@ -285,12 +298,6 @@ class CenterIncidents:
         elif what == "influx_up":
             self._end("influx_down", c, "influxdb", now)
 
-    def _default_interval(self) -> float:
-        for br in self.rule.values():
-            if "default_interval_s" in br.params:
-                return br.params["default_interval_s"]
-        return 600.0
-
     # ------------------------------------------------------------ mass offline
 
     def will(self, gk: GKey, now: float, county_total: int) -> bool:
@@ -300,6 +307,8 @@ class CenterIncidents:
         m = self.mass.get(county)
         if m is not None:
             m.down.add(gk)
+            m.peak = max(m.peak, len(m.down))
+            self._value("mass_offline", county, f"mass:{county}", m.peak)
             return True
         s = self.settings
         # Wills right after the edge (re)connected are the broker's doing:
@@ -314,7 +323,7 @@ class CenterIncidents:
         need = max(s.mass_offline_min_gateways, math.ceil(s.mass_offline_share * county_total))
         if len(gws) < need:
             return False
-        m = self.mass[county] = _Mass(now, set(gws))
+        m = self.mass[county] = _Mass(now, set(gws), len(gws))
         q.clear()
         self._start("mass_offline", county, f"mass:{county}", county, now,
                     value=float(len(gws)),

@@ -227,6 +227,12 @@ class DeviceChecks:
         self.machine.observe(br, pr, ctx, "gateway", gk[2], True, False, mins,
                              {"minutes": str(mins)}, now)
 
+    def longest_interval(self) -> float:
+        """The longest reporting interval of the registry's gateways (600 s
+        without one): the grace after an edge start that covers them all."""
+        return max((ge.interval_s or 600.0 for _f, ge in self.contexts.index.values()),
+                   default=600.0)
+
     def _county_total(self, county: str) -> int:
         gws = {gk for gk in self.contexts.index if gk[0] == county}
         gws.update(gk for gk in self.gw_seen if gk[0] == county)

@@ -95,7 +95,8 @@ class AlertEngine:
         #: What the engine knows of the center's own health (the edge tells it).
         self.health = CenterHealth(s)
         self.center = CenterIncidents(rules=rules, machine=self.machine, health=self.health,
-                                      settings=s, stats=self.stats, router=lambda: self.router)
+                                      settings=s, stats=self.stats, router=lambda: self.router,
+                                      longest_interval=lambda: self.device.longest_interval())
         self.device = DeviceChecks(self.contexts, self.machine, self.stats, settings=s,
                                    health=self.health, center=self.center)
         self.readings = ReadingPath(contexts=self.contexts, machine=self.machine,
