@@ -289,6 +289,10 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
     rates: dict[tuple[str, str], list[float]] = {}
     cpus: dict[tuple[str, str], list[float]] = {}
     n = args.edge_repeats
+    # `python -m` puts the working directory first on sys.path, before
+    # PYTHONPATH: start the edges from a folder without a farmedge in it.
+    cwd = os.getcwd()
+    os.chdir(tmp)
     try:
         for rep in range(n):
             for tree, tree_path in trees:
@@ -320,6 +324,7 @@ def edge_comparison(args: argparse.Namespace) -> list[str] | None:
                     print(f"  edge run {rep + 1} {tree} alerts {mode}: {rate:,.0f} readings/s, "
                           f"{cpu:.1f} µs CPU/reading", file=sys.stderr, flush=True)
     finally:
+        os.chdir(cwd)
         ix.stop()
         mq.stop()
     med = statistics.median

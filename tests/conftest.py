@@ -1,6 +1,9 @@
 """Fixtures that start the real servers: Mosquitto and InfluxDB from Debian's
 packages, on free ports, with their data in pytest's temp folders.
 
+``nats_cluster`` is a three-node NATS cluster (PyPI's nats-server), started
+the same way when a test first asks for it.
+
 ``mosquitto`` and ``influxdb`` are shared by a whole session (each test takes
 its own database via ``influx_db`` and its own county via ``county``, so tests
 do not see each other's data). Tests that stop or restart a server use the
@@ -13,10 +16,14 @@ import contextlib
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
+
+if TYPE_CHECKING:
+    from farmedge_dev.natscluster import NatsCluster
 
 
 @pytest.fixture(scope="session")
@@ -75,3 +82,35 @@ def influx_factory(tmp_path: Path) -> Iterator[Callable[[], InfluxServer]]:
     yield make
     for s in made:
         s.stop()
+
+
+# ---------------------------------------------------------------- NATS
+
+#: Partitions of the test cluster's subject mapping ([source] partitions).
+NATS_PARTITIONS = 8
+
+
+@pytest.fixture(scope="session")
+def _nats_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
+    from farmedge_dev.natscluster import NatsCluster
+
+    cluster = NatsCluster(tmp_path_factory.mktemp("nats"), partitions=NATS_PARTITIONS)
+    try:
+        yield cluster.start()
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def nats_cluster(_nats_cluster_session: NatsCluster) -> NatsCluster:
+    """A real three-node NATS cluster (JetStream, MQTT listeners, routes) on
+    free ports, started at the first test that asks for it and stopped at
+    the end of the session. Every node is running and ready when a test
+    starts: a node a test killed is restarted first. Tests share the
+    cluster, so each uses its own county, consumers and buckets."""
+    cluster = _nats_cluster_session
+    for i, node in enumerate(cluster.nodes):
+        if not node.running():
+            cluster.restart(i)
+    cluster.wait_ready()
+    return cluster

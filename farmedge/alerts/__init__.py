@@ -2,8 +2,10 @@
 status, device health rules, sent once, in plain words, through Apprise.
 
 See docs/alerts.md. The edge builds an :class:`AlertEngine` and hands it the
-readings it made durable (``on_readings``) and gateway status (``on_status``);
-the engine's ``run()`` task does timers, state on disk and delivery.
+records it made durable: one ``farmedge.records.Accepted`` per telemetry
+message (``on_accepted``) and each gateway status (``on_status``); the
+engine's ``run()`` task does timers, state on disk and delivery. Its parts:
+docs/architecture.md, "The alert engine inside".
 
 Names are imported on first use, so that ``farmedge.alerts.settings`` (which
 the edge's config imports) stays cheap.

@@ -34,12 +34,14 @@ __all__ = ["FULL_PATH", "STATUS_CHECKS", "Bound", "Context", "Contexts", "FastPl
 Bound = tuple[BoundRule, dict[str, float]]
 #: Checks driven by status and timers, not by one reading.
 STATUS_CHECKS = ("gateway_offline", "sensor_silent", "clock_unsynced", "outbox_backlog")
-#: What the fast path checks for one kind: plausible (low, high) and the
-#: flatline rules as (tolerance, window ms, this sensor's [value, since ms]).
-FastPlan = tuple[float, float, list[tuple[float, float, list[float]]]]
+Flat = tuple[float, float, list[float]]
+#: What the fast path checks for one kind: plausible (low, high), then the
+#: first flatline rule as tolerance, window (ms) and this sensor's [value,
+#: since ms] (None without one), then any further flatline rules.
+FastPlan = tuple[float, float, float, float, list[float] | None, list[Flat]]
 #: The plan of a kind a threshold or derived-value rule reads: no value is
 #: in its range, so every reading takes the full path.
-FULL_PATH: FastPlan = (math.inf, -math.inf, [])
+FULL_PATH: FastPlan = (math.inf, -math.inf, 0.0, 0.0, None, [])
 DEFAULT_TZ = "Asia/Shanghai"
 _UNSET: GatewayEntry = GatewayEntry()
 
@@ -93,7 +95,7 @@ class Context:
         plan = self.fast.get(kind)
         if plan is not None:
             return plan
-        flats: list[tuple[float, float, list[float]]] = []
+        flats: list[Flat] = []
         for br, pr in self.by_kind.get(kind, ()):
             if br.rule.check != "flatline":
                 plan = FULL_PATH
@@ -106,7 +108,11 @@ class Context:
                 rng = br.rule.plausible.get(kind)
                 if rng is not None:
                     lo, hi = max(lo, rng[0]), min(hi, rng[1])
-            plan = (lo, hi, flats)
+            if flats:
+                tol, window, st = flats[0]
+                plan = (lo, hi, tol, window, st, flats[1:])
+            else:
+                plan = (lo, hi, 0.0, 0.0, None, [])
         self.fast[kind] = plan
         return plan
 

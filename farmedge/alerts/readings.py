@@ -41,9 +41,11 @@ class ReadingPath:
         self.history = history
         self.settings = settings
         self.stats = stats
-        #: (county, farm, gateway) -> sensor -> its context for readings
-        #: without an animal of their own
+        #: (county, farm, gateway) -> sensor -> its context, for readings
+        #: without an animal of their own ...
         self._gw_ctx: dict[tuple[str, str, str], dict[str, Context]] = {}
+        #: ... and animal -> sensor -> context for readings naming one
+        self._gw_animal_ctx: dict[tuple[str, str, str], dict[str, dict[str, Context]]] = {}
 
     def accepted(self, records: Sequence[Accepted], now: float) -> int:
         """Every reading of ``records``; returns how many there were."""
@@ -62,15 +64,22 @@ class ReadingPath:
             ctxs = self._gw_ctx.get(gk)
             if ctxs is None:
                 ctxs = self._gw_ctx[gk] = {}
+                self._gw_animal_ctx[gk] = {}
+            animals = self._gw_animal_ctx[gk]
             slow = not rec.clock_ok or gk in gw_flags
             flagged = sensor_flags.get(gk)
             offset = rec.offset_ms
             for r in readings:
                 sensor = r.sensor
                 seen[sensor] = now
-                ctx = ctxs.get(sensor) if r.animal is None else None
+                animal = r.animal
+                if animal is None:
+                    ctx = ctxs.get(sensor)
+                else:
+                    by_sensor = animals.get(animal)
+                    ctx = by_sensor.get(sensor) if by_sensor is not None else None
                 if ctx is None:
-                    ctx = self._context(rec, sensor, r.animal, ctxs)
+                    ctx = self._context(rec, sensor, animal, ctxs, animals)
                 kind = r.kind.name
                 if slow or r.quality is not ok or (flagged and sensor in flagged):
                     full(ctx, kind, r.ts_ms + offset, r.value, r.quality.value, rec.clock_ok,
@@ -79,30 +88,40 @@ class ReadingPath:
                 plan = ctx.fast.get(kind)
                 if plan is None:
                     plan = ctx.fast_plan(kind)
+                lo, hi, tol, window, st, more = plan
                 v = r.value
                 # out of the plausible range, or a rule that needs the full path
-                if not plan[0] <= v <= plan[1]:
+                if not lo <= v <= hi:
                     full(ctx, kind, r.ts_ms + offset, v, "ok", True, now)
                     continue
-                flats = plan[2]
-                if flats:
-                    ts = r.ts_ms + offset if offset else r.ts_ms
-                    for tol, window, st in flats:   # st: this sensor's [value, since ms]
-                        if abs(v - st[0]) > tol:
-                            st[0] = v
-                            st[1] = ts
-                        elif ts - st[1] >= window:
-                            full(ctx, kind, ts, v, "ok", True, now)
-                            break
+                if st is None:
+                    continue
+                ts = r.ts_ms + offset if offset else r.ts_ms
+                # flatline: st is this sensor's [value, since ms]
+                if abs(v - st[0]) > tol:
+                    st[0] = v
+                    st[1] = ts
+                elif ts - st[1] >= window:
+                    full(ctx, kind, ts, v, "ok", True, now)
+                    continue
+                for tol, window, st in more:      # more flatline rules on the kind
+                    if abs(v - st[0]) > tol:
+                        st[0] = v
+                        st[1] = ts
+                    elif ts - st[1] >= window:
+                        full(ctx, kind, ts, v, "ok", True, now)
+                        break
         return n
 
     def _context(self, rec: Accepted, sensor: str, animal: str | None,
-                 ctxs: dict[str, Context]) -> Context:
+                 ctxs: dict[str, Context], animals: dict[str, dict[str, Context]]) -> Context:
         meta = rec.meta(sensor)
         ctx = self.contexts.get(rec.county, rec.farm, rec.gateway, sensor, meta.plot,
                                 animal or meta.animal, entry=rec.entry)
         if animal is None:
             ctxs[sensor] = ctx
+        else:
+            animals.setdefault(animal, {})[sensor] = ctx
         return ctx
 
     def each(self, readings: Sequence[AcceptedReading], now: float) -> None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
@@ -34,7 +33,7 @@ from farmedge.transport.reconnect import reconnect_forever
 __all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "RecordSink",
            "Recorder", "SinkRecorder", "line_protocol"]
 
-log = logging.getLogger("farmedge.alerts")
+log = get_logger("farmedge.alerts.record")
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +202,11 @@ class InfluxRecorder:
                         return True
                     text = (await r.text())[:200]
                     if r.status < 500 and r.status != 429:
-                        log.warning("alerts: InfluxDB rejected %d events: %s %s",
-                                    len(lines), r.status, text)
+                        log.warning("alerts.influx_rejected", events=len(lines),
+                                    status=r.status, error=text)
                         return False
             except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.debug("alerts: InfluxDB write failed: %s", exc)
+                log.debug("alerts.influx_write_failed", error=f"{type(exc).__name__}: {exc}")
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
         return False

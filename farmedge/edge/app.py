@@ -216,7 +216,12 @@ class EdgeService:
         if s.http.port:
             from .http import start_http
 
-            self._http, self.http_port = await start_http(self, s.http.host, s.http.port)
+            try:
+                self._http, self.http_port = await start_http(self, s.http.host, s.http.port)
+            except OSError as exc:
+                await self.sink.close()
+                raise EdgeError(f"[http] cannot listen on {s.http.host}:{s.http.port}: "
+                                f"{exc.strerror or exc}") from exc
         self.write_registry_points()
         for name, coro in (("process", self.batcher.run()), ("writer", self._deliver_loop()),
                            ("replay", self.sink.replay(self.batcher.add_refused)),

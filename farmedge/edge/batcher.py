@@ -238,12 +238,15 @@ class Batcher:
                 if self._extra or self._refused:
                     self._merge_extra()
             n = 0
+            batch_size = s.batch_size
+            take, put = source.take, self._take
             while inbox:
-                if not self._batch:
-                    self._batch.created_mono = time.monotonic()
-                self._take(source.take())
+                b = self._batch
+                if not b.messages and not b.readings and not b.points:
+                    b.created_mono = time.monotonic()
+                put(take())
                 n += 1
-                if len(self._batch.readings) + len(self._batch.points) >= s.batch_size:
+                if len(b.readings) + len(b.points) >= batch_size:
                     await self._ship()
                 elif n % 250 == 0:
                     await asyncio.sleep(0)  # let acks, health and timers run

@@ -85,7 +85,7 @@ def _run(args: argparse.Namespace) -> int:
         get_logger("farmedge.edge").warning("config.warning", warning=warning)
 
     from farmedge.edge.app import EdgeService
-    from farmedge.edge.errors import EdgeFatal
+    from farmedge.edge.errors import EdgeError, EdgeFatal
 
     for w in report.warnings:  # printed above; also in the structured log
         if w.startswith("environment variable FARMEDGE_"):
@@ -114,6 +114,10 @@ def _run(args: argparse.Namespace) -> int:
     except EdgeFatal:
         # Logged once as edge.fatal. Exit now: a thread still blocked in a
         # connect must not hold the exit (asyncio.run would wait for it).
+        _exit_now(1)
+    except EdgeError as exc:  # it could not start
+        get_logger("farmedge.edge").critical("edge.fatal", cause=str(exc)[:500])
+        print(f"farmedge edge: {exc}", file=sys.stderr)
         _exit_now(1)
     except Exception as exc:
         get_logger("farmedge.edge").critical(

@@ -87,17 +87,12 @@ class DeadLetters:
         self.state = state
         self._err_ms = 0
         self._err_slot = 0
-        #: The message being validated, and its digest (for its dead letters).
-        self._current: Inbound | None = None
-        self._current_digest: bytes | None = None
+        #: The message being validated (the validator sets it), and its
+        #: digest (for its dead letters' times).
+        self.current: Inbound | None = None
+        self.current_digest: bytes | None = None
         self._log = get_logger("farmedge.edge.validate")
         self._throttle = Throttle()
-
-    def begin(self, msg: Inbound) -> None:
-        self._current, self._current_digest = msg, None
-
-    def end(self) -> None:
-        self._current = None
 
     def _error_ts(self) -> tuple[int, int]:
         """(ms, slot), unique per edge instance: the clock's millisecond and a
@@ -118,15 +113,15 @@ class DeadLetters:
         same as the first time when the broker delivers the message again
         (DUP flag, after the edge was killed before acknowledging it), new
         otherwise (a sender may well send the same bad message twice)."""
-        msg = self._current
+        msg = self.current
         if msg is None:
             return self._error_ts()
-        if self._current_digest is None:
+        if self.current_digest is None:
             h = hashlib.blake2b(msg.topic.encode("utf-8", "replace"), digest_size=16)
             h.update(b"\0")
             h.update(msg.payload)
-            self._current_digest = h.digest()
-        digest = hashlib.blake2b(self._current_digest + f"{reason}/{index}".encode(),
+            self.current_digest = h.digest()
+        digest = hashlib.blake2b(self.current_digest + f"{reason}/{index}".encode(),
                                  digest_size=16).digest()
         if msg.dup:
             seen = self.state.dead_letter_time(digest)

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 
-from farmedge.alerts.settings import AlertsSettings
+from farmedge.alerts import AlertsSettings
 from farmedge.config import FileSettings, Section, folder_problem
 from farmedge.storage.settings import InfluxSection, SpoolSection
 from farmedge.transport.settings import MqttSection

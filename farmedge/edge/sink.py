@@ -33,6 +33,7 @@ from farmedge.storage.schema import READING_MEASUREMENTS
 from farmedge.storage.settings import InfluxSection
 from farmedge.storage.spool import Spool, SpooledBatch
 
+from .errors import EdgeError
 from .metrics import EdgeMetrics
 
 __all__ = ["Delivery", "Refused", "Sink", "Writer"]
@@ -111,7 +112,12 @@ class Sink:
 
     # -- lifespan --------------------------------------------------------
     async def start(self) -> None:
-        await asyncio.to_thread(self.spool.open)
+        """Raises EdgeError when the spool cannot be opened."""
+        try:
+            await asyncio.to_thread(self.spool.open)
+        except OSError as exc:
+            raise EdgeError(f"the spool at {self.spool.dir} cannot be opened: "
+                            f"{exc.strerror or exc}") from exc
         if self.spool.lines:
             self._log.info("spool.found", lines=self.spool.lines, batches=self.spool.batches)
         await self.writer.start()

@@ -32,6 +32,7 @@ class Source:
         self._bytes = 0
         self._max_bytes = max_pending_bytes
         self._metrics = metrics
+        self._paused = False
         #: Set whenever something arrives (the batcher waits on it).
         self.arrived = asyncio.Event()
 
@@ -41,13 +42,15 @@ class Source:
         self._metrics.messages.inc(len(items))
         if self._bytes > self._max_bytes:
             self.mqtt.pause_reading()
+            self._paused = True
         self.arrived.set()
 
     def take(self) -> Inbound:
         """The oldest message of the inbox (which must not be empty)."""
         msg = self.inbox.popleft()
         self._bytes -= len(msg.payload)
-        if self._bytes < self._max_bytes // 2:
+        if self._paused and self._bytes < self._max_bytes // 2:
+            self._paused = False
             self.mqtt.resume_reading()
         return msg
 
@@ -71,7 +74,7 @@ class Source:
     @property
     def task(self) -> asyncio.Task[None] | None:
         """The connection's task (it ending on its own is fatal)."""
-        t = getattr(self.mqtt, "_task", None)
+        t = getattr(self.mqtt, "task", None)  # MqttSource.task; a fake may have none
         return t if isinstance(t, asyncio.Task) else None
 
     @property

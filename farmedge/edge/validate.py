@@ -68,22 +68,26 @@ _CLOCK_KEEP_MS = 60_000
 _BACKLOG_SLACK_MS = 10_000
 
 
-@dataclass(slots=True)
 class Verdict:
-    """What one message became."""
+    """What one message became. (A plain class with slots: one is made per
+    message, and a dataclass's generated ``__init__`` with list factories
+    costs twice as much.)"""
 
-    msg: Inbound
-    #: Line-protocol lines of its accepted readings.
-    lines: list[str] = field(default_factory=list)
-    #: Its other points (the gateway's status, a sequence gap).
-    points: list[str] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
-    #: Its accepted readings, for the stages (None when there are none, or
-    #: no stage wants them).
-    accepted: Accepted | None = None
-    status: StatusEvent | None = None
-    #: Readings the message held (accepted or not).
-    n_readings: int = 0
+    __slots__ = ("accepted", "lines", "msg", "n_readings", "points", "rejected", "status")
+
+    def __init__(self, msg: Inbound) -> None:
+        self.msg = msg
+        #: Line-protocol lines of its accepted readings.
+        self.lines: list[str] = []
+        #: Its other points (the gateway's status, a sequence gap).
+        self.points: list[str] = []
+        self.rejected: list[Rejected] = []
+        #: Its accepted readings, for the stages (None when there are none,
+        #: or no stage wants them).
+        self.accepted: Accepted | None = None
+        self.status: StatusEvent | None = None
+        #: Readings the message held (accepted or not).
+        self.n_readings = 0
 
 
 @dataclass(slots=True)
@@ -180,11 +184,12 @@ class Validator:
         """The message's verdict. May raise on a bug (the batcher contains
         it: the message then becomes an ``internal`` dead letter)."""
         v = Verdict(msg)
-        self.dead.begin(msg)
+        dead = self.dead
+        dead.current, dead.current_digest = msg, None  # for its dead letters' times
         try:
             self._validate(msg, v)
         finally:
-            self.dead.end()
+            dead.current = None
         return v
 
     def _validate(self, msg: Inbound, out: Verdict) -> None:

@@ -220,7 +220,7 @@ class Uplink:
         except TransportError as exc:
             raise _Disconnected(f"publish failed: {exc}") from None
         self._inflight[mid] = rows
-        self.log.debug("sent", mid=mid, gen=self._gen, n=len(rows), seq=seq,
+        self.log.debug("gateway.sent", mid=mid, gen=self._gen, n=len(rows), seq=seq,
                        first=f"{rows[0].sensor}={rows[0].value:g}",
                        last=f"{rows[-1].sensor}={rows[-1].value:g}")
         self._cursor = rows[-1].id

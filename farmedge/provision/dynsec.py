@@ -28,7 +28,6 @@ import pwd
 import queue
 import secrets
 import socket
-import ssl
 import stat
 import sys
 import tempfile
@@ -38,10 +37,13 @@ import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-from urllib.parse import unquote, urlsplit
+from typing import TYPE_CHECKING, Any
 
 from .errors import ProvisionError
+
+if TYPE_CHECKING:
+    from farmedge.transport.broker import Broker
+    from farmedge.transport.publisher import Received
 
 __all__ = [
     "ADMIN_USERNAME",
@@ -518,63 +520,71 @@ def listening(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _admin_broker(cred: AdminCredential) -> Broker:
+    """The admin URL as every farmedge client reads it; the credential
+    file's password, its user unless the URL names one."""
+    from dataclasses import replace
+
+    from farmedge.transport.broker import parse_broker_url
+    from farmedge.transport.errors import BrokerUrlError
+
+    try:
+        b = parse_broker_url(cred.url, password=cred.password, ca_file=cred.ca_file)
+    except BrokerUrlError as exc:
+        raise ProvisionError(f"admin url: {exc}") from None
+    return replace(b, username=b.username or cred.username)
+
+
+def _admin_id() -> str:
+    # An id of our own: two provisioning runs at once must not take over
+    # each other's session.
+    return f"{ADMIN_USERNAME}-{os.getpid()}-{secrets.token_hex(3)}"
+
+
 class LiveBroker(Backend):
-    """The running broker's plugin, over MQTT 5 with the admin credential.
-    Passwords travel inside the MQTT session (use mqtts:// when the broker is
-    not on this host), never on a command line."""
+    """The running broker's plugin, over MQTT 5 with the admin credential
+    (the transport's Publisher). Passwords travel inside the MQTT session
+    (use mqtts:// when the broker is not on this host), never on a command
+    line."""
 
     def __init__(self, cred: AdminCredential, *, timeout: float = 10.0) -> None:
-        import paho.mqtt.client as mqtt
-        from paho.mqtt.enums import CallbackAPIVersion
+        from farmedge.transport.errors import BrokerUnreachable as Unreachable
+        from farmedge.transport.errors import ConnectRefused, NoConnack, TransportError
+        from farmedge.transport.publisher import Publisher
 
         self.url = cred.url
         self.cred = cred
         self.where = f"the broker at {cred.url}"
         self._timeout = timeout
-        host, port, tls = _host_port(cred.url)
-        u = urlsplit(cred.url)
+        broker = _admin_broker(cred)
+        user = broker.username
         self._answers: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._connack: queue.Queue[int] = queue.Queue()
-        self._suback: queue.Queue[list[int]] = queue.Queue()
         self._lock = threading.Lock()
-        # An id of our own: two provisioning runs at once must not take over
-        # each other's session.
-        self._c = mqtt.Client(CallbackAPIVersion.VERSION2,
-                              client_id=f"{ADMIN_USERNAME}-{os.getpid()}-{secrets.token_hex(3)}",
-                              protocol=mqtt.MQTTv5)
-        user = unquote(u.username) if u.username else cred.username
-        self._c.username_pw_set(user, cred.password)
-        if tls:
-            self._c.tls_set_context(ssl.create_default_context(cafile=cred.ca_file))
-        self._c.on_connect = lambda c, ud, f, rc, p=None: self._connack.put(rc.value)
-        self._c.on_subscribe = lambda c, ud, mid, rcs, p=None: self._suback.put(
-            [r.value for r in rcs])
-        self._c.on_message = self._on_message
+        self._c = Publisher(broker, client_id=_admin_id(), keepalive_s=30,
+                            on_message=self._on_message)
         try:
-            self._c.connect(host, port, keepalive=30)
-        except (ConnectionRefusedError, socket.gaierror, TimeoutError) as exc:
-            raise BrokerUnreachable(f"no broker at {cred.url}: {exc}") from None
-        except OSError as exc:
-            raise BrokerUnreachable(f"no broker at {cred.url}: {exc}") from None
-        self._c.loop_start()
-        try:
-            rc = self._connack.get(timeout=timeout)
-        except queue.Empty:
+            self._c.connect(timeout)
+        except NoConnack:
             self._stop()
             raise ProvisionError(f"no answer (CONNACK) from the broker at {cred.url}") from None
-        if rc != 0:
+        except ConnectRefused as exc:
             self._stop()
             raise ProvisionError(
                 f"the broker at {cred.url} refused the admin credential {user!r} (reason "
-                f"{rc}): is it running with the dynamic security file this admin "
+                f"{exc.code}): is it running with the dynamic security file this admin "
                 "credential belongs to (plugin lines of mosquitto.conf)? A broker that "
                 "cannot read its file starts with no accounts at all and logs \"Error "
                 "loading Dynamic security plugin config\": the file must be readable by "
-                "the user the broker runs as.")
-        self._c.subscribe(RESPONSE_TOPIC, qos=1)
+                "the user the broker runs as.") from None
+        except Unreachable as exc:  # nothing listens there
+            self._stop()
+            raise BrokerUnreachable(f"no broker at {cred.url}: {exc}") from None
+        except TransportError as exc:  # TLS files that cannot be read
+            self._stop()
+            raise ProvisionError(f"cannot connect to {cred.url}: {exc}") from None
         try:
-            granted = self._suback.get(timeout=timeout)
-        except queue.Empty:
+            granted = self._c.subscribe([RESPONSE_TOPIC], qos=1, timeout=timeout)
+        except TransportError:
             self._stop()
             raise ProvisionError(f"no SUBACK from the broker at {cred.url}") from None
         if granted and granted[0] >= 128:
@@ -583,11 +593,17 @@ class LiveBroker(Backend):
                 f"the broker at {cred.url} does not let {user!r} read {RESPONSE_TOPIC}: "
                 "is it the dynamic security plugin's administrator?")
 
-    def _on_message(self, c: Any, ud: Any, msg: Any) -> None:
+    def _on_message(self, msg: Received) -> None:
         with contextlib.suppress(ValueError):
             doc = json.loads(msg.payload)
             if isinstance(doc, dict):
                 self._answers.put(doc)
+
+    def _send(self, commands: list[Command]) -> None:
+        from farmedge.transport.publisher import Message
+
+        self._c.publish_wait(Message(CONTROL_TOPIC, json.dumps({"commands": commands}).encode(),
+                                     qos=1), self._timeout)
 
     def run(self, commands: list[Command]) -> list[Response]:
         if not commands:
@@ -595,8 +611,7 @@ class LiveBroker(Backend):
         tag = secrets.token_hex(6)
         sent = [dict(cmd, correlationData=f"{tag}-{i}") for i, cmd in enumerate(commands)]
         with self._lock:
-            info = self._c.publish(CONTROL_TOPIC, json.dumps({"commands": sent}), qos=1)
-            info.wait_for_publish(self._timeout)
+            self._send(sent)
             got: dict[str, Response] = {}
             deadline = time.monotonic() + self._timeout
             while len(got) < len(sent):
@@ -620,14 +635,10 @@ class LiveBroker(Backend):
         the broker close this connection (a change of the administrator's
         own role). Waits for the broker to take them (PUBACK) only."""
         with self._lock:
-            info = self._c.publish(CONTROL_TOPIC, json.dumps({"commands": commands}), qos=1)
-            with contextlib.suppress(Exception):
-                info.wait_for_publish(self._timeout)
+            self._send(commands)
 
     def _stop(self) -> None:
-        with contextlib.suppress(Exception):
-            self._c.disconnect()
-        self._c.loop_stop()
+        self._c.close()
 
     def close(self) -> None:
         self._stop()
@@ -637,38 +648,21 @@ def clear_retained(cred: AdminCredential, topic: str, *, timeout: float = 10.0) 
     """Publish an empty retained message on ``topic`` as the administrator,
     on a connection of its own (Mosquitto 2.0 closes an MQTT 5 connection
     whose publish its ACL denies). True when the broker took it."""
-    import paho.mqtt.client as mqtt
-    from paho.mqtt.enums import CallbackAPIVersion
+    from farmedge.transport.errors import TransportError
+    from farmedge.transport.publisher import Publisher
 
-    host, port, tls = _host_port(cred.url)
-    u = urlsplit(cred.url)
     acked: queue.Queue[int] = queue.Queue()
-    connack: queue.Queue[int] = queue.Queue()
-    c = mqtt.Client(CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5,
-                    client_id=f"{ADMIN_USERNAME}-{os.getpid()}-{secrets.token_hex(3)}")
-    c.username_pw_set(unquote(u.username) if u.username else cred.username, cred.password)
-    if tls:
-        c.tls_set_context(ssl.create_default_context(cafile=cred.ca_file))
-    c.on_connect = lambda cl, ud, f, rc, p=None: connack.put(rc.value)
-    c.on_publish = lambda cl, ud, mid, rc, p=None: acked.put(getattr(rc, "value", 0))
-    c.on_disconnect = lambda *a: acked.put(-1)
+    c = Publisher(_admin_broker(cred), client_id=_admin_id(), keepalive_s=30,
+                  on_ack=lambda mid, code: acked.put(code), on_lost=lambda reason: acked.put(-1))
     try:
-        c.connect(host, port, keepalive=30)
-    except OSError:
-        return False
-    c.loop_start()
-    try:
-        if connack.get(timeout=timeout) != 0:
-            return False
+        c.connect(timeout)
         c.publish(topic, b"", qos=1, retain=True)
         # 0 or 16 ("no matching subscribers"): taken; -1: connection closed.
         return 0 <= acked.get(timeout=timeout) < 128
-    except queue.Empty:
+    except (TransportError, queue.Empty):
         return False
     finally:
-        with contextlib.suppress(Exception):
-            c.disconnect()
-        c.loop_stop()
+        c.close()
 
 
 @contextlib.contextmanager

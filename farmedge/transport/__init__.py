@@ -12,9 +12,10 @@ from .errors import (
     BrokerUrlError,
     ConnectionLost,
     ConnectRefused,
+    NoConnack,
     NotConnected,
     TransportError,
 )
 
 __all__ = ["BrokerUnreachable", "BrokerUrlError", "ConnectRefused", "ConnectionLost",
-           "NotConnected", "TransportError"]
+           "NoConnack", "NotConnected", "TransportError"]

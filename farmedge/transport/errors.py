@@ -4,7 +4,7 @@ and reason codes are translated into these where the call is made."""
 from __future__ import annotations
 
 __all__ = ["BrokerUnreachable", "BrokerUrlError", "ConnectRefused", "ConnectionLost",
-           "NotConnected", "TransportError"]
+           "NoConnack", "NotConnected", "TransportError"]
 
 
 class TransportError(Exception):
@@ -18,6 +18,11 @@ class BrokerUrlError(TransportError, ValueError):
 
 class BrokerUnreachable(TransportError):
     """The TCP or TLS connection could not be made, or the broker sent no CONNACK."""
+
+
+class NoConnack(BrokerUnreachable):
+    """The TCP (and TLS) connection was made, but no CONNACK came: something
+    listens there that does not answer as a broker should."""
 
 
 class ConnectRefused(TransportError):

@@ -185,6 +185,7 @@ class MqttSource:
     async def stop(self) -> None:
         self._accepting = False
         self._closing = True
+        self._stopped.set()  # the reconnect loop ends with this connection
         if self._sock is not None:
             if self.connected:
                 self._client.disconnect()

@@ -39,7 +39,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .broker import Broker
-from .errors import BrokerUnreachable, ConnectRefused, NotConnected, TransportError
+from .errors import BrokerUnreachable, ConnectRefused, NoConnack, NotConnected, TransportError
 
 __all__ = ["Message", "Publisher", "Received"]
 
@@ -156,11 +156,11 @@ class Publisher:
         c.loop_start()
         if not self._connack.wait(timeout):
             self._stop()
-            raise BrokerUnreachable(f"no CONNACK from {where} in {timeout:g} s")
+            raise NoConnack(f"no CONNACK from {where} in {timeout:g} s")
         reason = self._connack_reason
         if reason is None:
             self._stop()
-            raise BrokerUnreachable(f"{where} closed the connection before its CONNACK")
+            raise NoConnack(f"{where} closed the connection before its CONNACK")
         if getattr(reason, "is_failure", False):
             self._stop()
             raise ConnectRefused(_code(reason), str(reason))

@@ -30,17 +30,10 @@ BIG_CLASSES: dict[str, str] = {
 
 #: Modules besides farmedge/logs.py that use the standard library's logging,
 #: and why.
-STDLIB_LOGGING: dict[str, str] = {
-    "farmedge/alerts/record.py":
-        "edge: alert records go through the edge's writer and spool; the module's stdlib "
-        "logger goes with its InfluxDB client",
-}
+STDLIB_LOGGING: dict[str, str] = {}
 
 #: Modules whose log calls do not yet use dotted event names.
-FREE_TEXT_EVENTS: dict[str, str] = {
-    "farmedge/alerts/record.py": "edge: alert records through the edge's writer",
-    "farmedge/gateway/uplink.py": "transport/gateway: the uplink's client code and logging",
-}
+FREE_TEXT_EVENTS: dict[str, str] = {}
 
 EVENT = re.compile(r"[a-z][a-z0-9_]*(\.[a-z0-9_]+)+")
 LEVELS = {"debug", "info", "warning", "warn", "error", "exception", "critical", "fatal", "msg",

@@ -419,3 +419,39 @@ async def test_records_before_the_state_is_loaded_wait_for_the_first_pass(
     assert engine.stats["readings"] == 1
     assert engine.firing() == [("test-dry/soil-dry", "sensor:gw-1/soil-1", "pending")]
     engine.shut()
+
+
+async def test_two_flatline_rules_on_one_kind_both_run_on_the_fast_path(tmp_path: Path) -> None:
+    rules = rules_file(tmp_path, """
+profiles:
+  test-flat:
+    rules:
+      - {id: flat-1h, check: flatline, kind: [soil_temperature], window: 1h,
+         entity: sensor, template: flatline}
+      - {id: flat-3h, check: flatline, kind: [soil_temperature], window: 3h,
+         entity: sensor, template: flatline, params: {tolerance: 0.5}}
+""", device=False)
+    reg = farm_registry(sensors=1, profile="test-flat", contacts=[Contact(name="王", notify=[SMS])])
+    rig = make_rig(reg, rules=rules, start=local_ts(2026, 6, 10, 8))
+    for i in range(8):                  # 17.2 and 17.3 by turns: within 0.5, not within 0
+        rig.feed({"soil-1": 17.2 + 0.1 * (i % 2)}, "soil_temperature")
+        await rig.step(1800)
+    assert rig.engine.firing() == [("test-flat/flat-3h", "sensor:gw-1/soil-1", "firing")]
+
+
+async def test_readings_naming_animals_take_each_animals_profile() -> None:
+    """One reader on one gateway reports two pigs: the herd's profile applies
+    to the one in the herd only (the fast path keeps a context per animal)."""
+    from farmedge.registry import Herd
+
+    reg = Registry(farms=[Farm(
+        county="c1", farm="wang-12", name="王家猪场", profile="device",
+        herds={"sows": Herd(profile="pigs", animals=["pig-1"])},
+        gateways={"gw-1": GatewayEntry(interval_s=3600)},
+        contacts=[Contact(name="王", notify=[SMS])])])
+    rig = make_rig(reg, start=local_ts(2026, 6, 10, 8))
+    for _ in range(4):
+        for pig in ("pig-1", "pig-2"):
+            rig.feed({"reader": 41.0}, "animal_body_temperature", animal=pig)
+        await rig.step(1200)
+    assert rig.engine.firing() == [("pigs/fever", "animal:pig-1", "firing")]

@@ -1,0 +1,26 @@
+"""Partition ownership across edge instances: leases in JetStream's
+key-value store (leases), fair shares and takeover (ownership), and the
+encoding of ids into key-value keys (keys). docs/scaling.md, "NATS".
+
+Imports only :mod:`farmedge.transport`, :mod:`farmedge.contract`,
+:mod:`farmedge.config` and :mod:`farmedge.logs` (tests/unit/test_import_rules.py)."""
+
+from .keys import KeyCodingError, decode_token, encode_token, instance_key, lease_key
+from .leases import Fenced, Holder, Lease, LeaseError, LeaseLost, LeaseStore
+from .ownership import Ownership, fair_share
+
+__all__ = [
+    "Fenced",
+    "Holder",
+    "KeyCodingError",
+    "Lease",
+    "LeaseError",
+    "LeaseLost",
+    "LeaseStore",
+    "Ownership",
+    "decode_token",
+    "encode_token",
+    "fair_share",
+    "instance_key",
+    "lease_key",
+]

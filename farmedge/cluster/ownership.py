@@ -1,0 +1,188 @@
+"""Which edge owns which partitions: fair shares of leases, taken over when
+an owner dies.
+
+Every ``rebalance_s`` (and at least every third of ``lease_ttl_s``) an
+instance
+
+1. writes its own instance key (``instance.<encoded name>``, with the lease
+   TTL: the key of a dead instance expires like its leases);
+2. renews every lease it holds; a renewal refused means someone else has
+   the partition now, and it is dropped (``on_lost``);
+3. counts the live instances and aims for ``ceil(partitions / instances)``
+   partitions: above it, it gives the extra ones back (``on_lost`` first,
+   so the edge stops reading them, then the release); below it, it takes
+   free partitions (``on_gained``), trying them in an order of its own
+   (rendezvous hashing of instance and partition), so that instances
+   starting together do not all race for the same ones.
+
+A dead instance's partitions are free once its leases expire (``lease_ttl_s``
+after its last renewal) and are taken at the next rebalance of another
+instance: within ``lease_ttl_s + rebalance_s``. A joining instance gets its
+share as the others, seeing one instance more, give back their extras.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import math
+import time
+from collections.abc import Awaitable, Callable
+
+import nats.errors
+import nats.js.errors
+
+from farmedge.logs import get_logger
+
+from .keys import INSTANCE_PREFIX, decode_token, instance_key
+from .leases import Lease, LeaseError, LeaseLost, LeaseStore
+
+__all__ = ["Ownership", "fair_share"]
+
+log = get_logger("farmedge.cluster.ownership")
+
+Gained = Callable[[Lease], Awaitable[None]]
+Lost = Callable[[int, str], Awaitable[None]]
+
+
+def fair_share(partitions: int, instances: int) -> int:
+    return math.ceil(partitions / max(1, instances))
+
+
+def _preference(instance: str, partition: int) -> bytes:
+    return hashlib.blake2b(f"{instance}\0{partition}".encode(), digest_size=8).digest()
+
+
+async def _nothing_gained(lease: Lease) -> None:
+    return None
+
+
+async def _nothing_lost(partition: int, reason: str) -> None:
+    return None
+
+
+class Ownership:
+    """One instance's side of the partition ownership."""
+
+    def __init__(self, store: LeaseStore, *, on_gained: Gained = _nothing_gained,
+                 on_lost: Lost = _nothing_lost) -> None:
+        self.store = store
+        self.cfg = store.cfg
+        self.instance = store.instance
+        self.on_gained = on_gained
+        self.on_lost = on_lost
+        self.owned: dict[int, Lease] = {}
+        self.instances: list[str] = [self.instance]
+        #: Lease changes seen by this instance (for /metrics and /healthz).
+        self.changes = 0
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def interval_s(self) -> float:
+        return min(self.cfg.rebalance_s, self.cfg.lease_ttl_s / 3)
+
+    # ------------------------------------------------------------ one round
+
+    async def _heartbeat(self) -> None:
+        value = json.dumps({"instance": self.instance,
+                            "at_ms": int(time.time() * 1000)}).encode()
+        await self.store.js.publish(self.store.subject_prefix + instance_key(self.instance),
+                                    value, msg_ttl=self.cfg.lease_ttl_s)
+
+    async def live_instances(self) -> list[str]:
+        try:
+            keys = await self.store.kv.keys(filters=[f"{INSTANCE_PREFIX}.>"])
+        except nats.js.errors.NoKeysError:
+            keys = []
+        names = {self.instance}
+        for k in keys:
+            with contextlib.suppress(ValueError):
+                names.add(decode_token(k.split(".", 1)[1]))
+        return sorted(names)
+
+    async def _drop(self, partition: int, reason: str) -> None:
+        self.owned.pop(partition, None)
+        self.changes += 1
+        await self.on_lost(partition, reason)
+
+    async def _renew_all(self) -> None:
+        for p, lease in sorted(self.owned.items()):
+            try:
+                self.owned[p] = await self.store.renew(lease)
+            except LeaseLost:
+                await self._drop(p, "taken")
+            except LeaseError as exc:
+                log.warning("cluster.renew_failed", partition=p, error=str(exc))
+                if not lease.valid():
+                    await self._drop(p, "expired")
+
+    async def _give_back(self, n: int) -> None:
+        # The ones this instance likes least go first.
+        worst = sorted(self.owned, key=lambda p: _preference(self.instance, p))[:n]
+        for p in worst:
+            lease = self.owned[p]
+            await self._drop(p, "rebalance")
+            await self.store.release(lease)
+
+    async def _take(self, want: int) -> None:
+        order = sorted((p for p in range(self.cfg.partitions) if p not in self.owned),
+                       key=lambda p: _preference(self.instance, p), reverse=True)
+        for p in order:
+            if want <= 0:
+                return
+            if await self.store.holder(p) is not None:
+                continue
+            lease = await self.store.acquire(p)
+            if lease is None:
+                continue
+            self.owned[p] = lease
+            self.changes += 1
+            want -= 1
+            await self.on_gained(lease)
+
+    async def rebalance(self) -> None:
+        """One round: heartbeat, renew, give back or take."""
+        try:
+            await self._heartbeat()
+            await self._renew_all()
+            self.instances = await self.live_instances()
+            target = fair_share(self.cfg.partitions, len(self.instances))
+            if len(self.owned) > target:
+                await self._give_back(len(self.owned) - target)
+            elif len(self.owned) < target:
+                await self._take(target - len(self.owned))
+        except (LeaseError, nats.errors.Error) as exc:
+            log.warning("cluster.rebalance_failed", error=str(exc))
+            for p, lease in list(self.owned.items()):
+                if not lease.valid():
+                    await self._drop(p, "expired")
+
+    # ------------------------------------------------------------ running
+
+    async def run(self) -> None:
+        while True:
+            started = time.monotonic()
+            await self.rebalance()
+            await asyncio.sleep(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def start(self) -> Ownership:
+        self._task = asyncio.create_task(self.run(), name=f"ownership-{self.instance}")
+        return self
+
+    async def stop(self, *, release: bool = True) -> None:
+        """Stop rebalancing; with ``release``, give every partition back
+        (a clean shutdown: the others take them at once, not after the TTL)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        if release:
+            for p, lease in sorted(self.owned.items()):
+                await self._drop(p, "stopped")
+                with contextlib.suppress(LeaseError):
+                    await self.store.release(lease)
+            with contextlib.suppress(nats.errors.Error):
+                await self.store.kv.delete(instance_key(self.instance))
