@@ -42,6 +42,8 @@ class Publisher:
     inflight: int = 20
     acked: set[str] = field(default_factory=set)
     _mids: dict[int, str] = field(default_factory=dict)
+    #: PUBACKs that came before publish() recorded their message id.
+    _early: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -56,7 +58,9 @@ class Publisher:
                     props: object) -> None:
         with self._lock:
             payload = self._mids.pop(mid, None)
-            if payload is not None:
+            if payload is None:
+                self._early.add(mid)
+            else:
                 self.acked.add(payload)
 
     def connect(self) -> Publisher:
@@ -65,9 +69,15 @@ class Publisher:
         return self
 
     def publish(self, topic: str, payload: str) -> None:
+        # Not under self._lock: paho's network thread calls _on_publish with
+        # its own locks held, which publish() takes too.
+        info = self.client.publish(topic, payload.encode(), qos=1)
         with self._lock:
-            info = self.client.publish(topic, payload.encode(), qos=1)
-            self._mids[info.mid] = payload
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self.acked.add(payload)
+            else:
+                self._mids[info.mid] = payload
 
     def wait_acked(self, n: int, timeout: float = 60.0) -> int:
         deadline = time.monotonic() + timeout

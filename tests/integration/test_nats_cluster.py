@@ -5,9 +5,13 @@ partition mapping, and a node killed and restarted on its ports and data."""
 from __future__ import annotations
 
 import asyncio
+import time
+import uuid
 
 import nats
+import nats.errors
 import pytest
+from nats.js.api import StreamConfig
 
 from farmedge.transport import nats as tn
 from farmedge_dev.natscluster import MIN_VERSION, NatsCluster, nats_server_version
@@ -50,25 +54,35 @@ async def test_a_wrong_partition_count_is_refused(nats_cluster: NatsCluster) -> 
 
 async def test_a_killed_node_comes_back_on_its_ports_with_its_data(
         nats_cluster: NatsCluster) -> None:
-    cfg = source(nats_cluster, stream="KEEP" + source(nats_cluster).lease_bucket)
-    nc = await tn.connect(cfg, "test")
+    name = "KEEP" + uuid.uuid4().hex[:8]
+    nc = await nats.connect(servers=nats_cluster.urls, max_reconnect_attempts=-1)
     try:
         js = nc.jetstream()
-        await tn.ensure_stream(js, cfg)
-        ack = await js.publish("farmp.v1.0.c.f.g.status", b"kept")
-        node = nats_cluster.nodes[2]
-        ports = (node.client_port, node.mqtt_port)
-        nats_cluster.kill(2)
-        assert not node.running()
-        await asyncio.to_thread(nats_cluster.restart, 2)
-        assert node.running() and (node.client_port, node.mqtt_port) == ports
-        # The restarted node serves the stream again (its replica caught up).
-        nc3 = await nats.connect(node.url)
+        await js.add_stream(StreamConfig(name=name, subjects=[f"keep.{name}"], num_replicas=3))
         try:
-            msg = await nc3.jetstream().get_msg(cfg.stream, ack.seq)
-            assert msg.data == b"kept"
+            ack = await js.publish(f"keep.{name}", b"kept")
+            node = nats_cluster.nodes[2]
+            ports = (node.client_port, node.mqtt_port)
+            nats_cluster.kill(2)
+            assert not node.running()
+            await asyncio.to_thread(nats_cluster.restart, 2)
+            assert node.running() and (node.client_port, node.mqtt_port) == ports
+            # Through the restarted node, the stream answers again (once it
+            # has a leader: the killed node may have led it).
+            nc3 = await nats.connect(node.url)
+            try:
+                deadline = time.monotonic() + 60
+                while True:
+                    try:
+                        msg = await nc3.jetstream().get_msg(name, ack.seq)
+                        break
+                    except nats.errors.Error:
+                        assert time.monotonic() < deadline, "the stream never answered"
+                        await asyncio.sleep(0.2)
+                assert msg.data == b"kept"
+            finally:
+                await nc3.close()
         finally:
-            await nc3.close()
-        await js.delete_stream(cfg.stream)
+            await js.delete_stream(name)
     finally:
         await nc.close()
