@@ -168,7 +168,8 @@ async def failover(cluster: NatsCluster, args: argparse.Namespace) -> None:
     edges = Edges(cfg)
     await edges.start("edge-a")
     b = await edges.start("edge-b")
-    await edges.wait_owned()
+    await _poll(lambda: edges.all_owned() and len(b.owned) == cfg.partitions // 2,
+                4 * cfg.takeover_bound_s, 0.05)
     county = "b" + uuid.uuid4().hex[:8]
     gws = Gateways(cluster, args.gateways, county)
     stop = threading.Event()
