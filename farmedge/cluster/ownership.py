@@ -92,14 +92,18 @@ class Ownership:
                                     value, msg_ttl=self.cfg.lease_ttl_s)
 
     async def live_instances(self) -> list[str]:
+        # All keys (at most the partitions and the instances), filtered here:
+        # nats-py 2.16 finds no key for a filter such as "instance.>".
         try:
-            keys = await self.store.kv.keys(filters=[f"{INSTANCE_PREFIX}.>"])
+            keys = await self.store.kv.keys()
         except nats.js.errors.NoKeysError:
             keys = []
         names = {self.instance}
         for k in keys:
-            with contextlib.suppress(ValueError):
-                names.add(decode_token(k.split(".", 1)[1]))
+            prefix, _, token = k.partition(".")
+            if prefix == INSTANCE_PREFIX:
+                with contextlib.suppress(ValueError):
+                    names.add(decode_token(token))
         return sorted(names)
 
     async def _drop(self, partition: int, reason: str) -> None:

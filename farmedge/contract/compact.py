@@ -172,18 +172,28 @@ def encode_compact(
         else:
             e = exps[i]
             exps[i] = d[1] if e is None else min(e, d[1])
-    vals: list[int | float] = []
-    last: dict[int, int] = {}
-    for i, d, r in zip(idx, decs, readings, strict=True):
-        e = exps[i]
-        if floats[i] or d is None or e is None:
-            vals.append(float(r["value"]))
-            continue
-        m = d[0] * 10 ** (d[1] - e)
-        if abs(m) > _INT64:
-            raise ContractError(f"value {r['value']!r} does not fit the compact encoding")
-        vals.append(m - last.get(i, 0))
-        last[i] = m
+    # A series whose values cannot share one exponent within int64 (5.96e-08
+    # next to 1.0: the larger mantissa overflows), mantissa or delta, is sent
+    # as floats instead.
+    while True:
+        vals: list[int | float] = []
+        last: dict[int, int] = {}
+        overflow = None
+        for i, d, r in zip(idx, decs, readings, strict=True):
+            e = exps[i]
+            if floats[i] or d is None or e is None:
+                vals.append(float(r["value"]))
+                continue
+            m = d[0] * 10 ** (d[1] - e)
+            delta = m - last.get(i, 0)
+            if abs(m) > _INT64 or abs(delta) > _INT64:
+                overflow = i
+                break
+            vals.append(delta)
+            last[i] = m
+        if overflow is None:
+            break
+        floats[overflow] = True
     for i, f in enumerate(floats):
         if f:
             exps[i] = None

@@ -225,14 +225,18 @@ async def connect(cfg: SourceSection, name: str) -> NatsClient:
     async def on_error(exc: Exception) -> None:
         log.warning("transport.nats_error", error=str(exc))
 
+    made: list[NatsClient] = []
+
     async def on_disconnect() -> None:
+        if made and made[0].is_closed:
+            return  # closed on purpose
         log.warning("transport.nats_disconnected")
 
     async def on_reconnect() -> None:
         log.info("transport.nats_reconnected")
 
     try:
-        return await nats.connect(
+        nc = await nats.connect(
             servers=cfg.nats_urls, name=name, user=cfg.nats_user,
             password=cfg.nats_password.get_secret_value() if cfg.nats_password else None,
             max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5,
@@ -242,6 +246,8 @@ async def connect(cfg: SourceSection, name: str) -> NatsClient:
     except (TimeoutError, OSError, nats.errors.Error) as exc:
         raise NatsTransportError(f"cannot reach NATS at {', '.join(cfg.nats_urls)}: {exc}") \
             from None
+    made.append(nc)
+    return nc
 
 
 async def ensure_stream(js: JetStreamContext, cfg: SourceSection) -> StreamInfo:

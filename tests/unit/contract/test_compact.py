@@ -202,3 +202,20 @@ def test_the_example_of_the_protocol_document() -> None:
     assert [(r.sensor, r.ts_ms, r.value, r.animal) for r in p.readings] == [
         ("soil-1", 1763799940000, 23.4, None), ("soil-1", 1763800000000, 23.1, None),
         ("rfid-gate", 1763799970000, 3.0, "982000123456789")]
+
+
+@pytest.mark.parametrize("values", [
+    [5.960464477539063e-08, 1.0],          # one shared exponent overflows the larger mantissa
+    [1e-300, 1e300],
+    [9.0e18, -9.0e18],                     # the delta overflows though each value fits
+])
+def test_a_series_whose_values_cannot_share_an_exponent_goes_as_floats(
+        values: list[float]) -> None:
+    rs = [{"sensor": "s", "kind": "soil_ec", "ts": 1_780_000_000_000 + i, "value": v,
+           "unit": "uS/cm"} for i, v in enumerate(values)]
+    payload = encode_compact(gateway="g", seq=1, sent=1_780_000_001_000, clock="synced",
+                             readings=rs)
+    parsed = parse_telemetry(payload, content_type=None)
+    assert [r.value for r in parsed.readings] + [x.reason for x in parsed.rejected] \
+        == [v for v in values if 0 <= v <= 50000] + ["out_of_range"] * \
+        sum(1 for v in values if not 0 <= v <= 50000)

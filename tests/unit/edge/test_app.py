@@ -1,20 +1,27 @@
 """The edge put together (farmedge/edge/app.py), without servers: what it
-cannot start says so as an EdgeError naming the cause. Nothing answers on
-the InfluxDB and MQTT ports here (the edge with the real servers is in
-tests/integration/ and tests/chaos/)."""
+cannot start says so as an EdgeError naming the cause, and a stage's last
+records are written when the edge stops. Nothing answers on the MQTT port
+here, and InfluxDB is either absent or a fake writer passed by constructor
+(the edge with the real servers is in tests/integration/ and tests/chaos/)."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from farmedge.alerts import RecordSink
 from farmedge.edge.app import EdgeService
 from farmedge.edge.errors import EdgeError, EdgeFatal
+from farmedge.edge.events import Observer
 from farmedge.edge.settings import EdgeSettings, HttpSection, InfluxSection, MqttSection
+from farmedge.records import Accepted, StatusEvent
+from farmedge.storage.influx import WriteKind, WriteResult
 from farmedge_dev.devservers import free_port
+from tests.alerts_support import until
 
 
 def _settings(tmp_path: Path, http_port: int) -> EdgeSettings:
@@ -42,3 +49,66 @@ async def test_a_spool_that_cannot_be_opened_is_an_edge_error(tmp_path: Path) ->
     with pytest.raises(EdgeError, match=r"the spool at .* cannot be opened") as info:
         await asyncio.wait_for(svc.run(asyncio.Event()), 30)
     assert not isinstance(info.value, EdgeFatal)
+
+
+class _Writer:
+    """Takes every write (a fake InfluxDB; the real one: tests/integration/)."""
+
+    def __init__(self) -> None:
+        self.stored: list[str] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    async def write(self, body: bytes) -> WriteResult:
+        self.stored += body.decode().split("\n")
+        return WriteResult(WriteKind.OK, 204)
+
+    async def ping(self) -> bool:
+        return True
+
+    async def ensure_database(self) -> bool:
+        return True
+
+
+class _Closing:
+    """A stage that records a point when it is closed, as the alert engine
+    records its last events."""
+
+    def __init__(self, records: RecordSink) -> None:
+        self.records = records
+        self.started = False
+
+    async def start(self) -> None:
+        self.started = True
+
+    def on_accepted(self, records: Sequence[Accepted]) -> None:
+        pass
+
+    def on_status(self, event: StatusEvent) -> None:
+        pass
+
+    async def close(self) -> None:
+        self.records.add_points(["alerts,county=c,farm=f,event=closed count=1i 1"])
+
+
+async def test_the_stages_close_before_the_sink_and_their_last_records_are_written(
+        tmp_path: Path) -> None:
+    writer = _Writer()
+    stages: list[_Closing] = []
+
+    def build(records: RecordSink) -> list[Observer]:
+        stages.append(_Closing(records))
+        return list(stages)
+
+    svc = EdgeService(_settings(tmp_path, 0), observers=build, writer=writer)
+    stop = asyncio.Event()
+    task = asyncio.create_task(svc.run(stop))
+    await until(lambda: stages[0].started, what="the stage started")
+    stop.set()
+    await asyncio.wait_for(task, 60)
+    assert "alerts,county=c,farm=f,event=closed count=1i 1" in writer.stored
+    assert svc.spool.lines == 0
