@@ -10,8 +10,9 @@ from pathlib import Path
 from farmedge.alerts import AlertsSettings
 from farmedge.alerts.center import CenterHealth, fmt_duration
 from farmedge.records import CenterEvent, CenterWatch
+from farmedge.registry import Contact
 
-from .support import local_ts, make_rig, rules_file
+from .support import farm_registry, local_ts, make_rig, rules_file
 from .test_scenarios import CENTER, County, county_registry, messages
 
 T0 = local_ts(2026, 6, 10, 10)
@@ -115,3 +116,20 @@ async def test_an_edge_start_forgets_its_previous_runs_pending_incident(tmp_path
     assert messages(rig.notifier) == [
         ("operator", "边缘服务已重启：网关2min内补报数据前不发静默告警。")]
     rig2.close()
+
+
+async def test_a_stale_backlog_raises_no_flatline(tmp_path: Path) -> None:
+    """Readings replayed after an outage (older than max_reading_age_s) are
+    history: 13 h of one value arriving at once is no stuck sensor; a fresh
+    reading still holding it is."""
+    reg = farm_registry(sensors=1, contacts=[Contact(name="王", notify=["json://x/sms"])])
+    rig = make_rig(reg, rules=rules_file(tmp_path), start=T0)
+    h = 3600 * 1000
+    for age in range(16, 2, -1):
+        rig.feed({"soil-1": 12.5}, "soil_temperature", age_ms=age * h)
+    await rig.step()
+    assert [f for f in rig.engine.firing() if "flatline" in f[0]] == []
+    rig.feed({"soil-1": 12.5}, "soil_temperature")
+    await rig.step()
+    assert [f[0] for f in rig.engine.firing()] == ["device/flatline"]
+    rig.close()
