@@ -112,6 +112,18 @@ def _rest(q: queue.Queue[tuple[float, str | None]], seen: list[str]) -> str:
     return "".join(seen)
 
 
+def _stop(proc: subprocess.Popen[str]) -> None:
+    """After a failed assertion: let the demo stop what it started (SIGTERM),
+    kill it only if it does not."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(90)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
 def test_demo_shows_a_farmer_message_and_its_text_within_60_s(tmp_path: Path) -> None:
     """The first farm's dry plot and fevered cow bring a real alert, and the
     farmer's exact message is on screen within a minute of the demo's start
@@ -127,8 +139,7 @@ def test_demo_shows_a_farmer_message_and_its_text_within_60_s(tmp_path: Path) ->
         out = _rest(q, seen)
         assert proc.wait(60) == 0, out
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop(proc)
     assert re.search(r"alerts raised [1-9]", out), out
     assert re.search(r"messages to farmers +[1-9]", out), out
     assert "messages to operators" in out
@@ -178,8 +189,7 @@ def test_sighup_stops_everything_the_demo_started(tmp_path: Path) -> None:
                        what=f"{name} (pid {pid}) gone")
         assert _started_under(tmp_path / "demo", proc.pid) == {}
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        _stop(proc)
         for pid in children:  # whatever is left, so that nothing outlives the test
             if not _gone(pid):
                 os.kill(pid, signal.SIGKILL)
