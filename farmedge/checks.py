@@ -183,7 +183,9 @@ def check_gateway(path: Path | None) -> tuple[Report, GatewaySettings | None]:
                 f"{s.uplink.compression!r} needs the Python package zstandard, which is not "
                 "installed: pip install zstandard (on a 32-bit Pi it comes from piwheels), or "
                 "use compression = \"deflate-dict\" (the default, standard library only)")
-    _check_url_host(report, f"{_line_in(path, ('mqtt', 'url'))}[mqtt] url", s.mqtt.url)
+    for i, u in enumerate(s.mqtt.urls or [s.mqtt.url]):
+        key = f"urls[{i + 1}]" if s.mqtt.urls else "url"
+        _check_url_host(report, f"{_line_in(path, ('mqtt', key.split('[')[0]))}[mqtt] {key}", u)
     if s.mqtt.password is not None and is_placeholder_secret(_secret(s.mqtt.password)):
         report.warn(f"{_line_in(path, ('mqtt', 'password'))}[mqtt] password is a placeholder "
                     "(farmedge provision gateway writes a real one)")
@@ -192,7 +194,8 @@ def check_gateway(path: Path | None) -> tuple[Report, GatewaySettings | None]:
         report.warn(f"{src}: no [[sensors]]: the gateway would send only its status "
                     "(gateway.example.toml shows each driver)")
     report.summary.append(f"{src}: ok: gateway {s.county}/{s.farm}/{s.gateway}, "
-                          f"{len(s.sensors)} sensors, outbox {s.outbox_path}")
+                          f"{len(s.sensors)} sensors, outbox {s.outbox_path}, MQTT "
+                          f"{s.mqtt.protocol} to {', '.join(b.redacted for b in s.mqtt.brokers)}")
     for c in s.sensors:
         report.summary.append(f"  {c.id}: {c.driver}, every {c.interval_s:g} s")
     return report, s

@@ -18,13 +18,14 @@ from __future__ import annotations
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import NamedTuple, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 from farmedge.contract.models import GatewayStatus
 from farmedge.contract.parse import NormalizedReading
 from farmedge.registry import GatewayEntry, SensorMeta
 
-__all__ = ["Accepted", "AcceptedReading", "Stage", "StatusEvent"]
+__all__ = ["Accepted", "AcceptedReading", "CenterAware", "CenterEvent", "CenterWatch",
+           "CenterWhat", "Stage", "StatusEvent"]
 
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})
 _EMPTY_META = SensorMeta()
@@ -101,6 +102,66 @@ class StatusEvent:
     gateway: str
     status: GatewayStatus
     received_ms: int
+
+
+#: What changed in the center's own health (docs/alerts.md, "Farm-side
+#: versus center-side").
+CenterWhat = Literal["edge_started", "broker_down", "broker_up", "influx_down", "influx_up",
+                     "replay_started", "replay_done"]
+
+
+@dataclass(frozen=True, slots=True)
+class CenterEvent:
+    """A change in the center's own health, as the edge saw it.
+
+    ``edge_started`` comes first, before the broker is connected: until the
+    next ``broker_up`` the edge receives nothing. ``broker_down`` /
+    ``broker_up``: the edge's connection to its broker. ``influx_down`` /
+    ``influx_up``: InfluxDB (readings go to the spool meanwhile).
+    ``replay_started`` / ``replay_done``: the spool is being written back.
+    """
+
+    what: CenterWhat
+    #: When the edge saw it (epoch ms, the edge's clock).
+    at_ms: int
+    #: A few words for the record (the error, the broker's URL), may be empty.
+    detail: str = ""
+
+
+class CenterWatch:
+    """Turns the edge's state, looked at every second, into
+    :class:`CenterEvent` records: only changes, ``edge_started`` first."""
+
+    def __init__(self) -> None:
+        self._last: tuple[bool, bool, bool] | None = None
+
+    def started(self, at_ms: int, detail: str = "") -> list[CenterEvent]:
+        """The edge took its stages up and is about to connect."""
+        self._last = (False, True, False)
+        return [CenterEvent("edge_started", at_ms, detail)]
+
+    def poll(self, *, connected: bool, influx_up: bool, replaying: bool, at_ms: int,
+             detail: str = "") -> list[CenterEvent]:
+        if self._last is None:
+            return []
+        was = self._last
+        self._last = (connected, influx_up, replaying)
+        out: list[CenterEvent] = []
+        if connected != was[0]:
+            out.append(CenterEvent("broker_up" if connected else "broker_down", at_ms))
+        if influx_up != was[1]:
+            out.append(CenterEvent("influx_up" if influx_up else "influx_down", at_ms,
+                                   "" if influx_up else detail))
+        if replaying != was[2]:
+            out.append(CenterEvent("replay_started" if replaying else "replay_done", at_ms))
+        return out
+
+
+class CenterAware(Protocol):
+    """A stage that wants the center's own health (the alert engine). The
+    edge calls ``on_center`` on the stages that have it."""
+
+    def on_center(self, event: CenterEvent) -> None: ...
 
 
 class Stage(Protocol):

@@ -474,7 +474,13 @@ def start_pipeline(root: Path, registry_yaml: str, *, county: str,
                    "FARMEDGE_REGISTRY": str(reg), "FARMEDGE_INSTANCE": "edge-1",
                    # Off by default: the dashboard tests write their own alert
                    # records (alert_lines); the engine's would change the counts.
-                   "FARMEDGE_ALERTS_ENABLED": "true" if alerts else "false"}).start()
+                   "FARMEDGE_ALERTS_ENABLED": "true" if alerts else "false",
+                   # The scenario's offline gateway: believed at once, not
+                   # after the last will's grace and the reconnect grace
+                   # (docs/alerts.md, "Farm-side versus center-side").
+                   "FARMEDGE_ALERTS_OFFLINE_WILL_GRACE_S": "0",
+                   "FARMEDGE_ALERTS_RECONNECT_GRACE_S": "0",
+                   "FARMEDGE_ALERTS_RECONNECT_GRACE_INTERVALS": "0"}).start()
     return Pipeline(broker, influx, edge, started, sim_user, sim_pw)
 
 

@@ -84,6 +84,9 @@ class Outbox:
         self._next_id = 0
         #: Called with (delivery, now) just before the notifier (benchmark hook).
         self.on_dispatch: Callable[[Delivery, float], None] | None = None
+        #: Called with (delivery, delivered, error, now) after each attempt
+        #: (failures in a row to one contact make an operator incident).
+        self.on_result: Callable[[Delivery, bool, str, float], None] | None = None
 
     def new_id(self, now: float) -> str:
         self._next_id += 1
@@ -148,6 +151,7 @@ class Outbox:
             d.attempts += 1
             self.stats["failed"] += 1
             self.publish(d.event_for("failed", now, error=str(exc), attempt=d.attempts))
+            self._result(d, False, str(exc), now)
             if d.attempts >= self.settings.max_attempts:
                 log.warning("alerts.delivery_given_up", alert_event=d.event, contact=d.contact,
                             attempts=d.attempts, error=str(exc))
@@ -170,9 +174,17 @@ class Outbox:
             d.attempts += 1
             self.publish(d.event_for("delivered", now, attempt=d.attempts))
             self._drop(did)
+            self._result(d, True, "", now)
         finally:
             self.inflight.pop(did, None)
             self.poke()
+
+    def _result(self, d: Delivery, ok: bool, error: str, now: float) -> None:
+        if self.on_result is not None:
+            try:
+                self.on_result(d, ok, error, now)
+            except Exception:  # never let it stop delivery
+                log.exception("alerts.delivery_result_failed", contact=d.contact)
 
     async def cancel(self) -> None:
         """Cancel sends in flight (their deliveries stay in the outbox)."""

@@ -2,6 +2,14 @@
 sensor silent, flatline, out of range, clock unsynced and outbox backlog,
 from gateway status, from readings and from the engine's timers.
 
+Farm-side only (docs/alerts.md, "Farm-side versus center-side"): silence
+counts only time in which the center was receiving
+(:class:`~.center.CenterHealth`) and waits its grace after an edge start or
+a broker reconnect; a last will waits ``[alerts] offline_will_grace_s`` and
+is forgotten when the gateway comes back; gateways of a mass offline
+(:class:`~.center.CenterIncidents`) tell their farms nothing. Durations in
+the texts are true: from the last status or reading actually seen.
+
 When each gateway and sensor was last heard is kept here, per gateway, so
 the fast path marks a sensor with one dict store.
 """
@@ -13,8 +21,10 @@ from collections import deque
 
 from farmedge.records import StatusEvent
 
+from .center import CenterHealth, CenterIncidents
 from .context import Context, Contexts
 from .rules import BoundRule
+from .settings import AlertsSettings
 from .state import StateMachine, fmt
 
 __all__ = ["SILENCE_CHECK_S", "DeviceChecks"]
@@ -27,7 +37,12 @@ SensorKey = tuple[GKey, str]
 
 class DeviceChecks:
     def __init__(self, contexts: Contexts, machine: StateMachine,
-                 stats: dict[str, int]) -> None:
+                 stats: dict[str, int], *, settings: AlertsSettings | None = None,
+                 health: CenterHealth | None = None,
+                 center: CenterIncidents | None = None) -> None:
+        self.settings = settings or contexts.settings
+        self.health = health or CenterHealth(self.settings)
+        self.center = center
         self.contexts = contexts
         self.machine = machine
         self.stats = stats
@@ -36,6 +51,9 @@ class DeviceChecks:
         self.sensor_seen: dict[GKey, dict[str, float]] = {}
         #: gateways whose last will (online: false) is the latest status
         self.gw_will: set[GKey] = set()
+        #: when each of those wills came, and when its gateway was last heard before
+        self.will_at: dict[GKey, float] = {}
+        self.heard_before_will: dict[GKey, float] = {}
         #: (gateway, sensor) -> flatline rules with a state
         self.flat_states: dict[SensorKey, set[str]] = {}
         #: (gateway, sensor) -> out_of_range rule -> times of bad readings
@@ -67,7 +85,8 @@ class DeviceChecks:
                 self.machine.observe_if_present(br, ctx, "sensor", eid, now)
             return
         held = ts - st[1] / 1000.0
-        if held >= (br.rule.window or 43200.0):
+        if held >= (br.rule.window or 43200.0) and now - ts <= self.settings.max_reading_age_s:
+            # (a stale reading, a replayed backlog, is history: it raises nothing)
             self.flat_states.setdefault(sk, set()).add(br.key)
             self.machine.observe(br, pr, ctx, "sensor", eid, True, False, value,
                                  {"hours": str(round(held / 3600)), "reading": fmt(value, 1)},
@@ -143,9 +162,14 @@ class DeviceChecks:
         if st.online:
             self.gw_seen[gk] = now
             was_down = gk in self.gw_will
-            self.gw_will.discard(gk)
+            self._will_gone(gk, now)
         else:
-            self.gw_will.add(gk)
+            if gk not in self.gw_will:
+                self.gw_will.add(gk)
+                self.will_at[gk] = now
+                self.heard_before_will[gk] = prev
+                if self.center is not None:
+                    self.center.will(gk, now, self._county_total(gk[0]))
             was_down = False
         for br, pr in ctx.status:
             rule = br.rule
@@ -154,9 +178,7 @@ class DeviceChecks:
                     if sm.observe_if_present(br, ctx, "gateway", ev.gateway, now) or was_down:
                         self.refresh_sensors(gk, now)
                 else:
-                    mins = max(1, math.ceil((now - prev) / 60))
-                    sm.observe(br, pr, ctx, "gateway", ev.gateway, True, False, mins,
-                               {"minutes": str(mins)}, now)
+                    self._will_due(gk, ctx, br, pr, now)
             elif rule.check == "clock_unsynced" and st.clock is not None and st.online:
                 key = sm.key(br, ctx, "gateway", ev.gateway)
                 held = sm.states[key].since if key in sm.states else now
@@ -171,6 +193,51 @@ class DeviceChecks:
                 assert cc is not None
                 sm.observe(br, pr, ctx, "gateway", ev.gateway, rule.when.holds(hours),
                            cc.holds(hours), hours, {}, now)
+
+    def _will_gone(self, gk: GKey, now: float) -> None:
+        """The gateway is back: its will is forgotten (and, if it was part of
+        a mass offline that now ends, the gateways still down wait their
+        grace as farm-side suspicions from now)."""
+        self.gw_will.discard(gk)
+        self.will_at.pop(gk, None)
+        self.heard_before_will.pop(gk, None)
+        if self.center is not None:
+            for left in self.center.back(gk, now):
+                if left in self.will_at:
+                    self.will_at[left] = now
+
+    def _interval(self, ctx: Context, pr: dict[str, float]) -> float:
+        return (ctx.gw_obj.interval_s if ctx.gw_obj and ctx.gw_obj.interval_s
+                else pr.get("default_interval_s", 600.0))
+
+    def _will_due(self, gk: GKey, ctx: Context, br: BoundRule, pr: dict[str, float],
+                  now: float) -> None:
+        """Offline from a last will, once its grace has passed, the center
+        is settled and the gateway is not part of a mass offline; the
+        minutes are those since it was last heard."""
+        if self.center is not None and self.center.member(gk):
+            return
+        at = self.will_at.get(gk, now)
+        if now - at < self.settings.offline_will_grace_s:
+            return
+        if not self.health.settled(now, self._interval(ctx, pr)):
+            return
+        last = self.heard_before_will.get(gk, at)
+        mins = max(1, round((now - last) / 60))
+        self.machine.observe(br, pr, ctx, "gateway", gk[2], True, False, mins,
+                             {"minutes": str(mins)}, now)
+
+    def longest_interval(self) -> float:
+        """The longest reporting interval of the registry's gateways (600 s
+        without one): the grace after an edge start that covers them all."""
+        return max((ge.interval_s or 600.0 for _f, ge in self.contexts.index.values()),
+                   default=600.0)
+
+    def _county_total(self, county: str) -> int:
+        gws = {gk for gk in self.contexts.index if gk[0] == county}
+        gws.update(gk for gk in self.gw_seen if gk[0] == county)
+        gws.update(gk for gk in self.gw_will if gk[0] == county)
+        return len(gws)
 
     def refresh_sensors(self, gk: GKey, now: float) -> None:
         """A gateway back: its sensors get a fresh interval."""
@@ -200,6 +267,7 @@ class DeviceChecks:
             return
         self._last_silence_check = now
         sm = self.machine
+        health, center = self.health, self.center
         gws, sensors = self._known()
         down: set[GKey] = set(self.gw_will)
         for gk in gws:
@@ -207,15 +275,24 @@ class DeviceChecks:
             for br, pr in ctx.status:
                 if br.rule.check != "gateway_offline":
                     continue
-                if sm.key(br, ctx, "gateway", gk[2]) in sm.states:
+                firing = sm.key(br, ctx, "gateway", gk[2]) in sm.states
+                if firing:
                     down.add(gk)
                 if gk in self.gw_will:
+                    if not firing and self.gw_seen.get(gk, -math.inf) > \
+                            self.will_at.get(gk, math.inf):
+                        self._will_gone(gk, now)    # readings since the will: it is up
+                        down.discard(gk)
+                        continue
+                    self._will_due(gk, ctx, br, pr, now)
                     continue
-                interval = (ctx.gw_obj.interval_s if ctx.gw_obj and ctx.gw_obj.interval_s
-                            else pr.get("default_interval_s", 600.0))
-                silence = now - self.gw_seen.get(gk, self.started)
-                if silence > pr.get("intervals", 3.0) * interval:
-                    mins = math.ceil(silence / 60)
+                interval = self._interval(ctx, pr)
+                if not health.settled(now, interval) or (center is not None
+                                                         and center.member(gk)):
+                    continue
+                last = self.gw_seen.get(gk, self.started)
+                if health.heard_for(last, now) > pr.get("intervals", 3.0) * interval:
+                    mins = max(1, round((now - last) / 60))
                     sm.observe(br, pr, ctx, "gateway", gk[2], True, False, mins,
                                {"minutes": str(mins)}, now)
                     down.add(gk)
@@ -230,9 +307,11 @@ class DeviceChecks:
                             or (ctx.gw_obj.interval_s if ctx.gw_obj and ctx.gw_obj.interval_s
                                 else None)
                             or pr.get("default_interval_s", 600.0))
-                silence = now - self.sensor_seen.get(gk, {}).get(sensor, self.started)
-                if silence > pr.get("intervals", 3.0) * interval:
-                    mins = math.ceil(silence / 60)
+                if not health.settled(now, interval):
+                    continue
+                last = self.sensor_seen.get(gk, {}).get(sensor, self.started)
+                if health.heard_for(last, now) > pr.get("intervals", 3.0) * interval:
+                    mins = max(1, round((now - last) / 60))
                     sm.observe(br, pr, ctx, "sensor", f"{gk[2]}/{sensor}", True, False, mins,
                                {"minutes": str(mins)}, now)
 

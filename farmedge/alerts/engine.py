@@ -14,6 +14,8 @@ The work is split by job (docs/architecture.md, "Alerts"):
 - :mod:`.readings` readings into rules (the fast path), :mod:`.derive` the
   derived values, :mod:`.history` the history behind them;
 - :mod:`.device`   device checks: status, silence, flatline, range;
+- :mod:`.center`   the center's own health (from the edge's
+  :class:`~farmedge.records.CenterEvent`) and its incidents, to operators;
 - :mod:`.state`    the state machine per rule and entity, groups;
 - :mod:`.route`    groups into messages: texts, recipients, budgets, quiet hours;
 - :mod:`.delivery` the outbox: retries, rate limits;
@@ -32,9 +34,10 @@ from typing import Any
 
 from farmedge.disk import is_disk_full
 from farmedge.logs import get_logger
-from farmedge.records import Accepted, AcceptedReading, StatusEvent
+from farmedge.records import Accepted, AcceptedReading, CenterEvent, StatusEvent
 from farmedge.registry import Registry
 
+from .center import CenterHealth, CenterIncidents
 from .context import Contexts, check_registry
 from .delivery import Delivery, Outbox
 from .device import DeviceChecks
@@ -69,6 +72,8 @@ class AlertEngine:
         for name in [s.default_profile, *s.crop_profiles.values()]:
             if name is not None and name not in rules.profiles:
                 raise AlertsError(f"[alerts] profile {name!r} is not defined")
+        if s.operator_quiet_hours:
+            parse_quiet_hours(s.operator_quiet_hours)
         self.rules = rules
         self.registry = registry
         self.notifier = notifier
@@ -80,19 +85,27 @@ class AlertEngine:
         self.stats: dict[str, int] = {
             "readings": 0, "status": 0, "stale": 0, "raised": 0, "cleared": 0,
             "delivered": 0, "failed": 0, "suppressed": 0, "held": 0, "dropped_early": 0,
+            "center_events": 0,
         }
         self._store = StateStore(state_path)
         self._changes = Changes()
         self.contexts = Contexts(rules, registry, s)
         self.machine = StateMachine(rules, self._changes, self.stats)
         self.history = History()
-        self.device = DeviceChecks(self.contexts, self.machine, self.stats)
+        #: What the engine knows of the center's own health (the edge tells it).
+        self.health = CenterHealth(s)
+        self.center = CenterIncidents(rules=rules, machine=self.machine, health=self.health,
+                                      settings=s, stats=self.stats, router=lambda: self.router,
+                                      longest_interval=lambda: self.device.longest_interval())
+        self.device = DeviceChecks(self.contexts, self.machine, self.stats, settings=s,
+                                   health=self.health, center=self.center)
         self.readings = ReadingPath(contexts=self.contexts, machine=self.machine,
                                     device=self.device, history=self.history, settings=s,
                                     stats=self.stats)
         self.outbox = Outbox(notifier=notifier, settings=s, changes=self._changes,
                              stats=self.stats, clock=clock, publish=self._publish,
                              poke=self._poke)
+        self.outbox.on_result = self.center.delivery
         self.router = Router(rules=rules, registry=registry, contexts=self.contexts,
                              machine=self.machine, outbox=self.outbox, changes=self._changes,
                              stats=self.stats, publish=self._publish)
@@ -127,6 +140,15 @@ class AlertEngine:
             self._hold("s", event)
             return
         self.device.status(event, self.clock())
+        self._poke()
+
+    def on_center(self, event: CenterEvent) -> None:
+        """A change in the center's own health (the edge's call)."""
+        if not self._loaded:
+            self._hold("c", event)
+            return
+        self.stats["center_events"] += 1
+        self.center.event(event, self.clock())
         self._poke()
 
     def wake(self) -> None:
@@ -180,6 +202,7 @@ class AlertEngine:
         st = self._store
         st.open()
         flat = self.machine.load(st.load("states"), st.load("groups"))
+        self.center.forget_mass()
         self.device.load_flat(flat)
         self.outbox.load(st.load("outbox"))
         self.router.budget = {k: int(v) for k, v in st.load("budget").items()}
@@ -221,10 +244,14 @@ class AlertEngine:
             elif what == "r":
                 self.stats["readings"] += len(item)
                 self.readings.each(item, now)
+            elif what == "c":
+                self.stats["center_events"] += 1
+                self.center.event(item, now)
             else:
                 self.device.status(item, now)
         self.machine.timers(now)
         self.device.timers(now)
+        self.center.timers(now)
         self.router.groups_pass(now)
 
     def open(self) -> None:

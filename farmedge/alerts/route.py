@@ -13,17 +13,21 @@ from zoneinfo import ZoneInfo
 
 from farmedge.registry import Contact, Registry
 
-from .context import DEFAULT_TZ, Contexts
+from .context import DEFAULT_TZ, Context, Contexts
 from .delivery import Delivery, Outbox
 from .notify import SMS_SCHEMES, scheme_of
 from .quiet import release_time
 from .record import AlertEvent
-from .rules import REMIND_PREFIX, RuleSet
+from .rules import REMIND_PREFIX, BoundRule, RuleSet
 from .state import AlertState, Group, StateMachine
 from .store import Changes
 from .templates import fit_sms, render, title_for
 
-__all__ = ["Router"]
+__all__ = ["CENTER_FARM", "Router"]
+
+#: The farm id of center-side incidents (center.py): to operators only.
+CENTER_FARM = "_center"
+_CENTER_NAME = {"zh": "服务中心", "en": "service center"}
 
 
 class Router:
@@ -114,11 +118,29 @@ class Router:
             scope_id=g.sid, group=g.key, count=g.count, value=value, text=texts, error=error,
             entities=entities))
 
-    def _recipients(self, g: Group, event: str) -> list[tuple[Contact, bool]]:
+    def notice(self, br: BoundRule, ctx: Context, st: AlertState, now: float) -> None:
+        """A one-off message of a center incident that ended before its
+        ``for`` (or the edge starting): its clear text, through the same
+        budget, quiet hours and outbox as any message."""
+        g = Group(f"{st.county}/{st.farm}|{st.family}|notice:{st.sid}", st.county, st.farm,
+                  st.family, st.stype, st.sid, st.gwhere or ctx.where(st.stype, st.sid))
+        g.level = self.machine.level(br.key)
+        g.rule, g.severity, g.audience = br.key, br.rule.severity, list(br.rule.audience)
+        g.count, g.raised_at = 1, now
+        g.last_vars, g.last_value = dict(st.vars), st.value
+        self.emit(g, "notice", None, now)
+
+    def _recipients(self, g: Group, event: str,
+                    vars_: dict[str, str] | None = None) -> list[tuple[Contact, bool]]:
         """(contact, is a farm contact)."""
         reg = self.registry
         if reg is None:
             return []
+        if g.farm == CENTER_FARM:
+            # Center-side: the operators, never a farm; not the contact whose
+            # deliveries fail (its own incident would fail too).
+            failing = (vars_ or {}).get("contact")
+            return [(c, False) for c in reg.center_contacts if c.name != failing]
         if event == "escalate":
             return [(c, False) for c in reg.center_contacts if c.agronomist]
         out: list[tuple[Contact, bool]] = []
@@ -131,18 +153,33 @@ class Router:
 
     def emit(self, g: Group, event: str, st: AlertState | None, now: float) -> None:
         vars_ = dict(st.vars) if st is not None else dict(g.last_vars)
-        texts = self.texts(g, "clear" if event == "clear" else
+        texts = self.texts(g, "clear" if event in ("clear", "notice") else
                            ("remind" if event == "remind" else "raise"), vars_)
         value = st.value if st is not None else g.last_value
         states = self.machine.states
         entities = tuple(states[k].eid for k in g.members if k in states)
         self.record(g, event, now, value=value, texts=texts, entities=entities)
-        recipients = self._recipients(g, event)
+        recipients = self._recipients(g, event, vars_)
         if not recipients:
             return
         f = self.contexts.farm(g.county, g.farm)
         tz = ZoneInfo(f.timezone) if f is not None else ZoneInfo(DEFAULT_TZ)
-        critical = g.severity == "critical" and event in ("raise", "worse", "remind", "escalate")
+        critical = g.severity == "critical" and event in ("raise", "worse", "remind", "escalate",
+                                                          "notice")
+        settings = self.contexts.settings
+        if not any(is_farm for _, is_farm in recipients) and event != "escalate" \
+                and event in ("raise", "worse", "remind", "notice") and not critical:
+            # To operators only: their own daily budget.
+            budget = settings.operator_daily_message_budget
+            day = f"{CENTER_FARM}/{datetime.fromtimestamp(now, tz).date().isoformat()}"
+            used = self.budget.get(day, 0)
+            if used >= budget:
+                self.stats["suppressed"] += 1
+                self.record(g, "suppressed", now, value=value, texts=texts,
+                            error=f"operators' daily budget of {budget} messages used")
+                return
+            self.budget[day] = used + 1
+            self.changes.budget[day] = used + 1
         # Daily budget per farm (critical messages are neither limited nor counted).
         if any(is_farm for _, is_farm in recipients):
             if event == "clear" and g.suppressed:
@@ -164,12 +201,13 @@ class Router:
                     if event == "raise":
                         g.suppressed = False
         farm_name = (f.name if f is not None else None) or g.farm
-        title_sev = g.severity if event != "clear" else "info"
-        for c, _is_farm in recipients:
+        title_sev = g.severity if event not in ("clear", "notice") else "info"
+        for c, is_farm in recipients:
             lang = c.language
             due = now
-            if c.quiet_hours and not critical:
-                due = release_time(c.quiet_hours, now, tz)
+            quiet = c.quiet_hours or (None if is_farm else settings.operator_quiet_hours)
+            if quiet and not critical:
+                due = release_time(quiet, now, tz)
             for url in c.notify:
                 if event == "clear" and self.outbox.drop_held(g.key, c.name, url, now):
                     continue
@@ -180,7 +218,9 @@ class Router:
                     body = fit_sms(body, lang)
                 self.outbox.add(Delivery(
                     id=self.outbox.new_id(now), due=due, url=url, contact=c.name, lang=lang,
-                    title=title_for(lang, title_sev, farm_name), body=body, group=g.key,
+                    title=title_for(lang, title_sev, _CENTER_NAME.get(lang, "center")
+                                    if g.farm == CENTER_FARM else farm_name),
+                    body=body, group=g.key,
                     event=event, attempts=0, county=g.county, farm=g.farm, rule=g.rule,
                     family=g.family, severity=g.severity, scope=g.stype, scope_id=g.sid,
                     count=g.count, value=value, created=now), now)

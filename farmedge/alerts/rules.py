@@ -54,10 +54,14 @@ Derived = Literal[
     "baseline_ratio", "thi", "depth_cm",
 ]
 #: Built-in device checks (rules with ``check:`` instead of a threshold on readings).
+#: The center profile's checks (center.py) are about the service center
+#: itself, never a farm's devices.
 CHECKS = ("gateway_offline", "sensor_silent", "flatline", "out_of_range", "clock_unsynced",
-          "outbox_backlog")
+          "outbox_backlog", "edge_restarted", "broker_down", "influx_down", "mass_offline",
+          "delivery_failing")
 Check = Literal["gateway_offline", "sensor_silent", "flatline", "out_of_range",
-                "clock_unsynced", "outbox_backlog"]
+                "clock_unsynced", "outbox_backlog", "edge_restarted", "broker_down",
+                "influx_down", "mass_offline", "delivery_failing"]
 
 #: Placeholders a template may use, with the widest value each is expected to
 #: take (for the one-SMS-segment check of Chinese texts).
@@ -72,6 +76,7 @@ TEMPLATE_VARS: dict[str, str] = {
     "count": "20",              # members of a grouped alert
     "minutes": "120",           # how long the condition has held / the silence lasted
     "hours": "48",
+    "duration": "23h59min",     # a true duration, short (20s, 12min, 3h05min, 2d03h)
 }
 SMS_ZH_MAX = 70      # UCS-2 characters per SMS segment
 SMS_EN_MAX = 160     # GSM-7 characters per SMS segment

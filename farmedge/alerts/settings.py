@@ -37,6 +37,28 @@ class AlertsSettings(Section):
     backoff_max_s: Annotated[float, Field(ge=0)] = 1800.0
     #: Messages per minute per URL, by Apprise scheme (DingTalk bots: 20/min).
     rate_limits: dict[str, int] = Field(default_factory=lambda: {"dingtalk": 20})
+    #: Farm-side versus center-side (docs/alerts.md). After the edge starts or
+    #: its broker connection comes back, silence rules (offline, sensor
+    #: silent) wait this many of the gateway's reporting intervals, and at
+    #: least reconnect_grace_s, for the gateways to report again.
+    reconnect_grace_intervals: Annotated[float, Field(ge=0)] = 2.0
+    reconnect_grace_s: Annotated[float, Field(ge=0)] = 60.0
+    #: A last will (status online=false) is a suspicion: the gateway is
+    #: offline only when it has not come back this many seconds later.
+    offline_will_grace_s: Annotated[float, Field(ge=0)] = 300.0
+    #: This share of a county's gateways, and at least this many, going
+    #: offline within the window is one center incident (to operators), not
+    #: one farm incident each.
+    mass_offline_share: Annotated[float, Field(gt=0, le=1)] = 0.3
+    mass_offline_min_gateways: Annotated[int, Field(ge=1)] = 5
+    mass_offline_window_s: Annotated[float, Field(gt=0)] = 60.0
+    #: Operators (the registry's center_contacts): messages a day for
+    #: center-side incidents (critical ones excepted), quiet hours for those
+    #: of them without quiet_hours of their own ("22:00-07:00"; none: none).
+    operator_daily_message_budget: Annotated[int, Field(ge=0)] = 30
+    operator_quiet_hours: str | None = None
+    #: Failed attempts in a row to one contact that make an operator incident.
+    delivery_failures_incident: Annotated[int, Field(ge=1)] = 3
     #: Publish events on farm/v1/{county}/{farm}/alerts and write them to InfluxDB.
     publish_mqtt: bool = True
     write_influx: bool = True

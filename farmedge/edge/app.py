@@ -25,6 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from farmedge.logs import get_logger, redact_url
+from farmedge.records import CenterEvent, CenterWatch
 from farmedge.registry import Registry, load_registry
 from farmedge.storage.influx import InfluxWriter
 from farmedge.storage.lineproto import field_str, series_key
@@ -103,6 +104,18 @@ class Stages:
                 except Exception as exc:
                     self._incidents("observer", exc)
 
+    def center(self, events: Sequence[CenterEvent]) -> None:
+        """The center's own health changed: to the stages that want it."""
+        for ev in events:
+            for st in self.running:
+                on_center = getattr(st, "on_center", None)
+                if on_center is None:
+                    continue
+                try:
+                    on_center(ev)
+                except Exception as exc:
+                    self._incidents("observer", exc)
+
     async def close(self, within_s: float, log: Any) -> None:
         for st in self.running:
             close = getattr(st, "close", None)
@@ -164,6 +177,7 @@ class EdgeService:
         if validator is None:
             self.validator.keep_readings = bool(self.stages.running)
         self.clock = ClockWatch()
+        self.center = CenterWatch()
         self.health: Callable[[], Health] = HealthCheck(
             s.http, source=self.source, sink=self.sink, batcher=self.batcher,
             validator=self.validator, clock=self.clock,
@@ -214,6 +228,7 @@ class EdgeService:
                            ("housekeeping", self._housekeeping_loop())):
             self._tasks.append(asyncio.create_task(coro, name=name))
         await self.stages.start()
+        self.stages.center(self.center.started(int(time.time() * 1000), _version()))
         self.source.start(asyncio.get_running_loop())
         try:
             await self._wait_stop(stop)
@@ -328,7 +343,8 @@ class EdgeService:
         c.rejected.clear()
         m.seq_gaps.inc(c.seq_gaps)
         m.seq_duplicates.inc(c.seq_duplicates)
-        c.seq_gaps = c.seq_duplicates = 0
+        m.seq_restarts.inc(c.seq_restarts)
+        c.seq_gaps = c.seq_duplicates = c.seq_restarts = 0
 
     # -- housekeeping: probes, gauges, the `edge` and `gateway` points ------
     async def _housekeeping_loop(self) -> None:
@@ -338,6 +354,10 @@ class EdgeService:
             await asyncio.sleep(1.0)
             tick += 1
             m.mqtt_connected.set(1 if self.source.connected else 0)
+            self.stages.center(self.center.poll(
+                connected=self.source.connected, influx_up=not self.sink.influx_down,
+                replaying=self.sink.spool.lines > 0 and not self.sink.influx_down,
+                at_ms=int(time.time() * 1000), detail=self.sink.influx_error[:200]))
             m.pending.set(self.pending_messages())
             self.sink.update_gauges()
             free = self.sink.spool.free_bytes()

@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from farmedge.config import FileSettings, Section
 from farmedge.contract.compact import COMPRESSIONS
 from farmedge.contract.models import TopicId
-from farmedge.transport.broker import Broker, parse_broker_url
+from farmedge.transport.broker import Broker, Protocol, parse_broker_url, parse_broker_urls
 
 from .drivers import SensorEntry
 
@@ -31,6 +31,14 @@ assert set(COMPRESSIONS) == {"none", "zstd", "deflate-dict", "zstd-dict"}
 class MqttSection(Section):
     #: mqtt://host:port (or tcp://), or mqtts://host:port (or ssl://) for TLS.
     url: str = "mqtt://127.0.0.1:1883"
+    #: The nodes of a broker cluster, tried in turn (round robin, the
+    #: back-off between attempts) when one cannot be reached or its
+    #: connection ends. Instead of ``url``, not with it.
+    urls: list[str] = Field(default_factory=list)
+    #: "5" (content type sent as a property, clean start, no session kept)
+    #: or "3.1.1" (for brokers that refuse MQTT 5, NATS's MQTT listener
+    #: among them: persistent session, no properties).
+    protocol: Protocol = "5"
     username: str | None = None
     password: SecretStr | None = None
     #: The client id the broker binds to this gateway's account: its path
@@ -50,18 +58,45 @@ class MqttSection(Section):
     backoff_max_s: Annotated[float, Field(gt=0)] = 300.0
     connect_timeout_s: Annotated[float, Field(gt=0)] = 30.0
 
+    @field_validator("protocol", mode="before")
+    @classmethod
+    def _protocol_text(cls, v: object) -> object:
+        # protocol = 5 in TOML (a number) means "5".
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) else v
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, v: str) -> str:
+        parse_broker_url(v)  # BrokerUrlError is a ValueError: reported with file:line and key
+        return v
+
+    @field_validator("urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        if v:
+            parse_broker_urls(v)
+        return v
+
     @model_validator(mode="after")
     def _check(self) -> MqttSection:
-        _ = self.broker  # BrokerUrlError is a ValueError: reported with file:line and key
+        if self.urls and "url" in self.model_fields_set:
+            raise ValueError("set urls (the nodes of a cluster) or url (one broker), not both")
+        _ = self.brokers  # credentials and TLS files with every URL
         if self.backoff_max_s < self.backoff_min_s:
             raise ValueError("backoff_max_s must be at least backoff_min_s")
         return self
 
     @property
     def broker(self) -> Broker:
-        """URL, credentials and TLS, parsed the way every farmedge client does."""
-        return parse_broker_url(
-            self.url, username=self.username,
+        """The first broker (the only one without ``urls``)."""
+        return self.brokers[0]
+
+    @property
+    def brokers(self) -> list[Broker]:
+        """Every broker URL with the credentials and TLS, parsed the way every
+        farmedge client does: ``urls``, or else ``url``."""
+        return parse_broker_urls(
+            self.urls or [self.url], username=self.username,
             password=self.password.get_secret_value() if self.password else None,
             ca_file=self.ca_file)
 

@@ -9,6 +9,13 @@ The MQTT client is the transport's :class:`~farmedge.transport.publisher.Publish
 made every time, so nothing of a dead connection (queued or in-flight
 messages) is resent behind the outbox's back: after a reconnect the outbox
 is read again from its oldest reading.
+
+``[mqtt] protocol = "3.1.1"`` (brokers that refuse MQTT 5, NATS's MQTT
+listener among them) connects with a persistent session (clean session
+false, the stable client id) and no properties: the compact encoding is
+told from JSON by its first byte. With ``[mqtt] urls`` (a cluster's nodes)
+each connect goes to one node; after a failed connect or a lost connection
+the next one is tried (round robin, the back-off between attempts).
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from dataclasses import dataclass
 from farmedge.backoff import Backoff
 from farmedge.contract import Encoded, EncodeError, encode_telemetry, status_topic, telemetry_topic
 from farmedge.logs import get_logger
+from farmedge.transport.broker import BrokerRing
 from farmedge.transport.errors import BrokerUnreachable, ConnectRefused, TransportError
 from farmedge.transport.publisher import Message, Publisher
 from farmedge.transport.reconnect import reconnect_forever
@@ -62,6 +70,8 @@ class Uplink:
         self.backoff = Backoff(settings.mqtt.backoff_min_s, settings.mqtt.backoff_max_s,
                                rng or random.Random())
         self.stats = UplinkStats()
+        #: The brokers, tried in turn.
+        self.ring = BrokerRing(settings.mqtt.brokers)
         self.connected = False
         self.flushing = False
         self._client: Publisher | None = None
@@ -98,9 +108,11 @@ class Uplink:
         self._gen += 1
         gen = self._gen
         return Publisher(
-            m.broker, client_id=m.client_id or self.s.gateway, keepalive_s=m.keepalive_s,
+            self.ring.current, client_id=m.client_id or self.s.gateway,
+            keepalive_s=m.keepalive_s,
             will=Message(self.status_topic, self.status_payload(False), qos=1, retain=True),
-            max_inflight=self.s.uplink.max_inflight + 4, loop=self._loop,
+            max_inflight=self.s.uplink.max_inflight + 4, protocol=m.protocol,
+            persistent_session=m.protocol == "3.1.1", loop=self._loop,
             on_ack=lambda mid, code: self._acked(gen, mid, code),
             on_lost=lambda reason: self._lost(gen))
 
@@ -108,16 +120,30 @@ class Uplink:
         m = self.s.mqtt
         pub = self._make_publisher()
         self._gone.clear()
+        if len(self.ring) > 1:
+            self.log.info("gateway.connecting", url=pub.broker.redacted, node=self.ring.where())
         try:
             # connect_timeout_s for the TCP/TLS connect, as long for the CONNACK.
             await asyncio.wait_for(pub.aconnect(m.connect_timeout_s),
                                    2 * m.connect_timeout_s + 5)
         except ConnectRefused:
             self.stats.refused += 1
+            self._next_broker(pub, "refused")
             raise
         except TimeoutError:
+            self._next_broker(pub, "no CONNACK")
             raise BrokerUnreachable("no CONNACK") from None
+        except TransportError as exc:
+            self._next_broker(pub, str(exc))
+            raise
         return pub
+
+    def _next_broker(self, pub: Publisher, why: str) -> None:
+        """The next attempt goes to the next node (with several URLs)."""
+        if len(self.ring) > 1:
+            nxt = self.ring.advance()
+            self.log.warning("gateway.next_broker", failed=pub.broker.redacted, why=why,
+                             next=nxt.redacted, node=self.ring.where())
 
     async def run(self, stop: asyncio.Event) -> None:
         """Connect, publish, reconnect, until ``stop`` is set and (when
@@ -133,15 +159,19 @@ class Uplink:
         self._client = pub
         self.connected = True
         self.stats.connects += 1
-        self.log.info("gateway.connected", url=pub.broker.redacted, backlog=self.outbox.depth)
+        self.log.info("gateway.connected", url=pub.broker.redacted, backlog=self.outbox.depth,
+                      protocol=pub.protocol, session_present=pub.session_present,
+                      node=self.ring.where())
         self.publish_status()
         try:
             await self._pump(stop)
         except _Disconnected as exc:
-            self.log.warning("gateway.connection_lost", reason=str(exc))
+            self.log.warning("gateway.connection_lost", reason=str(exc), url=pub.broker.redacted)
         finally:
             self.connected = False
             self._client = None
+        if not stop.is_set():
+            self._next_broker(pub, "connection lost")
         if not stop.is_set():
             await pub.aclose()
         # PUBACKs that came in before the connection died still count.

@@ -6,6 +6,14 @@ and ``ssl://`` are TLS, default port 8883. A CA file or client certificate
 given in the settings also means TLS (never plain TCP for an operator who
 configured certificates). ``user:password@`` in the URL is taken when the
 settings give none. Any other scheme is a :class:`BrokerUrlError`.
+
+A client given several URLs (the nodes of a broker cluster) goes through
+them in turn with :class:`BrokerRing`: the next node after every failed
+connect or lost connection, the shared back-off between attempts.
+
+:data:`PROTOCOLS`: the MQTT versions a publisher speaks, "5" (the default:
+content-type property, clean start, no session kept) and "3.1.1" (for
+brokers that refuse MQTT 5, NATS's MQTT listener among them).
 """
 
 from __future__ import annotations
@@ -13,7 +21,7 @@ from __future__ import annotations
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 from urllib.parse import unquote, urlsplit
 
 from farmedge.logs import redact_url
@@ -23,7 +31,12 @@ from .errors import BrokerUrlError, TransportError
 if TYPE_CHECKING:
     import paho.mqtt.client as mqtt
 
-__all__ = ["PLAIN_PORT", "SCHEMES", "TLS_PORT", "Broker", "parse_broker_url"]
+__all__ = ["PLAIN_PORT", "PROTOCOLS", "SCHEMES", "TLS_PORT", "Broker", "BrokerRing", "Protocol",
+           "parse_broker_url", "parse_broker_urls"]
+
+#: MQTT protocol versions, as settings spell them.
+Protocol = Literal["5", "3.1.1"]
+PROTOCOLS: tuple[Protocol, ...] = ("5", "3.1.1")
 
 #: scheme -> TLS
 SCHEMES: dict[str, bool] = {"mqtt": False, "tcp": False, "mqtts": True, "ssl": True}
@@ -108,3 +121,61 @@ def parse_broker_url(url: str, *, username: str | None = None, password: str | N
                   ca_file=Path(ca_file) if ca_file else None,
                   cert_file=Path(cert_file) if cert_file else None,
                   key_file=Path(key_file) if key_file else None, url=url.strip())
+
+
+def parse_broker_urls(urls: list[str], *, username: str | None = None,
+                      password: str | None = None, ca_file: Path | str | None = None,
+                      cert_file: Path | str | None = None,
+                      key_file: Path | str | None = None) -> list[Broker]:
+    """Several URLs (a cluster's nodes), each parsed by :func:`parse_broker_url`
+    with the same credentials and TLS files. An empty list, or a URL given
+    twice, is a :class:`BrokerUrlError` naming its position."""
+    if not urls:
+        raise BrokerUrlError("the list of broker URLs is empty")
+    out: list[Broker] = []
+    seen: set[tuple[str, int]] = set()
+    for i, url in enumerate(urls):
+        try:
+            b = parse_broker_url(url, username=username, password=password, ca_file=ca_file,
+                                 cert_file=cert_file, key_file=key_file)
+        except BrokerUrlError as exc:
+            if len(urls) == 1:
+                raise
+            raise BrokerUrlError(f"URL {i + 1} of {len(urls)}: {exc}") from None
+        if (b.host, b.port) in seen:
+            raise BrokerUrlError(f"URL {i + 1} of {len(urls)} ({b.redacted!r}) names "
+                                 f"{b.host}:{b.port} again")
+        seen.add((b.host, b.port))
+        out.append(b)
+    return out
+
+
+class BrokerRing:
+    """The brokers a client tries, in turn: it starts with the first and
+    moves to the next (round robin) after every connect that failed and
+    every connection that ended, so a client whose node died tries the
+    others while the back-off spaces the attempts. With one broker it is
+    always that one."""
+
+    def __init__(self, brokers: list[Broker]) -> None:
+        if not brokers:
+            raise BrokerUrlError("no broker to connect to")
+        self.brokers = list(brokers)
+        #: Index of the broker the next attempt goes to.
+        self.index = 0
+
+    def __len__(self) -> int:
+        return len(self.brokers)
+
+    @property
+    def current(self) -> Broker:
+        return self.brokers[self.index]
+
+    def advance(self) -> Broker:
+        """Move to the next broker (after a failure or a loss); returns it."""
+        self.index = (self.index + 1) % len(self.brokers)
+        return self.current
+
+    def where(self) -> str:
+        """``node i/n`` for the logs."""
+        return f"{self.index + 1}/{len(self.brokers)}"

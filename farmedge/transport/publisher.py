@@ -3,8 +3,15 @@ recorder, the simulator and the dev tools' counters use it (the edge's
 source, which consumes with manual acknowledgement, is
 :class:`farmedge.transport.mqtt.MqttSource`).
 
-One :class:`Publisher` is one MQTT 5 connection: a fresh paho client, clean
-start, no session kept, paho's own reconnecting turned off. To reconnect,
+One :class:`Publisher` is one MQTT connection: a fresh paho client, paho's
+own reconnecting turned off. MQTT 5 by default: clean start, no session
+kept (session expiry 0), the content type sent as a property. With
+``protocol="3.1.1"`` (brokers that refuse MQTT 5, NATS's MQTT listener
+among them) there are no properties: content types are not sent (the
+contract tells its encodings apart by their first byte) and a received
+message has none; ``persistent_session=True`` then connects with clean
+session false, so the broker keeps the session of the (stable) client id
+across connections and nodes. To reconnect,
 make another one (:func:`farmedge.transport.reconnect.reconnect_forever`
 does it with the shared back-off). Nothing of a dead connection is resent
 behind its owner's back: a message counts as delivered when its PUBACK came
@@ -38,7 +45,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from .broker import Broker
+from .broker import PROTOCOLS, Broker, Protocol
 from .errors import BrokerUnreachable, ConnectRefused, NoConnack, NotConnected, TransportError
 
 __all__ = ["Message", "Publisher", "Received"]
@@ -81,7 +88,7 @@ def _props(packet: int, content_type: str | None) -> Properties | None:
 
 
 class Publisher:
-    """One MQTT 5 connection for publishing (QoS 0/1, retained, with a last
+    """One MQTT connection (5 or 3.1.1) for publishing (QoS 0/1, retained, with a last
     will) and simple subscriptions.
 
     ``on_ack(mid, code)``: the broker's PUBACK for a QoS 1 message, or the
@@ -92,6 +99,7 @@ class Publisher:
 
     def __init__(self, broker: Broker, *, client_id: str = "", keepalive_s: int = 30,
                  will: Message | None = None, max_inflight: int = 0,
+                 protocol: Protocol = "5", persistent_session: bool = False,
                  loop: asyncio.AbstractEventLoop | None = None,
                  on_ack: Callable[[int, int], None] | None = None,
                  on_lost: Callable[[str], None] | None = None,
@@ -102,6 +110,15 @@ class Publisher:
         self.will = will
         #: In-flight QoS 1 messages paho sends before it queues (0: no limit).
         self.max_inflight = max_inflight
+        if protocol not in PROTOCOLS:
+            raise TransportError(f"MQTT protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        if persistent_session and (protocol != "3.1.1" or not client_id):
+            raise TransportError("a persistent session needs MQTT 3.1.1 and a client id")
+        self.protocol: Protocol = protocol
+        #: 3.1.1 only: clean session false (the broker keeps the session).
+        self.persistent_session = persistent_session
+        #: The broker's CONNACK said it had kept a session for this client id.
+        self.session_present = False
         self._loop = loop
         self._on_ack = on_ack
         self._on_lost = on_lost
@@ -125,13 +142,19 @@ class Publisher:
         TransportError for TLS files that cannot be read."""
         if self._client is not None:
             raise TransportError("a Publisher connects once: make another one to reconnect")
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
-                        protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        v5 = self.protocol == "5"
+        if v5:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                            protocol=mqtt.MQTTv5, reconnect_on_failure=False)
+        else:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id,
+                            protocol=mqtt.MQTTv311, clean_session=not self.persistent_session,
+                            reconnect_on_failure=False)
         self.broker.configure(c)
         if self.will is not None:
             w = self.will
             c.will_set(w.topic, w.payload, qos=w.qos, retain=w.retain,
-                       properties=_props(PacketTypes.WILLMESSAGE, w.content_type))
+                       properties=self._props(PacketTypes.WILLMESSAGE, w.content_type))
         c.max_inflight_messages_set(self.max_inflight)
         c.max_queued_messages_set(0)
         c.connect_timeout = timeout
@@ -141,12 +164,15 @@ class Publisher:
         c.on_subscribe = self._cb_subscribe
         c.on_message = self._cb_message
         self._client = c
-        props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        props.SessionExpiryInterval = 0
         where = f"{self.broker.host}:{self.broker.port}"
         try:
-            rc = c.connect(self.broker.host, self.broker.port, keepalive=self.keepalive_s,
-                           clean_start=True, properties=props)
+            if v5:
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+                props.SessionExpiryInterval = 0
+                rc = c.connect(self.broker.host, self.broker.port, keepalive=self.keepalive_s,
+                               clean_start=True, properties=props)
+            else:
+                rc = c.connect(self.broker.host, self.broker.port, keepalive=self.keepalive_s)
         except (OSError, ValueError) as exc:  # ssl.SSLError and timeouts are OSErrors
             self.lost.set()
             raise BrokerUnreachable(f"cannot reach {where}: {exc}") from None
@@ -184,6 +210,10 @@ class Publisher:
         if not fut.cancelled() and fut.exception() is None:
             threading.Thread(target=self.close, daemon=True).start()
 
+    def _props(self, packet: int, content_type: str | None) -> Properties | None:
+        """The content-type property (MQTT 5 only: 3.1.1 has no properties)."""
+        return _props(packet, content_type) if self.protocol == "5" else None
+
     # -- sending ---------------------------------------------------------
     def publish(self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False,
                 content_type: str | None = None) -> int:
@@ -194,7 +224,7 @@ class Publisher:
         if c is None or not self.connected:
             raise NotConnected(f"not connected to {self.broker.redacted}")
         info = c.publish(topic, payload, qos=qos, retain=retain,
-                         properties=_props(PacketTypes.PUBLISH, content_type))
+                         properties=self._props(PacketTypes.PUBLISH, content_type))
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             if info.rc == MQTTErrorCode.MQTT_ERR_NO_CONN:
                 raise NotConnected(f"not connected to {self.broker.redacted}")
@@ -209,7 +239,7 @@ class Publisher:
             return False
         m = message
         info = c.publish(m.topic, m.payload, qos=m.qos, retain=m.retain,
-                         properties=_props(PacketTypes.PUBLISH, m.content_type))
+                         properties=self._props(PacketTypes.PUBLISH, m.content_type))
         if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
             return False
         with contextlib.suppress(RuntimeError, ValueError):  # the connection went away
@@ -223,7 +253,10 @@ class Publisher:
         if c is None or not self.connected:
             raise NotConnected(f"not connected to {self.broker.redacted}")
         with self._suback:
-            rc, mid = c.subscribe([(f, SubscribeOptions(qos=qos)) for f in filters])
+            if self.protocol == "5":
+                rc, mid = c.subscribe([(f, SubscribeOptions(qos=qos)) for f in filters])
+            else:
+                rc, mid = c.subscribe([(f, qos) for f in filters])
             if rc != MQTTErrorCode.MQTT_ERR_SUCCESS or mid is None:
                 raise NotConnected(f"subscribe failed: {mqtt.error_string(rc)}")
             if not self._suback.wait_for(lambda: mid in self._subacks or self.lost.is_set(),
@@ -267,6 +300,7 @@ class Publisher:
                     properties: Any) -> None:
         self._connack_reason = reason
         if not getattr(reason, "is_failure", False):
+            self.session_present = bool(getattr(flags, "session_present", False))
             self.connected = True
         self._connack.set()
 

@@ -294,8 +294,13 @@ async def test_gateway_killed_gives_one_offline_and_one_back_online(
         await rig.step(120)
         gw.kill()                      # power cut: no DISCONNECT, the broker sends the will
         gw.wait()
+        await until(lambda: rig.engine.stats["status"] == 2, timeout=15, what="last will")
+        await settle(rig.engine)
+        assert http.posts == []        # a last will is a suspicion: it waits 5 min
+        await rig.step(300)
         await until(lambda: len(http.posts) == 1, timeout=15, what="offline alert")
-        assert http.messages()[0] == "gw-1网关离线：已2分钟没有数据，请检查供电和网络。"
+        # The true silence: last heard 7 min ago (2 min before the will).
+        assert http.messages()[0] == "gw-1网关离线：已7分钟没有数据，请检查供电和网络。"
         # Sensors behind the dead gateway do not add their own silence alerts.
         for _ in range(6):
             await rig.step(600)
@@ -432,7 +437,7 @@ def test_cli_check_and_templates(tmp_path: Path, dry_rules: Path) -> None:
                               timeout=60)
 
     ok = run("check", str(dry_rules))
-    assert ok.returncode == 0 and ok.stdout.startswith("ok: 11 profiles"), ok.stderr
+    assert ok.returncode == 0 and ok.stdout.startswith("ok: 12 profiles"), ok.stderr
     bad = tmp_path / "bad.yaml"
     bad.write_text("profiles:\n  x:\n    rulez: []\n")
     r = run("check", str(bad))

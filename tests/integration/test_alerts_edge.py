@@ -69,6 +69,9 @@ async def test_reading_through_the_edge_reaches_the_farmer(
     pub = Publisher(mosquitto.url)
     try:
         await until(lambda: svc.mqtt.subscribed, what="edge subscribed")
+        # The edge told the engine it started, then that its broker is up.
+        await until(lambda: engine.health.connected and engine.stats["center_events"] >= 2,
+                    what="the engine knows the edge is receiving")
         pub.publish(status_topic(county, "wang-12", "gw-1"),
                     status_payload("gw-1", True, clock="synced"), retain=True)
         # maize-blacksoil through the plot's crop: FC 36, WP 19, light drought
@@ -92,8 +95,11 @@ async def test_reading_through_the_edge_reaches_the_farmer(
         # The gateway's last will: offline.
         pub.publish(status_topic(county, "wang-12", "gw-1"), status_payload("gw-1", False),
                     retain=True)
+        await until(lambda: engine.stats["status"] == 2, what="last will")
+        clock.advance(300)             # a last will waits 5 min before it is believed
+        engine.wake()
         await until(lambda: len(http.posts) == 2, what="offline message")
-        assert http.messages()[1] == "gw-1网关离线：已10分钟没有数据，请检查供电和网络。"
+        assert http.messages()[1] == "gw-1网关离线：已15分钟没有数据，请检查供电和网络。"
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)

@@ -102,9 +102,10 @@ CHILD = """
 import os, sys
 from farmedge.transport.broker import parse_broker_url
 from farmedge.transport.publisher import Message, Publisher
-url, topic = sys.argv[1:3]
+url, topic, protocol = sys.argv[1:4]
 p = Publisher(parse_broker_url(url), client_id="will-" + str(os.getpid()), keepalive_s=5,
-              will=Message(topic, b'{"online":false}', qos=1, retain=True))
+              will=Message(topic, b'{"online":false}', qos=1, retain=True), protocol=protocol,
+              persistent_session=protocol == "3.1.1")
 p.connect(10)
 assert p.publish_wait(Message(topic, b'{"online":true}', qos=1, retain=True), 10)
 print("up", flush=True)
@@ -112,10 +113,11 @@ sys.stdin.read()
 """
 
 
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
 def test_the_last_will_is_left_retained_when_the_process_dies(mosquitto: MosquittoServer,
-                                                              county: str) -> None:
+                                                              county: str, protocol: str) -> None:
     topic = f"farm/v1/{county}/f/g/status"
-    child = subprocess.Popen([sys.executable, "-c", CHILD, mosquitto.url, topic],
+    child = subprocess.Popen([sys.executable, "-c", CHILD, mosquitto.url, topic, protocol],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
         assert child.stdout is not None and child.stdout.readline() == b"up\n"
@@ -134,6 +136,55 @@ def test_the_last_will_is_left_retained_when_the_process_dies(mosquitto: Mosquit
     finally:
         if child.poll() is None:
             child.kill()
+
+
+def test_mqtt_3_1_1_keeps_a_persistent_session_and_sends_no_properties(
+        mosquitto: MosquittoServer, county: str) -> None:
+    topic = f"farm/v1/{county}/f/g/telemetry"
+    status = f"farm/v1/{county}/f/g/status"
+    inbox = Inbox(mosquitto.url, topic, status)  # an MQTT 5 subscriber
+    acks: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def acked(mid: int, code: int) -> None:
+        with lock:
+            acks[mid] = code
+
+    cid = _id()
+
+    def make() -> Publisher:
+        return Publisher(parse_broker_url(mosquitto.url), client_id=cid, protocol="3.1.1",
+                         persistent_session=True, on_ack=acked, max_inflight=10,
+                         will=Message(status, b"offline", qos=1, retain=True,
+                                      content_type="application/json"))
+
+    pub = make()
+    pub.connect(10)
+    try:
+        mids = [pub.publish(topic, json.dumps({"n": i}).encode(), qos=1,
+                            content_type="application/json") for i in range(50)]
+        eventually(lambda: len(acks) == 50, what="50 PUBACKs")
+        assert set(acks) == set(mids) and set(acks.values()) == {0}
+        assert pub.publish_wait(Message(status, b"online", qos=1, retain=True,
+                                        content_type="application/json"), 10)
+        got = eventually(lambda: (m := inbox.on(topic)) and len(m) == 50 and m,
+                         what="50 messages at the subscriber")
+        assert [json.loads(m.payload)["n"] for m in got] == list(range(50))
+        assert {m.content_type for m in got} == {None}  # 3.1.1 has no properties
+        [st] = eventually(lambda: inbox.on(status), what="the status")
+        assert st.payload == b"online" and st.content_type is None
+    finally:
+        pub.close()
+    assert not pub.session_present
+    again = make()
+    again.connect(10)
+    try:
+        # Clean session false: the broker kept the session of the client id
+        # (with clean session true it never says so).
+        assert again.session_present
+    finally:
+        again.close()
+        inbox.pub.close()
 
 
 def test_a_clean_close_sends_no_will(mosquitto: MosquittoServer, county: str) -> None:

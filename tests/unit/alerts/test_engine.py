@@ -292,7 +292,10 @@ async def test_last_will_offline_and_sensors_behind_it_stay_quiet(tmp_path: Path
     await rig.step(120)
     rig.status(online=False)
     await rig.step()
-    assert rig.notifier.messages() == ["gw-1网关离线：已2分钟没有数据，请检查供电和网络。"]
+    assert rig.notifier.sent == []     # a last will is a suspicion: it waits 5 min
+    await rig.step(300)
+    # The true silence: last heard 7 min ago (2 min before the will).
+    assert rig.notifier.messages() == ["gw-1网关离线：已7分钟没有数据，请检查供电和网络。"]
     for _ in range(6):
         await rig.step(600)
     assert len(rig.notifier.sent) == 1

@@ -148,10 +148,12 @@ def test_export_rows_tell_encoding_and_segments() -> None:
     rows = export_templates(load_rules())
     zh = [r for r in rows if r.language == "zh"]
     assert zh and all(r.encoding == "ucs2" and r.segments == 1 for r in zh)
-    # The widest plot name is Chinese, so English texts are UCS-2 too; the
-    # rows say which take two segments.
+    # The widest plot name is Chinese, so English texts naming a place are
+    # UCS-2 too (the operators' texts of the center profile that name none
+    # stay GSM-7); the rows say which take two segments.
     en = [r for r in rows if r.language == "en"]
-    assert en and all(r.encoding == "ucs2" for r in en)
+    assert en and all(r.encoding == "ucs2" for r in en if "where" in r.variables)
+    assert all(r.encoding == "gsm7" for r in en if not set(r.variables) & {"where", "farm"})
     assert {r.segments for r in en} <= {1, 2, 3}
     for r in rows:
         assert r.segments == sms_length("x" * r.widest_chars
