@@ -42,7 +42,6 @@ class Publisher:
     inflight: int = 20
     acked: set[str] = field(default_factory=set)
     _mids: dict[int, str] = field(default_factory=dict)
-    #: PUBACKs that came before publish() recorded their message id.
     _early: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -58,10 +57,10 @@ class Publisher:
                     props: object) -> None:
         with self._lock:
             payload = self._mids.pop(mid, None)
-            if payload is None:
-                self._early.add(mid)
-            else:
+            if payload is not None:
                 self.acked.add(payload)
+            else:   # acknowledged before publish() could note its mid
+                self._early.add(mid)
 
     def connect(self) -> Publisher:
         self.client.connect("127.0.0.1", self.port, keepalive=10)
@@ -69,8 +68,8 @@ class Publisher:
         return self
 
     def publish(self, topic: str, payload: str) -> None:
-        # Not under self._lock: paho's network thread calls _on_publish with
-        # its own locks held, which publish() takes too.
+        # Not under self._lock: paho calls _on_publish holding its own lock,
+        # which publish() takes too (holding both in opposite orders hung).
         info = self.client.publish(topic, payload.encode(), qos=1)
         with self._lock:
             if info.mid in self._early:
