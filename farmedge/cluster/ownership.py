@@ -106,10 +106,20 @@ class Ownership:
                     names.add(decode_token(token))
         return sorted(names)
 
+    async def _bounded(self, what: str, coro: Awaitable[None]) -> None:
+        """Run a caller's callback, but never let it hold up the round that
+        renews the other leases for more than a third of their TTL."""
+        task = asyncio.ensure_future(coro)
+        await asyncio.wait({task}, timeout=self.cfg.lease_ttl_s / 3)
+        if not task.done():
+            log.warning("cluster.callback_slow", callback=what)
+        elif not task.cancelled() and task.exception() is not None:
+            log.warning("cluster.callback_failed", callback=what, error=str(task.exception()))
+
     async def _drop(self, partition: int, reason: str) -> None:
         self.owned.pop(partition, None)
         self.changes += 1
-        await self.on_lost(partition, reason)
+        await self._bounded("on_lost", self.on_lost(partition, reason))
 
     async def _renew_all(self) -> None:
         for p, lease in sorted(self.owned.items()):
@@ -144,7 +154,7 @@ class Ownership:
             self.owned[p] = lease
             self.changes += 1
             want -= 1
-            await self.on_gained(lease)
+            await self._bounded("on_gained", self.on_gained(lease))
 
     async def rebalance(self) -> None:
         """One round: heartbeat, renew, give back or take."""

@@ -56,6 +56,10 @@ class PartitionedSource:
         self.acked = 0
         self.fenced = 0
 
+    @property
+    def _bound_s(self) -> float:
+        return min(self.cfg.ack_wait_s, self.cfg.lease_ttl_s / 6)
+
     async def start(self) -> PartitionedSource:
         js = self.nc.jetstream()
         await tn.ensure_stream(js, self.cfg)
@@ -95,12 +99,13 @@ class PartitionedSource:
             # rebalance round renews the other leases in time (a batch cut
             # short is delivered again to the next owner).
             self._draining.add(partition)
-            wait = min(self.cfg.ack_wait_s, self.cfg.lease_ttl_s / 3)
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(task), wait)
+            await asyncio.wait({task}, timeout=self._bound_s)
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+        # Bounded: a partition's loop must never hold up the rebalance round
+        # that renews the other leases (asyncio.wait does not wait past it).
+        await asyncio.wait({task}, timeout=self._bound_s)
+        if not task.done():
+            log.warning("cluster.partition_stop_slow", partition=partition)
 
     async def _run(self, p: int) -> None:
         reader = tn.PartitionReader(self.nc.jetstream(), self.cfg, p)
@@ -115,7 +120,8 @@ class PartitionedSource:
                 if batch.deliveries:
                     await self._settle(batch)
         finally:
-            await reader.close()
+            closing = asyncio.ensure_future(reader.close())
+            await asyncio.wait({closing}, timeout=self._bound_s)
 
     async def _settle(self, batch: tn.Batch) -> None:
         p = batch.partition
