@@ -287,6 +287,7 @@ class CenterIncidents:
         what = ev.what
         c = CENTER_COUNTY
         if what == "edge_started":
+            self._forget_pending(("broker_down", "influx_down"))
             grace = fmt_duration(h.grace_s(self._longest_interval()))
             self.notice("edge_restarted", c, "edge", "edge", now, {"duration": grace})
         elif what == "broker_down" and was_connected:
@@ -373,6 +374,16 @@ class CenterIncidents:
         return br.key if br is not None else None
 
     # ------------------------------------------------------------ restart
+
+    def _forget_pending(self, checks: tuple[str, ...]) -> None:
+        """Incidents of the edge's previous run still pending: over (a
+        firing one stays, and clears when its condition ends)."""
+        keys = {br.key for c, br in self.rule.items() if c in checks}
+        sm = self.machine
+        for key, st in list(sm.states.items()):
+            if st.rule in keys and st.status == "pending":
+                del sm.states[key]
+                sm.changes.states[key] = None
 
     def forget_mass(self) -> None:
         """After a restart: a mass incident's gateways are not known any

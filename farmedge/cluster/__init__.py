@@ -1,5 +1,6 @@
 """Partition ownership across edge instances: leases in JetStream's
-key-value store (leases), fair shares and takeover (ownership), and the
+key-value store (leases), fair shares and takeover (ownership), reading the owned partitions
+(source: fetch, hand over, fence, acknowledge), and the
 encoding of ids into key-value keys (keys). docs/scaling.md, "NATS".
 
 Imports only :mod:`farmedge.transport`, :mod:`farmedge.contract`,
@@ -8,9 +9,11 @@ Imports only :mod:`farmedge.transport`, :mod:`farmedge.contract`,
 from .keys import KeyCodingError, decode_token, encode_token, instance_key, lease_key
 from .leases import Fenced, Holder, Lease, LeaseError, LeaseLost, LeaseStore
 from .ownership import Ownership, fair_share
+from .source import Handler, PartitionedSource
 
 __all__ = [
     "Fenced",
+    "Handler",
     "Holder",
     "KeyCodingError",
     "Lease",
@@ -18,6 +21,7 @@ __all__ = [
     "LeaseLost",
     "LeaseStore",
     "Ownership",
+    "PartitionedSource",
     "decode_token",
     "encode_token",
     "fair_share",

@@ -343,7 +343,8 @@ class EdgeService:
         c.rejected.clear()
         m.seq_gaps.inc(c.seq_gaps)
         m.seq_duplicates.inc(c.seq_duplicates)
-        c.seq_gaps = c.seq_duplicates = 0
+        m.seq_restarts.inc(c.seq_restarts)
+        c.seq_gaps = c.seq_duplicates = c.seq_restarts = 0
 
     # -- housekeeping: probes, gauges, the `edge` and `gateway` points ------
     async def _housekeeping_loop(self) -> None:

@@ -49,6 +49,9 @@ class EdgeMetrics:
                                 "Messages missing in gateways' sequence numbers", registry=r)
         self.seq_duplicates = Counter("farmedge_seq_duplicate_messages",
                                       "Messages received again (redelivery)", registry=r)
+        self.seq_restarts = Counter("farmedge_seq_restarts",
+                                    "Gateways' seq starting over (a new outbox), not gaps",
+                                    registry=r)
         self.pending = Gauge("farmedge_pending_messages",
                              "Messages received but not yet acknowledged", registry=r)
         self.mqtt_connected = Gauge("farmedge_mqtt_connected", "1 while connected to the broker",

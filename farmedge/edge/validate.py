@@ -106,6 +106,8 @@ class IngestCounters:
     rejected: dict[str, int] = field(default_factory=dict)
     seq_gaps: int = 0
     seq_duplicates: int = 0
+    #: Gateways whose seq went far back (a new outbox: counted, not a gap).
+    seq_restarts: int = 0
 
 
 
@@ -389,7 +391,10 @@ class Validator:
             out.points.append(f"{_gateway_series(county, farm, gateway)} "
                               f"{GatewayField.SEQ_GAP}={gap}i {msg.received_ms}")
         elif seq + 1000 < last:
+            self.counters.seq_restarts += 1
             self._log.info("ingest.seq_restart", gateway=gateway, last=last, seq=seq)
+            out.points.append(f"{_gateway_series(county, farm, gateway)} "
+                              f"{GatewayField.SEQ_RESTART}=1i {msg.received_ms}")
         else:
             self.counters.seq_duplicates += 1
 

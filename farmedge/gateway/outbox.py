@@ -198,7 +198,8 @@ class Outbox:
             meta = f.meta()
             self.dropped = meta.get("dropped", 0)
             # Sequence numbers are reserved in blocks, so a crash can skip
-            # numbers (a gap the edge sees) but never repeat one.
+            # numbers (a gap the edge sees) but never repeat one; a clean
+            # stop keeps the exact next one here (close()).
             self._seq = self._seq_reserved = meta.get("seq_reserved", 0)
             self._boots = f.boots()
             last = f.last_reading_id()
@@ -208,7 +209,10 @@ class Outbox:
             raise
 
     def close(self) -> None:
+        """Commit and close, keeping the exact next ``seq`` (a restart: no gap)."""
         if self.file.is_open:
+            if not self.full and self._seq != self._seq_reserved:
+                self._reserve(self._seq)
             self.commit()
             self.file.close()
 
@@ -306,8 +310,7 @@ class Outbox:
 
     def delete(self, rows: Iterable[Row]) -> None:
         """Forget readings the broker acknowledged (durable at the next commit).
-        On a full disk they stay, and are sent again (the edge stores a
-        reading once)."""
+        On a full disk they stay, sent again (the edge stores a reading once)."""
         rows = list(rows)
         if not rows:
             return
@@ -325,8 +328,7 @@ class Outbox:
             self._recount()
 
     def discard(self, rows: Iterable[Row]) -> None:
-        """Drop readings that can never be sent, counting them in ``dropped``
-        (durable at the next commit)."""
+        """Drop readings that can never be sent, counted in ``dropped``."""
         ids = [r.id for r in rows]
         if not ids or self.full:
             return
@@ -362,26 +364,26 @@ class Outbox:
 
     def next_seq(self) -> int:
         if self._seq >= self._seq_reserved and not self.full:
-            reserved = self._seq + SEQ_BLOCK
-            try:
-                self.file.begin()
-                self.file.set_meta("seq_reserved", reserved)
-            except DiskFull as exc:
-                self._disk_full(exc)
-            else:
-                self.commit()
-                if not self.full:
-                    self._seq_reserved = reserved
+            self._reserve(self._seq + SEQ_BLOCK)
         # While the disk is full, numbers go on unreserved: after a crash the
         # edge may count a repeat (a duplicate), it loses nothing.
-        seq = self._seq
         self._seq += 1
-        return seq
+        return self._seq - 1
+
+    def _reserve(self, upto: int) -> None:  # the first seq not to use again
+        try:
+            self.file.begin()
+            self.file.set_meta("seq_reserved", upto)
+        except DiskFull as exc:
+            self._disk_full(exc)
+            return
+        self.commit()
+        if not self.full:
+            self._seq_reserved = upto
 
     def enforce_bounds(self, now_wall_ms: int | None) -> int:
-        """Drop the oldest readings beyond the size bound, and readings older
-        than the age bound (judged only when the clock is set). Returns how
-        many were dropped."""
+        """Drop the oldest readings beyond the size bound, and those older than
+        the age bound (judged only when the clock is set); how many."""
         dropped = 0
         if self.full:
             return 0

@@ -140,6 +140,7 @@ class GatewayField:
     OUTBOX_FULL: Final = "outbox_full"
     # the edge's
     SEQ_GAP: Final = "seq_gap"
+    SEQ_RESTART: Final = "seq_restart"
     REGISTERED: Final = "registered"
     REGISTRY_SENSORS: Final = "registry_sensors"
     REGISTRY_SENSOR_IDS: Final = "registry_sensor_ids"
@@ -292,7 +293,8 @@ def _measurements() -> dict[str, MeasurementSchema]:
                                        MappingProxyType({
         g.ONLINE: _B, g.UPTIME_S: _F, g.OUTBOX_OLDEST_AGE_S: _F, g.CPU_TEMPERATURE: _F,
         g.DISK_FREE_MB: _F, g.OUTBOX_DEPTH: _I, g.DROPPED: _I, g.VERSION: _S, g.CLOCK: _S,
-        g.CLOCK_SYNCED: _B, g.OUTBOX_FULL: _B, g.SEQ_GAP: _I, g.REGISTERED: _I,
+        g.CLOCK_SYNCED: _B, g.OUTBOX_FULL: _B, g.SEQ_GAP: _I, g.SEQ_RESTART: _I,
+        g.REGISTERED: _I,
         g.REGISTRY_SENSORS: _I, g.REGISTRY_SENSOR_IDS: _S, g.REGISTRY_INTERVAL_S: _F}))
     d = DeadLetterField
     out[_M.INGEST_ERRORS] = MeasurementSchema(_M.INGEST_ERRORS, (Tag.EDGE, Tag.REASON, Tag.SLOT),

@@ -143,6 +143,17 @@ def test_a_sequence_gap_is_a_gateway_point_not_a_reading() -> None:
     assert val.counters.seq_gaps == 3
 
 
+def test_a_sequence_starting_over_is_a_restart_point_not_a_gap() -> None:
+    val = _validator()
+    val.validate(_msg(make_payload("gw-1", 5000, [_reading("s1")])))
+    v = val.validate(_msg(make_payload("gw-1", 0, [_reading("s1")])))  # a new outbox
+    assert v.points == [f"gateway,county=c1,farm=f1,gateway=gw-1 seq_restart=1i {NOW}"]
+    v = val.validate(_msg(make_payload("gw-1", 1, [_reading("s1")])))
+    assert v.points == []
+    assert (val.counters.seq_restarts, val.counters.seq_gaps,
+            val.counters.seq_duplicates) == (1, 0, 0)
+
+
 def test_a_status_is_a_point_and_a_status_record() -> None:
     v = _validator().validate(_msg(b'{"v":1,"gateway":"gw-1","online":true}',
                                    topic="farm/v1/c1/f1/gw-1/status"))

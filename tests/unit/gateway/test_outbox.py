@@ -55,6 +55,23 @@ def test_sequence_numbers_never_repeat_after_a_crash(tmp_path: Path) -> None:
     ob.close()
 
 
+def test_a_clean_stop_keeps_the_exact_next_sequence_number(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.db").open()
+    a = [ob.next_seq() for _ in range(5)]
+    ob.close()  # a clean stop
+    ob = Outbox(tmp_path / "o.db").open()
+    b = [ob.next_seq() for _ in range(3)]
+    ob.db.close()  # then a crash: the block reserved from 5 on is skipped, none repeated
+    ob = Outbox(tmp_path / "o.db").open()
+    c = ob.next_seq()
+    ob.close()
+    ob = Outbox(tmp_path / "o.db").open()
+    d = ob.next_seq()
+    ob.close()
+    assert a == [0, 1, 2, 3, 4] and b == [5, 6, 7]
+    assert c == 5 + 1000 and d == c + 1
+
+
 def test_outbox_drops_the_oldest_beyond_its_size_and_counts_it(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "o.db", max_bytes=100 * 61).open()  # ~100 rows of 61 B
     ob.add([row(i) for i in range(250)], "b1")
