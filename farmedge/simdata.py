@@ -50,6 +50,8 @@ from farmedge.contract import KINDS, Kind
 __all__ = [
     "BAD_KINDS",
     "DEFAULT_CHANNELS",
+    "EPISODE_FEVER_C",
+    "Episode",
     "FarmSim",
     "GatewaySim",
     "SensorSim",
@@ -521,6 +523,34 @@ class _Battery:
 
 # --- public API ---------------------------------------------------------
 
+#: Fever of an :class:`Episode` cow over her baseline, °C: 38.5 + 2.0 is past
+#: the BRD case definition of 40 °C (DOMAIN "Cattle temperature").
+EPISODE_FEVER_C = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class Episode:
+    """A farm problem that develops in seconds instead of days, for a demo.
+
+    Off by default (``SensorSim.episode`` is None): nothing else changes the
+    model. From ``start_ms`` a soil probe's plot is neither irrigated nor
+    rained on and dries out, 95 % of the way to its wilting point (or to half
+    its field capacity when that is lower) within ``develop_s``; a bolus's or
+    collar's cow runs a fever rising to :data:`EPISODE_FEVER_C` over her
+    baseline within ``develop_s`` and staying there, drinking nothing (so no
+    drinking dips in the bolus readings) and moving less. Still a pure
+    function of the time.
+    """
+
+    start_ms: int
+    develop_s: float = 20.0
+
+    def progress(self, ts: int) -> float:
+        """0 before ``start_ms``, rising to 1 after ``develop_s``."""
+        if ts <= self.start_ms:
+            return 0.0
+        return min(1.0, (ts - self.start_ms) / max(1.0, self.develop_s * 1000))
+
 
 @dataclass(frozen=True, slots=True)
 class SimReading:
@@ -573,6 +603,8 @@ class SensorSim:
     seed: int = 0
     animal: str | None = None
     fever_rate: float = 0.01  # fever episodes starting per animal per day
+    #: A demo's accelerated problem on this device (default: none).
+    episode: Episode | None = None
     _kind: Kind = field(init=False, repr=False, compare=False)
     _model: Any = field(init=False, repr=False, compare=False)
     _noise_key: int = field(init=False, repr=False, compare=False)
@@ -617,6 +649,10 @@ class SensorSim:
         ``interval_ms`` is the time since the previous reading (for rainfall)."""
         m = self._model
         k = self.kind
+        if self.episode is not None and ts > self.episode.start_ms:
+            v = self._episode_value(ts)
+            if v is not None:
+                return v
         if k == "soil_moisture":
             return float(m.moisture(ts) + m.offset)
         if k == "soil_temperature":
@@ -645,6 +681,31 @@ class SensorSim:
         if k == "battery_voltage":
             return float(m.voltage(ts))
         return (self._kind.low + self._kind.high) / 2
+
+    def _episode_value(self, ts: int) -> float | None:
+        """The value under :attr:`episode` (after its start), None for kinds
+        it does not change."""
+        assert self.episode is not None
+        m = self._model
+        k = self.kind
+        x = self.episode.progress(ts)
+        if k in ("soil_moisture", "soil_ec"):
+            start = m.moisture(self.episode.start_ms)
+            floor = min(m.wp, 0.5 * m.fc)
+            x = (ts - self.episode.start_ms) / max(1.0, self.episode.develop_s * 1000)
+            theta = floor + (start - floor) * math.exp(-3.0 * x)
+            if k == "soil_moisture":
+                return float(theta + m.offset)
+            return float(m.ec_base * (max(theta, 1.0) / m.fc) ** 1.5)
+        if k == "animal_body_temperature":
+            extra = max(0.0, EPISODE_FEVER_C * x - m.fever(ts))
+            return float(m.body_temperature(ts, bolus=False) + extra)
+        if k == "animal_activity":
+            steps = float(m.activity(ts))
+            if EPISODE_FEVER_C * x > 0.5 and m.fever(ts) <= 0.5:
+                steps *= 0.6
+            return steps
+        return None
 
     def reading(self, ts: int, *, interval_ms: int = 60_000, bad_rate: float = 0.0
                 ) -> SimReading:

@@ -42,6 +42,7 @@ class Publisher:
     inflight: int = 20
     acked: set[str] = field(default_factory=set)
     _mids: dict[int, str] = field(default_factory=dict)
+    _early: set[int] = field(default_factory=set)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def __post_init__(self) -> None:
@@ -58,6 +59,8 @@ class Publisher:
             payload = self._mids.pop(mid, None)
             if payload is not None:
                 self.acked.add(payload)
+            else:   # acknowledged before publish() could note its mid
+                self._early.add(mid)
 
     def connect(self) -> Publisher:
         self.client.connect("127.0.0.1", self.port, keepalive=10)
@@ -65,9 +68,15 @@ class Publisher:
         return self
 
     def publish(self, topic: str, payload: str) -> None:
+        # Not under self._lock: paho calls _on_publish holding its own lock,
+        # which publish() takes too (holding both in opposite orders hung).
+        info = self.client.publish(topic, payload.encode(), qos=1)
         with self._lock:
-            info = self.client.publish(topic, payload.encode(), qos=1)
-            self._mids[info.mid] = payload
+            if info.mid in self._early:
+                self._early.discard(info.mid)
+                self.acked.add(payload)
+            else:
+                self._mids[info.mid] = payload
 
     def wait_acked(self, n: int, timeout: float = 60.0) -> int:
         deadline = time.monotonic() + timeout

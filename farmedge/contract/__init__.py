@@ -35,10 +35,12 @@ from .models import (
     MAX_INT,
     MAX_PAYLOAD_BYTES,
     MAX_READINGS,
+    MAX_REASON_CHARS,
     Clock,
     GatewayStatus,
     Quality,
     Reading,
+    StatusReason,
     TelemetryEnvelope,
 )
 from .parse import (
@@ -64,11 +66,13 @@ from .topics import (
 
 __all__ = [
     "COMPACT", "ENCODINGS", "ID_PATTERN", "JSON", "KINDS", "MAX_EPOCH_MS", "MAX_INT",
-    "MAX_PAYLOAD_BYTES", "MAX_READINGS", "PREFIX", "RESERVED_IDS", "STATUS_FILTER",
+    "MAX_PAYLOAD_BYTES", "MAX_READINGS", "MAX_REASON_CHARS", "PREFIX", "RESERVED_IDS",
+    "STATUS_FILTER",
     "TELEMETRY_FILTER", "Clock", "Codec", "CodecError", "ContractError", "EncodeError", "Encoded",
     "GatewayStatus", "GatewayTopic", "InvalidId", "Kind", "MessageRejected", "NormalizedReading",
     "ParsedTelemetry", "PayloadTooLarge", "Quality", "RangeError", "Reading", "ReadingRejected",
-    "TelemetryEnvelope", "TopicError", "UnitError", "alerts_topic", "check_id", "check_reading",
+    "StatusReason", "TelemetryEnvelope", "TopicError", "UnitError", "alerts_topic", "check_id",
+    "check_reading",
     "check_topic_id",
     "codec_for", "decode_compact", "encode_compact", "encode_json", "encode_status",
     "encode_telemetry", "excerpt", "is_valid_id", "is_valid_topic_id", "normalize",

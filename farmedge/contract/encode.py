@@ -32,6 +32,7 @@ from .models import (
     MAX_PAYLOAD_BYTES,
     GatewayStatus,
     Reading,
+    StatusReason,
     Telemetry,
     TelemetryEnvelope,
 )
@@ -262,19 +263,26 @@ def encode_status(*, gateway: str, online: bool, ts: int | None = None,
                   outbox_depth: int | None = None, outbox_oldest_age_s: float | None = None,
                   dropped: int | None = None, clock: str | None = None,
                   cpu_temperature: float | None = None, disk_free_mb: float | None = None,
-                  outbox_full: bool | None = None) -> bytes:
+                  outbox_full: bool | None = None, reason: str | None = None,
+                  held_unsynced: int | None = None,
+                  held_for_s: float | None = None) -> bytes:
     """A status payload (JSON; retained on ``.../status``). Fields left at
     None are not written; ``outbox_full`` is written only when true (an edge
     older than the field refuses a status holding it, so it is sent only
     while it matters). Raises :class:`EncodeError` (reason ``bad_status``)
-    for a status the edge would refuse. The last will is
-    ``encode_status(gateway=..., online=False)``."""
+    for a status the edge would refuse, and for a ``reason`` that is not a
+    :class:`StatusReason` (the edge would read it as none). The last will is
+    ``encode_status(gateway=..., online=False, reason="lost")``."""
+    if reason is not None and reason not in StatusReason._value2member_map_:
+        raise EncodeError("bad_status", f"reason: {str(reason)[:40]!r} is not one of "
+                                        f"{', '.join(StatusReason)}")
     given: dict[str, Any] = {
         "v": 1, "gateway": gateway, "online": online, "ts": ts, "uptime_s": uptime_s,
         "version": version, "outbox_depth": outbox_depth,
         "outbox_oldest_age_s": outbox_oldest_age_s, "dropped": dropped,
         "clock": _plain(clock), "cpu_temperature": cpu_temperature,
         "disk_free_mb": disk_free_mb, "outbox_full": True if outbox_full else None,
+        "reason": _plain(reason), "held_unsynced": held_unsynced, "held_for_s": held_for_s,
     }
     doc = {k: given[k] for k in _STATUS_KEYS if given[k] is not None}
     data = _dumps(doc, "bad_status")

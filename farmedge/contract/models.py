@@ -31,6 +31,7 @@ from pydantic import (
     Field,
     StrictBool,
     StrictInt,
+    field_validator,
 )
 
 from .ids import RESERVED_IDS, check_id, check_topic_id, is_valid_id
@@ -40,11 +41,13 @@ __all__ = [
     "MAX_INT",
     "MAX_PAYLOAD_BYTES",
     "MAX_READINGS",
+    "MAX_REASON_CHARS",
     "Clock",
     "GatewayStatus",
     "Id",
     "Quality",
     "Reading",
+    "StatusReason",
     "TelemetryEnvelope",
     "TopicId",
 ]
@@ -57,6 +60,8 @@ MAX_READINGS = 1000
 MAX_EPOCH_MS = (2**63 - 2) // 1_000_000 + 1
 #: Integers are below this (InfluxDB's integers are int64).
 MAX_INT = 2**63
+#: A status's ``reason`` is at most this long, known or not.
+MAX_REASON_CHARS = 32
 
 
 def _id(value: str) -> str:
@@ -87,6 +92,17 @@ FiniteNonNeg = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 class Clock(StrEnum):
     SYNCED = "synced"
     UNSYNCED = "unsynced"
+
+
+class StatusReason(StrEnum):
+    """Why a gateway says ``online: false`` (docs/protocol.md, "Status
+    payload"). A later revision may add values: an edge reads one it does
+    not know as no reason at all, never as one of these."""
+
+    #: A planned stop: the agent was told to stop (SIGTERM, systemctl).
+    STOPPING = "stopping"
+    #: The last will: the broker lost the gateway's connection.
+    LOST = "lost"
 
 
 class Quality(StrEnum):
@@ -159,3 +175,24 @@ class GatewayStatus(BaseModel):
     #: True while the gateway's disk is full: it is not keeping new readings
     #: (they are counted in ``dropped``). Sent only then.
     outbox_full: StrictBool | None = None
+    #: Why ``online`` is false; None when not said, or said in a value this
+    #: version does not know (a string of at most MAX_REASON_CHARS all the same).
+    reason: StatusReason | None = None
+    #: Readings held back because the clock is not set (waiting for NTP
+    #: up to the gateway's ``hold_unsynced_s``), and how long the oldest of
+    #: them has waited, in seconds by the gateway's monotonic clock.
+    held_unsynced: Count | None = None
+    held_for_s: FiniteNonNeg | None = None
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _reason(cls, v: Any) -> Any:
+        """A string of at most MAX_REASON_CHARS; a value not (yet) known is
+        None (the contract grows by new reasons), anything else refused."""
+        if v is None:
+            return None
+        if not isinstance(v, str):
+            raise ValueError("reason must be a string")
+        if len(v) > MAX_REASON_CHARS:
+            raise ValueError(f"reason is longer than {MAX_REASON_CHARS} characters")
+        return v if v in StatusReason._value2member_map_ else None

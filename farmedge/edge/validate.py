@@ -402,8 +402,9 @@ class Validator:
 #: Status fields stored as floats, and as integers (the GatewayStatus
 #: attributes of the same names).
 _FLOAT_STATUS = (GatewayField.UPTIME_S, GatewayField.OUTBOX_OLDEST_AGE_S,
-                 GatewayField.CPU_TEMPERATURE, GatewayField.DISK_FREE_MB)
-_INT_STATUS = (GatewayField.OUTBOX_DEPTH, GatewayField.DROPPED)
+                 GatewayField.CPU_TEMPERATURE, GatewayField.DISK_FREE_MB,
+                 GatewayField.HELD_FOR_S)
+_INT_STATUS = (GatewayField.OUTBOX_DEPTH, GatewayField.DROPPED, GatewayField.HELD_UNSYNCED)
 
 
 def _gateway_series(county: str, farm: str, gateway: str) -> str:
@@ -458,6 +459,8 @@ class _Statuses:
             fields[g.VERSION] = field_str(st.version)
         if st.online:  # sent only while full: stored on every status, so it clears
             fields[g.OUTBOX_FULL] = "true" if st.outbox_full else "false"
+        else:  # why: "unknown" for an older gateway's will or a reason not known here
+            fields[g.REASON] = field_str(st.reason.value if st.reason else "unknown")
         if st.clock is not None:
             fields[g.CLOCK] = field_str(st.clock.value)
             fields[g.CLOCK_SYNCED] = "true" if st.clock is Clock.SYNCED else "false"

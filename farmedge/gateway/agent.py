@@ -32,6 +32,7 @@ from farmedge.logs import get_logger
 from .clock import ClockSource, SystemClock
 from .drivers import Driver, DriverContext, Sample, SensorConfig, build_driver
 from .errors import DriverError, GatewayError, OutboxError
+from .hold import HoldWatch
 from .outbox import NewRow, Outbox
 from .settings import GatewaySettings
 from .uplink import Uplink
@@ -92,14 +93,23 @@ class Agent:
         self.store_errors = 0
         # Made here, not at import: logging is set up after the imports.
         self.log = get_logger("farmedge.gateway", gateway=settings.gateway)
+        self.hold = HoldWatch(settings, self.outbox, self.clock, self.log)
+        #: Seconds between two looks at the clock hold (HoldWatch.check).
+        self.hold_check_s = 5.0
 
     # -- status -------------------------------------------------------------
 
-    def status_fields(self, online: bool) -> dict[str, Any]:
-        """The status's fields (docs/protocol.md, "Status payload"); offline
-        is the last will's three."""
+    def status_fields(self, online: bool, reason: str | None = None) -> dict[str, Any]:
+        """The status's fields (docs/protocol.md, "Status payload"). Offline:
+        the last will's (``reason`` "lost"), or a planned stop's ("stopping",
+        with the time and clock state)."""
         if not online:
-            return {"gateway": self.s.gateway, "online": False}
+            off: dict[str, Any] = {"gateway": self.s.gateway, "online": False,
+                                   "reason": reason}
+            if reason == "stopping":
+                off.update(ts=self.clock.wall_ms(),
+                           clock="synced" if self.clock.synced() else "unsynced")
+            return off
         st = None
         if self.outbox.is_open:
             with contextlib.suppress(OutboxError):  # a broken file: the status still goes
@@ -115,20 +125,25 @@ class Agent:
             f.update(outbox_depth=st.depth, dropped=st.dropped, outbox_full=st.full,
                      outbox_oldest_age_s=round(max(0, now - st.oldest_ts) / 1000, 1)
                      if st.oldest_ts is not None else 0.0)
+        held = self.hold.current()
+        f["held_unsynced"] = held.readings
+        if held.readings:
+            f["held_for_s"] = held.held_for_s
         f["cpu_temperature"] = _cpu_temperature()
         with contextlib.suppress(OSError):
             f["disk_free_mb"] = round(
                 shutil.disk_usage(self.s.outbox_path.parent).free / 2**20, 1)
         return f
 
-    def status(self, online: bool) -> bytes:
+    def status(self, online: bool, reason: str | None = None) -> bytes:
         """The status payload, through the contract. A field the contract
         refuses (a clock far off, say) is left out, not the whole status."""
-        fields = self.status_fields(online)
+        fields = self.status_fields(online, reason)
         try:
             return encode_status(**fields)
         except EncodeError as exc:
-            base: dict[str, Any] = {"gateway": self.s.gateway, "online": online}
+            base: dict[str, Any] = {"gateway": self.s.gateway, "online": online,
+                                    "reason": reason}
             good = {k: v for k, v in fields.items() if k not in base
                     and _encodes(encode_status, **base, **{k: v})}
             self.log.warning("gateway.status_field_refused", error=str(exc),
@@ -204,6 +219,18 @@ class Agent:
         self.outbox.add(rows, c.boot_id())
         self.samples += len(rows)
 
+    async def _hold_loop(self, stop: asyncio.Event) -> None:
+        """Look at the clock hold now and every ``hold_check_s``; a status
+        goes out as soon as a hold starts."""
+        while not stop.is_set():
+            was = self.hold.holding
+            with contextlib.suppress(OutboxError):
+                self.hold.check()
+            if self.hold.holding and not was:
+                self.uplink.publish_status()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self.hold_check_s)
+
     async def _commit_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
@@ -242,6 +269,7 @@ class Agent:
         uplink_stop = asyncio.Event()
         uplink = asyncio.create_task(self.uplink.run(uplink_stop))
         status = asyncio.create_task(self._status_loop(uplink_stop))
+        hold = asyncio.create_task(self._hold_loop(uplink_stop))
         failure = None
         try:
             failure = await _first_failure(stop, {uplink: "the uplink",
@@ -266,7 +294,7 @@ class Agent:
                     await asyncio.wait_for(uplink, 5)
             except Exception:  # it failed: said below
                 pass
-            await asyncio.gather(status, return_exceptions=True)
+            await asyncio.gather(status, hold, return_exceptions=True)
             for d in self.drivers.values():
                 with contextlib.suppress(Exception):
                     d.close()

@@ -187,6 +187,14 @@ class OutboxDb:
             "SELECT id, sensor, kind, unit, value, quality, animal, ts, mono, boot, synced, size"
             " FROM reading WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
 
+    def held(self, boot_id: str, mono_after: int) -> tuple[int, int | None]:
+        """Unsynced readings of boot ``boot_id`` taken after ``mono_after``
+        (CLOCK_BOOTTIME ms): how many, and the ``mono`` of the oldest."""
+        n, oldest = self.one(
+            "SELECT COUNT(*), MIN(r.mono) FROM reading r JOIN boot b ON r.boot = b.id"
+            " WHERE b.boot_id = ? AND r.synced = 0 AND r.mono > ?", (boot_id, mono_after))
+        return int(n), None if oldest is None else int(oldest)
+
     def nth_oldest_id(self, n: int) -> int | None:
         row = self.one("SELECT id FROM reading ORDER BY id LIMIT 1 OFFSET ?", (n,))
         return int(row[0]) if row else None

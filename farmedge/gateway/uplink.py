@@ -58,12 +58,12 @@ class _Disconnected(TransportError):
 
 class Uplink:
     def __init__(self, settings: GatewaySettings, outbox: Outbox, clock: ClockSource, *,
-                 status_payload: Callable[[bool], bytes],
+                 status_payload: Callable[[bool, str | None], bytes],
                  rng: random.Random | None = None) -> None:
         self.s = settings
         self.outbox = outbox
         self.clock = clock
-        #: online -> the status payload (the contract's encode_status).
+        #: (online, reason) -> the status payload (the contract's encode_status).
         self.status_payload = status_payload
         self.topic = telemetry_topic(settings.county, settings.farm, settings.gateway)
         self.status_topic = status_topic(settings.county, settings.farm, settings.gateway)
@@ -110,7 +110,8 @@ class Uplink:
         return Publisher(
             self.ring.current, client_id=m.client_id or self.s.gateway,
             keepalive_s=m.keepalive_s,
-            will=Message(self.status_topic, self.status_payload(False), qos=1, retain=True),
+            will=Message(self.status_topic, self.status_payload(False, "lost"), qos=1,
+                         retain=True),
             max_inflight=self.s.uplink.max_inflight + 4, protocol=m.protocol,
             persistent_session=m.protocol == "3.1.1", loop=self._loop,
             on_ack=lambda mid, code: self._acked(gen, mid, code),
@@ -183,7 +184,8 @@ class Uplink:
         self._acks.clear()
         self._cursor = 0
         if stop.is_set():
-            offline = Message(self.status_topic, self.status_payload(False), qos=1, retain=True)
+            offline = Message(self.status_topic, self.status_payload(False, "stopping"), qos=1,
+                              retain=True)
             await asyncio.to_thread(pub.publish_wait, offline, 2.0)
             await pub.aclose()
 
@@ -191,7 +193,7 @@ class Uplink:
         client = self._client
         if client is None or not self.connected:
             return
-        payload = self.status_payload(True)
+        payload = self.status_payload(True, None)
         with contextlib.suppress(TransportError):  # lost: the next connection sends it
             client.publish(self.status_topic, payload, qos=1, retain=True)
 

@@ -158,13 +158,58 @@ def _unsynced(gateway: str, seq: int, sent: int, n: int) -> bytes:
         sent=sent, clock="unsynced")
 
 
+def _what_the_edge_did(edge: EdgeProcess, url: str, db: str, sent_of: dict[int, int]) -> str:
+    """What is stored and what the edge says, for a failure message."""
+    out: list[str] = []
+    try:
+        rows = _rows(url, db, "SELECT moisture, sensor FROM soil")
+        by_sensor: dict[str, set[int]] = {}
+        times: dict[int, int] = {}
+        for ts, value, sensor in rows:
+            j = int(str(sensor)[1:])
+            by_sensor.setdefault(str(sensor), set()).add(round((float(value) - 20.0 - j) * 1000))
+            times[int(ts)] = times.get(int(ts), 0) + 1
+        out.append(f"points: {len(rows)}, distinct times: {len(times)}")
+        missing = sorted(set(range(600)) - by_sensor.get("s0", set()))
+        out.append(f"seqs missing for s0 ({len(missing)}): {missing[:60]}")
+        s0 = _rows(url, db, "SELECT moisture FROM soil WHERE sensor = 's0'")
+        offsets: dict[int, list[int]] = {}
+        for ts, value in s0:
+            seq = round((float(value) - 20.0) * 1000)
+            if seq in sent_of:
+                offsets.setdefault(int(ts) - (sent_of[seq] - 500), []).append(seq)
+        by_sent: dict[int, list[int]] = {}
+        for seq, sent in sent_of.items():
+            by_sent.setdefault(sent, []).append(seq)
+        shared = [v for v in by_sent.values() if len(v) > 1]
+        out.append(f"seqs published with the same sent ({len(shared)}): {shared[:30]}")
+        out.append("offsets: " + ", ".join(f"{o}: seq {min(v)}..{max(v)} ({len(v)})"
+                                           for o, v in sorted(offsets.items())))
+    except Exception as exc:  # a report, not a check
+        out.append(f"InfluxDB query failed: {exc!r}")
+    try:
+        out.append(f"healthz: {edge.health()}")
+        out.append("metrics: " + " | ".join(
+            ln for ln in edge.metrics().splitlines()
+            if ln.startswith("farmedge_") and not ln.startswith("farmedge_write_latency")))
+    except Exception as exc:
+        out.append(f"edge did not answer: {exc!r}")
+    out.append(f"edge log:\n{edge.log_tail(6000)}")
+    return "\n".join(out)
+
+
 def test_an_unsynced_gateway_redelivered_across_sigkills_is_stored_once(
         mosquitto: MosquittoServer, influxdb: InfluxServer, influx_db: str, county: str,
         tmp_path: Path) -> None:
     """A gateway whose clock thinks it is 1970 publishes 600 messages of 10
     readings at 50 a second (its clock runs at real speed); the edge is
     killed with SIGKILL three times meanwhile. Exactly 6,000 points, all
-    placed with one offset (so their spacing is the gateway's)."""
+    placed with one offset (so their spacing is the gateway's).
+
+    Each message is sampled at its own millisecond: a publishing thread that
+    falls behind on a loaded machine sends several at once, and two readings
+    of a sensor at one ``ts`` are one point (docs/protocol.md, "Delivery and
+    idempotency"), which a gateway must never send."""
     edge = EdgeProcess(mqtt_url=mosquitto.url, influx_url=influxdb.url, database=influx_db,
                        data_dir=tmp_path / "edge", county=county).start()
     topic = f"farm/v1/{county}/f/gw-1/telemetry"
@@ -176,8 +221,9 @@ def test_an_unsynced_gateway_redelivered_across_sigkills_is_stored_once(
     def publish() -> None:
         pub = Publisher(mosquitto.url)
         infos = []
+        sent = 0
         for seq in range(600):
-            sent = sent_of[seq] = fake_base + int((time.monotonic() - t0) * 1000)
+            sent = sent_of[seq] = max(sent + 1, fake_base + int((time.monotonic() - t0) * 1000))
             infos.append(pub.publish(topic, _unsynced("gw-1", seq, sent, 10), wait=False))
             delay = t0 + (seq + 1) / 50 - time.monotonic()
             if delay > 0:
@@ -199,8 +245,12 @@ def test_an_unsynced_gateway_redelivered_across_sigkills_is_stored_once(
         edge.start()
     th.join(60)
     assert done.is_set()
-    eventually(lambda: count(influxdb.url, influx_db, "soil", "moisture") >= 6000,
-               timeout=60, what="6,000 readings")
+    try:
+        eventually(lambda: count(influxdb.url, influx_db, "soil", "moisture") >= 6000,
+                   timeout=120, what="6,000 readings")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{_what_the_edge_did(edge, influxdb.url, influx_db, sent_of)}"
+                             ) from None
     edge.stop()
     assert count(influxdb.url, influx_db, "soil", "moisture") == 6000
     rows = _rows(influxdb.url, influx_db, "SELECT moisture FROM soil WHERE sensor = 's0'")

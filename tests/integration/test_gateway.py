@@ -362,7 +362,9 @@ def test_sigkill_while_writing_loses_nothing_committed(
         assert committed[sensor] <= distinct, sensor
     # The broker published the last will while the process was dead, then
     # the clean stop said offline again.
-    assert any(st == {"v": 1, "gateway": "gw-1", "online": False} for st in sub.status)
+    assert any(st == {"v": 1, "gateway": "gw-1", "online": False, "reason": "lost"}
+               for st in sub.status)
+    assert sub.status[-1]["reason"] == "stopping"
     sub.close()
     # Exactly once in InfluxDB: one point per distinct reading, duplicates
     # from resends after a kill landed on the same series and time.

@@ -25,9 +25,7 @@ pytestmark = pytest.mark.servers
 
 
 def write_config(path: Path, url: str, county: str, data: Path, *,
-                 source: str = "trust", hold_unsynced_s: float = 900.0,
-                 hold_log_s: float | None = None) -> None:
-    hold_log = f"hold_log_interval_s = {hold_log_s}\n" if hold_log_s is not None else ""
+                 source: str = "trust", hold_unsynced_s: float = 900.0) -> None:
     path.write_text(f"""
 county = "{county}"
 farm = "farm-1"
@@ -43,7 +41,7 @@ commit_interval_s = 0.1
 [uplink]
 batch_max_wait_s = 0.05
 hold_unsynced_s = {hold_unsynced_s}
-{hold_log}[status]
+[status]
 interval_s = 0.5
 [clock]
 source = "{source}"
@@ -132,5 +130,70 @@ def test_a_clean_restart_continues_the_sequence_without_a_gap(
 
     eventually(all_stored, timeout=30, what="every reading in InfluxDB")
     assert gateway_points(influxdb.url, influx_db, county, '"seq_gap"') == []
+    edge.stop()
+    sub.close()
+
+
+def test_a_planned_stop_says_stopping_and_a_killed_gateway_s_will_says_lost(
+        tmp_path: Path, mosquitto: MosquittoServer, county: str, influxdb: InfluxServer,
+        influx_db: str) -> None:
+    sub = Subscriber(mosquitto.url, county)
+    edge = EdgeProcess(mosquitto.url, influxdb.url, influx_db, tmp_path / "edge")
+    cfg = tmp_path / "gw.toml"
+    write_config(cfg, mosquitto.url, county, tmp_path / "data")
+
+    def offline(reason: str) -> list[list[Any]]:
+        rows = gateway_points(influxdb.url, influx_db, county, '"online", "reason"')
+        return [r for r in rows if r[1] is False and r[2] == reason]
+
+    p = start(cfg, tmp_path / "gw.log")
+    try:
+        eventually(lambda: len(sub.telemetry) >= 3, timeout=30, what="first messages")
+    finally:
+        assert stop(p) == 0  # SIGTERM
+    eventually(lambda: offline("stopping"), timeout=30, what="stopping stored")
+    assert sub.status[-1]["reason"] == "stopping" and "ts" in sub.status[-1]
+    p = start(cfg, tmp_path / "gw.log")
+    try:
+        eventually(lambda: sub.status[-1].get("online") is True, timeout=30, what="back")
+    finally:
+        stop(p, signal.SIGKILL)
+    eventually(lambda: offline("lost"), timeout=30, what="the will stored")
+    assert sub.status[-1] == {"v": 1, "gateway": "gw-1", "online": False, "reason": "lost"}
+    # The latest point says lost; the planned stop before it, stopping.
+    rows = gateway_points(influxdb.url, influx_db, county, '"online", "reason"')
+    assert [r[2] for r in rows if r[1] is False][-2:] == ["stopping", "lost"]
+    edge.stop()
+    sub.close()
+
+
+def test_a_clock_hold_is_logged_and_in_the_stored_status(
+        tmp_path: Path, mosquitto: MosquittoServer, county: str, influxdb: InfluxServer,
+        influx_db: str) -> None:
+    sub = Subscriber(mosquitto.url, county)
+    edge = EdgeProcess(mosquitto.url, influxdb.url, influx_db, tmp_path / "edge")
+    cfg = tmp_path / "gw.toml"
+    write_config(cfg, mosquitto.url, county, tmp_path / "data", source="timedatectl",
+                 hold_unsynced_s=3600)
+    script = tmp_path / "gw.py"
+    script.write_text(UNSYNCED_SCRIPT)
+    log = tmp_path / "gw.log"
+    p = start(cfg, log, script)
+    try:
+        warned = eventually(lambda: log_events(log, "gateway.holding_unsynced"), timeout=30,
+                            what="the hold logged")[0]
+        assert warned["level"] == "warning" and warned["readings"] > 0
+        assert (warned["hold_unsynced_s"], warned["clock_source"]) == (3600.0, "timedatectl")
+
+        def held() -> list[list[Any]]:
+            rows = gateway_points(influxdb.url, influx_db, county,
+                                  '"held_unsynced", "held_for_s", "clock"')
+            return [r for r in rows if r[1] and r[1] > 0 and r[3] == "unsynced"]
+
+        eventually(held, timeout=30, what="the hold in the stored status")
+        assert sub.telemetry == []  # held: nothing sent yet
+        assert any(st.get("held_unsynced", 0) > 0 and "held_for_s" in st for st in sub.status)
+    finally:
+        assert stop(p) == 0
     edge.stop()
     sub.close()

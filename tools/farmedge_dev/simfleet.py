@@ -20,11 +20,12 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from farmedge.contract import COMPACT, STATUS_FILTER, TELEMETRY_FILTER, decode_compact
-from farmedge.simdata import make_farms
+from farmedge.simdata import Episode, make_farms
 from farmedge.transport.broker import parse_broker_url
 from farmedge.transport.publisher import Publisher, Received
 
@@ -34,7 +35,7 @@ __all__ = ["SimulatedFleet"]
 class SimulatedFleet:
     def __init__(self, *, root: Path, mqtt_url: str, county: str, farms: int,
                  gateways_per_farm: int, sensors: int, interval: float, bad_rate: float,
-                 seed: int) -> None:
+                 seed: int, episodes: Mapping[tuple[str, str], Episode] | None = None) -> None:
         from farmedge_dev.simulate import SimStats
 
         self.root = root
@@ -43,6 +44,8 @@ class SimulatedFleet:
         self.interval = interval
         self.bad_rate = bad_rate
         self.seed = seed
+        #: (farm, sensor id) -> the accelerated problem that device shows.
+        self.episodes = dict(episodes or {})
         self.farms = make_farms(seed=seed, county=county, farms=farms,
                                 gateways_per_farm=gateways_per_farm, sensors=sensors)
         self.stats = SimStats()
@@ -74,6 +77,10 @@ class SimulatedFleet:
                       f"seed = {self.seed}", f"bad_rate = {self.bad_rate:g}"]
             if e["animal"]:
                 lines.append(f"animal = {json.dumps(e['animal'])}")
+            ep = self.episodes.get((farm, sid))
+            if ep is not None:
+                lines += [f"episode_start = {ep.start_ms / 1000:.3f}",
+                          f"episode_s = {ep.develop_s:g}"]
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.root / f"{gateway}.toml"
         path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -10,7 +10,7 @@ from pydantic import Field, field_validator
 
 from farmedge.contract import KINDS, Quality
 from farmedge.contract.models import Id
-from farmedge.simdata import SensorSim
+from farmedge.simdata import Episode, SensorSim
 
 from .base import Sample, SensorConfig
 
@@ -27,6 +27,10 @@ class SimulatedConfig(SensorConfig):
     animal: Id | None = None
     #: Share of reads that return an injected fault (spike, 85 °C, wrong unit).
     bad_rate: Annotated[float, Field(ge=0, le=1)] = 0.0
+    #: Demos only: from this epoch second the device's problem develops within
+    #: episode_s (a soil probe's plot dries out, a bolus's cow runs a fever).
+    episode_start: float | None = None
+    episode_s: Annotated[float, Field(gt=0)] = 20.0
 
     @field_validator("kinds")
     @classmethod
@@ -40,8 +44,11 @@ class SimulatedConfig(SensorConfig):
 class SimulatedSensor:
     def __init__(self, cfg: SimulatedConfig, *, county: str, farm: str, gateway: str) -> None:
         self.cfg = cfg
+        episode = (None if cfg.episode_start is None
+                   else Episode(int(cfg.episode_start * 1000), cfg.episode_s))
         self.sims = [SensorSim(kind=k, sensor=cfg.id, farm=farm, county=county,
-                               gateway=gateway, seed=cfg.seed, animal=cfg.animal)
+                               gateway=gateway, seed=cfg.seed, animal=cfg.animal,
+                               episode=episode)
                      for k in cfg.kinds]
         self.interval_ms = int(cfg.interval_s * 1000)
 

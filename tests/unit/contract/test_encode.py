@@ -156,6 +156,9 @@ def test_round_trip_through_parse_telemetry(readings: list[dict[str, Any]], enco
     "cpu_temperature": finite,
     "disk_free_mb": st.floats(min_value=0, allow_infinity=False),
     "outbox_full": st.booleans(),
+    "reason": st.sampled_from(["stopping", "lost"]),
+    "held_unsynced": st.integers(min_value=0, max_value=MAX_INT - 1),
+    "held_for_s": st.floats(min_value=0, allow_infinity=False),
 }), gateway=topic_ids, online=st.booleans())
 def test_status_round_trip(fields: dict[str, Any], gateway: str, online: bool) -> None:
     data = encode_status(gateway=gateway, online=online, **fields)
@@ -308,7 +311,8 @@ def test_a_string_that_is_not_utf8_is_refused() -> None:
 @pytest.mark.parametrize("over", [
     {"uptime_s": -1.0}, {"cpu_temperature": float("nan")}, {"version": "v" * 41},
     {"dropped": -1}, {"outbox_depth": MAX_INT}, {"clock": "ntp"}, {"ts": -5},
-    {"gateway": "alerts"},
+    {"gateway": "alerts"}, {"reason": "rebooting"}, {"reason": "x" * 33},
+    {"held_unsynced": -1}, {"held_unsynced": MAX_INT}, {"held_for_s": float("inf")},
 ])
 def test_a_bad_status_is_never_built(over: dict[str, Any]) -> None:
     args: dict[str, Any] = {"gateway": "gw-1", "online": True, **over}

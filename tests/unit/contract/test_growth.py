@@ -103,7 +103,7 @@ def test_unknown_reading_keys_are_ignored_and_neighbours_still_judged() -> None:
 
 
 def test_unknown_status_keys_are_ignored() -> None:
-    st = parse_status(status(online=False, reason="stopping", battery_pct=87,
+    st = parse_status(status(online=False, power_source="solar", battery_pct=87,
                              radio={"rssi": -71, "snr": 7.5}))
     assert (st.online, st.uptime_s, st.outbox_depth) == (False, 10.0, 0)
     # Nothing of the unknown keys is kept on the model.
@@ -112,7 +112,7 @@ def test_unknown_status_keys_are_ignored() -> None:
 
 
 def test_the_smallest_last_will_with_an_unknown_key_is_accepted() -> None:
-    st = parse_status(b'{"v":1,"gateway":"gw-1","online":false,"reason":"lost"}')
+    st = parse_status(b'{"v":1,"gateway":"gw-1","online":false,"cause":"lost"}')
     assert st.online is False and st.ts is None
 
 

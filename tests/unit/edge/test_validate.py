@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from farmedge.contract import StatusReason
 from farmedge.edge.settings import IngestSection
 from farmedge.edge.state import IngestState
 from farmedge.edge.validate import DEAD_LETTER_SLOTS, Rejected, Validator, dead_letter_line
@@ -161,6 +162,27 @@ def test_a_status_is_a_point_and_a_status_record() -> None:
     [point] = v.points
     assert point.startswith("gateway,county=c1,farm=f1,gateway=gw-1 online=true")
     assert v.status is not None and v.status.status.online is True
+
+
+def test_a_status_s_reason_and_clock_hold_are_stored_in_the_gateway_point() -> None:
+    val = _validator()
+    topic = "farm/v1/c1/f1/gw-1/status"
+    for said, stored, record in [
+        (',"reason":"stopping"', "stopping", StatusReason.STOPPING),
+        (',"reason":"lost"', "lost", StatusReason.LOST),
+        ("", "unknown", None),  # an older gateway's will
+        (',"reason":"rebooting"', "unknown", None),  # a reason newer than this edge
+    ]:
+        payload = f'{{"v":1,"gateway":"gw-1","online":false{said}}}'.encode()
+        v = val.validate(_msg(payload, topic=topic))
+        [point] = v.points
+        assert f'online=false,reason="{stored}" ' in point, point
+        assert v.status is not None and v.status.status.reason is record
+    v = val.validate(_msg(b'{"v":1,"gateway":"gw-1","online":true,"clock":"unsynced",'
+                          b'"held_unsynced":120,"held_for_s":305.5}', topic=topic))
+    [point] = v.points
+    assert "held_for_s=305.5," in point and "held_unsynced=120i," in point
+    assert "reason" not in point
 
 
 def test_dead_letters_in_one_millisecond_get_distinct_slots_and_a_bounded_line() -> None:

@@ -117,6 +117,18 @@ def test_status_is_encoded_by_the_contract(tmp_path: Path) -> None:
     assert "outbox_depth" not in json.loads(closed.status(True))
 
 
+def test_the_last_will_says_lost_and_a_planned_stop_says_stopping(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    will = a.uplink._make_publisher().will
+    assert will is not None and will.retain
+    assert will.payload == b'{"v":1,"gateway":"gw-1","online":false,"reason":"lost"}'
+    stop = parse_status(a.status(False, "stopping"))
+    assert (stop.online, stop.reason, stop.ts, stop.clock) == (
+        False, "stopping", FakeClock().wall, "synced")
+    online = parse_status(a.status(True))
+    assert online.reason is None and online.held_unsynced == 0 and online.held_for_s is None
+
+
 def test_a_status_field_the_contract_refuses_is_left_out(tmp_path: Path) -> None:
     a = Agent(settings(tmp_path), clock=FakeClock(wall=-5), drivers={})
     st = parse_status(a.status(True))

@@ -105,8 +105,8 @@ def test_the_uplink_tries_each_url_in_turn(tmp_path: Path) -> None:
     s = GatewaySettings.model_validate(doc)
     outbox = Outbox(tmp_path / "outbox.sqlite3")
     up = _Recording(s, outbox, FakeClock(),
-                    status_payload=lambda online: encode_status(gateway="gw-1", online=online,
-                                                                ts=0),
+                    status_payload=lambda online, reason: encode_status(
+                        gateway="gw-1", online=online, reason=reason, ts=0),
                     rng=random.Random(1))
     up.tried = []
 
