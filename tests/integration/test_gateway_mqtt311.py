@@ -176,8 +176,8 @@ def test_gateway_in_3_1_1_mode_through_mosquitto_to_influxdb(
                                      and s["online"]], what="gw-c online")
         assert online
         gws["gw-c"].kill()  # no DISCONNECT: the broker sends the will
-        eventually(lambda: [s for s in sub.status if s == {"v": 1, "gateway": "gw-c",
-                                                           "online": False}],
+        eventually(lambda: [s for s in sub.status if s["gateway"] == "gw-c"
+                            and s["online"] is False and s.get("reason", "lost") == "lost"],
                    what="gw-c's last will")
         [first] = gws["gw-c"].events("gateway.connected")
         assert first["protocol"] == "3.1.1" and first["session_present"] is False
