@@ -107,7 +107,7 @@ class StatusEvent:
 #: What changed in the center's own health (docs/alerts.md, "Farm-side
 #: versus center-side").
 CenterWhat = Literal["edge_started", "broker_down", "broker_up", "influx_down", "influx_up",
-                     "replay_started", "replay_done"]
+                     "replay_started", "replay_done", "disk_full", "disk_ok"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +119,8 @@ class CenterEvent:
     ``broker_up``: the edge's connection to its broker. ``influx_down`` /
     ``influx_up``: InfluxDB (readings go to the spool meanwhile).
     ``replay_started`` / ``replay_done``: the spool is being written back.
+    ``disk_full`` / ``disk_ok``: the spool cannot take a batch (with InfluxDB
+    down too, nothing becomes durable and the edge receives nothing).
     """
 
     what: CenterWhat
@@ -133,19 +135,19 @@ class CenterWatch:
     :class:`CenterEvent` records: only changes, ``edge_started`` first."""
 
     def __init__(self) -> None:
-        self._last: tuple[bool, bool, bool] | None = None
+        self._last: tuple[bool, bool, bool, bool] | None = None
 
     def started(self, at_ms: int, detail: str = "") -> list[CenterEvent]:
         """The edge took its stages up and is about to connect."""
-        self._last = (False, True, False)
+        self._last = (False, True, False, False)
         return [CenterEvent("edge_started", at_ms, detail)]
 
     def poll(self, *, connected: bool, influx_up: bool, replaying: bool, at_ms: int,
-             detail: str = "") -> list[CenterEvent]:
+             detail: str = "", disk_full: bool = False) -> list[CenterEvent]:
         if self._last is None:
             return []
         was = self._last
-        self._last = (connected, influx_up, replaying)
+        self._last = (connected, influx_up, replaying, disk_full)
         out: list[CenterEvent] = []
         if connected != was[0]:
             out.append(CenterEvent("broker_up" if connected else "broker_down", at_ms))
@@ -154,6 +156,8 @@ class CenterWatch:
                                    "" if influx_up else detail))
         if replaying != was[2]:
             out.append(CenterEvent("replay_started" if replaying else "replay_done", at_ms))
+        if disk_full != was[3]:
+            out.append(CenterEvent("disk_full" if disk_full else "disk_ok", at_ms))
         return out
 
 

@@ -55,7 +55,7 @@ log = get_logger("farmedge.alerts")
 #: farm id CENTER_FARM.
 CENTER_COUNTY = "_center"
 #: Checks of the center profile.
-CENTER_CHECKS = ("edge_restarted", "broker_down", "influx_down", "mass_offline",
+CENTER_CHECKS = ("edge_restarted", "broker_down", "influx_down", "disk_full", "mass_offline",
                  "delivery_failing")
 #: Blind intervals remembered (older ones no longer matter to any silence).
 _BLIND_MAX = 4096
@@ -87,6 +87,8 @@ class CenterHealth:
         self.connected = True
         self.influx_up = True
         self.replaying = False
+        #: The spool cannot take a batch (disk full).
+        self.disk_full = False
         #: When the edge last started, and when it was last (re)connected: the
         #: grace of the silence rules runs from the later of the two.
         self.started_at: float | None = None
@@ -95,33 +97,36 @@ class CenterHealth:
         self.down_since: float | None = None
         self._blind: deque[tuple[float, float]] = deque(maxlen=_BLIND_MAX)
 
+    @property
+    def receiving(self) -> bool:
+        """Messages reach the engine: the broker is connected, and batches
+        become durable (InfluxDB, or else the spool has room)."""
+        return self.connected and not (self.disk_full and not self.influx_up)
+
     def apply(self, ev: CenterEvent, now: float) -> None:
+        was = self.receiving
         what = ev.what
         if what == "edge_started":
             self.started_at = now
             self.grace_from = now
-            self._down(now)
+            self.connected = False
         elif what == "broker_down":
-            self._down(now)
+            self.connected = False
         elif what == "broker_up":
-            if self.down_since is not None:
-                self._blind.append((self.down_since, now))
-            self.down_since = None
             self.connected = True
             self.grace_from = now
-        elif what == "influx_down":
-            self.influx_up = False
-        elif what == "influx_up":
-            self.influx_up = True
-        elif what == "replay_started":
-            self.replaying = True
-        elif what == "replay_done":
-            self.replaying = False
-
-    def _down(self, now: float) -> None:
-        if self.down_since is None:
+        elif what in ("influx_down", "influx_up"):
+            self.influx_up = what == "influx_up"
+        elif what in ("replay_started", "replay_done"):
+            self.replaying = what == "replay_started"
+        elif what in ("disk_full", "disk_ok"):
+            self.disk_full = what == "disk_full"
+        if self.receiving:
+            if self.down_since is not None:
+                self._blind.append((self.down_since, now))
+                self.down_since = None
+        elif (was or what == "edge_started") and self.down_since is None:
             self.down_since = now
-        self.connected = False
 
     def grace_s(self, interval_s: float) -> float:
         s = self.settings
@@ -130,7 +135,7 @@ class CenterHealth:
     def settled(self, now: float, interval_s: float) -> bool:
         """Receiving, and past the grace after the last start or reconnect:
         a silence now is the gateway's, not the center's."""
-        return self.connected and now - self.grace_from >= self.grace_s(interval_s)
+        return self.receiving and now - self.grace_from >= self.grace_s(interval_s)
 
     def blind_between(self, since: float, now: float) -> float:
         """Seconds of [since, now] in which the edge was not receiving."""
@@ -281,13 +286,13 @@ class CenterIncidents:
 
     def event(self, ev: CenterEvent, now: float) -> None:
         h = self.health
-        was_connected, was_influx = h.connected, h.influx_up
+        was_connected, was_influx, was_disk = h.connected, h.influx_up, h.disk_full
         h.apply(ev, now)
         log.info("alerts.center_event", what=ev.what, detail=ev.detail or None)
         what = ev.what
         c = CENTER_COUNTY
         if what == "edge_started":
-            self._forget_pending(("broker_down", "influx_down"))
+            self._forget_pending(("broker_down", "influx_down", "disk_full"))
             grace = fmt_duration(h.grace_s(self._longest_interval()))
             self.notice("edge_restarted", c, "edge", "edge", now, {"duration": grace})
         elif what == "broker_down" and was_connected:
@@ -298,6 +303,10 @@ class CenterIncidents:
             self._start("influx_down", c, "influxdb", "InfluxDB", now)
         elif what == "influx_up":
             self._end("influx_down", c, "influxdb", now)
+        elif what == "disk_full" and not was_disk:
+            self._start("disk_full", c, "disk", "disk", now)
+        elif what == "disk_ok":
+            self._end("disk_full", c, "disk", now)
 
     # ------------------------------------------------------------ mass offline
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections import deque
 
+from farmedge.contract.models import Clock, StatusReason
 from farmedge.records import StatusEvent
 
 from .center import CenterHealth, CenterIncidents
@@ -54,6 +55,11 @@ class DeviceChecks:
         #: when each of those wills came, and when its gateway was last heard before
         self.will_at: dict[GKey, float] = {}
         self.heard_before_will: dict[GKey, float] = {}
+        #: gateways whose latest offline status is a planned stop
+        self.planned: set[GKey] = set()
+        #: gateways holding readings back for an unsynced clock (status): their
+        #: sensors' silence is the hold's, an operator matter (clock-unsynced)
+        self.holding: set[GKey] = set()
         #: (gateway, sensor) -> flatline rules with a state
         self.flat_states: dict[SensorKey, set[str]] = {}
         #: (gateway, sensor) -> out_of_range rule -> times of bad readings
@@ -163,12 +169,18 @@ class DeviceChecks:
             self.gw_seen[gk] = now
             was_down = gk in self.gw_will
             self._will_gone(gk, now)
+            if st.held_unsynced or st.clock == Clock.UNSYNCED:
+                self.holding.add(gk)
+            else:
+                self.holding.discard(gk)
         else:
             if gk not in self.gw_will:
                 self.gw_will.add(gk)
                 self.will_at[gk] = now
                 self.heard_before_will[gk] = prev
-                if self.center is not None:
+                if st.reason == StatusReason.STOPPING:
+                    self.planned.add(gk)     # planned: no mass offline, a longer grace
+                elif self.center is not None:
                     self.center.will(gk, now, self._county_total(gk[0]))
             was_down = False
         for br, pr in ctx.status:
@@ -199,6 +211,7 @@ class DeviceChecks:
         a mass offline that now ends, the gateways still down wait their
         grace as farm-side suspicions from now)."""
         self.gw_will.discard(gk)
+        self.planned.discard(gk)
         self.will_at.pop(gk, None)
         self.heard_before_will.pop(gk, None)
         if self.center is not None:
@@ -218,7 +231,9 @@ class DeviceChecks:
         if self.center is not None and self.center.member(gk):
             return
         at = self.will_at.get(gk, now)
-        if now - at < self.settings.offline_will_grace_s:
+        s = self.settings
+        grace = s.planned_stop_grace_s if gk in self.planned else s.offline_will_grace_s
+        if now - at < grace:
             return
         if not self.health.settled(now, self._interval(ctx, pr)):
             return
@@ -269,7 +284,7 @@ class DeviceChecks:
         sm = self.machine
         health, center = self.health, self.center
         gws, sensors = self._known()
-        down: set[GKey] = set(self.gw_will)
+        down: set[GKey] = self.gw_will | self.holding
         for gk in gws:
             ctx = self.contexts.get(gk[0], gk[1], gk[2], "")
             for br, pr in ctx.status:

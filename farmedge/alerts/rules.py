@@ -57,11 +57,11 @@ Derived = Literal[
 #: The center profile's checks (center.py) are about the service center
 #: itself, never a farm's devices.
 CHECKS = ("gateway_offline", "sensor_silent", "flatline", "out_of_range", "clock_unsynced",
-          "outbox_backlog", "edge_restarted", "broker_down", "influx_down", "mass_offline",
-          "delivery_failing")
+          "outbox_backlog", "edge_restarted", "broker_down", "influx_down", "disk_full",
+          "mass_offline", "delivery_failing")
 Check = Literal["gateway_offline", "sensor_silent", "flatline", "out_of_range",
                 "clock_unsynced", "outbox_backlog", "edge_restarted", "broker_down",
-                "influx_down", "mass_offline", "delivery_failing"]
+                "influx_down", "disk_full", "mass_offline", "delivery_failing"]
 
 #: Placeholders a template may use, with the widest value each is expected to
 #: take (for the one-SMS-segment check of Chinese texts).

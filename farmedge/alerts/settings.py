@@ -46,6 +46,9 @@ class AlertsSettings(Section):
     #: A last will (status online=false) is a suspicion: the gateway is
     #: offline only when it has not come back this many seconds later.
     offline_will_grace_s: Annotated[float, Field(ge=0)] = 300.0
+    #: A planned stop (status online=false, reason "stopping") shorter than
+    #: this sends nothing to the farm.
+    planned_stop_grace_s: Annotated[float, Field(ge=0)] = 900.0
     #: This share of a county's gateways, and at least this many, going
     #: offline within the window is one center incident (to operators), not
     #: one farm incident each.

@@ -357,7 +357,8 @@ class EdgeService:
             self.stages.center(self.center.poll(
                 connected=self.source.connected, influx_up=not self.sink.influx_down,
                 replaying=self.sink.spool.lines > 0 and not self.sink.influx_down,
-                at_ms=int(time.time() * 1000), detail=self.sink.influx_error[:200]))
+                at_ms=int(time.time() * 1000), detail=self.sink.influx_error[:200],
+                disk_full=self.sink.disk_error is not None))
             m.pending.set(self.pending_messages())
             self.sink.update_gauges()
             free = self.sink.spool.free_bytes()

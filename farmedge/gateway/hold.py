@@ -43,6 +43,8 @@ class HoldWatch:
         #: monotonic() of the last warning; None while nothing is held.
         self._logged: float | None = None
         self._peak = 0
+        #: No reading of this boot has a lower id (asked once).
+        self._from_id: int | None = None
 
     def current(self) -> Hold:
         """What is held now (nothing when the clock is set, the hold is 0 s,
@@ -50,9 +52,11 @@ class HoldWatch:
         ob, hold_s = self.outbox, self.s.uplink.hold_unsynced_s
         if hold_s <= 0 or not ob.unsynced or not ob.is_open or self.clock.synced():
             return Hold()
-        mono = self.clock.mono_ms()
+        mono, boot = self.clock.mono_ms(), self.clock.boot_id()
         try:
-            n, oldest = ob.file.held(self.clock.boot_id(), mono - int(hold_s * 1000))
+            if self._from_id is None:
+                self._from_id = ob.file.first_id_of_boot(boot)
+            n, oldest = ob.file.held(boot, mono - int(hold_s * 1000), self._from_id)
         except OutboxError:
             return Hold()
         if not n or oldest is None:

@@ -187,12 +187,23 @@ class OutboxDb:
             "SELECT id, sensor, kind, unit, value, quality, animal, ts, mono, boot, synced, size"
             " FROM reading WHERE id > ? ORDER BY id LIMIT ?", (after_id, limit))
 
-    def held(self, boot_id: str, mono_after: int) -> tuple[int, int | None]:
+    def first_id_of_boot(self, boot_id: str) -> int:
+        """A reading id no reading of boot ``boot_id`` is below: its oldest
+        reading's, or the next id when it has none (a scan of the table:
+        ask once, the answer stays true as readings come and go)."""
+        row = self.one("SELECT MIN(id) FROM reading WHERE boot ="
+                       " (SELECT id FROM boot WHERE boot_id = ?)", (boot_id,))
+        return int(row[0]) if row and row[0] is not None else self.last_reading_id() + 1
+
+    def held(self, boot_id: str, mono_after: int, from_id: int) -> tuple[int, int | None]:
         """Unsynced readings of boot ``boot_id`` taken after ``mono_after``
-        (CLOCK_BOOTTIME ms): how many, and the ``mono`` of the oldest."""
+        (CLOCK_BOOTTIME ms), among ids from ``from_id`` on (the primary key's
+        range: only this boot's readings are read): how many, and the
+        ``mono`` of the oldest."""
         n, oldest = self.one(
-            "SELECT COUNT(*), MIN(r.mono) FROM reading r JOIN boot b ON r.boot = b.id"
-            " WHERE b.boot_id = ? AND r.synced = 0 AND r.mono > ?", (boot_id, mono_after))
+            "SELECT COUNT(*), MIN(mono) FROM reading WHERE id >= ? AND boot ="
+            " (SELECT id FROM boot WHERE boot_id = ?) AND synced = 0 AND mono > ?",
+            (from_id, boot_id, mono_after))
         return int(n), None if oldest is None else int(oldest)
 
     def nth_oldest_id(self, n: int) -> int | None:

@@ -132,7 +132,8 @@ def test_demo_shows_a_farmer_message_and_its_text_within_60_s(tmp_path: Path) ->
     proc = _demo(tmp_path, "--duration", "75", "--keep-data")
     q, seen = _lines(proc), list[str]()
     try:
-        t, m = _until(q, r"-> message to farmers \((farm-\d+)\) at \d+ s: (.+)$", t0 + 90, seen)
+        t, m = _until(q, r"-> message to farmers \((farm-\d+), [^)]*\) at \d+ s: (.+)$",
+                      t0 + 90, seen)
         assert t - t0 <= 60, f"first farmer message after {t - t0:.0f} s:\n{''.join(seen)}"
         farm, text = m[1], m[2].strip()
         proc.send_signal(signal.SIGINT)

@@ -510,15 +510,16 @@ class Demo:
             mine = [m for m in got if (m.to == CENTER) == center]
             lines.append(f"  {label} {len(mine)}" + (" (latest first)" if mine else ""))
             for m in reversed(mine[-limit:]):
-                lines.append(f"    -> {m.to}: {m.one_line()}")
+                lines.append(f"    -> {m.to} {m.title}: {m.one_line()}")
         return lines
 
     def _new_message_lines(self) -> list[str]:
         """One line per message that arrived since the last call."""
         got = self._inbox.messages()
         new, self._shown_messages = got[self._shown_messages:], len(got)
-        return [f"  -> message to {'operators' if m.to == CENTER else 'farmers'} ({m.to}) "
-                f"at {m.t_ms / 1000 - self._t_start_s():.0f} s: {m.one_line()}" for m in new]
+        return [f"  -> message to {'operators' if m.to == CENTER else 'farmers'} ({m.to}, "
+                f"{m.title or 'no title'}) at {m.t_ms / 1000 - self._t_start_s():.0f} s: "
+                f"{m.one_line()}" for m in new]
 
     def _t_start_s(self) -> float:
         """The demo's start, as a wall-clock epoch second."""

@@ -133,3 +133,25 @@ async def test_a_stale_backlog_raises_no_flatline(tmp_path: Path) -> None:
     await rig.step()
     assert [f[0] for f in rig.engine.firing()] == ["device/flatline"]
     rig.close()
+
+
+async def test_disk_full_with_influxdb_down_is_blind_time_and_an_operator_incident(
+        tmp_path: Path) -> None:
+    reg = county_registry()
+    rig = make_rig(reg, rules=rules_file(tmp_path), start=T0)
+    county = County(rig, reg)
+    await county.minutes(5)
+    county.center("influx_down")
+    county.center("disk_full")       # nothing becomes durable: the edge acknowledges nothing
+    assert not rig.engine.health.receiving
+    await county.idle(10 * 60, step=60)
+    county.center("disk_ok")
+    county.center("influx_up")
+    await county.minutes(5)
+    assert messages(rig.notifier) == [
+        ("operator", "边缘服务器磁盘已满60s：缓冲区无法写入，请立即清理磁盘。"),
+        ("operator", "InfluxDB已中断5min，数据暂存边缘缓冲区，恢复后自动补写。"),
+        ("operator", "边缘服务器磁盘已恢复可写（满10min）。"),
+        ("operator", "InfluxDB中断10min后已恢复，缓冲数据正在补写。"),
+    ]
+    rig.close()

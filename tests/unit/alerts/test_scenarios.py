@@ -307,3 +307,50 @@ async def test_deliveries_failing_to_a_farmer_tell_the_operators(tmp_path: Path)
         ("operator", "发给farmer-wang-12的告警已恢复送达。"),
     ]
     rig.close()
+
+
+async def test_planned_gateway_restart_30_s(tmp_path: Path) -> None:
+    rig, county = county_rig(tmp_path)
+    await county.minutes(5)
+    county.up.discard("gw-1")
+    rig.status("gw-1", online=False, reason="stopping")   # SIGTERM: a planned stop
+    await county.minutes(1)
+    county.up.add("gw-1")
+    county.status("gw-1", True)
+    await county.minutes(30)
+    assert messages(rig.notifier) == []
+    rig.close()
+
+
+async def test_planned_stop_longer_than_its_window_is_told(tmp_path: Path) -> None:
+    rig, county = county_rig(tmp_path)
+    await county.minutes(5)
+    county.up.discard("gw-1")
+    rig.status("gw-1", online=False, reason="stopping")
+    await county.minutes(10)
+    assert messages(rig.notifier) == []        # planned_stop_grace_s: 15 min
+    await county.minutes(10)
+    county.up.add("gw-1")
+    county.status("gw-1", True)
+    await county.minutes(2)
+    assert messages(rig.notifier) == [
+        ("farmer", "gw-1网关离线：已16分钟没有数据，请检查供电和网络。"),
+        ("farmer", "gw-1网关已恢复在线。"),
+    ]
+    rig.close()
+
+
+async def test_gateway_clock_hold(tmp_path: Path) -> None:
+    """The gateway holds its readings while its clock is unsynced: its
+    statuses say so, its sensors' silence is no farm matter; a hold that
+    lasts past the clock-unsynced rule's 30 min is the operators'."""
+    rig, county = county_rig(tmp_path)
+    await county.minutes(5)
+    county.up.discard("gw-1")
+    for m in range(35):                        # a status every minute, no telemetry
+        rig.status("gw-1", online=True, clock="unsynced", held_unsynced=2 * (m + 1),
+                   held_for_s=60.0 * m)
+        await county.minutes(1)
+    assert messages(rig.notifier) == [
+        ("operator", "gw-1网关时钟未同步已29分钟，数据时间可能不准。")]
+    rig.close()

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from farmedge.contract import parse_status
+from farmedge.contract import Quality, parse_status
 from farmedge.gateway import Agent, FakeClock, GatewaySettings, Sample
 from farmedge.gateway.agent import _Stuck
 from farmedge.gateway.hold import HoldWatch
+from farmedge.gateway.outbox import NewRow
 
 
 class Log:
@@ -43,6 +44,9 @@ def store(a: Agent, n: int) -> None:
 
 def test_the_status_counts_the_readings_held_for_the_clock(tmp_path: Path) -> None:
     a, clock = unsynced_agent(tmp_path)
+    # An earlier boot's unsynced readings cannot be re-dated: they go at once.
+    a.outbox.add([NewRow("probe-1", "soil_moisture", "%", 1.0, Quality.OK, None, 5, 60_000,
+                         False)] * 4, "boot-before")
     store(a, 3)
     clock.advance(60_000)
     store(a, 2)
