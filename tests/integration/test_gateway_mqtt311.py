@@ -388,3 +388,39 @@ def test_gateway_moves_to_another_nats_node_when_its_node_dies(
     print(f"retained status from node {tries[-1]} at subscription {len(tries)}")
     assert last is not None
     assert last["retain"] and last["online"] is False and last["topic"] == topic, last
+
+
+def test_gateway_last_will_on_the_nats_cluster(tmp_path: Path, nats_cluster: NatsCluster,
+                                               consumers: tn.SourceSection,
+                                               county: str) -> None:
+    """The agent killed with SIGKILL while its node lives: the node publishes
+    its last will, kept retained (under the partitioned topic) and read on
+    another node."""
+    nodes = nats_cluster.nodes
+    data = tmp_path / "gw"
+    cfg = gateway_config(tmp_path / "gw.toml", county, "gw-1", data,
+                         f'urls = ["{nodes[1].mqtt_url}"]')
+    part = tn.partition_of(county, "farm-1", consumers.partitions)
+    topic = f"farmp/v1/{part}/{county}/farm-1/gw-1/status"
+
+    def retained_on(node: int) -> dict[str, Any] | None:
+        st = RetainedStatus(nodes[node].mqtt_port, topic)
+        try:
+            return eventually(lambda: st.got, timeout=2, interval=0.1, what="a status")[-1]
+        except AssertionError:
+            return None
+        finally:
+            st.close()
+
+    gw = GatewayProcess(cfg, tmp_path / "gw.log")
+    try:
+        eventually(lambda: gw.acked() >= 20, timeout=90, what="20 readings acknowledged")
+        online = eventually(lambda: (st := retained_on(2)) and st["online"] and st,
+                            timeout=60, what="the online status on node 3")
+        assert online["retain"]
+        gw.kill()  # no DISCONNECT: node 2 publishes the will
+        will = eventually(lambda: (st := retained_on(2)) and st["online"] is False and st,
+                          timeout=60, what="the last will, retained, on node 3")
+        assert will["retain"] and will["reason"] == "lost", will
+    finally:
+        gw.kill()
