@@ -56,7 +56,7 @@ log = get_logger("farmedge.alerts")
 CENTER_COUNTY = "_center"
 #: Checks of the center profile.
 CENTER_CHECKS = ("edge_restarted", "broker_down", "influx_down", "disk_full", "mass_offline",
-                 "delivery_failing", "clock_hold")
+                 "delivery_failing", "clock_hold", "spool_filling")
 #: Blind intervals remembered (older ones no longer matter to any silence).
 _BLIND_MAX = 4096
 
@@ -247,6 +247,12 @@ class CenterIncidents:
             return
         self.machine.observe_if_present(br, ctx, "farm", eid, now)
 
+    def _state(self, check: str, county: str, eid: str) -> AlertState | None:
+        br = self.rule.get(check)
+        if br is None:
+            return None
+        return self.machine.states.get(self.machine.key(br, self.ctx(county), "farm", eid))
+
     def _value(self, check: str, county: str, eid: str, value: float) -> None:
         br = self.rule.get(check)
         if br is None:
@@ -294,7 +300,7 @@ class CenterIncidents:
         what = ev.what
         c = CENTER_COUNTY
         if what == "edge_started":
-            self._forget_pending(("broker_down", "influx_down", "disk_full"))
+            self._forget_pending(("broker_down", "influx_down", "disk_full", "spool_filling"))
             grace = fmt_duration(h.grace_s(self._longest_interval()))
             self.notice("edge_restarted", c, "edge", "edge", now, {"duration": grace})
         elif what == "broker_down" and was_connected:
@@ -309,6 +315,14 @@ class CenterIncidents:
             self._start("disk_full", c, "disk", "disk", now)
         elif what == "disk_ok":
             self._end("disk_full", c, "disk", now)
+        elif what == "spool_filling":
+            pct = ev.value if ev.value is not None else 0.0
+            if self._state("spool_filling", c, "spool") is None:
+                self._start("spool_filling", c, "spool", "spool", now, value=pct,
+                            extra={"value": fmt(pct, 0), "reading": ev.detail})
+        elif what == "spool_ok":
+            self._end("spool_filling", c, "spool", now,
+                      {"value": fmt(ev.value, 0)} if ev.value is not None else None)
 
     # ------------------------------------------------------------ mass offline
 
