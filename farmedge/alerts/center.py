@@ -56,7 +56,7 @@ log = get_logger("farmedge.alerts")
 CENTER_COUNTY = "_center"
 #: Checks of the center profile.
 CENTER_CHECKS = ("edge_restarted", "broker_down", "influx_down", "disk_full", "mass_offline",
-                 "delivery_failing")
+                 "delivery_failing", "clock_hold")
 #: Blind intervals remembered (older ones no longer matter to any silence).
 _BLIND_MAX = 4096
 
@@ -206,6 +206,8 @@ class CenterIncidents:
         self.mass: dict[str, _Mass] = {}
         #: (county, farm, contact) -> failed attempts in a row
         self._failures: dict[tuple[str, str, str], int] = {}
+        #: gateways whose current clock hold the operators were told of
+        self._holds_told: set[GKey] = set()
 
     def ctx(self, county: str) -> CenterContext:
         c = self._ctx.get(county)
@@ -360,6 +362,26 @@ class CenterIncidents:
         del self.mass[county]
         self._end("mass_offline", county, f"mass:{county}", now)
         return sorted(m.down)
+
+    # ------------------------------------------------------------ clock holds
+
+    def clock_hold(self, gk: GKey, held: int | None, held_for_s: float | None,
+                   now: float) -> None:
+        """A gateway's status: readings held for an unsynced clock. A hold
+        lasting ``[alerts] clock_hold_incident_s`` is one notice to the
+        operators (never the farm); a hold that ends and starts again is a
+        new one."""
+        if not held or held_for_s is None:
+            self._holds_told.discard(gk)
+            return
+        if gk in self._holds_told or held_for_s < self.settings.clock_hold_incident_s:
+            return
+        self._holds_told.add(gk)
+        county, farm, gw = gk
+        self.notice("clock_hold", county, f"hold:{farm}/{gw}", gw, now,
+                    {"duration": fmt_duration(held_for_s),
+                     "minutes": str(max(1, round(held_for_s / 60))),
+                     "count": str(held), "value": str(held), "farm_id": farm})
 
     # ------------------------------------------------------------ deliveries
 

@@ -62,6 +62,9 @@ class AlertsSettings(Section):
     operator_quiet_hours: str | None = None
     #: Failed attempts in a row to one contact that make an operator incident.
     delivery_failures_incident: Annotated[int, Field(ge=1)] = 3
+    #: A gateway holding readings for an unsynced clock this long (its status's
+    #: held_for_s) is one operator incident.
+    clock_hold_incident_s: Annotated[float, Field(gt=0)] = 900.0
     #: Publish events on farm/v1/{county}/{farm}/alerts and write them to InfluxDB.
     publish_mqtt: bool = True
     write_influx: bool = True
