@@ -262,6 +262,27 @@ def _check_registry_warnings(report: Report, registry: Registry, where: Any) -> 
         if not f.contacts:
             report.warn(f"{where(('farms', i))}farm {f.county}/{f.farm} has no contacts: its "
                         "alerts reach nobody (add contacts: with notify URLs)")
+        elif all(c.is_officer for c in f.contacts):
+            report.warn(f"{where(('farms', i))}farm {f.county}/{f.farm} has only officers "
+                        "among its contacts: the farmer hears nothing")
+        for j, c in enumerate(f.contacts):
+            loc = where(("farms", i, "contacts", j))
+            if c.agronomist:
+                report.warn(f"{loc}contact {c.name}: agronomist: true is the old spelling of "
+                            "role: agronomist (still accepted)")
+            if c.role in ("operator", "agronomist") or c.agronomist:
+                report.warn(f"{loc}contact {c.name}: role {c.role or 'agronomist'} means "
+                            "nothing on a farm (escalations go to center_contacts); a farm's "
+                            "contact is a farmer or an officer")
+    for j, c in enumerate(registry.center_contacts):
+        loc = where(("center_contacts", j))
+        if c.agronomist:
+            report.warn(f"{loc}contact {c.name}: agronomist: true is the old spelling of "
+                        "role: agronomist (still accepted)")
+        if c.role in ("farmer", "officer"):
+            report.error(f"{loc}contact {c.name}: role {c.role} belongs on a farm's contacts "
+                         "(an officer is copied on that farm's alerts); at the center a "
+                         "contact is an operator or an agronomist")
 
 
 def check_alerts(report: Report, alerts: AlertsSettings, registry: Registry | None,

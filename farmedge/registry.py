@@ -20,6 +20,7 @@ from .contract.models import Id, TopicId
 
 __all__ = [
     "Contact",
+    "ContactRole",
     "Farm",
     "GatewayEntry",
     "Herd",
@@ -30,6 +31,11 @@ __all__ = [
 ]
 
 Language = Literal["zh", "en"]
+#: What a contact is (docs/alerts.md, "Routing"): on a farm, ``farmer`` (the
+#: default) or ``officer`` (the farm's extension officer, copied on its
+#: alerts with a budget of their own); at the center, ``operator`` (the
+#: default) or ``agronomist`` (an operator who also gets escalations).
+ContactRole = Literal["farmer", "officer", "operator", "agronomist"]
 
 
 class _Model(BaseModel):
@@ -108,8 +114,29 @@ class Contact(_Model):
     language: Language = "zh"
     #: "21:00-07:00" local time: only critical alerts are sent then.
     quiet_hours: str | None = None
-    #: True for the county agronomist who gets escalations.
+    #: farmer or officer on a farm; operator or agronomist at the center
+    #: (None: farmer on a farm, operator at the center).
+    role: ContactRole | None = None
+    #: The old spelling of ``role: agronomist`` (still accepted; check-config
+    #: warns).
     agronomist: bool = False
+
+    @model_validator(mode="after")
+    def _role(self) -> Contact:
+        if self.agronomist and self.role not in (None, "agronomist"):
+            raise ValueError(f"contact {self.name}: agronomist: true and role: {self.role} "
+                             "disagree (write role: agronomist only)")
+        return self
+
+    @property
+    def is_agronomist(self) -> bool:
+        """Gets the escalations of critical farm alerts (at the center)."""
+        return self.agronomist or self.role == "agronomist"
+
+    @property
+    def is_officer(self) -> bool:
+        """A farm's extension officer: copied on the farm's alerts."""
+        return self.role == "officer"
 
 
 class Farm(_Model):

@@ -56,7 +56,7 @@ log = get_logger("farmedge.alerts")
 CENTER_COUNTY = "_center"
 #: Checks of the center profile.
 CENTER_CHECKS = ("edge_restarted", "broker_down", "influx_down", "disk_full", "mass_offline",
-                 "delivery_failing")
+                 "delivery_failing", "clock_hold", "spool_filling")
 #: Blind intervals remembered (older ones no longer matter to any silence).
 _BLIND_MAX = 4096
 
@@ -206,6 +206,8 @@ class CenterIncidents:
         self.mass: dict[str, _Mass] = {}
         #: (county, farm, contact) -> failed attempts in a row
         self._failures: dict[tuple[str, str, str], int] = {}
+        #: gateways whose current clock hold the operators were told of
+        self._holds_told: set[GKey] = set()
 
     def ctx(self, county: str) -> CenterContext:
         c = self._ctx.get(county)
@@ -244,6 +246,12 @@ class CenterIncidents:
             self._router().notice(br, ctx, st, now)
             return
         self.machine.observe_if_present(br, ctx, "farm", eid, now)
+
+    def _state(self, check: str, county: str, eid: str) -> AlertState | None:
+        br = self.rule.get(check)
+        if br is None:
+            return None
+        return self.machine.states.get(self.machine.key(br, self.ctx(county), "farm", eid))
 
     def _value(self, check: str, county: str, eid: str, value: float) -> None:
         br = self.rule.get(check)
@@ -292,7 +300,7 @@ class CenterIncidents:
         what = ev.what
         c = CENTER_COUNTY
         if what == "edge_started":
-            self._forget_pending(("broker_down", "influx_down", "disk_full"))
+            self._forget_pending(("broker_down", "influx_down", "disk_full", "spool_filling"))
             grace = fmt_duration(h.grace_s(self._longest_interval()))
             self.notice("edge_restarted", c, "edge", "edge", now, {"duration": grace})
         elif what == "broker_down" and was_connected:
@@ -307,6 +315,14 @@ class CenterIncidents:
             self._start("disk_full", c, "disk", "disk", now)
         elif what == "disk_ok":
             self._end("disk_full", c, "disk", now)
+        elif what == "spool_filling":
+            pct = ev.value if ev.value is not None else 0.0
+            if self._state("spool_filling", c, "spool") is None:
+                self._start("spool_filling", c, "spool", "spool", now, value=pct,
+                            extra={"value": fmt(pct, 0), "reading": ev.detail})
+        elif what == "spool_ok":
+            self._end("spool_filling", c, "spool", now,
+                      {"value": fmt(ev.value, 0)} if ev.value is not None else None)
 
     # ------------------------------------------------------------ mass offline
 
@@ -360,6 +376,26 @@ class CenterIncidents:
         del self.mass[county]
         self._end("mass_offline", county, f"mass:{county}", now)
         return sorted(m.down)
+
+    # ------------------------------------------------------------ clock holds
+
+    def clock_hold(self, gk: GKey, held: int | None, held_for_s: float | None,
+                   now: float) -> None:
+        """A gateway's status: readings held for an unsynced clock. A hold
+        lasting ``[alerts] clock_hold_incident_s`` is one notice to the
+        operators (never the farm); a hold that ends and starts again is a
+        new one."""
+        if not held or held_for_s is None:
+            self._holds_told.discard(gk)
+            return
+        if gk in self._holds_told or held_for_s < self.settings.clock_hold_incident_s:
+            return
+        self._holds_told.add(gk)
+        county, farm, gw = gk
+        self.notice("clock_hold", county, f"hold:{farm}/{gw}", gw, now,
+                    {"duration": fmt_duration(held_for_s),
+                     "minutes": str(max(1, round(held_for_s / 60))),
+                     "count": str(held), "value": str(held), "farm_id": farm})
 
     # ------------------------------------------------------------ deliveries
 

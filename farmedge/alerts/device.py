@@ -173,6 +173,8 @@ class DeviceChecks:
                 self.holding.add(gk)
             else:
                 self.holding.discard(gk)
+            if self.center is not None:
+                self.center.clock_hold(gk, st.held_unsynced, st.held_for_s, now)
         else:
             if gk not in self.gw_will:
                 self.gw_will.add(gk)

@@ -142,7 +142,7 @@ class Router:
             failing = (vars_ or {}).get("contact")
             return [(c, False) for c in reg.center_contacts if c.name != failing]
         if event == "escalate":
-            return [(c, False) for c in reg.center_contacts if c.agronomist]
+            return [(c, False) for c in reg.center_contacts if c.is_agronomist]
         out: list[tuple[Contact, bool]] = []
         f = self.contexts.farm(g.county, g.farm)
         if "farm" in g.audience and f is not None:
@@ -160,26 +160,51 @@ class Router:
         entities = tuple(states[k].eid for k in g.members if k in states)
         self.record(g, event, now, value=value, texts=texts, entities=entities)
         recipients = self._recipients(g, event, vars_)
-        if not recipients:
+        # A farm's extension officers: copied on its alerts, budget their own.
+        officers = [c for c, x in recipients if x and c.is_officer]
+        recipients = [(c, x) for c, x in recipients if not (x and c.is_officer)]
+        if not recipients and not officers:
             return
         f = self.contexts.farm(g.county, g.farm)
         tz = ZoneInfo(f.timezone) if f is not None else ZoneInfo(DEFAULT_TZ)
         critical = g.severity == "critical" and event in ("raise", "worse", "remind", "escalate",
                                                           "notice")
         settings = self.contexts.settings
-        if not any(is_farm for _, is_farm in recipients) and event != "escalate" \
+        date = datetime.fromtimestamp(now, tz).date().isoformat()
+        if recipients and not any(is_farm for _, is_farm in recipients) \
+                and event != "escalate" \
                 and event in ("raise", "worse", "remind", "notice") and not critical:
             # To operators only: their own daily budget.
             budget = settings.operator_daily_message_budget
-            day = f"{CENTER_FARM}/{datetime.fromtimestamp(now, tz).date().isoformat()}"
+            day = f"{CENTER_FARM}/{date}"
             used = self.budget.get(day, 0)
             if used >= budget:
                 self.stats["suppressed"] += 1
                 self.record(g, "suppressed", now, value=value, texts=texts,
                             error=f"operators' daily budget of {budget} messages used")
-                return
-            self.budget[day] = used + 1
-            self.changes.budget[day] = used + 1
+                recipients = []
+                if not officers:
+                    return
+            else:
+                self.budget[day] = used + 1
+                self.changes.budget[day] = used + 1
+        copied: list[Contact] = []
+        for o in officers:
+            # Each officer's own daily budget (key officer:<name>/<date>),
+            # across the farms they are copied on.
+            if event in ("raise", "worse", "remind") and not critical:
+                budget = settings.officer_daily_message_budget
+                day = f"officer:{o.name}/{date}"
+                used = self.budget.get(day, 0)
+                if used >= budget:
+                    self.stats["suppressed"] += 1
+                    self.record(g, "suppressed", now, value=value, texts=texts,
+                                error=f"officer {o.name}'s daily budget of {budget} "
+                                      "messages used")
+                    continue
+                self.budget[day] = used + 1
+                self.changes.budget[day] = used + 1
+            copied.append(o)
         # Daily budget per farm (critical messages are neither limited nor counted).
         if any(is_farm for _, is_farm in recipients):
             if event == "clear" and g.suppressed:
@@ -200,6 +225,7 @@ class Router:
                     self.changes.budget[day] = used + 1
                     if event == "raise":
                         g.suppressed = False
+        recipients += [(o, True) for o in copied]
         farm_name = (f.name if f is not None else None) or g.farm
         title_sev = g.severity if event not in ("clear", "notice") else "info"
         for c, is_farm in recipients:

@@ -60,8 +60,14 @@ class AlertsSettings(Section):
     #: of them without quiet_hours of their own ("22:00-07:00"; none: none).
     operator_daily_message_budget: Annotated[int, Field(ge=0)] = 30
     operator_quiet_hours: str | None = None
+    #: Most non-critical messages one extension officer (a farm contact with
+    #: role: officer) gets in a local day, over all the farms they are on.
+    officer_daily_message_budget: Annotated[int, Field(ge=0)] = 30
     #: Failed attempts in a row to one contact that make an operator incident.
     delivery_failures_incident: Annotated[int, Field(ge=1)] = 3
+    #: A gateway holding readings for an unsynced clock this long (its status's
+    #: held_for_s) is one operator incident.
+    clock_hold_incident_s: Annotated[float, Field(gt=0)] = 900.0
     #: Publish events on farm/v1/{county}/{farm}/alerts and write them to InfluxDB.
     publish_mqtt: bool = True
     write_influx: bool = True

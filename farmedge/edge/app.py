@@ -177,7 +177,7 @@ class EdgeService:
         if validator is None:
             self.validator.keep_readings = bool(self.stages.running)
         self.clock = ClockWatch()
-        self.center = CenterWatch()
+        self.center = CenterWatch(s.spool.alert_share)
         self.health: Callable[[], Health] = HealthCheck(
             s.http, source=self.source, sink=self.sink, batcher=self.batcher,
             validator=self.validator, clock=self.clock,
@@ -358,7 +358,9 @@ class EdgeService:
                 connected=self.source.connected, influx_up=not self.sink.influx_down,
                 replaying=self.sink.spool.lines > 0 and not self.sink.influx_down,
                 at_ms=int(time.time() * 1000), detail=self.sink.influx_error[:200],
-                disk_full=self.sink.disk_error is not None))
+                disk_full=self.sink.disk_error is not None, spool=(
+                    self.sink.spool.bytes, self.sink.spool.max_bytes,
+                    self.sink.spool.free_bytes())))
             m.pending.set(self.pending_messages())
             self.sink.update_gauges()
             free = self.sink.spool.free_bytes()

@@ -65,3 +65,7 @@ class SpoolSection(Section):
     #: Most disk the spool may use; past it the oldest batches are dropped
     #: (counted in farmedge_spool_dropped_lines_total and logged).
     max_mb: PosFloat = 1024.0
+    #: Share of max_mb (or less free disk than the rest of max_mb beyond
+    #: it) at which the spool is filling: an operator incident, cleared 5
+    #: points below.
+    alert_share: Annotated[float, Field(gt=0, le=1)] = 0.8

@@ -247,7 +247,7 @@ class Demo:
                                             "animals": animals}}
             farms.append(farm)
         doc = {"farms": farms, "center_contacts": [
-            {"name": "county agronomist", "language": "en", "agronomist": True,
+            {"name": "county agronomist", "language": "en", "role": "agronomist",
              "notify": [f"{base}/{CENTER}"]}]}
         path = self.root / "registry.yaml"
         path.write_text("## Gateway registry of the demo's simulated farms, written by "

@@ -155,3 +155,43 @@ async def test_disk_full_with_influxdb_down_is_blind_time_and_an_operator_incide
         ("operator", "InfluxDB中断10min后已恢复，缓冲数据正在补写。"),
     ]
     rig.close()
+
+
+def test_the_edge_watch_tells_the_spool_filling_and_back() -> None:
+    mb = 2**20
+    w = CenterWatch(spool_alert_share=0.8)
+    w.started(1)
+    kw = {"connected": True, "influx_up": False, "replaying": False}
+    assert [e.what for e in w.poll(at_ms=2, spool=(700 * mb, 1000 * mb, 5000 * mb), **kw)
+            ] == ["broker_up", "influx_down"]
+    got = w.poll(at_ms=3, spool=(800 * mb, 1000 * mb, 5000 * mb), **kw)
+    assert [(e.what, e.value) for e in got] == [("spool_filling", 80.0)]
+    assert got[0].detail == "spool 800 of 1000 MB, disk free 5000 MB"
+    assert w.poll(at_ms=4, spool=(770 * mb, 1000 * mb, 5000 * mb), **kw) == []  # 5 points
+    got = w.poll(at_ms=5, spool=(740 * mb, 1000 * mb, 5000 * mb), **kw)
+    assert [(e.what, e.value) for e in got] == [("spool_ok", 74.0)]
+    # A disk with less room left than the rest of max_mb fills first.
+    got = w.poll(at_ms=6, spool=(100 * mb, 1000 * mb, 150 * mb), **kw)
+    assert [(e.what, e.value) for e in got] == [("spool_filling", 85.0)]
+
+
+async def test_spool_filling_is_an_operator_incident_cleared_when_it_drops_back(
+        tmp_path: Path) -> None:
+    reg = county_registry()
+    rig = make_rig(reg, rules=rules_file(tmp_path), start=T0)
+    county = County(rig, reg)
+    await county.minutes(5)
+    county.center("influx_down")
+    rig.engine.on_center(CenterEvent("spool_filling", rig.clock.ms,
+                                     "spool 820 of 1024 MB", 80.1))
+    await county.minutes(20)
+    rig.engine.on_center(CenterEvent("spool_ok", rig.clock.ms, "", 74.0))
+    county.center("influx_up")
+    await county.minutes(5)
+    assert messages(rig.notifier) == [
+        ("operator", "边缘缓冲区已用80%已60s，磁盘将满：请检查InfluxDB并清理磁盘。"),
+        ("operator", "InfluxDB已中断5min，数据暂存边缘缓冲区，恢复后自动补写。"),
+        ("operator", "边缘缓冲区已回落到74%（持续20min）。"),
+        ("operator", "InfluxDB中断20min后已恢复，缓冲数据正在补写。"),
+    ]
+    rig.close()

@@ -340,10 +340,46 @@ async def test_planned_stop_longer_than_its_window_is_told(tmp_path: Path) -> No
     rig.close()
 
 
+async def test_gateway_clock_hold_15_min(tmp_path: Path) -> None:
+    """A 15-minute hold of readings for an unsynced clock: farmer 0,
+    operators 1 (the center profile's clock-hold, at [alerts]
+    clock_hold_incident_s), then the clock syncs and the held readings come."""
+    rig, county = county_rig(tmp_path)
+    await county.minutes(5)
+    county.up.discard("gw-1")
+    for m in range(16):                        # a status every minute, no telemetry
+        rig.status("gw-1", online=True, clock="unsynced", held_unsynced=2 * (m + 1),
+                   held_for_s=60.0 * m)
+        await county.minutes(1)
+    rig.status("gw-1", online=True, clock="synced", held_unsynced=0)
+    county.up.add("gw-1")
+    await county.minutes(40)
+    assert messages(rig.notifier) == [
+        ("operator", "gw-1网关时钟未同步，已暂存32条数据15min，请检查NTP或[clock] source。")]
+    rig.close()
+
+
+async def test_gateway_clock_hold_shorter_than_its_threshold(tmp_path: Path) -> None:
+    rig, county = county_rig(tmp_path, settings=AlertsSettings(backoff_s=60,
+                                                               clock_hold_incident_s=1200))
+    await county.minutes(5)
+    county.up.discard("gw-1")
+    for m in range(16):
+        rig.status("gw-1", online=True, clock="unsynced", held_unsynced=2 * (m + 1),
+                   held_for_s=60.0 * m)
+        await county.minutes(1)
+    rig.status("gw-1", online=True, clock="synced", held_unsynced=0)
+    county.up.add("gw-1")
+    await county.minutes(40)
+    assert messages(rig.notifier) == []
+    rig.close()
+
+
 async def test_gateway_clock_hold(tmp_path: Path) -> None:
     """The gateway holds its readings while its clock is unsynced: its
-    statuses say so, its sensors' silence is no farm matter; a hold that
-    lasts past the clock-unsynced rule's 30 min is the operators'."""
+    statuses say so, its sensors' silence is no farm matter; the hold is
+    the operators' at 15 min, and the clock still unsynced at the
+    clock-unsynced rule's 30 min too."""
     rig, county = county_rig(tmp_path)
     await county.minutes(5)
     county.up.discard("gw-1")
@@ -352,5 +388,6 @@ async def test_gateway_clock_hold(tmp_path: Path) -> None:
                    held_for_s=60.0 * m)
         await county.minutes(1)
     assert messages(rig.notifier) == [
+        ("operator", "gw-1网关时钟未同步，已暂存32条数据15min，请检查NTP或[clock] source。"),
         ("operator", "gw-1网关时钟未同步已29分钟，数据时间可能不准。")]
     rig.close()
