@@ -379,6 +379,15 @@ def _systemctl(sb: Sandbox, args: list[str]) -> int:
         for n in names:
             actions[verb](n)
         return 0
+    if verb == "kill":
+        # systemctl kill --signal=NAME UNIT: the signal to the unit's processes,
+        # as a power cut would end them with SIGKILL.
+        sig = next((a.split("=", 1)[1] for a in args if a.startswith("--signal=")), "TERM")
+        for n in names:
+            pid = sb.running_pid(n)
+            if pid is not None:
+                stop_pid(pid, getattr(signal, "SIG" + sig.removeprefix("SIG")), 10)
+        return 0
     if verb in {"is-active", "status"}:
         active = all(sb.running_pid(n) for n in names)
         for n in names:

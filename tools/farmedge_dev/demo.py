@@ -714,8 +714,8 @@ def add_parser(subparsers: Any) -> None:
             "edge service and simulated farms, and show what reaches InfluxDB every couple "
             "of seconds. Ctrl-C stops everything."),
         epilog="examples:\n  farmedge demo\n  farmedge demo --farms 2 --duration 60 --keep-data\n"
-               "  farmedge demo --no-episodes --alert-speedup 1   (the value model and the "
-               "rules as shipped)",
+               "  farmedge demo --no-episodes --alert-speedup 1\n"
+               "    (the value model and the rules as shipped)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--farms", type=int, default=5, help="simulated farms (default 5)")
     p.add_argument("--gateways-per-farm", type=int, default=2,
