@@ -47,35 +47,11 @@ from tests.alerts_support import (
     until,
 )
 from tests.support import Publisher, count, make_payload
+from tests.unit.alerts.support import DRY_RULES  # one soil rule, one frost rule
 
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.servers
-
-DRY_RULES = """
-profiles:
-  test-dry:
-    description: one soil rule, for tests
-    rules:
-      - id: soil-dry
-        kind: soil_moisture
-        when: {below: 20}
-        clear: {at_least: 24}
-        for: 20m
-        clear_for: 20m
-        group_by: plot
-        target: [22, 30]
-        template: soil-dry
-      - id: frost
-        kind: air_temperature
-        when: {at_most: -2}
-        clear: {above: 0}
-        severity: critical
-        group_by: farm
-        decimals: 1
-        template: frost
-        escalate_after: 2h
-"""
 
 
 @pytest.fixture
