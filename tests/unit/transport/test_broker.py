@@ -35,11 +35,15 @@ def test_each_scheme_has_one_meaning(url: str, tls: bool, port: int) -> None:
 
 
 @pytest.mark.parametrize("url", ["http://broker", "ws://broker:9001", "broker:1883", "tls://b",
-                                 "mqtt://", "mqtt://broker:99999", "mqtt://broker:port"])
+                                 "mqtt://", "mqtt://broker:99999", "mqtt://broker:port",
+                                 "mqtt://broker:0", "mqtt://bro ker", "mqtt://broker\x00evil",
+                                 "mqtt://edge:s3cret@broker:99999",
+                                 "mqtt://edge:s3cret@broker:port"])
 def test_anything_else_is_a_config_error(url: str) -> None:
     with pytest.raises(BrokerUrlError) as e:
         parse_broker_url(url)
     assert isinstance(e.value, TransportError) and isinstance(e.value, ValueError)
+    assert "s3cret" not in str(e.value)
 
 
 def test_the_message_says_what_is_wrong_and_what_is_right() -> None:
