@@ -54,7 +54,10 @@ class ConfigError(Exception):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan=False: TOML and the environment spell infinity and NaN
+    # ("inf", "nan"), which no setting means (an infinite back-off cap or
+    # spool is no cap at all, and NaN passes no bound check).
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class FileSettings(BaseSettings):
@@ -64,6 +67,7 @@ class FileSettings(BaseSettings):
         env_nested_max_split=1,
         extra="forbid",
         validate_default=True,
+        allow_inf_nan=False,
     )
     _toml_data: ClassVar[dict[str, Any]] = {}
 
