@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from farmedge.logs import get_logger, redact_url
-from farmedge.records import CenterEvent, CenterWatch, Stage
+from farmedge.records import CenterEvent, Stage
 from farmedge.registry import Registry, load_registry
 from farmedge.storage.influx import InfluxWriter
 from farmedge.storage.lineproto import field_str, series_key
@@ -34,7 +34,7 @@ from farmedge.storage.spool import Spool
 
 from .batcher import Batch, Batcher
 from .errors import EdgeError, EdgeFatal
-from .health import ClockWatch, Health, HealthCheck
+from .health import CenterWatch, ClockWatch, Health, HealthCheck
 from .metrics import EdgeMetrics, Incidents, counter_total
 from .settings import EdgeSettings
 from .sink import Sink, Writer
