@@ -24,8 +24,8 @@ from farmedge.contract.models import GatewayStatus
 from farmedge.contract.parse import NormalizedReading
 from farmedge.registry import GatewayEntry, SensorMeta
 
-__all__ = ["Accepted", "AcceptedReading", "CenterAware", "CenterEvent", "CenterWatch",
-           "CenterWhat", "Stage", "StatusEvent"]
+__all__ = ["Accepted", "AcceptedReading", "CenterAware", "CenterEvent", "CenterWhat", "Stage",
+           "StatusEvent"]
 
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})
 _EMPTY_META = SensorMeta()
@@ -124,7 +124,7 @@ class CenterEvent:
     down too, nothing becomes durable and the edge receives nothing).
     ``spool_filling`` / ``spool_ok``: the spool (or the disk under it) is
     filling: ``value`` is how full, in percent of ``[spool] max_mb`` (see
-    :meth:`CenterWatch.fill`).
+    :meth:`farmedge.edge.health.CenterWatch.fill`).
     """
 
     what: CenterWhat
@@ -134,66 +134,6 @@ class CenterEvent:
     detail: str = ""
     #: A number the event carries (spool_filling: percent full), or None.
     value: float | None = None
-
-
-class CenterWatch:
-    """Turns the edge's state, looked at every second, into
-    :class:`CenterEvent` records: only changes, ``edge_started`` first."""
-
-    def __init__(self, spool_alert_share: float = 0.8) -> None:
-        self._last: tuple[bool, bool, bool, bool] | None = None
-        #: [spool] alert_share: filling from this share, ok again 5 points below.
-        self.spool_alert_share = spool_alert_share
-        self.filling = False
-
-    @staticmethod
-    def fill(used: int, cap: int, free: int | None) -> float:
-        """How full the spool is toward its bound ``cap`` (0..1): its own
-        bytes, or, when the disk has less room left than the spool's bound
-        allows, the share the disk's free space leaves (the disk fills
-        first)."""
-        if cap <= 0:
-            return 0.0
-        share = used / cap
-        if free is not None:
-            share = max(share, 1.0 - free / cap)
-        return min(1.0, max(0.0, share))
-
-    def started(self, at_ms: int, detail: str = "") -> list[CenterEvent]:
-        """The edge took its stages up and is about to connect."""
-        self._last = (False, True, False, False)
-        self.filling = False
-        return [CenterEvent("edge_started", at_ms, detail)]
-
-    def poll(self, *, connected: bool, influx_up: bool, replaying: bool, at_ms: int,
-             detail: str = "", disk_full: bool = False,
-             spool: tuple[int, int, int | None] | None = None) -> list[CenterEvent]:
-        """``spool``: the spool's (bytes, max_bytes, free bytes of its disk)."""
-        if self._last is None:
-            return []
-        was = self._last
-        self._last = (connected, influx_up, replaying, disk_full)
-        out: list[CenterEvent] = []
-        if spool is not None:
-            used, cap, free = spool
-            share = self.fill(used, cap, free)
-            limit = self.spool_alert_share - (0.05 if self.filling else 0.0)
-            if (share >= limit) != self.filling:
-                self.filling = not self.filling
-                mb = f"spool {used / 2**20:.0f} of {cap / 2**20:.0f} MB" + (
-                    "" if free is None else f", disk free {free / 2**20:.0f} MB")
-                out.append(CenterEvent("spool_filling" if self.filling else "spool_ok", at_ms,
-                                       mb, round(share * 100, 1)))
-        if connected != was[0]:
-            out.append(CenterEvent("broker_up" if connected else "broker_down", at_ms))
-        if influx_up != was[1]:
-            out.append(CenterEvent("influx_up" if influx_up else "influx_down", at_ms,
-                                   "" if influx_up else detail))
-        if replaying != was[2]:
-            out.append(CenterEvent("replay_started" if replaying else "replay_done", at_ms))
-        if disk_full != was[3]:
-            out.append(CenterEvent("disk_full" if disk_full else "disk_ok", at_ms))
-        return out
 
 
 class CenterAware(Protocol):

@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from farmedge.logs import get_logger, redact_url
-from farmedge.records import CenterEvent, CenterWatch
+from farmedge.records import CenterEvent, Stage
 from farmedge.registry import Registry, load_registry
 from farmedge.storage.influx import InfluxWriter
 from farmedge.storage.lineproto import field_str, series_key
@@ -34,8 +34,7 @@ from farmedge.storage.spool import Spool
 
 from .batcher import Batch, Batcher
 from .errors import EdgeError, EdgeFatal
-from .events import Observer
-from .health import ClockWatch, Health, HealthCheck
+from .health import CenterWatch, ClockWatch, Health, HealthCheck
 from .metrics import EdgeMetrics, Incidents, counter_total
 from .settings import EdgeSettings
 from .sink import Sink, Writer
@@ -47,16 +46,16 @@ __all__ = ["EdgeError", "EdgeFatal", "EdgeService", "Health", "RecordSink", "bui
 
 #: Where the stages' own records (alert events as lines) go: the batcher.
 RecordSink = Batcher
-StagesFactory = Callable[[Batcher], Sequence[Observer]]
+StagesFactory = Callable[[Batcher], Sequence[Stage]]
 
 
 def build_observers(settings: EdgeSettings, registry: Registry | None,
-                    records: Batcher | None = None) -> list[Observer]:
+                    records: Batcher | None = None) -> list[Stage]:
     """The stages after the edge (the alert engine), built from the config;
     their records go to ``records`` (the edge's batcher: the same writer and
     spool as readings; without it, to InfluxDB by a client of the engine's
     own). Raises ConfigError for a wrong rules file."""
-    observers: list[Observer] = []
+    observers: list[Stage] = []
     if settings.alerts.enabled:
         from farmedge.alerts import engine_from_settings
 
@@ -72,8 +71,8 @@ class Stages:
     raises is counted and logged, call by call; one that fails to start is
     left out and /healthz says so."""
 
-    def __init__(self, stages: Sequence[Observer], incidents: Incidents) -> None:
-        self.running: list[Observer] = list(stages)
+    def __init__(self, stages: Sequence[Stage], incidents: Incidents) -> None:
+        self.running: list[Stage] = list(stages)
         self._incidents = incidents
         #: Stages that failed to start (name -> error): not running.
         self.failed: dict[str, str] = {}
@@ -144,7 +143,7 @@ class EdgeService:
     the real ones (tests)."""
 
     def __init__(self, settings: EdgeSettings, *, registry: Registry | None = None,
-                 observers: Sequence[Observer] | StagesFactory | None = None,
+                 observers: Sequence[Stage] | StagesFactory | None = None,
                  validator: Validator | None = None, writer: Writer | None = None) -> None:
         self.settings = s = settings
         if registry is None and s.registry is not None:
@@ -168,7 +167,7 @@ class EdgeService:
         self.batcher = Batcher(s.influx, source=self.source, validator=self.validator,
                                on_internal=self.incidents)
         if observers is None:
-            stages: Sequence[Observer] = build_observers(s, registry, self.batcher)
+            stages: Sequence[Stage] = build_observers(s, registry, self.batcher)
         elif callable(observers):
             stages = observers(self.batcher)
         else:
@@ -199,7 +198,7 @@ class EdgeService:
         return self.sink.spool
 
     @property
-    def observers(self) -> list[Observer]:
+    def observers(self) -> list[Stage]:
         return self.stages.running
 
     def pending_messages(self) -> int:

@@ -1,6 +1,8 @@
 """What ``/healthz`` says: :class:`Health` (status, reasons, details) from
-the parts of the edge, and :class:`ClockWatch`, which judges the edge's own
-clock from the readings it takes (docs/edge.md, "Health and metrics")."""
+the parts of the edge, :class:`ClockWatch`, which judges the edge's own
+clock from the readings it takes (docs/edge.md, "Health and metrics"), and
+:class:`CenterWatch`, which turns the edge's state into the
+:class:`~farmedge.records.CenterEvent` records the stages get."""
 
 from __future__ import annotations
 
@@ -10,6 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from farmedge.records import CenterEvent
+
 if TYPE_CHECKING:
     from .batcher import Batcher
     from .settings import HttpSection
@@ -17,7 +21,7 @@ if TYPE_CHECKING:
     from .source import Source
     from .validate import Validator
 
-__all__ = ["ClockWatch", "Health", "HealthCheck"]
+__all__ = ["CenterWatch", "ClockWatch", "Health", "HealthCheck"]
 
 #: Clock check: readings sampled per batch (the most recent as many are
 #: judged), the window, and how far ahead of the edge's clock recent
@@ -88,6 +92,66 @@ class ClockWatch:
                 out.append(f"clock: the most recent readings are stamped {median / 1000:.0f} s "
                            "ahead of the edge's clock: the edge's clock looks behind "
                            "(check NTP)")
+        return out
+
+
+class CenterWatch:
+    """Turns the edge's state, looked at every second, into
+    :class:`CenterEvent` records: only changes, ``edge_started`` first."""
+
+    def __init__(self, spool_alert_share: float = 0.8) -> None:
+        self._last: tuple[bool, bool, bool, bool] | None = None
+        #: [spool] alert_share: filling from this share, ok again 5 points below.
+        self.spool_alert_share = spool_alert_share
+        self.filling = False
+
+    @staticmethod
+    def fill(used: int, cap: int, free: int | None) -> float:
+        """How full the spool is toward its bound ``cap`` (0..1): its own
+        bytes, or, when the disk has less room left than the spool's bound
+        allows, the share the disk's free space leaves (the disk fills
+        first)."""
+        if cap <= 0:
+            return 0.0
+        share = used / cap
+        if free is not None:
+            share = max(share, 1.0 - free / cap)
+        return min(1.0, max(0.0, share))
+
+    def started(self, at_ms: int, detail: str = "") -> list[CenterEvent]:
+        """The edge took its stages up and is about to connect."""
+        self._last = (False, True, False, False)
+        self.filling = False
+        return [CenterEvent("edge_started", at_ms, detail)]
+
+    def poll(self, *, connected: bool, influx_up: bool, replaying: bool, at_ms: int,
+             detail: str = "", disk_full: bool = False,
+             spool: tuple[int, int, int | None] | None = None) -> list[CenterEvent]:
+        """``spool``: the spool's (bytes, max_bytes, free bytes of its disk)."""
+        if self._last is None:
+            return []
+        was = self._last
+        self._last = (connected, influx_up, replaying, disk_full)
+        out: list[CenterEvent] = []
+        if spool is not None:
+            used, cap, free = spool
+            share = self.fill(used, cap, free)
+            limit = self.spool_alert_share - (0.05 if self.filling else 0.0)
+            if (share >= limit) != self.filling:
+                self.filling = not self.filling
+                mb = f"spool {used / 2**20:.0f} of {cap / 2**20:.0f} MB" + (
+                    "" if free is None else f", disk free {free / 2**20:.0f} MB")
+                out.append(CenterEvent("spool_filling" if self.filling else "spool_ok", at_ms,
+                                       mb, round(share * 100, 1)))
+        if connected != was[0]:
+            out.append(CenterEvent("broker_up" if connected else "broker_down", at_ms))
+        if influx_up != was[1]:
+            out.append(CenterEvent("influx_up" if influx_up else "influx_down", at_ms,
+                                   "" if influx_up else detail))
+        if replaying != was[2]:
+            out.append(CenterEvent("replay_started" if replaying else "replay_done", at_ms))
+        if disk_full != was[3]:
+            out.append(CenterEvent("disk_full" if disk_full else "disk_ok", at_ms))
         return out
 
 

@@ -15,10 +15,10 @@ from .drivers import DRIVERS, Driver, Sample
 from .errors import DriverError, GatewayError, OutboxError, UplinkError
 from .outbox import Outbox
 from .settings import GatewaySettings
-from .uplink import Backoff, Uplink
+from .uplink import Uplink
 
 __all__ = [
-    "DRIVERS", "Agent", "Backoff", "ClockSource", "Driver", "DriverError", "FakeClock",
+    "DRIVERS", "Agent", "ClockSource", "Driver", "DriverError", "FakeClock",
     "GatewayError", "GatewaySettings", "Outbox", "OutboxError", "Sample", "SystemClock",
     "Uplink", "UplinkError",
 ]

@@ -43,7 +43,8 @@ class HoldWatch:
         #: monotonic() of the last warning; None while nothing is held.
         self._logged: float | None = None
         self._peak = 0
-        #: No reading of this boot has a lower id (asked once).
+        #: No reading held now or later has a lower id (the boot's first,
+        #: then moved up by each look).
         self._from_id: int | None = None
 
     def current(self) -> Hold:
@@ -56,7 +57,8 @@ class HoldWatch:
         try:
             if self._from_id is None:
                 self._from_id = ob.file.first_id_of_boot(boot)
-            n, oldest = ob.file.held(boot, mono - int(hold_s * 1000), self._from_id)
+            n, oldest, self._from_id = ob.file.held(boot, mono - int(hold_s * 1000),
+                                                    self._from_id)
         except OutboxError:
             return Hold()
         if not n or oldest is None:

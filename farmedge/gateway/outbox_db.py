@@ -195,16 +195,22 @@ class OutboxDb:
                        " (SELECT id FROM boot WHERE boot_id = ?)", (boot_id,))
         return int(row[0]) if row and row[0] is not None else self.last_reading_id() + 1
 
-    def held(self, boot_id: str, mono_after: int, from_id: int) -> tuple[int, int | None]:
+    def held(self, boot_id: str, mono_after: int, from_id: int) -> tuple[int, int | None, int]:
         """Unsynced readings of boot ``boot_id`` taken after ``mono_after``
         (CLOCK_BOOTTIME ms), among ids from ``from_id`` on (the primary key's
-        range: only this boot's readings are read): how many, and the
-        ``mono`` of the oldest."""
-        n, oldest = self.one(
-            "SELECT COUNT(*), MIN(mono) FROM reading WHERE id >= ? AND boot ="
+        range: only this boot's readings are read): how many, the ``mono``
+        of the oldest, and an id no such reading is below, now or later
+        (``mono_after`` only grows, a reading never turns unsynced, ids are
+        never reused): the lowest held one's, or the next id when none is
+        held. The next look starts there, so it reads the hold's readings,
+        not the whole boot's."""
+        n, oldest, first = self.one(
+            "SELECT COUNT(*), MIN(mono), MIN(id) FROM reading WHERE id >= ? AND boot ="
             " (SELECT id FROM boot WHERE boot_id = ?) AND synced = 0 AND mono > ?",
             (from_id, boot_id, mono_after))
-        return int(n), None if oldest is None else int(oldest)
+        if not n:
+            return 0, None, max(from_id, self.last_reading_id() + 1)
+        return int(n), int(oldest), int(first)
 
     def nth_oldest_id(self, n: int) -> int | None:
         row = self.one("SELECT id FROM reading ORDER BY id LIMIT 1 OFFSET ?", (n,))

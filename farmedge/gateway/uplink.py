@@ -40,7 +40,7 @@ from .errors import UplinkError
 from .outbox import Outbox, Row
 from .settings import GatewaySettings
 
-__all__ = ["Backoff", "Uplink", "UplinkStats"]
+__all__ = ["Uplink", "UplinkStats"]
 
 
 @dataclass

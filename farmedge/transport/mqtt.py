@@ -140,7 +140,19 @@ class MqttSource:
         self._lost.clear()
         self.attempts += 1
         loop = asyncio.get_running_loop()
-        self._connack = loop.create_future()
+        # The CONNACK can come (or the socket close, or stop) while the
+        # connect is still in the thread: the future is there before it and
+        # belongs to this attempt only.
+        self._connack = connack = loop.create_future()
+        try:
+            await self._attempt(loop, connack)
+        finally:
+            self._connack = None
+            if connack.done() and not connack.cancelled():
+                connack.exception()  # a loss or stop after a failed connect is no news
+
+    async def _attempt(self, loop: asyncio.AbstractEventLoop,
+                       connack: asyncio.Future[None]) -> None:
         props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
         props.SessionExpiryInterval = self._s.session_expiry_s
         props.ReceiveMaximum = self._s.receive_maximum
@@ -160,7 +172,7 @@ class MqttSource:
         assert self._sock is not None
         self._misc_task = asyncio.create_task(self._sock.misc())
         try:
-            await self._connack
+            await connack
         except BaseException:
             self._misc_task.cancel()
             # Let the broker's close of a refused connection land before the

@@ -25,8 +25,8 @@ from farmedge.alerts import (
 )
 from farmedge.contract.topics import status_topic, telemetry_topic
 from farmedge.edge.app import EdgeService, build_observers
-from farmedge.edge.events import Observer
 from farmedge.edge.settings import EdgeSettings, InfluxSection
+from farmedge.records import Stage as Observer
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.alerts_support import HttpReceiver, SimClock, local_ts, reading, status_payload, until
 from tests.edgeproc import edge_settings

@@ -17,8 +17,9 @@ from pathlib import Path
 
 import pytest
 
+from farmedge.backoff import Backoff
 from farmedge.contract import GatewayStatus, Quality
-from farmedge.gateway import Backoff, FakeClock, Outbox, Sample
+from farmedge.gateway import FakeClock, Outbox, Sample
 from farmedge.gateway.outbox import NewRow
 from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
 from tests.gateway_support import (

@@ -9,7 +9,8 @@ from pathlib import Path
 
 from farmedge.alerts import AlertsSettings
 from farmedge.alerts.center import CenterHealth, fmt_duration
-from farmedge.records import CenterEvent, CenterWatch
+from farmedge.edge.health import CenterWatch
+from farmedge.records import CenterEvent
 from farmedge.registry import Contact
 
 from .support import farm_registry, local_ts, make_rig, rules_file

@@ -16,9 +16,9 @@ import pytest
 from farmedge.alerts import RecordSink
 from farmedge.edge.app import EdgeService
 from farmedge.edge.errors import EdgeError, EdgeFatal
-from farmedge.edge.events import Observer
 from farmedge.edge.settings import EdgeSettings, HttpSection, InfluxSection, MqttSection
 from farmedge.records import Accepted, StatusEvent
+from farmedge.records import Stage as Observer
 from farmedge.storage.influx import WriteKind, WriteResult
 from farmedge_dev.devservers import free_port
 from tests.alerts_support import until
