@@ -27,7 +27,7 @@ from farmedge.contract.parse import parse_telemetry
 from farmedge.contract.topics import parse_gateway_topic
 from farmedge.records import Accepted, StatusEvent
 from farmedge.records import Stage as Observer
-from farmedge.registry import Registry
+from farmedge.registry import Contact, Farm, GatewayEntry, Plot, Registry, SensorMeta
 from farmedge_dev.devservers import free_port
 
 T = TypeVar("T")
@@ -54,6 +54,21 @@ class SimClock:
     @property
     def ms(self) -> int:
         return int(self.t * 1000)
+
+
+def farm_registry(county: str = "c1", *, contacts: list[Contact], profile: str = "test-dry",
+                  sensors: int = 2, budget: int = 10, center: list[Contact] | None = None,
+                  interval: float = 600) -> Registry:
+    """One farm (wang-12, gateway gw-1) with ``sensors`` soil probes in one plot."""
+    sens = {f"soil-{i}": SensorMeta(plot="field-3", crop="maize", interval_s=interval)
+            for i in range(1, sensors + 1)}
+    return Registry(
+        farms=[Farm(county=county, farm="wang-12", name="王家农场", profile=profile,
+                    plots={"field-3": Plot(name="3号地", crop="maize", field_capacity=36,
+                                           wilting_point=19)},
+                    gateways={"gw-1": GatewayEntry(interval_s=interval, sensors=sens)},
+                    contacts=contacts, daily_message_budget=budget)],
+        center_contacts=center or [])
 
 
 async def until(fn: Callable[[], T], *, timeout: float = 15.0,  # noqa: ASYNC109

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from farmedge.registry import Contact
-from tests.alerts_support import HttpReceiver, SimClock, local_ts, until
+from tests.alerts_support import HttpReceiver, SimClock, farm_registry, local_ts, until
 from tests.disks import fill_disk, small_tmpfs
-from tests.integration.test_alerts import DRY_RULES, farm_registry, make_rig
+from tests.integration.test_alerts import DRY_RULES, make_rig
 
 pytestmark = [pytest.mark.chaos]
 

@@ -34,13 +34,14 @@ from farmedge.alerts import (
 )
 from farmedge.contract.topics import status_topic, telemetry_topic
 from farmedge.records import AcceptedReading
-from farmedge.registry import Contact, Farm, GatewayEntry, Plot, Registry, SensorMeta
+from farmedge.registry import Contact, Registry
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.alerts_support import (
     HttpReceiver,
     MqttFeeder,
     SimClock,
     SmtpReceiver,
+    farm_registry,
     local_ts,
     reading,
     settle,
@@ -73,20 +74,6 @@ def dry_rules(tmp_path: Path) -> Path:
     p = tmp_path / "rules.yaml"
     p.write_text(DRY_RULES)
     return p
-
-
-def farm_registry(county: str, *, contacts: list[Contact], profile: str = "test-dry",
-                  sensors: int = 2, budget: int = 10, center: list[Contact] | None = None,
-                  interval: float = 600) -> Registry:
-    sens = {f"soil-{i}": SensorMeta(plot="field-3", crop="maize", interval_s=interval)
-            for i in range(1, sensors + 1)}
-    return Registry(
-        farms=[Farm(county=county, farm="wang-12", name="王家农场", profile=profile,
-                    plots={"field-3": Plot(name="3号地", crop="maize", field_capacity=36,
-                                           wilting_point=19)},
-                    gateways={"gw-1": GatewayEntry(interval_s=interval, sensors=sens)},
-                    contacts=contacts, daily_message_budget=budget)],
-        center_contacts=center or [])
 
 
 @dataclass

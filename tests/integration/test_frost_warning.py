@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from farmedge.registry import Contact
-from tests.alerts_support import HttpReceiver, local_ts, settle, until
-from tests.integration.test_alerts import Rig, farm_registry, make_rig
+from tests.alerts_support import HttpReceiver, farm_registry, local_ts, settle, until
+from tests.integration.test_alerts import Rig, make_rig
 
 # The shipped profiles, with the device rules off: only air temperature is
 # fed, and the registry's soil probe would read as silent.

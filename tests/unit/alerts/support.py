@@ -6,7 +6,6 @@ simulated time in milliseconds and nothing waits on a poll."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from farmedge.alerts import (
@@ -21,9 +20,12 @@ from farmedge.contract.kinds import KINDS
 from farmedge.contract.models import GatewayStatus, Quality
 from farmedge.contract.parse import NormalizedReading
 from farmedge.records import Accepted, StatusEvent
-from farmedge.registry import Contact, Farm, GatewayEntry, Plot, Registry, SensorMeta
+from farmedge.registry import Registry
 
-CST = timezone(timedelta(hours=8))
+# Shared with the alert tests against real servers (re-exported for the unit tests).
+from tests.alerts_support import SimClock as SimClock
+from tests.alerts_support import farm_registry as farm_registry
+from tests.alerts_support import local_ts as local_ts
 
 DRY_RULES = """
 profiles:
@@ -50,23 +52,6 @@ profiles:
         escalate_after: 2h
 """
 NO_DEVICE = "  device:\n    rules: []\n"
-
-
-def local_ts(y: int, mo: int, d: int, h: int, mi: int = 0) -> float:
-    """Epoch seconds of a China Standard Time wall clock."""
-    return datetime(y, mo, d, h, mi, tzinfo=CST).timestamp()
-
-
-class SimClock:
-    def __init__(self, t: float) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    @property
-    def ms(self) -> int:
-        return int(self.t * 1000)
 
 
 @dataclass
@@ -96,20 +81,6 @@ class FakeNotifier:
 
     def messages(self, url: str | None = None) -> list[str]:
         return [s.body for s in self.sent if url is None or s.url == url]
-
-
-def farm_registry(*, contacts: list[Contact], profile: str = "test-dry", sensors: int = 2,
-                  budget: int = 10, center: list[Contact] | None = None,
-                  interval: float = 600, county: str = "c1") -> Registry:
-    sens = {f"soil-{i}": SensorMeta(plot="field-3", crop="maize", interval_s=interval)
-            for i in range(1, sensors + 1)}
-    return Registry(
-        farms=[Farm(county=county, farm="wang-12", name="王家农场", profile=profile,
-                    plots={"field-3": Plot(name="3号地", crop="maize", field_capacity=36,
-                                           wilting_point=19)},
-                    gateways={"gw-1": GatewayEntry(interval_s=interval, sensors=sens)},
-                    contacts=contacts, daily_message_budget=budget)],
-        center_contacts=center or [])
 
 
 @dataclass
