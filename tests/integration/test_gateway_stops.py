@@ -10,6 +10,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -83,11 +84,29 @@ def log_events(log: Path, event: str) -> list[dict[str, Any]]:
     return [e for e in out if e.get("event") == event]
 
 
+@pytest.fixture
+def edge_and_subscriber(tmp_path: Path, mosquitto: MosquittoServer, county: str,
+                        influxdb: InfluxServer, influx_db: str,
+                        ) -> Iterator[tuple[Subscriber, EdgeProcess]]:
+    """A subscriber to the county's topics and an edge writing to the test's
+    database; the test stops the edge (and checks how it stopped), the
+    teardown closes the subscriber and stops an edge a failed test left."""
+    sub = Subscriber(mosquitto.url, county)
+    try:
+        edge = EdgeProcess(mosquitto.url, influxdb.url, influx_db, tmp_path / "edge")
+        try:
+            yield sub, edge
+        finally:
+            if edge.proc is not None:
+                edge.stop()
+    finally:
+        sub.close()
+
+
 def test_a_clean_restart_continues_the_sequence_without_a_gap(
         tmp_path: Path, mosquitto: MosquittoServer, county: str, influxdb: InfluxServer,
-        influx_db: str) -> None:
-    sub = Subscriber(mosquitto.url, county)
-    edge = EdgeProcess(mosquitto.url, influxdb.url, influx_db, tmp_path / "edge")
+        influx_db: str, edge_and_subscriber: tuple[Subscriber, EdgeProcess]) -> None:
+    sub, edge = edge_and_subscriber
     cfg = tmp_path / "gw.toml"
     write_config(cfg, mosquitto.url, county, tmp_path / "data")
     for run in range(3):
@@ -112,14 +131,12 @@ def test_a_clean_restart_continues_the_sequence_without_a_gap(
     eventually(all_stored, timeout=30, what="every reading in InfluxDB")
     assert gateway_points(influxdb.url, influx_db, county, '"seq_gap"') == []
     edge.stop()
-    sub.close()
 
 
 def test_a_planned_stop_says_stopping_and_a_killed_gateway_s_will_says_lost(
         tmp_path: Path, mosquitto: MosquittoServer, county: str, influxdb: InfluxServer,
-        influx_db: str) -> None:
-    sub = Subscriber(mosquitto.url, county)
-    edge = EdgeProcess(mosquitto.url, influxdb.url, influx_db, tmp_path / "edge")
+        influx_db: str, edge_and_subscriber: tuple[Subscriber, EdgeProcess]) -> None:
+    sub, edge = edge_and_subscriber
     cfg = tmp_path / "gw.toml"
     write_config(cfg, mosquitto.url, county, tmp_path / "data")
 
@@ -145,14 +162,12 @@ def test_a_planned_stop_says_stopping_and_a_killed_gateway_s_will_says_lost(
     rows = gateway_points(influxdb.url, influx_db, county, '"online", "reason"')
     assert [r[2] for r in rows if r[1] is False][-2:] == ["stopping", "lost"]
     edge.stop()
-    sub.close()
 
 
 def test_a_clock_hold_is_logged_and_in_the_stored_status(
         tmp_path: Path, mosquitto: MosquittoServer, county: str, influxdb: InfluxServer,
-        influx_db: str) -> None:
-    sub = Subscriber(mosquitto.url, county)
-    edge = EdgeProcess(mosquitto.url, influxdb.url, influx_db, tmp_path / "edge")
+        influx_db: str, edge_and_subscriber: tuple[Subscriber, EdgeProcess]) -> None:
+    sub, edge = edge_and_subscriber
     cfg = tmp_path / "gw.toml"
     write_config(cfg, mosquitto.url, county, tmp_path / "data", source="timedatectl",
                  hold_unsynced_s=3600)
@@ -177,4 +192,3 @@ def test_a_clock_hold_is_logged_and_in_the_stored_status(
     finally:
         assert stop(p) == 0
     edge.stop()
-    sub.close()
