@@ -17,7 +17,7 @@ import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import pytest
 
@@ -25,6 +25,8 @@ from farmedge_dev.devservers import InfluxServer, MosquittoServer
 
 if TYPE_CHECKING:
     from farmedge_dev.natscluster import NatsCluster
+
+S = TypeVar("S", MosquittoServer, InfluxServer)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -82,36 +84,32 @@ def county() -> str:
     return "c" + uuid.uuid4().hex[:10]
 
 
-@pytest.fixture
-def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[], MosquittoServer]]:
-    made: list[MosquittoServer] = []
+def _made(cls: Callable[[Path], S], workdir: Callable[[int], Path]) -> Iterator[Callable[[], S]]:
+    """A factory of started servers, each stopped at teardown (also one whose
+    start() failed after spawning it)."""
+    made: list[S] = []
 
-    def make() -> MosquittoServer:
-        s = MosquittoServer(tmp_path / f"mosquitto{len(made)}")
-        made.append(s)  # before start(): stopped even when start() fails
-        return s.start()
+    def make() -> S:
+        s = cls(workdir(len(made)))
+        made.append(s)
+        s.start()
+        return s
 
     try:
         yield make
     finally:
         for s in made:
             s.stop()
+
+
+@pytest.fixture
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[], MosquittoServer]]:
+    yield from _made(MosquittoServer, lambda i: tmp_path / f"mosquitto{i}")
 
 
 @pytest.fixture
 def influx_factory(tmp_path: Path) -> Iterator[Callable[[], InfluxServer]]:
-    made: list[InfluxServer] = []
-
-    def make() -> InfluxServer:
-        s = InfluxServer(tmp_path / f"influxdb{len(made)}")
-        made.append(s)  # before start(): stopped even when start() fails
-        return s.start()
-
-    try:
-        yield make
-    finally:
-        for s in made:
-            s.stop()
+    yield from _made(InfluxServer, lambda i: tmp_path / f"influxdb{i}")
 
 
 # ---------------------------------------------------------------- NATS
