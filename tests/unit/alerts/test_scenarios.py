@@ -75,6 +75,16 @@ class County:
         st = GatewayStatus.model_validate(body)
         self.rig.engine.on_status(StatusEvent("c1", self.gws[gw], gw, st, self.rig.clock.ms))
 
+    def lost(self, gw: str) -> None:
+        """``gw`` falls silent and the broker sends its will at once."""
+        self.up.discard(gw)
+        self.status(gw, False)
+
+    def back(self, gw: str) -> None:
+        """``gw`` is back: its status (online) now, its readings from the next minute."""
+        self.up.add(gw)
+        self.status(gw, True)
+
     def center(self, what: CenterWhat) -> None:
         self.rig.engine.on_center(CenterEvent(what, self.rig.clock.ms))
 
@@ -118,8 +128,7 @@ async def test_gateway_really_down_20_min_then_back(tmp_path: Path) -> None:
     await rig.step(30)
     county.status("gw-1", False)        # its last will, 90 s after its last reading
     await county.minutes(20)
-    county.up.add("gw-1")
-    county.status("gw-1", True)
+    county.back("gw-1")
     await county.minutes(3)
     # The will waits 5 min: offline raised 6.5 min after the last reading was seen.
     assert messages(rig.notifier) == [
@@ -234,8 +243,7 @@ async def test_mass_offline_of_6_gateways(tmp_path: Path) -> None:
     await county.minutes(5)
     gone = [f"gw-{i}" for i in range(2, 8)]           # 6 of the county's 10
     for gw in gone:
-        county.up.discard(gw)
-        county.status(gw, False)
+        county.lost(gw)
         await rig.step(5)
     await county.minutes(30)
     assert messages(rig.notifier) == [
@@ -243,8 +251,7 @@ async def test_mass_offline_of_6_gateways(tmp_path: Path) -> None:
     ]
     assert rig.engine.center.member(("c1", "f-2", "gw-2"))
     for gw in gone:                                   # power back
-        county.up.add(gw)
-        county.status(gw, True)
+        county.back(gw)
     await county.minutes(5)
     assert messages(rig.notifier)[1:] == [("operator", "c1县网关集中离线已结束（持续30min）。")]
     rig.close()
@@ -255,12 +262,10 @@ async def test_mass_offline_leaves_the_gateway_still_down_to_its_farm(tmp_path: 
     await county.minutes(5)
     gone = [f"gw-{i}" for i in range(2, 8)]
     for gw in gone:
-        county.up.discard(gw)
-        county.status(gw, False)
+        county.lost(gw)
     await county.minutes(10)
     for gw in gone[:-1]:                              # all back but gw-7
-        county.up.add(gw)
-        county.status(gw, True)
+        county.back(gw)
     await county.minutes(10)
     sent = messages(rig.notifier)
     assert sent[0][0] == "operator" and sent[1][0] == "operator"
@@ -315,8 +320,7 @@ async def test_planned_gateway_restart_30_s(tmp_path: Path) -> None:
     county.up.discard("gw-1")
     rig.status("gw-1", online=False, reason="stopping")   # SIGTERM: a planned stop
     await county.minutes(1)
-    county.up.add("gw-1")
-    county.status("gw-1", True)
+    county.back("gw-1")
     await county.minutes(30)
     assert messages(rig.notifier) == []
     rig.close()
@@ -330,8 +334,7 @@ async def test_planned_stop_longer_than_its_window_is_told(tmp_path: Path) -> No
     await county.minutes(10)
     assert messages(rig.notifier) == []        # planned_stop_grace_s: 15 min
     await county.minutes(10)
-    county.up.add("gw-1")
-    county.status("gw-1", True)
+    county.back("gw-1")
     await county.minutes(2)
     assert messages(rig.notifier) == [
         ("farmer", "gw-1网关离线：已16分钟没有数据，请检查供电和网络。"),
