@@ -71,7 +71,7 @@ def farm_registry(county: str = "c1", *, contacts: list[Contact], profile: str =
         center_contacts=center or [])
 
 
-async def until(fn: Callable[[], T], *, timeout: float = 15.0,  # noqa: ASYNC109
+async def until(fn: Callable[[], T], *, timeout: float = 30.0,  # noqa: ASYNC109
                 what: str = "condition") -> T:
     """Poll ``fn`` on the event loop until truthy; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
@@ -93,7 +93,7 @@ async def settle(engine: Any, *, passes: int = 3) -> None:
     for _ in range(passes):
         engine.wake()
         await asyncio.sleep(0.05)
-        await until(lambda: not engine._inflight, timeout=15, what="sends finished")
+        await until(lambda: not engine._inflight, timeout=30, what="sends finished")
 
 
 class HttpReceiver:

@@ -204,7 +204,7 @@ class Client:
 
     def subscribe(self, topic: str, qos: int = 1) -> list[int]:
         self.c.subscribe(topic, qos)
-        return self.suback.get(timeout=10)
+        return self.suback.get(timeout=30)
 
     def publish(self, topic: str, payload: bytes, *, qos: int = 1) -> int:
         """Publish and wait for the PUBACK; return its reason code, or

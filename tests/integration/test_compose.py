@@ -327,7 +327,7 @@ def test_simulator_command_line_publishes_through_the_shipped_broker(
                              timeout=120, check=False, env={**os.environ, **env})
         assert sim_pw not in out.stdout + out.stderr
         assert out.returncode == 0, out.stderr + out.stdout
-        got = [sub.messages.get(timeout=10) for _ in range(10)]
+        got = [sub.messages.get(timeout=30) for _ in range(10)]
         assert {m.topic.split("/")[2] for m in got} == {"demo"}
         sub.close()
     finally:

@@ -73,7 +73,7 @@ def test_demo_stops_everything_on_sigint(tmp_path: Path) -> None:
     out = "".join(lines) + rest
     assert proc.returncode == 0, out
     _check_final(out, tmp_path)
-    eventually(lambda: _gone(edge_pid), timeout=5, what="the edge process gone")
+    eventually(lambda: _gone(edge_pid), timeout=30, what="the edge process gone")
 
 
 def _lines(proc: subprocess.Popen[str]) -> queue.Queue[tuple[float, str | None]]:
@@ -186,7 +186,7 @@ def test_sighup_stops_everything_the_demo_started(tmp_path: Path) -> None:
         out = _rest(q, seen)
         assert proc.wait(60) == 0, out
         for pid, name in children.items():
-            eventually(lambda pid=pid: _gone(pid), timeout=10,  # type: ignore[misc]
+            eventually(lambda pid=pid: _gone(pid), timeout=30,  # type: ignore[misc]
                        what=f"{name} (pid {pid}) gone")
         assert _started_under(tmp_path / "demo", proc.pid) == {}
     finally:

@@ -103,7 +103,7 @@ class _Watcher:
         self.c.connect("127.0.0.1", port)
         self.c.loop_start()
         self.c.subscribe(f"farm/v1/{county}/#", qos=1)
-        subscribed.get(timeout=10)
+        subscribed.get(timeout=30)
         self.county = county
 
     def topics_until_marker(self) -> list[str]:
@@ -113,7 +113,7 @@ class _Watcher:
         self.c.publish(marker, b"x", qos=1)
         seen: list[str] = []
         while True:
-            topic = self.got.get(timeout=10)
+            topic = self.got.get(timeout=30)
             if topic == marker:
                 return seen
             seen.append(topic)

@@ -158,7 +158,7 @@ async def test_a_partial_write_keeps_the_good_lines(
                            "partial f=5.0 @5000"))
     assert (res.kind, res.status) == (WriteKind.REJECTED, 400) and "partial write" in res.error
     assert res.splittable
-    eventually(lambda: _count(server, "partial") == 3, timeout=10, what="good lines stored")
+    eventually(lambda: _count(server, "partial") == 3, timeout=30, what="good lines stored")
 
 
 async def test_a_body_over_max_body_size_is_split(

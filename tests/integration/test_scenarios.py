@@ -138,7 +138,7 @@ async def test_broker_restart(mosquitto_factory: Callable[[], MosquittoServer],
         before = engine.stats["readings"]
         await until(lambda: engine.stats["readings"] >= before + 5, timeout=60,
                     what="the gateway reporting again")
-        await until(lambda: len(texts(http, "operator")) == 2, timeout=15,
+        await until(lambda: len(texts(http, "operator")) == 2, timeout=30,
                     what="the broker notice")
         await settle(engine)
         assert texts(http, "farmer") == []
@@ -168,7 +168,7 @@ async def test_edge_restart(mosquitto: MosquittoServer, influxdb: InfluxServer,
         before = engine.stats["readings"]
         await until(lambda: engine.stats["readings"] >= before + 8, timeout=60,
                     what="readings after the restart")
-        await until(lambda: len(texts(http, "operator")) == 2, timeout=15, what="notices")
+        await until(lambda: len(texts(http, "operator")) == 2, timeout=30, what="notices")
         await settle(engine)
         assert texts(http, "farmer") == []
         # One notice per start: the first start, then the restart.
