@@ -221,9 +221,13 @@ class DeviceChecks:
                 if left in self.will_at:
                     self.will_at[left] = now
 
-    def _interval(self, ctx: Context, pr: dict[str, float]) -> float:
-        return (ctx.gw_obj.interval_s if ctx.gw_obj and ctx.gw_obj.interval_s
-                else pr.get("default_interval_s", 600.0))
+    @staticmethod
+    def _interval(ctx: Context, pr: dict[str, float]) -> float:
+        """The reporting interval: the sensor's (none for a gateway's
+        context), its gateway's, else the rule's default."""
+        return ((ctx.meta.interval_s if ctx.meta else None)
+                or (ctx.gw_obj.interval_s if ctx.gw_obj else None)
+                or pr.get("default_interval_s", 600.0))
 
     def _will_due(self, gk: GKey, ctx: Context, br: BoundRule, pr: dict[str, float],
                   now: float) -> None:
@@ -239,9 +243,13 @@ class DeviceChecks:
             return
         if not self.health.settled(now, self._interval(ctx, pr)):
             return
-        last = self.heard_before_will.get(gk, at)
+        self._silent(br, pr, ctx, "gateway", gk[2], self.heard_before_will.get(gk, at), now)
+
+    def _silent(self, br: BoundRule, pr: dict[str, float], ctx: Context, etype: str, eid: str,
+                last: float, now: float) -> None:
+        """Offline or silent: the minutes are those since it was last heard."""
         mins = max(1, round((now - last) / 60))
-        self.machine.observe(br, pr, ctx, "gateway", gk[2], True, False, mins,
+        self.machine.observe(br, pr, ctx, etype, eid, True, False, mins,
                              {"minutes": str(mins)}, now)
 
     def longest_interval(self) -> float:
@@ -309,9 +317,7 @@ class DeviceChecks:
                     continue
                 last = self.gw_seen.get(gk, self.started)
                 if health.heard_for(last, now) > pr.get("intervals", 3.0) * interval:
-                    mins = max(1, round((now - last) / 60))
-                    sm.observe(br, pr, ctx, "gateway", gk[2], True, False, mins,
-                               {"minutes": str(mins)}, now)
+                    self._silent(br, pr, ctx, "gateway", gk[2], last, now)
                     down.add(gk)
         for gk, sensor in sensors:
             if gk in down:
@@ -320,17 +326,12 @@ class DeviceChecks:
             for br, pr in ctx.status:
                 if br.rule.check != "sensor_silent":
                     continue
-                interval = ((ctx.meta.interval_s if ctx.meta and ctx.meta.interval_s else None)
-                            or (ctx.gw_obj.interval_s if ctx.gw_obj and ctx.gw_obj.interval_s
-                                else None)
-                            or pr.get("default_interval_s", 600.0))
+                interval = self._interval(ctx, pr)
                 if not health.settled(now, interval):
                     continue
                 last = self.sensor_seen.get(gk, {}).get(sensor, self.started)
                 if health.heard_for(last, now) > pr.get("intervals", 3.0) * interval:
-                    mins = max(1, round((now - last) / 60))
-                    sm.observe(br, pr, ctx, "sensor", f"{gk[2]}/{sensor}", True, False, mins,
-                               {"minutes": str(mins)}, now)
+                    self._silent(br, pr, ctx, "sensor", f"{gk[2]}/{sensor}", last, now)
 
     def load_flat(self, flat: list[tuple[GKey, str, str]]) -> None:
         for gk, sensor, rule in flat:
