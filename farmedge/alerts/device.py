@@ -66,12 +66,12 @@ class DeviceChecks:
         self.bad: dict[SensorKey, dict[str, deque[float]]] = {}
         self.started = 0.0
         self._last_silence_check = float("-inf")
+        #: county -> its known gateways, until the next silence check (a flood of wills)
+        self._county_gws: dict[str, set[GKey]] = {}
 
     def seen(self, gk: GKey) -> dict[str, float]:
         s = self.sensor_seen.get(gk)
-        if s is None:
-            s = self.sensor_seen[gk] = {}
-        return s
+        return s if s is not None else self.sensor_seen.setdefault(gk, {})
 
     # ------------------------------------------------------------ on readings
 
@@ -183,7 +183,7 @@ class DeviceChecks:
                 if st.reason == StatusReason.STOPPING:
                     self.planned.add(gk)     # planned: no mass offline, a longer grace
                 elif self.center is not None:
-                    self.center.will(gk, now, self._county_total(gk[0]))
+                    self.center.will(gk, now, self._county_total(gk))
             was_down = False
         for br, pr in ctx.status:
             rule = br.rule
@@ -209,9 +209,8 @@ class DeviceChecks:
                            cc.holds(hours), hours, {}, now)
 
     def _will_gone(self, gk: GKey, now: float) -> None:
-        """The gateway is back: its will is forgotten (and, if it was part of
-        a mass offline that now ends, the gateways still down wait their
-        grace as farm-side suspicions from now)."""
+        """The gateway is back: its will is forgotten (if its mass offline ends,
+        the gateways still down wait their grace as farm-side suspicions)."""
         self.gw_will.discard(gk)
         self.planned.discard(gk)
         self.will_at.pop(gk, None)
@@ -223,8 +222,7 @@ class DeviceChecks:
 
     @staticmethod
     def _interval(ctx: Context, pr: dict[str, float]) -> float:
-        """The reporting interval: the sensor's (none for a gateway's
-        context), its gateway's, else the rule's default."""
+        """The reporting interval: the sensor's, its gateway's, the rule's default."""
         return ((ctx.meta.interval_s if ctx.meta else None)
                 or (ctx.gw_obj.interval_s if ctx.gw_obj else None)
                 or pr.get("default_interval_s", 600.0))
@@ -258,10 +256,12 @@ class DeviceChecks:
         return max((ge.interval_s or 600.0 for _f, ge in self.contexts.index.values()),
                    default=600.0)
 
-    def _county_total(self, county: str) -> int:
-        gws = {gk for gk in self.contexts.index if gk[0] == county}
-        gws.update(gk for gk in self.gw_seen if gk[0] == county)
-        gws.update(gk for gk in self.gw_will if gk[0] == county)
+    def _county_total(self, gk: GKey) -> int:
+        """How many gateways the county of ``gk`` has (``gk`` among them)."""
+        c = gk[0]
+        gws = self._county_gws.get(c) or self._county_gws.setdefault(c, {
+            g for g in (*self.contexts.index, *self.gw_seen, *self.gw_will) if g[0] == c})
+        gws.add(gk)
         return len(gws)
 
     def refresh_sensors(self, gk: GKey, now: float) -> None:
@@ -291,8 +291,8 @@ class DeviceChecks:
         if 0 <= now - self._last_silence_check < SILENCE_CHECK_S:
             return
         self._last_silence_check = now
-        sm = self.machine
-        health, center = self.health, self.center
+        self._county_gws.clear()
+        sm, health, center = self.machine, self.health, self.center
         gws, sensors = self._known()
         down: set[GKey] = self.gw_will | self.holding
         for gk in gws:
