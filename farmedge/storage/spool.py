@@ -112,11 +112,19 @@ class Spool:
             m = _NAME.fullmatch(e.name)
             if m is None:
                 continue
-            found.append((int(m[1]), _Entry(e.name, int(m[2]), int(m[3]), e.stat().st_size,
-                                            int(m[4]) if m[4] is not None else None)))
-        found.sort()
-        self._files = OrderedDict(found)
-        self._next_id = found[-1][0] + 1 if found else 1
+            n_lines = int(m[3])
+            found.append((int(m[1]), _Entry(e.name, int(m[2]), n_lines, e.stat().st_size,
+                                            min(int(m[4]), n_lines) if m[4] else None)))
+        found.sort(key=lambda f: (f[0], f[1].created_ms, f[1].name))
+        # Two names for one id ("0…01-" and "00…01-": files copied in from
+        # another spool): each is replayed, the younger under an id of its own.
+        spare = found[-1][0] + 1 if found else 1
+        self._files = OrderedDict()
+        for bid, entry in found:
+            if bid in self._files:
+                bid, spare = spare, spare + 1
+            self._files[bid] = entry
+        self._next_id = spare
         self.batches = len(found)
         self.lines = sum(x.n_lines for _, x in found)
         self.bytes = sum(x.size for _, x in found)
