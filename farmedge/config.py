@@ -54,7 +54,10 @@ class ConfigError(Exception):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    # allow_inf_nan=False: TOML and the environment spell infinity and NaN
+    # ("inf", "nan"), which no setting means (an infinite back-off cap or
+    # spool is no cap at all, and NaN passes no bound check).
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class FileSettings(BaseSettings):
@@ -64,6 +67,7 @@ class FileSettings(BaseSettings):
         env_nested_max_split=1,
         extra="forbid",
         validate_default=True,
+        allow_inf_nan=False,
     )
     _toml_data: ClassVar[dict[str, Any]] = {}
 
@@ -370,11 +374,43 @@ def load_yaml_model(model: type[M], path: Path | str) -> M:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
         raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    half = _surrogate(root)
+    if half is not None:
+        raise ConfigError(f"{p}:{half[0]}: {half[1]!r}: holds half of a UTF-16 pair "
+                          "(a \\uD800-\\uDFFF escape, as JSON writers spell an emoji), "
+                          "which is not text: write the character itself") from None
     try:
         return model.model_validate(data if data is not None else {})
     except ValidationError as exc:
         raise ConfigError(_format(exc, str(p), text, lambda loc: yaml_line(root, loc),
                                   model=model)) from None
+
+
+def _surrogate(root: Any) -> tuple[int, str] | None:
+    """(line, excerpt) of the first scalar holding a lone surrogate, which a
+    YAML ``"\\ud83c\\udf3e"`` escape gives (a code point each, never joined):
+    it cannot be written as UTF-8, so every message, row or request holding
+    it would fail. None when there is none."""
+    import yaml
+
+    seen: set[int] = set()
+    todo = [root] if root is not None else []
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.ScalarNode):
+            try:
+                node.value.encode()
+            except UnicodeEncodeError:
+                return node.start_mark.line + 1, node.value[:60]
+        elif isinstance(node, yaml.MappingNode):
+            for k, v in node.value:
+                todo.extend((k, v))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+    return None
 
 
 # -- validation errors in the operator's words -------------------------------

@@ -39,7 +39,9 @@ ContactRole = Literal["farmer", "officer", "operator", "agronomist"]
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # Every number finite: YAML's .inf would be a gateway never offline, and
+    # .nan a threshold (params) no reading ever crosses.
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class SensorMeta(_Model):

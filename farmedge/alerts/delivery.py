@@ -146,28 +146,30 @@ class Outbox:
         did = d.id
         try:
             await self.notifier.send(d.url, title=d.title, body=d.body)
-        except DeliveryFailed as exc:
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A notifier's bug (anything but DeliveryFailed) is a failed
+            # attempt too: recorded, retried, given up after max_attempts.
+            if not isinstance(exc, DeliveryFailed):
+                log.exception("alerts.notifier_raised", contact=d.contact,
+                              channel=scheme_of(d.url))
+            error = str(exc) if isinstance(exc, DeliveryFailed) else \
+                f"{type(exc).__name__}: {exc}"[:300]
             now = self.clock()
             d.attempts += 1
             self.stats["failed"] += 1
-            self.publish(d.event_for("failed", now, error=str(exc), attempt=d.attempts))
-            self._result(d, False, str(exc), now)
+            self.publish(d.event_for("failed", now, error=error, attempt=d.attempts))
+            self._result(d, False, error, now)
             if d.attempts >= self.settings.max_attempts:
                 log.warning("alerts.delivery_given_up", alert_event=d.event, contact=d.contact,
-                            attempts=d.attempts, error=str(exc))
+                            attempts=d.attempts, error=error)
                 self._drop(did)
             else:
                 delay = min(self.settings.backoff_s * 2 ** (d.attempts - 1),
                             self.settings.backoff_max_s)
                 d.due = now + delay
                 self.changes.outbox[did] = d
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("alerts.notifier_raised", contact=d.contact,
-                          channel=scheme_of(d.url))
-            d.due = self.clock() + self.settings.backoff_s
-            self.changes.outbox[did] = d
         else:
             now = self.clock()
             self.stats["delivered"] += 1

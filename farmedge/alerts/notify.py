@@ -9,6 +9,7 @@ gateway or SMTP server.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import Any, Protocol
 
@@ -39,7 +40,16 @@ class Notifier(Protocol):
 
 class AppriseNotifier:
     """Delivers through Apprise (SMS gateways, WeCom, DingTalk, Feishu, e-mail,
-    webhooks). One Apprise object per URL, built on first use."""
+    webhooks). One Apprise object per URL, built on first use.
+
+    Each send runs in a daemon thread of the notifier's own, at most
+    ``max_threads`` at once, not in the event loop's default executor: a
+    peer that never finishes its answer leaves its thread stuck after the
+    send timed out, and a thread stuck that way still counts against
+    ``max_threads`` until it ends. So a hung service ties up at most those
+    threads (further sends fail with "no answer" and are retried), never the
+    executor the edge's spool writes use, and never holds up the process's
+    exit."""
 
     def __init__(self, *, timeout_s: float = 30.0, max_threads: int = 4) -> None:
         # Apprise's own log lines (its plugins' errors, "Sent ... notification")
@@ -48,6 +58,7 @@ class AppriseNotifier:
         self._timeout = timeout_s
         self._cache: dict[str, Any] = {}
         self._lock = threading.Lock()
+        #: Released when a send's thread ends, not when its wait times out.
         self._sem = asyncio.Semaphore(max_threads)
 
     def _target(self, url: str) -> Any:
@@ -68,14 +79,42 @@ class AppriseNotifier:
         if not ap.notify(body=body, title=title):
             raise DeliveryFailed(f"{scheme_of(url)}: the service did not accept the message")
 
+    def _work(self, loop: asyncio.AbstractEventLoop, fut: asyncio.Future[None], url: str,
+              title: str, body: str) -> None:
+        """The thread: one send, its outcome handed back to the loop."""
+        error: BaseException | None = None
+        try:
+            self._send_sync(url, title, body)
+        except BaseException as exc:  # handed to the waiting task (or dropped if it gave up)
+            error = exc
+        with contextlib.suppress(RuntimeError):   # the loop is gone: nobody waits
+            loop.call_soon_threadsafe(self._done, fut, error)
+
+    def _done(self, fut: asyncio.Future[None], error: BaseException | None) -> None:
+        self._sem.release()
+        if fut.done():
+            return
+        if error is None:
+            fut.set_result(None)
+        else:
+            fut.set_exception(error)
+
     async def send(self, url: str, *, title: str, body: str) -> None:
-        async with self._sem:
-            try:
-                async with asyncio.timeout(self._timeout):
-                    await asyncio.to_thread(self._send_sync, url, title, body)
-            except TimeoutError:
-                raise DeliveryFailed(f"{scheme_of(url)}: no answer in {self._timeout:g}s") from None
-            except DeliveryFailed:
-                raise
-            except Exception as exc:  # Apprise plugins raise many things
-                raise DeliveryFailed(f"{scheme_of(url)}: {type(exc).__name__}: {exc}") from exc
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout(self._timeout):
+                await self._sem.acquire()
+                fut: asyncio.Future[None] = loop.create_future()
+                try:
+                    threading.Thread(target=self._work, args=(loop, fut, url, title, body),
+                                     name="alerts-send", daemon=True).start()
+                except BaseException:
+                    self._sem.release()
+                    raise
+                await fut
+        except TimeoutError:
+            raise DeliveryFailed(f"{scheme_of(url)}: no answer in {self._timeout:g}s") from None
+        except DeliveryFailed:
+            raise
+        except Exception as exc:  # Apprise plugins raise many things
+            raise DeliveryFailed(f"{scheme_of(url)}: {type(exc).__name__}: {exc}") from exc

@@ -174,26 +174,27 @@ def encode_compact(
             exps[i] = d[1] if e is None else min(e, d[1])
     # A series whose values cannot share one exponent within int64 (5.96e-08
     # next to 1.0: the larger mantissa overflows), mantissa or delta, is sent
-    # as floats instead.
-    while True:
-        vals: list[int | float] = []
-        last: dict[int, int] = {}
-        overflow = None
-        for i, d, r in zip(idx, decs, readings, strict=True):
-            e = exps[i]
-            if floats[i] or d is None or e is None:
-                vals.append(float(r["value"]))
-                continue
-            m = d[0] * 10 ** (d[1] - e)
-            delta = m - last.get(i, 0)
-            if abs(m) > _INT64 or abs(delta) > _INT64:
-                overflow = i
-                break
-            vals.append(delta)
-            last[i] = m
-        if overflow is None:
-            break
-        floats[overflow] = True
+    # as floats instead: found in one pass, before any value is written.
+    mants: list[int | None] = []
+    last: dict[int, int] = {}
+    for i, d in zip(idx, decs, strict=True):
+        e = exps[i]
+        if floats[i] or d is None or e is None:
+            mants.append(None)
+            continue
+        m = d[0] * 10 ** (d[1] - e)
+        if abs(m) > _INT64 or abs(m - last.get(i, 0)) > _INT64:
+            floats[i] = True
+        last[i] = m
+        mants.append(m)
+    vals: list[int | float] = []
+    last.clear()
+    for i, m, r in zip(idx, mants, readings, strict=True):
+        if floats[i] or m is None:
+            vals.append(float(r["value"]))
+            continue
+        vals.append(m - last.get(i, 0))
+        last[i] = m
     for i, f in enumerate(floats):
         if f:
             exps[i] = None

@@ -36,6 +36,7 @@ from .models import (
     Telemetry,
     TelemetryEnvelope,
 )
+from .parse import _first_error
 
 __all__ = [
     "ENCODINGS",
@@ -123,16 +124,6 @@ def _dumps(doc: Mapping[str, Any], reason: str, *, limit: bool = True) -> bytes:
         raise EncodeError("too_large", f"payload is {len(data)} bytes, the limit is "
                                        f"{MAX_PAYLOAD_BYTES}")
     return data
-
-
-def _first_error(exc: ValidationError) -> str:
-    errs = exc.errors(include_url=False, include_input=False)
-    if not errs:
-        return str(exc)[:200]
-    e = errs[0]
-    loc = ".".join(str(p) for p in e.get("loc", ())) or "payload"
-    more = f" (+{len(errs) - 1} more)" if len(errs) > 1 else ""
-    return f"{loc}: {e.get('msg', 'invalid')}{more}"[:300]
 
 
 def _check(data: bytes, readings: Sequence[Mapping[str, Any]], *, check_readings: bool) -> None:

@@ -251,6 +251,34 @@ async def test_delivery_given_up_after_max_attempts(tmp_path: Path) -> None:
     assert notifier.attempts == 3 and rig.engine.outbox.items == {}
 
 
+class _BuggyNotifier(FakeNotifier):
+    """A notifier with a bug: it raises something other than DeliveryFailed."""
+
+    async def send(self, url: str, *, title: str, body: str) -> None:
+        self.attempts += 1
+        raise KeyError("a bug in the notifier")
+
+
+async def test_a_notifier_that_raises_a_bug_counts_as_failed_attempts(tmp_path: Path) -> None:
+    """Each exception is a failed attempt like any other: recorded, and
+    the delivery given up after max_attempts (not retried for ever)."""
+    reg = farm_registry(sensors=1, contacts=[Contact(name="王", notify=[SMS])])
+    notifier = _BuggyNotifier()
+    rig = make_rig(reg, rules=rules_file(tmp_path, device=False), notifier=notifier,
+                   start=local_ts(2026, 6, 10, 10),
+                   settings=AlertsSettings(backoff_s=10, backoff_max_s=10, max_attempts=3))
+    for _ in range(3):
+        rig.feed({"soil-1": 15})
+        await rig.step(600)
+    for _ in range(5):
+        await rig.step(10)
+    assert notifier.attempts == 3 and rig.engine.outbox.items == {}
+    failed = [e for e in rig.memory.events if e.event == "failed"]
+    assert [e.attempt for e in failed] == [1, 2, 3]
+    assert all("KeyError" in e.error for e in failed)
+    assert rig.engine.stats["failed"] == 3
+
+
 async def test_rate_limit_spreads_messages_over_minutes(tmp_path: Path) -> None:
     plots = {f"p{i}": Plot(name=f"{i}号地") for i in range(25)}
     reg = Registry(farms=[Farm(county="c1", farm="wang-12", profile="test-dry", plots=plots,
