@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from .edge.settings import EdgeSettings
     from .gateway.settings import GatewaySettings
     from .registry import Registry
+    from .transport.broker import Broker
 
 __all__ = [
     "EXIT_CODES_HELP",
@@ -132,6 +133,18 @@ def _check_files_exist(report: Report, where: str, paths: Iterable[tuple[str, Pa
             report.error(f"{where} {key}: {p}: no such file")
 
 
+def _check_tls(report: Report, where: str, broker: Broker) -> None:
+    """The broker's TLS context can be made from the files named (each one
+    there, as :func:`_check_files_exist` found): a CA or certificate file
+    that holds no certificate, or a key that does not fit, stops the start."""
+    from .transport.errors import TransportError
+
+    try:
+        broker.ssl_context()
+    except TransportError as exc:
+        report.error(f"{where}: {exc}")
+
+
 def _line_in(path: Path | None, loc: Sequence[int | str]) -> str:
     """``"file:line: "`` of a TOML key, or ``"file: "``; empty without a file."""
     if path is None:
@@ -189,7 +202,10 @@ def check_gateway(path: Path | None) -> tuple[Report, GatewaySettings | None]:
     if s.mqtt.password is not None and is_placeholder_secret(_secret(s.mqtt.password)):
         report.warn(f"{_line_in(path, ('mqtt', 'password'))}[mqtt] password is a placeholder "
                     "(farmedge provision gateway writes a real one)")
+    missing = len(report.errors)
     _check_files_exist(report, f"{src}: [mqtt]", [("ca_file", s.mqtt.ca_file)])
+    if len(report.errors) == missing:
+        _check_tls(report, f"{src}: [mqtt]", s.mqtt.broker)
     if not s.sensors:
         report.warn(f"{src}: no [[sensors]]: the gateway would send only its status "
                     "(gateway.example.toml shows each driver)")
@@ -392,9 +408,12 @@ def check_edge(path: Path | None) -> tuple[Report, EdgeSettings | None, Registry
                          ("influx", "token", s.influx.token)):
         if v is not None and is_placeholder_secret(_secret(v)):
             report.warn(f"{_line_in(path, (sect, key))}[{sect}] {key} is a placeholder")
+    missing = len(report.errors)
     _check_files_exist(report, f"{src}: [mqtt]", [("ca_file", s.mqtt.ca_file),
                                                   ("cert_file", s.mqtt.cert_file),
                                                   ("key_file", s.mqtt.key_file)])
+    if len(report.errors) == missing:
+        _check_tls(report, f"{src}: [mqtt]", s.mqtt.broker)
     if s.data_dir.exists() and not (s.data_dir.is_dir() and os.access(s.data_dir, os.W_OK)):
         report.error(f"{src}: data_dir {s.data_dir}: not a folder this user can write to")
     if registry is not None:

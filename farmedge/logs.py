@@ -151,13 +151,14 @@ def redact_url(url: str) -> str:
     """The URL with any password replaced by ``***``."""
     try:
         parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        port = parts.port  # raises for a port that is not a port
     except ValueError:
         return "<unparseable url>"
-    if parts.password is None:
-        return url
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    if port:
+        host = f"{host}:{port}"
     user = parts.username or ""
     return urlunsplit((parts.scheme, f"{user}:***@{host}", parts.path, parts.query,
                        parts.fragment))

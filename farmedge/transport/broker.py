@@ -109,8 +109,12 @@ def parse_broker_url(url: str, *, username: str | None = None, password: str | N
         what = f"unknown scheme {scheme + '://'!r}" if scheme else "no scheme"
         raise BrokerUrlError(f"must start with mqtt:// or mqtts:// ({redact_url(url)!r} has "
                              f"{what}); {_USAGE}")
+    if port == 0:
+        raise BrokerUrlError(f"{redact_url(url)!r} has an invalid port (0)")
     if not u.hostname:
         raise BrokerUrlError(f"{redact_url(url)!r} has no host (mqtt://host[:port])")
+    if any(c.isspace() or not c.isprintable() for c in u.hostname):
+        raise BrokerUrlError(f"{redact_url(url)!r}: the host has a space or a control character")
     if key_file and not cert_file:
         raise BrokerUrlError("key_file is set without cert_file")
     tls = SCHEMES[scheme] or bool(ca_file or cert_file)

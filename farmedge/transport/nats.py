@@ -64,7 +64,7 @@ from nats.js.api import (
     StreamInfo,
 )
 
-from farmedge.logs import get_logger
+from farmedge.logs import get_logger, redact_url
 
 from .nats_settings import MQTT_STREAM, SourceSection
 
@@ -244,8 +244,8 @@ async def connect(cfg: SourceSection, name: str) -> NatsClient:
             reconnected_cb=on_reconnect,
         )
     except (TimeoutError, OSError, nats.errors.Error) as exc:
-        raise NatsTransportError(f"cannot reach NATS at {', '.join(cfg.nats_urls)}: {exc}") \
-            from None
+        where = ", ".join(redact_url(u) for u in cfg.nats_urls)
+        raise NatsTransportError(f"cannot reach NATS at {where}: {exc}") from None
     made.append(nc)
     return nc
 

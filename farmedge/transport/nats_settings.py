@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 
 from farmedge.config import Section
+from farmedge.logs import redact_url
 
 __all__ = ["MQTT_STREAM", "NAME_RE", "SourceSection"]
 
@@ -83,15 +84,16 @@ class SourceSection(Section):
         if not v:
             raise ValueError("list at least one nats:// URL")
         for url in v:
-            u = urlsplit(url)
-            if u.scheme not in {"nats", "tls"}:
-                raise ValueError(f"{url!r} must start with nats:// or tls://")
-            if not u.hostname:
-                raise ValueError(f"{url!r} has no host")
+            shown = redact_url(url)  # a URL may hold a password
             try:
+                u = urlsplit(url)
                 _ = u.port
             except ValueError:
-                raise ValueError(f"{url!r} has an invalid port") from None
+                raise ValueError(f"{shown!r} has an invalid port") from None
+            if u.scheme not in {"nats", "tls"}:
+                raise ValueError(f"{shown!r} must start with nats:// or tls://")
+            if not u.hostname:
+                raise ValueError(f"{shown!r} has no host")
         return v
 
     @field_validator("stream")

@@ -4,6 +4,7 @@ key, passwords never in what is logged. No servers."""
 
 from __future__ import annotations
 
+import os
 import ssl
 import subprocess
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 from pydantic import ValidationError
 
+from farmedge.checks import check_edge, check_gateway
 from farmedge.gateway.settings import MqttSection as GatewayMqtt
 from farmedge.transport.broker import parse_broker_url
 from farmedge.transport.errors import BrokerUrlError, TransportError
@@ -35,11 +37,15 @@ def test_each_scheme_has_one_meaning(url: str, tls: bool, port: int) -> None:
 
 
 @pytest.mark.parametrize("url", ["http://broker", "ws://broker:9001", "broker:1883", "tls://b",
-                                 "mqtt://", "mqtt://broker:99999", "mqtt://broker:port"])
+                                 "mqtt://", "mqtt://broker:99999", "mqtt://broker:port",
+                                 "mqtt://broker:0", "mqtt://bro ker", "mqtt://broker\x00evil",
+                                 "mqtt://edge:s3cret@broker:99999",
+                                 "mqtt://edge:s3cret@broker:port"])
 def test_anything_else_is_a_config_error(url: str) -> None:
     with pytest.raises(BrokerUrlError) as e:
         parse_broker_url(url)
     assert isinstance(e.value, TransportError) and isinstance(e.value, ValueError)
+    assert "s3cret" not in str(e.value)
 
 
 def test_the_message_says_what_is_wrong_and_what_is_right() -> None:
@@ -101,6 +107,33 @@ def test_a_tls_file_that_cannot_be_read_is_a_transport_error(tmp_path: Path) -> 
     (tmp_path / "bad.pem").write_text("not a certificate")
     with pytest.raises(TransportError, match="TLS set-up"):
         parse_broker_url("mqtts://broker", cert_file=tmp_path / "bad.pem").ssl_context()
+
+
+def test_check_config_refuses_a_tls_file_that_is_no_certificate(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The edge and the gateway would otherwise start: the edge with a
+    traceback, the gateway retrying a connect that can never be made."""
+    for k in [k for k in os.environ if k.startswith("FARMEDGE_")]:
+        monkeypatch.delenv(k)
+    bad = tmp_path / "bad.pem"
+    bad.write_text("not a certificate")
+    gw = tmp_path / "gateway.toml"
+    gw.write_text(f'county = "c1"\nfarm = "f1"\ngateway = "g1"\ndata_dir = "{tmp_path}"\n'
+                  f'[mqtt]\nurl = "mqtts://broker.farm.test"\nca_file = "{bad}"\n')
+    edge = tmp_path / "edge.toml"
+    edge.write_text(f'data_dir = "{tmp_path}"\n[mqtt]\nurl = "mqtts://broker.farm.test"\n'
+                    f'cert_file = "{bad}"\n')
+    for report in (check_gateway(gw)[0], check_edge(edge)[0]):
+        assert any("[mqtt]: TLS set-up for mqtts://broker.farm.test failed" in e
+                   for e in report.errors), report.errors
+    crt, _ = _cert(tmp_path)
+    gw.write_text(gw.read_text().replace(str(bad), str(crt)))
+    assert not [e for e in check_gateway(gw)[0].errors if "TLS" in e]
+    # A missing file is said by its key, once.
+    gw.write_text(gw.read_text().replace(str(crt), str(tmp_path / "missing.pem")))
+    errors = check_gateway(gw)[0].errors
+    assert [e for e in errors if "ca_file" in e and "no such file" in e], errors
+    assert not [e for e in errors if "TLS set-up" in e], errors
 
 
 def test_configure_sets_credentials_and_tls_on_a_paho_client() -> None:

@@ -96,3 +96,14 @@ def test_the_source_section_reads_the_environment(monkeypatch: pytest.MonkeyPatc
     s = load_settings(_Settings, None)
     assert (s.source.kind, s.source.partitions, s.source.stream) == ("nats", 32, "$MQTT_msgs")
     assert s.source.takeover_bound_s == 20.0
+
+
+@pytest.mark.parametrize("url", ["nats://edge:s3cret@h:99999", "nats://edge:s3cret@h:port",
+                                 "http://edge:s3cret@h:4222", "nats://edge:s3cret@:4222"])
+def test_a_wrong_nats_url_is_reported_without_its_password(tmp_path: Path, url: str) -> None:
+    f = tmp_path / "edge.toml"
+    f.write_text(f'[source]\nnats_urls = ["{url}"]\n')
+    with pytest.raises(ConfigError) as e:
+        load_settings(_Settings, f)
+    assert f"{f}:2: [source] nats_urls" in str(e.value), str(e.value)
+    assert "s3cret" not in str(e.value)
