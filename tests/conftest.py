@@ -13,6 +13,7 @@ do not see each other's data). Tests that stop or restart a server use the
 from __future__ import annotations
 
 import contextlib
+import signal
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -26,18 +27,43 @@ if TYPE_CHECKING:
     from farmedge_dev.natscluster import NatsCluster
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """A SIGTERM or SIGHUP (a CI job's or a shell's timeout, a closed
+    terminal) ends the run the way Ctrl-C does: the fixtures' teardown stops
+    the servers they started. By default Python dies at once on these, and
+    the servers, each in a session of its own, outlive it. A repeat signal
+    does nothing, so that the teardown is not cut short (a handler, not
+    SIG_IGN: processes started meanwhile would inherit SIG_IGN)."""
+
+    def ignore(signum: int, frame: object) -> None:
+        pass
+
+    def interrupt(signum: int, frame: object) -> None:
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, ignore)
+        pytest.exit(f"{signal.Signals(signum).name}: stopping the servers",
+                    returncode=128 + signum)
+
+    for s in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(s, interrupt)
+
+
 @pytest.fixture(scope="session")
 def mosquitto(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MosquittoServer]:
-    server = MosquittoServer(tmp_path_factory.mktemp("mosquitto")).start()
-    yield server
-    server.stop()
+    server = MosquittoServer(tmp_path_factory.mktemp("mosquitto"))
+    try:  # stopped even when start() fails after spawning it
+        yield server.start()
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="session")
 def influxdb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InfluxServer]:
-    server = InfluxServer(tmp_path_factory.mktemp("influxdb")).start()
-    yield server
-    server.stop()
+    server = InfluxServer(tmp_path_factory.mktemp("influxdb"))
+    try:  # stopped even when start() fails after spawning it
+        yield server.start()
+    finally:
+        server.stop()
 
 
 @pytest.fixture
@@ -61,13 +87,15 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[], MosquittoServer]]
     made: list[MosquittoServer] = []
 
     def make() -> MosquittoServer:
-        s = MosquittoServer(tmp_path / f"mosquitto{len(made)}").start()
-        made.append(s)
-        return s
+        s = MosquittoServer(tmp_path / f"mosquitto{len(made)}")
+        made.append(s)  # before start(): stopped even when start() fails
+        return s.start()
 
-    yield make
-    for s in made:
-        s.stop()
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.stop()
 
 
 @pytest.fixture
@@ -75,13 +103,15 @@ def influx_factory(tmp_path: Path) -> Iterator[Callable[[], InfluxServer]]:
     made: list[InfluxServer] = []
 
     def make() -> InfluxServer:
-        s = InfluxServer(tmp_path / f"influxdb{len(made)}").start()
-        made.append(s)
-        return s
+        s = InfluxServer(tmp_path / f"influxdb{len(made)}")
+        made.append(s)  # before start(): stopped even when start() fails
+        return s.start()
 
-    yield make
-    for s in made:
-        s.stop()
+    try:
+        yield make
+    finally:
+        for s in made:
+            s.stop()
 
 
 # ---------------------------------------------------------------- NATS

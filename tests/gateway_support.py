@@ -4,6 +4,7 @@ telemetry subscriber with a persistent session."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 import uuid
 from pathlib import Path
@@ -23,23 +24,62 @@ from farmedge.gateway.drivers import Driver
 from .edgeproc import EdgeProcess as _EdgeProcess
 
 
-def gw_settings(tmp: Path, url: str, county: str, **over: Any) -> GatewaySettings:
-    doc: dict[str, Any] = {
-        "county": county, "farm": "farm-1", "gateway": "gw-1", "data_dir": str(tmp / "data"),
-        "log_format": "console",
+def _merged(doc: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with ``over``: a section is merged key by key, anything else replaced."""
+    out = dict(doc)
+    for k, v in over.items():
+        out[k] = {**out[k], **v} if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def gateway_doc(url: str, county: str, data: Path, **over: Any) -> dict[str, Any]:
+    """A gateway's settings as the test gateways run them, with ``over``
+    merged in (a section key by key, any other key replaced)."""
+    return _merged({
+        "county": county, "farm": "farm-1", "gateway": "gw-1", "data_dir": str(data),
+        "log_format": "json",
         "mqtt": {"url": url, "backoff_min_s": 0.1, "backoff_max_s": 0.5},
         "outbox": {"commit_interval_s": 0.2},
         "uplink": {"batch_max_wait_s": 0.2},
-        "status": {"interval_s": 0.5},
         "clock": {"source": "trust"},
         "sensors": [],
-    }
-    for k, v in over.items():
-        if isinstance(v, dict) and isinstance(doc.get(k), dict):
-            doc[k] = {**doc[k], **v}
-        else:
-            doc[k] = v
-    return GatewaySettings.model_validate(doc)
+    }, over)
+
+
+def gw_settings(tmp: Path, url: str, county: str, **over: Any) -> GatewaySettings:
+    """gateway_doc for an agent in this process (data in ``tmp``/data)."""
+    doc = gateway_doc(url, county, tmp / "data", log_format="console",
+                      status={"interval_s": 0.5})
+    return GatewaySettings.model_validate(_merged(doc, over))
+
+
+def _toml_value(v: object) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"no TOML for {v!r}")
+
+
+def write_gateway_toml(path: Path, url: str, county: str, data: Path, **over: Any) -> Path:
+    """gateway_doc written as a gateway.toml for ``farmedge gateway run``."""
+    doc = gateway_doc(url, county, data, **over)
+    tables = {k: v for k, v in doc.items() if isinstance(v, dict)}
+    arrays = {k: v for k, v in doc.items()
+              if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)}
+    lines = [f"{k} = {_toml_value(v)}" for k, v in doc.items()
+             if k not in tables and k not in arrays]
+    for name, table in tables.items():
+        lines += [f"[{name}]", *(f"{k} = {_toml_value(v)}" for k, v in table.items())]
+    for name, items in arrays.items():
+        for item in items:
+            lines += [f"[[{name}]]", *(f"{k} = {_toml_value(v)}" for k, v in item.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 class AgentThread:

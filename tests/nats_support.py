@@ -9,7 +9,7 @@ import contextlib
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import paho.mqtt.client as mqtt
@@ -138,15 +138,26 @@ async def step_down_until(cluster: NatsCluster, stream: str, avoid: Iterable[str
         await nc.close()
 
 
-async def drain(cfg: SourceSection, county: str, *, quiet_s: float = 2.0,
-                deadline_s: float = 90.0) -> list[str]:
+async def prepare(cfg: SourceSection) -> None:
+    """The stream and partition consumers of ``cfg``, as the edge makes them."""
+    nc = await tn.connect(cfg, "test-setup")
+    try:
+        js = nc.jetstream()
+        await tn.ensure_stream(js, cfg)
+        await tn.ensure_consumers(js, cfg)
+    finally:
+        await nc.close()
+
+
+async def drain_data(cfg: SourceSection, keep: Callable[[tn.Delivery], bool], *,
+                     quiet_s: float = 2.0, deadline_s: float = 90.0) -> list[bytes]:
     """Read every partition until it stays empty for ``quiet_s``; acknowledge
-    and return the payloads of ``county``'s messages (duplicates kept)."""
+    and return the data of the messages ``keep`` accepts (duplicates kept)."""
     nc = await tn.connect(cfg, "test-drain")
     try:
         js = nc.jetstream()
         readers = [tn.PartitionReader(js, cfg, p) for p in range(cfg.partitions)]
-        got: list[str] = []
+        got: list[bytes] = []
         deadline = time.monotonic() + deadline_s
         quiet_since = time.monotonic()
         while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
@@ -159,14 +170,21 @@ async def drain(cfg: SourceSection, county: str, *, quiet_s: float = 2.0,
                     seen += 1
                     continue
                 seen += len(batch)
-                got.extend(d.data.decode() for d in batch.deliveries
-                           if d.where.county == county)
+                got.extend(d.data for d in batch.deliveries if keep(d))
                 await batch.durable()
             if seen:
                 quiet_since = time.monotonic()
         return got
     finally:
         await nc.close()
+
+
+async def drain(cfg: SourceSection, county: str, *, quiet_s: float = 2.0,
+                deadline_s: float = 90.0) -> list[str]:
+    """drain_data for ``county``'s messages, decoded."""
+    got = await drain_data(cfg, lambda d: d.where.county == county, quiet_s=quiet_s,
+                           deadline_s=deadline_s)
+    return [b.decode() for b in got]
 
 
 async def delete_consumers(cluster: NatsCluster, cfg: SourceSection) -> None:

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from farmedge.contract import COMPACT, decode_compact, encode_compact
 from farmedge.contract.compact import packb
 from farmedge_dev.devservers import MosquittoServer
-from tests.gateway_support import Subscriber
+from tests.gateway_support import Subscriber, write_gateway_toml
 from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -117,34 +117,9 @@ def test_every_gateway_module_imports_without_edge_only_packages() -> None:
 
 def _gateway_toml(path: Path, *, url: str, county: str, data: Path,
                   compression: str = "deflate-dict") -> Path:
-    path.write_text(textwrap.dedent(f"""
-        county = "{county}"
-        farm = "farm-1"
-        gateway = "gw-1"
-        data_dir = "{data}"
-        log_format = "json"
-
-        [mqtt]
-        url = "{url}"
-        backoff_min_s = 0.1
-        backoff_max_s = 0.5
-
-        [outbox]
-        commit_interval_s = 0.2
-
-        [uplink]
-        compression = "{compression}"
-        batch_max_wait_s = 0.2
-
-        [clock]
-        source = "trust"
-
-        [[sensors]]
-        id = "soil-1"
-        driver = "simulated"
-        interval_s = 0.2
-    """))
-    return path
+    return write_gateway_toml(
+        path, url, county, data, uplink={"compression": compression},
+        sensors=[{"id": "soil-1", "driver": "simulated", "interval_s": 0.2}])
 
 
 def test_gateway_check_config_runs_without_edge_only_packages(tmp_path: Path) -> None:

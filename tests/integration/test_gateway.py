@@ -22,7 +22,14 @@ from farmedge.contract import GatewayStatus, Quality
 from farmedge.gateway import FakeClock, Outbox, Sample
 from farmedge.gateway.outbox import NewRow
 from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
-from tests.gateway_support import AgentThread, EdgeProcess, Subscriber, gw_settings, influx_points
+from tests.gateway_support import (
+    AgentThread,
+    EdgeProcess,
+    Subscriber,
+    gw_settings,
+    influx_points,
+    write_gateway_toml,
+)
 from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -262,27 +269,9 @@ sys.exit(main(["gateway", "run", "--config", sys.argv[1]]))
 
 
 def write_config(path: Path, url: str, county: str, data: Path, sensor: str) -> None:
-    path.write_text(f"""
-county = "{county}"
-farm = "farm-1"
-gateway = "gw-1"
-data_dir = "{data}"
-log_format = "json"
-[mqtt]
-url = "{url}"
-backoff_min_s = 0.1
-backoff_max_s = 0.5
-[outbox]
-commit_interval_s = 0.1
-[uplink]
-batch_max_wait_s = 0.05
-[clock]
-source = "trust"
-[[sensors]]
-driver = "simulated"
-id = "{sensor}"
-interval_s = 0.02
-""")
+    write_gateway_toml(path, url, county, data, outbox={"commit_interval_s": 0.1},
+                       uplink={"batch_max_wait_s": 0.05},
+                       sensors=[{"driver": "simulated", "id": sensor, "interval_s": 0.02}])
 
 
 @pytest.mark.servers

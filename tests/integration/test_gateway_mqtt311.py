@@ -31,6 +31,7 @@ from farmedge.transport import nats as tn
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from farmedge_dev.natscluster import NatsCluster
 from tests.gateway_support import EdgeProcess, Subscriber, influx_points
+from tests.nats_support import drain_data, prepare
 from tests.support import eventually
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
@@ -235,49 +236,6 @@ def _source(cluster: NatsCluster, urls: list[str] | None = None,
     return source(cluster, urls=urls, **({"consumer_prefix": prefix} if prefix else {}))
 
 
-async def _prepare(cfg: tn.SourceSection) -> None:
-    nc = await tn.connect(cfg, "test-setup")
-    try:
-        js = nc.jetstream()
-        await tn.ensure_stream(js, cfg)
-        await tn.ensure_consumers(js, cfg)
-    finally:
-        await nc.close()
-
-
-async def _drain_telemetry(cfg: tn.SourceSection, county: str, *, quiet_s: float = 3.0,
-                           deadline_s: float = 120.0) -> list[bytes]:
-    """Every telemetry payload of ``county`` the partition consumers hold
-    (read until they stay empty for ``quiet_s``; duplicates kept)."""
-    import asyncio
-
-    nc = await tn.connect(cfg, "test-drain")
-    try:
-        js = nc.jetstream()
-        readers = [tn.PartitionReader(js, cfg, p) for p in range(cfg.partitions)]
-        got: list[bytes] = []
-        deadline = time.monotonic() + deadline_s
-        quiet_since = time.monotonic()
-        while time.monotonic() < deadline and time.monotonic() - quiet_since < quiet_s:
-            seen = 0
-            for r in readers:
-                try:
-                    batch = await r.fetch(1000, timeout_s=0.2)
-                except tn.NatsTransportError:
-                    await asyncio.sleep(0.2)  # a leader election: read again
-                    seen += 1
-                    continue
-                seen += len(batch)
-                got.extend(d.data for d in batch.deliveries
-                           if d.where.county == county and d.where.channel == "telemetry")
-                await batch.durable()
-            if seen:
-                quiet_since = time.monotonic()
-        return got
-    finally:
-        await nc.close()
-
-
 class RetainedStatus:
     """An MQTT 3.1.1 subscriber on one node: the retained status it is given."""
 
@@ -311,7 +269,7 @@ def consumers(nats_cluster: NatsCluster) -> Iterator[tn.SourceSection]:
     from tests.nats_support import delete_consumers
 
     cfg = _source(nats_cluster)
-    asyncio.run(_prepare(cfg))
+    asyncio.run(prepare(cfg))
     yield cfg
     asyncio.run(delete_consumers(nats_cluster, cfg))
 
@@ -347,9 +305,11 @@ def test_gateway_moves_to_another_nats_node_when_its_node_dies(
         gw.kill()
     assert outbox_rows(data) == 0  # everything it took was acknowledged
     acked = gw.acked()
-    payloads = asyncio.run(_drain_telemetry(
+    payloads = asyncio.run(drain_data(
         _source(nats_cluster, urls=nats_cluster.running_urls(),
-                prefix=consumers.consumer_prefix), county))
+                prefix=consumers.consumer_prefix),
+        lambda d: d.where.county == county and d.where.channel == "telemetry",
+        quiet_s=3.0, deadline_s=120.0))
     readings = [r.value for p in payloads for r in parse_telemetry(p, content_type=None).readings]
     distinct = set(readings)
     print(f"gateway: {acked} readings acknowledged ({before_kill} through node 1 before its "

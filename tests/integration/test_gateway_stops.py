@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
-from tests.gateway_support import EdgeProcess, Subscriber
+from tests.gateway_support import EdgeProcess, Subscriber, write_gateway_toml
 from tests.support import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -26,31 +26,12 @@ pytestmark = pytest.mark.servers
 
 def write_config(path: Path, url: str, county: str, data: Path, *,
                  source: str = "trust", hold_unsynced_s: float = 900.0) -> None:
-    path.write_text(f"""
-county = "{county}"
-farm = "farm-1"
-gateway = "gw-1"
-data_dir = "{data}"
-log_format = "json"
-[mqtt]
-url = "{url}"
-backoff_min_s = 0.1
-backoff_max_s = 0.5
-[outbox]
-commit_interval_s = 0.1
-[uplink]
-batch_max_wait_s = 0.05
-hold_unsynced_s = {hold_unsynced_s}
-[status]
-interval_s = 0.5
-[clock]
-source = "{source}"
-[[sensors]]
-driver = "simulated"
-id = "soil-1"
-kinds = ["soil_moisture"]
-interval_s = 0.05
-""")
+    write_gateway_toml(
+        path, url, county, data, outbox={"commit_interval_s": 0.1},
+        uplink={"batch_max_wait_s": 0.05, "hold_unsynced_s": hold_unsynced_s},
+        status={"interval_s": 0.5}, clock={"source": source},
+        sensors=[{"driver": "simulated", "id": "soil-1", "kinds": ["soil_moisture"],
+                  "interval_s": 0.05}])
 
 
 #: ``farmedge gateway run`` whose clock probe says "not set" (this machine's

@@ -27,6 +27,7 @@ from tests.nats_support import (
     connect_any,
     delete_consumers,
     drain,
+    prepare,
     source,
     step_down_until,
     stream_leader,
@@ -35,20 +36,10 @@ from tests.nats_support import (
 pytestmark = [pytest.mark.servers, pytest.mark.slow]
 
 
-async def _prepare(cfg: tn.SourceSection) -> None:
-    nc = await tn.connect(cfg, "test-setup")
-    try:
-        js = nc.jetstream()
-        await tn.ensure_stream(js, cfg)
-        await tn.ensure_consumers(js, cfg)
-    finally:
-        await nc.close()
-
-
 async def test_every_pubacked_message_is_in_the_mqtt_stream_when_its_leader_dies(
         nats_cluster: NatsCluster, county: str) -> None:
     cfg = source(nats_cluster)
-    await _prepare(cfg)
+    await prepare(cfg)
     leader = await stream_leader(nats_cluster, tn.MQTT_STREAM)
     li = nats_cluster.index_of(leader)
     # Publish to another node, so that the kill does not end the connection.
@@ -72,7 +63,7 @@ async def test_every_pubacked_message_is_in_the_mqtt_stream_when_its_leader_dies
 async def test_nothing_pubacked_is_lost_when_the_mqtt_streams_leader_dies_mid_stream(
         nats_cluster: NatsCluster, county: str) -> None:
     cfg = source(nats_cluster)
-    await _prepare(cfg)
+    await prepare(cfg)
     pub_node = nats_cluster.nodes[0]
     leader = await step_down_until(nats_cluster, tn.MQTT_STREAM, avoid=[pub_node.name])
     pub = Publisher(pub_node.mqtt_port).connect()
@@ -110,7 +101,7 @@ async def test_a_stream_of_ones_own_loses_what_is_pubacked_while_it_has_no_leade
 
 async def _own_stream_case(nats_cluster: NatsCluster, county: str,
                            cfg: tn.SourceSection) -> None:
-    await _prepare(cfg)
+    await prepare(cfg)
     pub_node = nats_cluster.nodes[0]
     # The MQTT listener is publishing to node 1; the server's MQTT stream is
     # led elsewhere and stays up; the stream of our own loses its leader.

@@ -17,25 +17,15 @@ from farmedge.contract import status_topic, telemetry_topic
 from farmedge.transport import nats as tn
 from farmedge.transport.nats_settings import SourceSection
 from farmedge_dev.natscluster import NatsCluster
-from tests.nats_support import Publisher, delete_consumers, source, step_down_until
+from tests.nats_support import Publisher, delete_consumers, prepare, source, step_down_until
 
 pytestmark = [pytest.mark.servers]
-
-
-async def _prepare(cfg: SourceSection) -> None:
-    nc = await tn.connect(cfg, "test-setup")
-    try:
-        js = nc.jetstream()
-        await tn.ensure_stream(js, cfg)
-        await tn.ensure_consumers(js, cfg)
-    finally:
-        await nc.close()
 
 
 async def test_mqtt_on_node_1_is_read_from_its_partition_on_node_3(
         nats_cluster: NatsCluster, county: str) -> None:
     cfg = source(nats_cluster, urls=[nats_cluster.nodes[2].url])
-    await _prepare(cfg)
+    await prepare(cfg)
     gateways = [("farm.7", "gw-1"), ("农场二", "网关-3"), ("f_9", "g.x.y")]
     pub = Publisher(nats_cluster.nodes[0].mqtt_port).connect()
     try:
@@ -88,7 +78,7 @@ async def _one_partition_batch(cfg: SourceSection, js: JetStreamContext, county:
 async def test_a_batch_is_delivered_again_unless_acknowledged_and_in_progress_holds_it(
         nats_cluster: NatsCluster, county: str) -> None:
     cfg = source(nats_cluster, ack_wait_s=2.0)
-    await _prepare(cfg)
+    await prepare(cfg)
     pub = Publisher(nats_cluster.nodes[1].mqtt_port).connect()
     try:
         for i in range(5):
@@ -128,7 +118,7 @@ async def test_a_batch_is_delivered_again_unless_acknowledged_and_in_progress_ho
 async def test_a_node_killed_mid_stream_loses_nothing_pubacked(
         nats_cluster: NatsCluster, county: str) -> None:
     cfg = source(nats_cluster)
-    await _prepare(cfg)
+    await prepare(cfg)
     pub_node = nats_cluster.nodes[0]
     leader = await step_down_until(nats_cluster, tn.MQTT_STREAM, avoid=[pub_node.name])
     stored: list[str] = []  # what the "edge" made durable, then acknowledged

@@ -22,7 +22,6 @@ import json
 import shutil
 import subprocess
 import sys
-import textwrap
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -36,6 +35,7 @@ from farmedge.registry import load_registry
 from farmedge_dev.devservers import InfluxServer, MosquittoServer, influx_query
 from tests.alerts_support import HttpReceiver, SimClock, settle, until
 from tests.edgeproc import EdgeProcess
+from tests.gateway_support import write_gateway_toml
 from tests.support import Publisher, count, eventually, make_payload
 
 pytestmark = pytest.mark.servers
@@ -155,27 +155,7 @@ def test_the_gateway_sends_what_its_old_outbox_holds(
     queued: dict[str, int] = MANIFEST["gateway"]["queued"]
     data = _copy("gateway", tmp_path / "gw-data")
     cfg = tmp_path / "gateway.toml"
-    cfg.write_text(textwrap.dedent(f"""
-        county = "{county}"
-        farm = "farm-1"
-        gateway = "gw-1"
-        data_dir = "{data}"
-        log_format = "json"
-
-        [mqtt]
-        url = "{mosquitto.url}"
-        backoff_min_s = 0.1
-        backoff_max_s = 0.5
-
-        [outbox]
-        commit_interval_s = 0.2
-
-        [uplink]
-        batch_max_wait_s = 0.2
-
-        [clock]
-        source = "trust"
-    """))
+    write_gateway_toml(cfg, mosquitto.url, county, data)
     edge = EdgeProcess(mqtt_url=mosquitto.url, influx_url=influxdb.url, database=influx_db,
                        data_dir=tmp_path / "edge", county=county).start()
     log = (tmp_path / "gateway.log").open("wb")

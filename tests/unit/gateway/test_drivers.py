@@ -69,10 +69,9 @@ class _ServerThread:
 
         async def main() -> None:
             self.server = self._make()
-            task = asyncio.ensure_future(self.server.serve_forever())
-            await asyncio.sleep(0.2)
+            await self.server.serve_forever(background=True)  # returns once listening
             self._ready.set()
-            await task
+            await self.server.serving
 
         self._loop.run_until_complete(main())
 
