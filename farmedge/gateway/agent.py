@@ -204,7 +204,7 @@ class Agent:
                 row = NewRow(sensor, s.kind, s.unit, float(s.value), s.quality, s.animal,
                              wall - (mono - m), m, synced)
                 check_reading(row.wire())
-            except (TypeError, ValueError) as exc:  # EncodeError included
+            except (TypeError, ValueError, OverflowError) as exc:  # EncodeError included
                 detail = exc.detail if isinstance(exc, EncodeError) else f"value: {exc}"
                 self.read_errors += 1
                 self._refused += 1
