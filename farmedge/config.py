@@ -287,6 +287,9 @@ def load_settings(cls: type[S], path: Path | str | None) -> S:
                 continue
             if err.get("type") == "extra_forbidden":
                 msg = "unknown key (check its spelling and its section)"
+            if not loc:  # a rule over the whole file (two sensors with one id)
+                lines.append(f"{source}: {msg}")
+                continue
             if _lookup(merged, loc) and isinstance(_value(merged, loc), dict):
                 # A rule over a whole section (e.g. api = "v2" needs a token).
                 sect = "[" + ".".join(str(x) for x in loc) + "]"
