@@ -273,6 +273,34 @@ def _check_notifiers(report: Report, registry: Registry, where: Any) -> None:
                          "(docs/alerts.md lists the supported services)")
 
 
+def _check_lookalikes(report: Report, registry: Registry, where: Any) -> None:
+    """Ids of one scope that differ only in width or case (``gw-1`` and
+    ``gw-１``, typed with an input method's full-width mode on; ``Farm-1``
+    and ``farm-1``): each is an id of its own (its own topics, broker
+    account and series) that reads as the other on a dashboard or in an SMS."""
+    import unicodedata
+
+    seen: dict[tuple[str, ...], tuple[str, str]] = {}
+
+    def look(scope: tuple[str, ...], what: str, value: str,
+             loc: tuple[int | str, ...]) -> None:
+        key = (*scope, unicodedata.normalize("NFKC", value).casefold())
+        first = seen.setdefault(key, (value, what))
+        if first[0] != value:
+            report.warn(f"{where(loc)}{what} {value!r} and {first[0]!r} differ only in width "
+                        "or case: two ids that read as one (rename one)")
+
+    for i, f in enumerate(registry.farms):
+        look(("county",), "county", f.county, ("farms", i, "county"))
+        look(("farm", f.county), f"farm of county {f.county}", f.farm, ("farms", i, "farm"))
+        for gid, g in f.gateways.items():
+            look(("gateway", f.county, f.farm), f"gateway of {f.county}/{f.farm}", gid,
+                 ("farms", i, "gateways", gid))
+            for sid in g.sensors:
+                look(("sensor", f.county, f.farm, gid), f"sensor of {f.county}/{f.farm}/{gid}",
+                     sid, ("farms", i, "gateways", gid, "sensors", sid))
+
+
 def _check_registry_warnings(report: Report, registry: Registry, where: Any) -> None:
     for i, f in enumerate(registry.farms):
         if not f.contacts:
@@ -389,6 +417,7 @@ def check_edge(path: Path | None) -> tuple[Report, EdgeSettings | None, Registry
     if s.data_dir.exists() and not (s.data_dir.is_dir() and os.access(s.data_dir, os.W_OK)):
         report.error(f"{src}: data_dir {s.data_dir}: not a folder this user can write to")
     if registry is not None:
+        _check_lookalikes(report, registry, _registry_where(s.registry))
         report.summary.append(f"configuration OK ({src}); registry {s.registry}: "
                               f"{len(registry.index())} gateways")
     else:

@@ -37,8 +37,8 @@ from pydantic_settings import (
 if TYPE_CHECKING:
     import yaml  # imported where used: the gateway installs without PyYAML
 
-__all__ = ["ConfigError", "FileSettings", "Section", "env_names", "folder_problem",
-           "load_settings", "load_yaml_model", "unknown_env"]
+__all__ = ["ConfigError", "FileSettings", "Section", "duplicate_key", "env_names",
+           "folder_problem", "load_settings", "load_yaml_model", "unknown_env"]
 
 ENV_PREFIX = "FARMEDGE_"
 #: FARMEDGE_* variables the command line reads itself (not settings keys).
@@ -287,6 +287,9 @@ def load_settings(cls: type[S], path: Path | str | None) -> S:
                 continue
             if err.get("type") == "extra_forbidden":
                 msg = "unknown key (check its spelling and its section)"
+            if not loc:  # a rule over the whole file (two sensors with one id)
+                lines.append(f"{source}: {msg}")
+                continue
             if _lookup(merged, loc) and isinstance(_value(merged, loc), dict):
                 # A rule over a whole section (e.g. api = "v2" needs a token).
                 sect = "[" + ".".join(str(x) for x in loc) + "]"
@@ -357,9 +360,37 @@ def yaml_line(root: yaml.Node | None, loc: Sequence[int | str]) -> int | None:
     return line
 
 
+def duplicate_key(root: yaml.Node | None) -> tuple[int, str] | None:
+    """(line, key) of the first key a mapping of a composed YAML tree holds
+    twice (YAML's parser keeps the last silently: a gateway listed twice
+    would lose its first entry's sensors, a rule's second ``when`` would
+    replace its first); None when there is none."""
+    import yaml
+
+    seen: set[int] = set()  # aliases share nodes: visit each once
+    todo = [root] if root is not None else []
+    while todo:
+        node = todo.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for k, v in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
+                    if k.value in keys:
+                        return k.start_mark.line + 1, k.value
+                    keys.add(k.value)
+                todo.extend((k, v))
+        elif isinstance(node, yaml.SequenceNode):
+            todo.extend(node.value)
+    return None
+
+
 def load_yaml_model(model: type[M], path: Path | str) -> M:
     """Load a YAML data file (registry, alert rules) into ``model``; errors
-    name the file, line and key."""
+    name the file, line and key, and a key given twice in one mapping is
+    one (:func:`duplicate_key`)."""
     import yaml
 
     p = Path(path)
@@ -374,6 +405,10 @@ def load_yaml_model(model: type[M], path: Path | str) -> M:
         mark = getattr(exc, "problem_mark", None)
         where = f"{p}:{mark.line + 1}" if mark is not None else str(p)
         raise ConfigError(f"{where}: not valid YAML: {getattr(exc, 'problem', exc)}") from None
+    dup = duplicate_key(root)
+    if dup is not None:
+        raise ConfigError(f"{p}:{dup[0]}: {dup[1]}: listed twice in the same mapping "
+                          "(only the last would count): merge the two")
     half = _surrogate(root)
     if half is not None:
         raise ConfigError(f"{p}:{half[0]}: {half[1]!r}: holds half of a UTF-16 pair "

@@ -36,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -268,7 +269,9 @@ def influx_query(settings: InfluxSection, *, timeout_s: float = 30.0) -> Query:
 def _where(counties: Sequence[str]) -> str:
     if not counties:
         return ""
-    alt = "|".join(c.replace("/", "\\/") for c in counties)
+    # The ids as written: "." and any other regex character escaped, and "/"
+    # (the end of InfluxQL's regex literal) after them.
+    alt = "|".join(re.escape(c).replace("/", "\\/") for c in counties)
     return f' WHERE "{Tag.COUNTY}" =~ /^({alt})$/'
 
 

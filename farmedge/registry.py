@@ -14,7 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .config import ConfigError, load_yaml_model
+from .config import load_yaml_model
 from .contract.ids import check_id, check_topic_id
 from .contract.models import Id, TopicId
 
@@ -201,46 +201,7 @@ class Registry(_Model):
         return None
 
 
-def _duplicate_key(text: str) -> tuple[int, str] | None:
-    """(line, key) of the first key a YAML mapping holds twice (YAML's
-    parser keeps the last silently: a gateway listed twice would lose its
-    first entry's sensors); None when there is none or the text is not YAML
-    (the model's loader reports that)."""
-    import yaml
-
-    try:
-        # libyaml's parser when PyYAML has it: this pass comes on top of the
-        # model loader's own.
-        root = yaml.compose(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    except yaml.YAMLError:
-        return None
-    seen: set[int] = set()  # aliases share nodes: visit each once
-    todo = [root] if root is not None else []
-    while todo:
-        node = todo.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            keys: set[str] = set()
-            for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
-                    if k.value in keys:
-                        return k.start_mark.line + 1, k.value
-                    keys.add(k.value)
-                todo.extend((k, v))
-        elif isinstance(node, yaml.SequenceNode):
-            todo.extend(node.value)
-    return None
-
-
 def load_registry(path: Path | str) -> Registry:
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
-        text = ""  # the model's loader says why
-    dup = _duplicate_key(text)
-    if dup is not None:
-        raise ConfigError(f"{path}:{dup[0]}: {dup[1]}: listed twice in the same mapping "
-                          "(only the last would count): merge the two")
+    """The registry file (errors name file, line and key; a key given twice
+    in one mapping is one)."""
     return load_yaml_model(Registry, path)

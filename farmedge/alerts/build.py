@@ -8,6 +8,7 @@ from typing import Any
 
 from farmedge.config import ConfigError
 from farmedge.registry import Registry
+from farmedge.storage.settings import InfluxSection
 
 from .engine import AlertEngine
 from .errors import AlertsError
@@ -27,7 +28,7 @@ def _secret(v: Any) -> str | None:
 
 
 def engine_from_settings(alerts: AlertsSettings, *, registry: Registry | None, data_dir: Path,
-                         mqtt: Any = None, influx: Any = None,
+                         mqtt: Any = None, influx: InfluxSection | None = None,
                          records: RecordSink | None = None,
                          instance: str = "edge") -> AlertEngine:
     """The engine with Apprise delivery, the MQTT alerts topic (``mqtt``: the
@@ -47,11 +48,7 @@ def engine_from_settings(alerts: AlertsSettings, *, registry: Registry | None, d
     if alerts.write_influx and records is not None:
         recorders.append(SinkRecorder(records))
     elif alerts.write_influx and influx is not None:
-        recorders.append(InfluxRecorder(
-            url=influx.url, database=influx.database, api=influx.api,
-            token=_secret(influx.token), org=influx.org, bucket=influx.bucket,
-            username=influx.username, password=_secret(influx.password),
-            retention_policy=influx.retention_policy))
+        recorders.append(InfluxRecorder(influx))
     state = alerts.state_path or Path(data_dir) / "alerts.sqlite"
     try:
         return AlertEngine(rules=rules, registry=registry, notifier=AppriseNotifier(),

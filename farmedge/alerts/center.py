@@ -201,8 +201,9 @@ class CenterIncidents:
                 if chk in CENTER_CHECKS and chk not in self.rule:
                     self.rule[chk] = br
         self._ctx: dict[str, CenterContext] = {}
-        #: county -> recent last wills (time, gateway) for mass offline
-        self._wills: dict[str, deque[tuple[float, GKey]]] = {}
+        #: county -> gateway -> time of its latest will within the window,
+        #: oldest first (for mass offline)
+        self._wills: dict[str, dict[GKey, float]] = {}
         self.mass: dict[str, _Mass] = {}
         #: (county, farm, contact) -> failed attempts in a row
         self._failures: dict[tuple[str, str, str], int] = {}
@@ -341,15 +342,19 @@ class CenterIncidents:
         # the broker incident says it, not a mass offline.
         if not self.health.connected or now - self.health.grace_from < s.mass_offline_window_s:
             return False
-        q = self._wills.setdefault(county, deque())
-        q.append((now, gk))
-        while q and q[0][0] < now - s.mass_offline_window_s:
-            q.popleft()
-        gws = {g for _, g in q}
+        q = self._wills.setdefault(county, {})
+        q.pop(gk, None)
+        q[gk] = now
+        while q:
+            first = next(iter(q))
+            if q[first] >= now - s.mass_offline_window_s:
+                break
+            del q[first]
         need = max(s.mass_offline_min_gateways, math.ceil(s.mass_offline_share * county_total))
-        if len(gws) < need:
+        if len(q) < need:
             return False
-        m = self.mass[county] = _Mass(now, set(gws), len(gws))
+        gws = set(q)
+        m = self.mass[county] = _Mass(now, gws, len(gws))
         q.clear()
         self._start("mass_offline", county, f"mass:{county}", county, now,
                     value=float(len(gws)),

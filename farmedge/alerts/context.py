@@ -127,16 +127,13 @@ class Contexts:
         self.settings = settings
         self.index = registry.index() if registry is not None else {}
         self._cache: dict[tuple[str, ...], Context] = {}
-        self._farms: dict[tuple[str, str], Farm | None] = {}
+        #: (county, farm) -> the registry's farm, built once (Registry.farm
+        #: scans the list: once per farm met, that was quadratic in farms)
+        self._farms: dict[tuple[str, str], Farm] = (
+            {(f.county, f.farm): f for f in registry.farms} if registry is not None else {})
 
     def farm(self, county: str, farm: str) -> Farm | None:
-        key = (county, farm)
-        try:
-            return self._farms[key]
-        except KeyError:
-            f = self._farms[key] = (self.registry.farm(county, farm)
-                                    if self.registry is not None else None)
-            return f
+        return self._farms.get((county, farm))
 
     def get(self, county: str, farm: str, gateway: str, sensor: str,
             plot: str | None = None, animal: str | None = None,

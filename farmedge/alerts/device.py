@@ -66,12 +66,12 @@ class DeviceChecks:
         self.bad: dict[SensorKey, dict[str, deque[float]]] = {}
         self.started = 0.0
         self._last_silence_check = float("-inf")
+        #: county -> its known gateways, until the next silence check (a flood of wills)
+        self._county_gws: dict[str, set[GKey]] = {}
 
     def seen(self, gk: GKey) -> dict[str, float]:
         s = self.sensor_seen.get(gk)
-        if s is None:
-            s = self.sensor_seen[gk] = {}
-        return s
+        return s if s is not None else self.sensor_seen.setdefault(gk, {})
 
     # ------------------------------------------------------------ on readings
 
@@ -183,7 +183,7 @@ class DeviceChecks:
                 if st.reason == StatusReason.STOPPING:
                     self.planned.add(gk)     # planned: no mass offline, a longer grace
                 elif self.center is not None:
-                    self.center.will(gk, now, self._county_total(gk[0]))
+                    self.center.will(gk, now, self._county_total(gk))
             was_down = False
         for br, pr in ctx.status:
             rule = br.rule
@@ -209,9 +209,8 @@ class DeviceChecks:
                            cc.holds(hours), hours, {}, now)
 
     def _will_gone(self, gk: GKey, now: float) -> None:
-        """The gateway is back: its will is forgotten (and, if it was part of
-        a mass offline that now ends, the gateways still down wait their
-        grace as farm-side suspicions from now)."""
+        """The gateway is back: its will is forgotten (if its mass offline ends,
+        the gateways still down wait their grace as farm-side suspicions)."""
         self.gw_will.discard(gk)
         self.planned.discard(gk)
         self.will_at.pop(gk, None)
@@ -221,9 +220,12 @@ class DeviceChecks:
                 if left in self.will_at:
                     self.will_at[left] = now
 
-    def _interval(self, ctx: Context, pr: dict[str, float]) -> float:
-        return (ctx.gw_obj.interval_s if ctx.gw_obj and ctx.gw_obj.interval_s
-                else pr.get("default_interval_s", 600.0))
+    @staticmethod
+    def _interval(ctx: Context, pr: dict[str, float]) -> float:
+        """The reporting interval: the sensor's, its gateway's, the rule's default."""
+        return ((ctx.meta.interval_s if ctx.meta else None)
+                or (ctx.gw_obj.interval_s if ctx.gw_obj else None)
+                or pr.get("default_interval_s", 600.0))
 
     def _will_due(self, gk: GKey, ctx: Context, br: BoundRule, pr: dict[str, float],
                   now: float) -> None:
@@ -239,9 +241,13 @@ class DeviceChecks:
             return
         if not self.health.settled(now, self._interval(ctx, pr)):
             return
-        last = self.heard_before_will.get(gk, at)
+        self._silent(br, pr, ctx, "gateway", gk[2], self.heard_before_will.get(gk, at), now)
+
+    def _silent(self, br: BoundRule, pr: dict[str, float], ctx: Context, etype: str, eid: str,
+                last: float, now: float) -> None:
+        """Offline or silent: the minutes are those since it was last heard."""
         mins = max(1, round((now - last) / 60))
-        self.machine.observe(br, pr, ctx, "gateway", gk[2], True, False, mins,
+        self.machine.observe(br, pr, ctx, etype, eid, True, False, mins,
                              {"minutes": str(mins)}, now)
 
     def longest_interval(self) -> float:
@@ -250,10 +256,12 @@ class DeviceChecks:
         return max((ge.interval_s or 600.0 for _f, ge in self.contexts.index.values()),
                    default=600.0)
 
-    def _county_total(self, county: str) -> int:
-        gws = {gk for gk in self.contexts.index if gk[0] == county}
-        gws.update(gk for gk in self.gw_seen if gk[0] == county)
-        gws.update(gk for gk in self.gw_will if gk[0] == county)
+    def _county_total(self, gk: GKey) -> int:
+        """How many gateways the county of ``gk`` has (``gk`` among them)."""
+        c = gk[0]
+        gws = self._county_gws.get(c) or self._county_gws.setdefault(c, {
+            g for g in (*self.contexts.index, *self.gw_seen, *self.gw_will) if g[0] == c})
+        gws.add(gk)
         return len(gws)
 
     def refresh_sensors(self, gk: GKey, now: float) -> None:
@@ -283,8 +291,8 @@ class DeviceChecks:
         if 0 <= now - self._last_silence_check < SILENCE_CHECK_S:
             return
         self._last_silence_check = now
-        sm = self.machine
-        health, center = self.health, self.center
+        self._county_gws.clear()
+        sm, health, center = self.machine, self.health, self.center
         gws, sensors = self._known()
         down: set[GKey] = self.gw_will | self.holding
         for gk in gws:
@@ -309,9 +317,7 @@ class DeviceChecks:
                     continue
                 last = self.gw_seen.get(gk, self.started)
                 if health.heard_for(last, now) > pr.get("intervals", 3.0) * interval:
-                    mins = max(1, round((now - last) / 60))
-                    sm.observe(br, pr, ctx, "gateway", gk[2], True, False, mins,
-                               {"minutes": str(mins)}, now)
+                    self._silent(br, pr, ctx, "gateway", gk[2], last, now)
                     down.add(gk)
         for gk, sensor in sensors:
             if gk in down:
@@ -320,17 +326,12 @@ class DeviceChecks:
             for br, pr in ctx.status:
                 if br.rule.check != "sensor_silent":
                     continue
-                interval = ((ctx.meta.interval_s if ctx.meta and ctx.meta.interval_s else None)
-                            or (ctx.gw_obj.interval_s if ctx.gw_obj and ctx.gw_obj.interval_s
-                                else None)
-                            or pr.get("default_interval_s", 600.0))
+                interval = self._interval(ctx, pr)
                 if not health.settled(now, interval):
                     continue
                 last = self.sensor_seen.get(gk, {}).get(sensor, self.started)
                 if health.heard_for(last, now) > pr.get("intervals", 3.0) * interval:
-                    mins = max(1, round((now - last) / 60))
-                    sm.observe(br, pr, ctx, "sensor", f"{gk[2]}/{sensor}", True, False, mins,
-                               {"minutes": str(mins)}, now)
+                    self._silent(br, pr, ctx, "sensor", f"{gk[2]}/{sensor}", last, now)
 
     def load_flat(self, flat: list[tuple[GKey, str, str]]) -> None:
         for gk, sensor, rule in flat:

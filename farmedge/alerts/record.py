@@ -20,12 +20,13 @@ import contextlib
 import json
 from collections import deque
 from dataclasses import asdict, dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from farmedge.backoff import Backoff
 from farmedge.contract.topics import alerts_topic
 from farmedge.logs import get_logger
 from farmedge.storage.schema import AlertField, Measurement, Tag
+from farmedge.storage.settings import InfluxSection
 from farmedge.transport.broker import parse_broker_url
 from farmedge.transport.publisher import REFUSED, Publisher
 from farmedge.transport.reconnect import reconnect_forever
@@ -149,32 +150,18 @@ class MemoryRecorder:
 
 
 class InfluxRecorder:
-    """Writes events to InfluxDB, v1 write API (``/write``) or v2
-    (``/api/v2/write`` with org, bucket, token), precision ms, in batches,
-    retrying 429/5xx and connection errors with backoff. A bounded queue: past
-    ``max_queue`` events the oldest are dropped and counted."""
+    """Writes events to InfluxDB with the edge's writer
+    (:class:`~farmedge.storage.influx.InfluxWriter`: the ``[influx]``
+    section's v1 or v2 API, credentials and gzip), in batches, retrying what
+    the writer calls retryable (429, 5xx, no answer) with backoff. A bounded
+    queue: past ``max_queue`` events the oldest are dropped and counted."""
 
-    def __init__(self, *, url: str, database: str = "farmedge", api: str = "v1",
-                 token: str | None = None, org: str | None = None, bucket: str | None = None,
-                 username: str | None = None, password: str | None = None,
-                 retention_policy: str | None = None, flush_s: float = 1.0,
+    def __init__(self, influx: InfluxSection, *, flush_s: float = 1.0,
                  max_queue: int = 10_000, max_attempts: int = 5) -> None:
-        self.url = url.rstrip("/")
-        self.database = database
-        self.api = api
-        self.token = token
-        self._headers = {"Authorization": f"Token {token}"} if token else {}
-        if api == "v2":
-            self._path = "/api/v2/write"
-            self._params = {"org": org or "", "bucket": bucket or database, "precision": "ms"}
-        else:
-            self._path = "/write"
-            self._params = {"db": database, "precision": "ms"}
-            if retention_policy:
-                self._params["rp"] = retention_policy
-        #: v1 credentials go in the Authorization header, never in the URL
-        #: (where proxies and InfluxDB's own request log would keep them).
-        self._basic = (username, password or "") if api != "v2" and username else None
+        # aiohttp is imported only when a recorder of its own is used
+        from farmedge.storage.influx import InfluxWriter
+
+        self._writer = InfluxWriter(influx)
         self.flush_s = flush_s
         self.max_attempts = max_attempts
         self._q: deque[str] = deque(maxlen=max_queue)
@@ -188,47 +175,41 @@ class InfluxRecorder:
         self._q.append(line_protocol(ev))
         self._wake.set()
 
-    async def _write(self, session: Any, lines: list[str]) -> bool:
-        import aiohttp
-
+    async def _write(self, lines: list[str]) -> bool:
         body = "\n".join(lines).encode()
-        auth = aiohttp.BasicAuth(*self._basic) if self._basic is not None else None
         delay = 0.2
         for _ in range(self.max_attempts):
-            try:
-                async with session.post(f"{self.url}{self._path}", params=self._params,
-                                        data=body, headers=self._headers, auth=auth) as r:
-                    if r.status < 300:
-                        return True
-                    text = (await r.text())[:200]
-                    if r.status < 500 and r.status != 429:
-                        log.warning("alerts.influx_rejected", events=len(lines),
-                                    status=r.status, error=text)
-                        return False
-            except (aiohttp.ClientError, OSError, TimeoutError) as exc:
-                log.debug("alerts.influx_write_failed", error=f"{type(exc).__name__}: {exc}")
-            await asyncio.sleep(delay)
+            res = await self._writer.write(body)
+            if res.ok:
+                return True
+            if not res.retryable:
+                log.warning("alerts.influx_rejected", events=len(lines), status=res.status,
+                            error=res.error)
+                return False
+            log.debug("alerts.influx_write_failed", status=res.status, error=res.error)
+            await asyncio.sleep(min(res.retry_after_s or delay, 5.0))
             delay = min(delay * 2, 5.0)
         return False
 
     async def run(self) -> None:
-        import aiohttp
-
-        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10)) as session:
+        await self._writer.start()
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.flush_s):
+                        await self._wake.wait()
+                self._wake.clear()
+                await self._flush()
+        finally:
             try:
-                while True:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(self.flush_s):
-                            await self._wake.wait()
-                    self._wake.clear()
-                    await self._flush(session)
+                await asyncio.shield(self._flush())
             finally:
-                await asyncio.shield(self._flush(session))
+                await self._writer.close()
 
-    async def _flush(self, session: Any) -> None:
+    async def _flush(self) -> None:
         while self._q:
             batch = [self._q.popleft() for _ in range(min(len(self._q), 1000))]
-            if await self._write(session, batch):
+            if await self._write(batch):
                 self.written += len(batch)
             else:
                 self.dropped += len(batch)

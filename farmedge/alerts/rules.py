@@ -14,6 +14,7 @@ reason (:class:`farmedge.config.ConfigError`). See docs/alerts.md.
 
 from __future__ import annotations
 
+import math
 import re
 import string
 from collections.abc import Iterable, Sequence
@@ -93,13 +94,15 @@ def parse_duration(value: Any) -> float:
     if isinstance(value, bool):
         raise ValueError("a duration is a number of seconds or a string like 30m, 2h, 10d")
     if isinstance(value, int | float):
+        if not math.isfinite(value):
+            raise ValueError("a duration must be a finite number of seconds")
         if value < 0:
             raise ValueError("a duration cannot be negative")
         return float(value)
     if isinstance(value, str):
         m = _DUR.match(value)
         if m:
-            return float(m.group(1)) * _UNIT_S[m.group(2)]
+            return parse_duration(float(m.group(1)) * _UNIT_S[m.group(2)])
     raise ValueError(f"{value!r} is not a duration (use seconds or 30s, 30m, 2h, 10d)")
 
 
@@ -111,7 +114,11 @@ class _M(BaseModel):
 
 
 class Cond(_M):
-    """One comparison against a number: exactly one of the four keys."""
+    """One comparison against a number: exactly one of the four keys (a
+    finite one: NaN compares false with everything)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True,
+                              allow_inf_nan=False)
 
     above: float | None = None
     below: float | None = None

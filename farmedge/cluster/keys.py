@@ -35,7 +35,11 @@ def encode_token(value: str) -> str:
         if ch in _PLAIN:
             out.append(ch)
         else:
-            out.extend(f"={b:02X}" for b in ch.encode("utf-8"))
+            try:
+                raw = ch.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate (an undecodable byte of a name)
+                raise KeyCodingError(f"not text: {value[:80]!r}") from None
+            out.extend(f"={b:02X}" for b in raw)
     return "".join(out)
 
 

@@ -40,7 +40,7 @@ from nats.js.kv import KeyValue
 from farmedge.logs import get_logger
 from farmedge.transport.nats_settings import SourceSection
 
-from .keys import lease_key
+from .keys import instance_key, lease_key
 
 __all__ = ["Fenced", "Holder", "Lease", "LeaseError", "LeaseLost", "LeaseStore"]
 
@@ -90,6 +90,9 @@ class LeaseStore:
         self.js = js
         self.cfg = cfg
         self.instance = instance
+        #: Its heartbeat's key; an instance name no key can hold is refused
+        #: here, at the start (KeyCodingError), not in every round.
+        self.instance_key = instance_key(instance)
         self.ttl_s = cfg.lease_ttl_s
         #: Validity by our own clock: the TTL less a margin for the clocks'
         #: rates and the server's expiry (a lease is given up before the

@@ -36,7 +36,7 @@ import nats.js.errors
 
 from farmedge.logs import get_logger
 
-from .keys import INSTANCE_PREFIX, decode_token, instance_key
+from .keys import INSTANCE_PREFIX, decode_token
 from .leases import Lease, LeaseError, LeaseLost, LeaseStore
 
 __all__ = ["Ownership", "fair_share"]
@@ -88,7 +88,7 @@ class Ownership:
     async def _heartbeat(self) -> None:
         value = json.dumps({"instance": self.instance,
                             "at_ms": int(time.time() * 1000)}).encode()
-        await self.store.js.publish(self.store.subject_prefix + instance_key(self.instance),
+        await self.store.js.publish(self.store.subject_prefix + self.store.instance_key,
                                     value, msg_ttl=self.cfg.lease_ttl_s)
 
     async def live_instances(self) -> list[str]:
@@ -199,4 +199,4 @@ class Ownership:
                 with contextlib.suppress(LeaseError):
                     await self.store.release(lease)
             with contextlib.suppress(nats.errors.Error):
-                await self.store.kv.delete(instance_key(self.instance))
+                await self.store.kv.delete(self.store.instance_key)

@@ -144,6 +144,7 @@ class Sink:
         if not left:
             self._m.readings_written.inc(n_readings)
             return out
+        self._m.readings_written.inc(readings - _overlap(left, readings))
         out.durable = await self._spool_or_hold(lines, readings, left, out.refused)
         return out
 

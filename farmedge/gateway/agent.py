@@ -183,6 +183,9 @@ class Agent:
                     self.store_errors += 1
                     lg.error("gateway.outbox_write_failed", error=str(exc),
                              errors_total=self.store_errors)
+                except Exception:  # a sample nothing foresaw: this read is lost, not the sensor
+                    self.read_errors += 1
+                    lg.exception("gateway.store_crashed")
             next_t += cfg.interval_s
             now = loop.time()
             if next_t < now:
@@ -204,7 +207,7 @@ class Agent:
                 row = NewRow(sensor, s.kind, s.unit, float(s.value), s.quality, s.animal,
                              wall - (mono - m), m, synced)
                 check_reading(row.wire())
-            except (TypeError, ValueError) as exc:  # EncodeError included
+            except (TypeError, ValueError, OverflowError, AttributeError) as exc:  # EncodeError too
                 detail = exc.detail if isinstance(exc, EncodeError) else f"value: {exc}"
                 self.read_errors += 1
                 self._refused += 1

@@ -50,6 +50,11 @@ class InfluxSection(Section):
         u = urlsplit(v)
         if u.scheme not in {"http", "https"} or not u.hostname:
             raise ValueError("must be an http:// or https:// URL with a host")
+        if u.query or u.fragment:
+            # InfluxDB 1.x takes ?u=&p= credentials: they would be logged,
+            # and the write path would land after the query.
+            raise ValueError("must not have a query or fragment (credentials go in "
+                             "username and password, or token)")
         return v.rstrip("/")
 
     @model_validator(mode="after")

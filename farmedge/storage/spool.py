@@ -68,6 +68,33 @@ class _Entry:
     readings: int | None = None
 
 
+def _scan(directory: Path) -> tuple[OrderedDict[int, _Entry], int]:
+    """The batch files in ``directory``, oldest first, and the next id; an
+    append that never completed (``.tmp``, not acknowledged) is removed."""
+    found: list[tuple[int, _Entry]] = []
+    for e in os.scandir(directory):
+        if e.name.endswith(".tmp"):
+            with contextlib.suppress(OSError):
+                os.unlink(e.path)
+            continue
+        m = _NAME.fullmatch(e.name)
+        if m is None:
+            continue
+        n_lines = int(m[3])
+        found.append((int(m[1]), _Entry(e.name, int(m[2]), n_lines, e.stat().st_size,
+                                        min(int(m[4]), n_lines) if m[4] else None)))
+    found.sort(key=lambda f: (f[0], f[1].created_ms, f[1].name))
+    # Two names for one id ("0…01-" and "00…01-": files copied in from
+    # another spool): each is replayed, the younger under an id of its own.
+    spare = found[-1][0] + 1 if found else 1
+    files: OrderedDict[int, _Entry] = OrderedDict()
+    for bid, entry in found:
+        if bid in files:
+            bid, spare = spare, spare + 1
+        files[bid] = entry
+    return files, spare
+
+
 class Spool:
     def __init__(self, directory: Path, *, max_bytes: int, legacy: Path | None = None) -> None:
         self.dir = directory
@@ -103,23 +130,10 @@ class Spool:
 
     def _open(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        found: list[tuple[int, _Entry]] = []
-        for e in os.scandir(self.dir):
-            if e.name.endswith(".tmp"):  # an append that never completed (not acknowledged)
-                with contextlib.suppress(OSError):
-                    os.unlink(e.path)
-                continue
-            m = _NAME.fullmatch(e.name)
-            if m is None:
-                continue
-            found.append((int(m[1]), _Entry(e.name, int(m[2]), int(m[3]), e.stat().st_size,
-                                            int(m[4]) if m[4] is not None else None)))
-        found.sort()
-        self._files = OrderedDict(found)
-        self._next_id = found[-1][0] + 1 if found else 1
-        self.batches = len(found)
-        self.lines = sum(x.n_lines for _, x in found)
-        self.bytes = sum(x.size for _, x in found)
+        self._files, self._next_id = _scan(self.dir)
+        self.batches = len(self._files)
+        self.lines = sum(x.n_lines for x in self._files.values())
+        self.bytes = sum(x.size for x in self._files.values())
         self._open_dropped()
         if self.legacy_path is not None and self.legacy_path.exists():
             self._open_legacy(self.legacy_path)

@@ -27,7 +27,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
-from farmedge.backoff import STABLE_AFTER_S, Backoff
+from farmedge.backoff import Backoff
 from farmedge.logs import get_logger
 
 from .errors import BrokerUnreachable, ConnectionLost, ConnectRefused
@@ -35,7 +35,7 @@ from .onloop import LoopSocket
 from .reconnect import reconnect_forever
 from .settings import MqttSection
 
-__all__ = ["STABLE_AFTER_S", "Inbound", "MqttSource"]
+__all__ = ["Inbound", "MqttSource"]
 #: MQTT 5 CONNACK reason codes that a retry alone will not cure.
 _CREDENTIAL_CODES = {134, 135, 138, 140}
 
@@ -80,7 +80,6 @@ class MqttSource:
         self.connected = False
         #: True once the broker granted the subscriptions on this connection.
         self.subscribed = False
-        self.connected_since: float | None = None
         self.disconnected_since: float | None = time.monotonic()
         self.connects = 0
         #: Connection attempts since start (TCP connect and MQTT CONNECT).
@@ -116,19 +115,11 @@ class MqttSource:
     async def _run(self) -> None:
         """Connect, stay connected, and reconnect with the capped, jittered
         back-off until stopped. The back-off starts over only after a
-        connection that held for STABLE_AFTER_S: a broker that refuses the
+        connection that held for Backoff.stable_after_s: a broker that refuses the
         edge (bad credentials, not authorised) or drops it at once sees
         longer and longer waits, up to reconnect_max_s."""
         await reconnect_forever(self._connect, self._session, backoff=self._backoff,
                                 stop=self._stopped, log=self._log)
-
-    def held_s(self) -> float:
-        """How long the last accepted connection held (until now while it
-        is up); 0 before any."""
-        if self.connected_since is None:
-            return 0.0
-        end = time.monotonic() if self.connected else (self.disconnected_since or 0.0)
-        return max(0.0, end - self.connected_since)
 
     @property
     def closing(self) -> bool:
@@ -206,7 +197,6 @@ class MqttSource:
         self._lost.set()
         if self._connack is not None and not self._connack.done():
             self._connack.set_exception(ConnectionLost("stopping"))
-        self._stopped.set()
         if self._task is not None:
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._task, 15)
@@ -271,7 +261,6 @@ class MqttSource:
         self._generation += 1
         self.connected = True
         self.connects += 1
-        self.connected_since = time.monotonic()
         self.disconnected_since = None
         if self._connack is not None and not self._connack.done():
             self._connack.set_result(None)

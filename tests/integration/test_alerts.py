@@ -35,6 +35,7 @@ from farmedge.alerts import (
 from farmedge.contract.topics import status_topic, telemetry_topic
 from farmedge.records import AcceptedReading
 from farmedge.registry import Contact, Registry
+from farmedge.storage.settings import InfluxSection
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.alerts_support import (
     HttpReceiver,
@@ -128,7 +129,7 @@ async def make_rig(*, county: str, registry: Registry, rules_path: Path | None,
     memory = MemoryRecorder()
     recorders: list[Any] = [memory]
     if influx is not None and db is not None:
-        recorders.append(InfluxRecorder(url=influx.url, database=db, flush_s=0.2))
+        recorders.append(InfluxRecorder(InfluxSection(url=influx.url, database=db), flush_s=0.2))
     if broker is not None:
         recorders.append(MqttRecorder(url=broker.url))
     rs = load_rules([rules_path] if rules_path else [], shipped=shipped)

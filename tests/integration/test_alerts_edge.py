@@ -24,6 +24,7 @@ from farmedge.contract.topics import status_topic, telemetry_topic
 from farmedge.edge.app import EdgeService, build_observers
 from farmedge.edge.settings import EdgeSettings
 from farmedge.registry import Contact, Farm, GatewayEntry, Plot, Registry, SensorMeta
+from farmedge.storage.settings import InfluxSection
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from tests.alerts_support import HttpReceiver, SimClock, local_ts, reading, status_payload, until
 from tests.edgeproc import edge_settings
@@ -59,7 +60,8 @@ async def test_reading_through_the_edge_reaches_the_farmer(
     engine = AlertEngine(
         rules=load_rules(), registry=reg, notifier=AppriseNotifier(), clock=clock,
         state_path=tmp_path / "alerts.sqlite",
-        recorders=[memory, InfluxRecorder(url=influxdb.url, database=influx_db, flush_s=0.2),
+        recorders=[memory, InfluxRecorder(InfluxSection(url=influxdb.url, database=influx_db),
+                                          flush_s=0.2),
                    MqttRecorder(url=mosquitto.url)],
         settings=AlertsSettings(tick_s=0.05))
     s = edge_settings(mosquitto.url, influxdb.url, influx_db, county, tmp_path)

@@ -294,3 +294,18 @@ def test_a_registry_alias_bomb_is_checked_quickly(tmp_path: Path) -> None:
     r = farmedge("edge", "check-config", "-c", "edge.toml", cwd=tmp_path, timeout=30)
     assert r.returncode == 2, r.stdout
     assert "registry.yaml:1: a0: unknown key" in r.stderr
+
+
+def test_ids_that_differ_only_in_width_or_case_are_a_warning(tmp_path: Path) -> None:
+    edge_files(tmp_path, alerts=False)
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(reg.read_text() + "      gw-１: {}\n      GW-2: {}\n      gw-2: {}\n"
+                   "  - county: c1\n    farm: F1\n")
+    r = farmedge("edge", "check-config", "-c", "edge.toml", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert ("warning: registry.yaml:10: gateway of c1/f1 'gw-１' and 'gw-1' differ only in "
+            "width or case") in r.stderr
+    assert "warning: registry.yaml:12: gateway of c1/f1 'gw-2' and 'GW-2'" in r.stderr
+    assert "warning: registry.yaml:14: farm of county c1 'F1' and 'f1'" in r.stderr
+    r = farmedge("edge", "check-config", "--strict", "-c", "edge.toml", cwd=tmp_path)
+    assert r.returncode == 1

@@ -176,6 +176,16 @@ def test_the_influx_password_in_its_url_never_reaches_the_log(
     assert "SECRET-PW" not in log
 
 
+def test_an_influx_url_with_a_query_is_refused_and_its_password_kept_out(
+        tmp_path: Path) -> None:
+    cfg = tmp_path / "edge.toml"
+    cfg.write_text('instance = "e"\n[influx]\nurl = "http://127.0.0.1:8086/?u=admin&p=SECRET"\n')
+    r = _check_config({}, "--config", str(cfg))
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"{cfg}:3: [influx] url:" in r.stderr and "must not have a query" in r.stderr
+    assert "SECRET" not in r.stderr + r.stdout
+
+
 def test_a_missing_registry_names_the_setting(tmp_path: Path) -> None:
     r = _check_config({"FARMEDGE_REGISTRY": str(tmp_path / "nope.yaml")})
     assert r.returncode == 2

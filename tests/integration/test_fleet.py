@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -359,3 +360,32 @@ def _check_empty(influxdb: InfluxServer, db: str, reg: Path) -> None:
     starts = {_width(ln[:ln.index("NEVER SEEN" if "NEVER" in ln else "STATE")])
               for ln in lines}
     assert len(starts) == 1, starts
+
+
+def test_a_county_is_matched_as_written_not_as_a_pattern(influxdb: InfluxServer,
+                                                          influx_db: str) -> None:
+    """``--county su.hua`` is that county only: the ids go into an InfluxQL
+    regular expression, where ``.`` would match suihua too, and a ``\\``
+    before the closing ``/`` would end the expression early."""
+    import urllib.request
+
+    from farmedge.fleet import observe, registered_from_influx
+    from farmedge_dev.devservers import influx_query
+
+    now = int(time.time() * 1000)
+    lines = "\n".join(
+        f'gateway,county={c},farm=f1,gateway=gw-1 online=true,registered=1i {now}'
+        for c in ("su.hua", "suihua", "su-hua_县"))
+    req = urllib.request.Request(f"{influxdb.url}/write?db={influx_db}&precision=ms",
+                                 data=lines.encode(), method="POST")
+    with urllib.request.urlopen(req, timeout=30):
+        pass
+
+    def query(statements: Sequence[str]) -> list[list[dict[str, Any]]]:
+        return [influx_query(influxdb.url, s, influx_db) for s in statements]
+
+    assert {k[0] for k in observe(query, ["su.hua"])} == {"su.hua"}
+    assert {r.county for r in registered_from_influx(query, ["su.hua"])} == {"su.hua"}
+    assert {k[0] for k in observe(query, ["su.hua", "suihua"])} == {"su.hua", "suihua"}
+    assert {k[0] for k in observe(query, ["su-hua_县"])} == {"su-hua_县"}
+    assert observe(query, ["su\\"]) == {}

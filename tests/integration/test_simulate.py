@@ -8,6 +8,7 @@ import threading
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
@@ -176,3 +177,21 @@ def test_processes_share_the_farms(mosquitto: MosquittoServer, county: str,
             got[p.envelope.gateway] = [(r.sensor, r.ts_ms, r.value) for r in p.readings]
     g0 = parse_telemetry(subscriber.messages[0][1]).envelope.gateway
     assert got[g0] == [(r.sensor, r.ts, r.value) for r in first[g0].readings]
+
+
+@pytest.mark.parametrize(("command", "option", "value"), [
+    ("simulate", "--interval", "inf"), ("simulate", "--interval", "nan"),
+    ("simulate", "--interval", "-1"), ("simulate", "--rate", "nan"),
+    ("simulate", "--duration", "nan"), ("demo", "--interval", "nan"),
+    ("demo", "--bad-rate", "5"), ("demo", "--duration", "inf"), ("demo", "--refresh", "0"),
+])
+def test_a_number_no_run_can_use_is_refused_before_anything_starts(
+        command: str, option: str, value: str, tmp_path: Path) -> None:
+    """Refused by the command line: no broker is reached, no server started."""
+    where = (["--mqtt-url", "mqtt://127.0.0.1:9"] if command == "simulate"
+             else ["--data-dir", str(tmp_path / "demo")])
+    out = subprocess.run([sys.executable, "-m", "farmedge", command, *where, option, value],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert out.returncode == 2, out.stderr
+    assert f"argument {option}:" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "demo").exists()

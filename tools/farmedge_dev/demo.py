@@ -707,6 +707,8 @@ def _tail(path: Path, chars: int = 2000) -> str:
 
 
 def add_parser(subparsers: Any) -> None:
+    from farmedge_dev.simulate import fraction, non_negative, positive_int, positive_number
+
     p = subparsers.add_parser(
         "demo", help="run broker, InfluxDB, the edge and simulated farms with a live summary",
         description=(
@@ -717,19 +719,19 @@ def add_parser(subparsers: Any) -> None:
                "  farmedge demo --no-episodes --alert-speedup 1\n"
                "    (the value model and the rules as shipped)",
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--farms", type=int, default=5, help="simulated farms (default 5)")
-    p.add_argument("--gateways-per-farm", type=int, default=2,
+    p.add_argument("--farms", type=positive_int, default=5, help="simulated farms (default 5)")
+    p.add_argument("--gateways-per-farm", type=positive_int, default=2,
                    help="gateways on each farm (default 2)")
-    p.add_argument("--sensors", type=int, default=11, help="sensor channels per gateway")
-    p.add_argument("--interval", type=float, default=1.0,
+    p.add_argument("--sensors", type=positive_int, default=11, help="sensor channels per gateway")
+    p.add_argument("--interval", type=positive_number, default=1.0,
                    help="seconds between two readings of a sensor (default 1)")
-    p.add_argument("--bad-rate", type=float, default=0.01,
+    p.add_argument("--bad-rate", type=fraction, default=0.01,
                    help="share of readings replaced by bad values (default 0.01)")
     p.add_argument("--seed", type=int, default=0,
                    help="seed of the simulated values: same seed, same values (default 0)")
-    p.add_argument("--duration", type=float, default=0,
+    p.add_argument("--duration", type=non_negative, default=0,
                    help="stop after this many seconds (default 0: until Ctrl-C)")
-    p.add_argument("--refresh", type=float, default=2.0, help="seconds between summaries")
+    p.add_argument("--refresh", type=positive_number, default=2.0, help="seconds between summaries")
     p.add_argument("--data-dir", type=Path, default=Path("var/demo"),
                    help="where the servers and the edge keep their data (default var/demo)")
     p.add_argument("--keep-data", action="store_true",
@@ -738,9 +740,9 @@ def add_parser(subparsers: Any) -> None:
                    help="no accelerated problems: only what the value model brings "
                         "(by default the first farm's first plot dries out and its first "
                         "bolus's cow runs a fever, within --episode-s)")
-    p.add_argument("--episode-s", type=float, default=EPISODE_S,
+    p.add_argument("--episode-s", type=positive_number, default=EPISODE_S,
                    help=f"seconds in which those problems develop (default {EPISODE_S:g})")
-    p.add_argument("--alert-speedup", type=float, default=ALERT_SPEEDUP,
+    p.add_argument("--alert-speedup", type=positive_number, default=ALERT_SPEEDUP,
                    help="divide the shipped crop and livestock rules' durations (for, "
                         "clear_for, remind_after, escalate_after) by this; 1 runs them as "
                         f"shipped (default {ALERT_SPEEDUP:g}: 'for 1h' holds "
@@ -749,11 +751,6 @@ def add_parser(subparsers: Any) -> None:
 
 
 def _main(args: argparse.Namespace) -> int:
-    if (args.farms < 1 or args.gateways_per_farm < 1 or args.sensors < 1 or args.interval <= 0
-            or args.episode_s <= 0 or args.alert_speedup <= 0):
-        print("farmedge demo: --farms, --gateways-per-farm, --sensors, --interval, --episode-s "
-              "and --alert-speedup must be positive", file=sys.stderr)
-        return 2
     from farmedge.cli import stop_on_signals
 
     stop = stop_on_signals()

@@ -21,6 +21,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 __all__ = [
     "DYNSEC_PLUGIN_PATHS",
@@ -114,9 +115,14 @@ def _binary(name: str, *candidates: str) -> str:
 
 @dataclass
 class _Proc:
+    """A server process of ours: spawned in its own session with its output
+    in ``workdir/server.log``, stopped with SIGTERM (SIGKILL after
+    ``stop_timeout`` seconds)."""
+
     workdir: Path
     port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    stop_timeout: ClassVar[float] = 10.0
 
     @property
     def log_path(self) -> Path:
@@ -134,13 +140,13 @@ class _Proc:
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def stop(self, *, kill: bool = False, timeout: float = 10.0) -> None:
+    def stop(self, *, kill: bool = False, timeout: float | None = None) -> None:
         if self.proc is None:
             return
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
             try:
-                self.proc.wait(timeout)
+                self.proc.wait(self.stop_timeout if timeout is None else timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(5)

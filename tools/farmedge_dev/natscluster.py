@@ -33,7 +33,6 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -44,9 +43,10 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import ClassVar
 
 from farmedge.transport.nats import server_mapping_conf
-from farmedge_dev.devservers import ServerError, free_port
+from farmedge_dev.devservers import ServerError, _Proc, free_port
 
 __all__ = ["NatsCluster", "NatsNode", "nats_server_binary", "nats_server_version"]
 
@@ -84,16 +84,15 @@ def nats_server_version(binary: str | None = None) -> tuple[int, int, int]:
 
 
 @dataclass
-class NatsNode:
+class NatsNode(_Proc):
     """One node of the cluster. Ports are chosen when the cluster is made."""
 
-    name: str
-    workdir: Path
+    name: str = field(default="", kw_only=True)
     client_port: int = field(default_factory=free_port)
     cluster_port: int = field(default_factory=free_port)
     mqtt_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
-    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    stop_timeout: ClassVar[float] = 15.0
 
     @property
     def url(self) -> str:
@@ -102,13 +101,6 @@ class NatsNode:
     @property
     def mqtt_url(self) -> str:
         return f"mqtt://127.0.0.1:{self.mqtt_port}"
-
-    @property
-    def log_path(self) -> Path:
-        return self.workdir / "server.log"
-
-    def running(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
 
     def conf_text(self, peers: list[NatsNode], cluster_name: str, partitions: int) -> str:
         replicas = min(3, len(peers) + 1)
@@ -150,23 +142,7 @@ mqtt {{
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "nats.conf"
         conf.write_text(self.conf_text(peers, cluster_name, partitions))
-        with self.log_path.open("ab") as logf:
-            self.proc = subprocess.Popen(
-                [nats_server_binary(), "-c", str(conf)], stdout=logf,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            )
-
-    def stop(self, *, kill: bool = False, timeout: float = 15.0) -> None:
-        if self.proc is None:
-            return
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.proc = None
+        self._spawn([nats_server_binary(), "-c", str(conf)])
 
     def monitor(self, path: str) -> tuple[int, dict[str, object]]:
         """GET the monitoring endpoint: (HTTP status, JSON body)."""
@@ -204,7 +180,7 @@ class NatsCluster:
         self.root = root
         self.cluster_name = cluster_name
         self.partitions = partitions
-        self.nodes = [NatsNode(f"n{i + 1}", root / f"n{i + 1}") for i in range(size)]
+        self.nodes = [NatsNode(root / f"n{i + 1}", name=f"n{i + 1}") for i in range(size)]
         binary = nats_server_binary()
         if nats_server_version(binary) < MIN_VERSION:
             raise ServerError(

@@ -584,17 +584,33 @@ def _epoch_ms(text: str) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     v = int(text)
     if v < 1:
         raise argparse.ArgumentTypeError("must be 1 or more")
     return v
 
 
-def _fraction(text: str) -> float:
+def fraction(text: str) -> float:
     v = float(text)
     if not 0 <= v <= 1:
         raise argparse.ArgumentTypeError("must be between 0 and 1")
+    return v
+
+
+def positive_number(text: str) -> float:
+    """A finite number > 0 (``nan``, ``inf`` and ``-1`` are refused)."""
+    v = float(text)
+    if not (math.isfinite(v) and v > 0):
+        raise argparse.ArgumentTypeError("must be a number above 0")
+    return v
+
+
+def non_negative(text: str) -> float:
+    """A finite number >= 0."""
+    v = float(text)
+    if not (math.isfinite(v) and v >= 0):
+        raise argparse.ArgumentTypeError("must be a number, 0 or more")
     return v
 
 
@@ -619,34 +635,34 @@ def add_parser(subparsers: Any) -> None:
                    help="broker, mqtt://[user:pass@]host[:port] or mqtts:// "
                         "(default: $FARMEDGE_MQTT_URL or mqtt://127.0.0.1:1883)")
     p.add_argument("--county", default="demo", help="county id in the topics")
-    p.add_argument("--farms", type=_positive_int, default=3,
+    p.add_argument("--farms", type=positive_int, default=3,
                    help="simulated farms (default 3)")
-    p.add_argument("--gateways-per-farm", type=_positive_int, default=1,
+    p.add_argument("--gateways-per-farm", type=positive_int, default=1,
                    help="gateways on each farm (default 1)")
-    p.add_argument("--sensors", type=_positive_int, default=6,
+    p.add_argument("--sensors", type=positive_int, default=6,
                    help="sensor channels per gateway (a soil probe gives several; default 6)")
-    p.add_argument("--interval", type=float, default=10.0,
+    p.add_argument("--interval", type=positive_number, default=10.0,
                    help="seconds between two readings of a sensor (default 10)")
-    p.add_argument("--readings-per-message", type=_positive_int, default=None,
+    p.add_argument("--readings-per-message", type=positive_int, default=None,
                    help="readings per message (default: one message per sampling round)")
-    p.add_argument("--rate", type=float, default=None,
+    p.add_argument("--rate", type=non_negative, default=None,
                    help="readings per second in total; 0 = as fast as the broker acknowledges "
                         "(default: live, paced by --interval)")
     stop = p.add_mutually_exclusive_group()
-    stop.add_argument("--duration", type=float, default=None,
+    stop.add_argument("--duration", type=non_negative, default=None,
                       help="stop after this many seconds")
-    stop.add_argument("--messages", type=_positive_int, default=None,
+    stop.add_argument("--messages", type=positive_int, default=None,
                       help="stop after this many messages in total")
-    p.add_argument("--bad-rate", type=_fraction, default=0.0,
+    p.add_argument("--bad-rate", type=fraction, default=0.0,
                    help="share of readings replaced by a bad value (spike, DS18B20 glitch, "
                         "wrong unit), e.g. 0.01")
     p.add_argument("--seed", type=int, default=0, help="same seed, same values")
     p.add_argument("--start", type=_epoch_ms, default=None,
                    help="simulated time of the first round (epoch ms or ISO 8601)")
     p.add_argument("--seq-start", type=int, default=0, help="first seq of every gateway")
-    p.add_argument("--connections", type=_positive_int, default=2,
+    p.add_argument("--connections", type=positive_int, default=2,
                    help="MQTT connections per process shared by the simulated gateways")
-    p.add_argument("--processes", type=_positive_int, default=1,
+    p.add_argument("--processes", type=positive_int, default=1,
                    help="share the farms among this many processes (for high rates)")
     p.set_defaults(func=_main)
 

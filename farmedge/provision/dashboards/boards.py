@@ -37,6 +37,9 @@ from .panels import (
     THI_STEPS,
     WATER_STEPS,
     Board,
+    Json,
+    Shape,
+    ValueType,
     target,
     thresholds,
 )
@@ -61,6 +64,17 @@ from .queries import (
     per_channel,
     q,
 )
+
+
+def _series(fn: str, field: str, measurement: str, where: str, by: tuple[str, ...],
+            alias: str, *, fill: str = "none") -> list[tuple[Json, Shape, tuple[ValueType, ...]]]:
+    """A time-series panel's one target: ``fn(field)`` of ``measurement``
+    within ``where``, per time bucket and per ``by`` tag."""
+    group = "".join(f", {q(t)}" for t in by)
+    return [(target(f"SELECT {fn}({q(field)}) FROM {q(measurement)} WHERE $timeFilter AND "
+                    f"{where} {TS}{group} fill({fill})", alias=alias),
+             "timeseries", ("number",))]
+
 
 # -- the dashboards -------------------------------------------------------------
 
@@ -214,45 +228,37 @@ def farm() -> Board:
                           "annotations.",
               variables=[V_COUNTY, V_FARM, V_PLOT, V_ANIMAL], annotations=[anno])
     b.row("Fields")
-    b.panel("timeseries", "Soil moisture per plot", [(target(
-        f"SELECT mean({q(R.MOISTURE)}) FROM {q(M.SOIL)} WHERE $timeFilter AND {F_PLOT} "
-        f"{TS}, {q(T.PLOT)}, {q(T.SENSOR)} fill(none)", alias="$tag_plot $tag_sensor"),
-        "timeseries",
-        ("number",))], w=12, h=9, unit="percent", decimals=1, thresholds=MOISTURE_STEPS,
+    per_plot = (T.PLOT, T.SENSOR)
+    b.panel("timeseries", "Soil moisture per plot",
+        _series("mean", R.MOISTURE, M.SOIL, F_PLOT, per_plot, "$tag_plot $tag_sensor"),
+        w=12, h=9, unit="percent", decimals=1, thresholds=MOISTURE_STEPS,
         custom=AREA, options=LEGEND, minmax=(0, 50),
         description="Volumetric water content. Green band: the target (22-36 %, clay loam; "
                     "maize irrigation trigger ≈25.5 %). Below 22 % plan irrigation.")
-    b.panel("timeseries", "Soil temperature", [(target(
-        f"SELECT mean({q(R.TEMPERATURE)}) FROM {q(M.SOIL)} WHERE $timeFilter AND {F_PLOT} "
-        f"{TS}, {q(T.PLOT)}, {q(T.SENSOR)} fill(none)", alias="$tag_plot $tag_sensor"),
-        "timeseries",
-        ("number",))], w=12, h=9, unit="celsius", decimals=1, thresholds=SOIL_T_STEPS,
+    b.panel("timeseries", "Soil temperature",
+        _series("mean", R.TEMPERATURE, M.SOIL, F_PLOT, per_plot, "$tag_plot $tag_sensor"),
+        w=12, h=9, unit="celsius", decimals=1, thresholds=SOIL_T_STEPS,
         custom=DASHED, options=LEGEND,
         description="Sowing: maize when 5-10 cm soil stays ≥10 °C, soybean ≥12 °C; "
                     "≤5 °C within 48 h of planting chills the seed.")
-    b.panel("timeseries", "Soil EC", [(target(
-        f"SELECT mean({q(R.EC)}) FROM {q(M.SOIL)} WHERE $timeFilter AND {F_PLOT} "
-        f"{TS}, {q(T.PLOT)}, {q(T.SENSOR)} fill(none)", alias="$tag_plot $tag_sensor"),
-        "timeseries",
-        ("number",))], w=12, h=8, unit="suffix: µS/cm", decimals=0, custom=LINE,
+    b.panel("timeseries", "Soil EC",
+        _series("mean", R.EC, M.SOIL, F_PLOT, per_plot, "$tag_plot $tag_sensor"),
+        w=12, h=8, unit="suffix: µS/cm", decimals=0, custom=LINE,
         options=LEGEND, description="Bulk electrical conductivity; rises with soil water.")
-    b.panel("timeseries", "Rainfall", [(target(
-        f"SELECT sum({q(R.RAINFALL)}) FROM {q(M.WEATHER)} WHERE $timeFilter AND {F_FARM} "
-        f"{TS}, {q(T.SENSOR)} fill(0)", alias="$tag_sensor"), "timeseries", ("number",))],
+    b.panel("timeseries", "Rainfall",
+        _series("sum", R.RAINFALL, M.WEATHER, F_FARM, (T.SENSOR,), "$tag_sensor", fill="0"),
         w=12, h=8, unit="lengthmm", decimals=1, custom=BARS, options=LEGEND,
         interval="1h", description="Rain per interval (each reading is rain since the "
                                    "previous one).")
     b.row("Livestock")
-    b.panel("timeseries", "Body temperature", [(target(
-        f"SELECT mean({q(R.BODY_TEMPERATURE)}) FROM {q(M.LIVESTOCK)} WHERE $timeFilter AND "
-        f"{F_ANIMAL} {TS}, {q(T.ANIMAL)} fill(none)", alias="$tag_animal"), "timeseries",
-        ("number",))], w=12, h=9, unit="celsius", decimals=2, thresholds=BODY_T_STEPS,
+    b.panel("timeseries", "Body temperature",
+        _series("mean", R.BODY_TEMPERATURE, M.LIVESTOCK, F_ANIMAL, (T.ANIMAL,), "$tag_animal"),
+        w=12, h=9, unit="celsius", decimals=2, thresholds=BODY_T_STEPS,
         custom=DASHED, options=LEGEND, minmax=(36, 42),
         description="Cattle: normal 37.8-39.2 °C; orange line 39.5 °C mild fever, red 40 °C. "
                     "Dips of about 2 °C after drinking are normal for rumen boluses.")
-    b.panel("timeseries", "Activity", [(target(
-        f"SELECT mean({q(R.ACTIVITY)}) FROM {q(M.LIVESTOCK)} WHERE $timeFilter AND {F_ANIMAL} "
-        f"{TS}, {q(T.ANIMAL)} fill(none)", alias="$tag_animal"), "timeseries", ("number",))],
+    b.panel("timeseries", "Activity",
+        _series("mean", R.ACTIVITY, M.LIVESTOCK, F_ANIMAL, (T.ANIMAL,), "$tag_animal"),
         w=12, h=9, unit="suffix: steps/h", decimals=0, custom=LINE, options=LEGEND,
         description="A drop against the animal's own pattern comes 1-3 days before "
                     "illness is seen; peaks mark oestrus.")
@@ -265,17 +271,14 @@ def farm() -> Board:
         custom=AREA, options=LEGEND,
         description="THI = 0.8·T + RH·(T − 14.4) + 46.4 from air temperature and humidity. "
                     "Dairy cattle: 68 mild, 72 moderate, 80 severe, 90 emergency heat stress.")
-    b.panel("timeseries", "Water levels", [(target(
-        f"SELECT mean({q(R.LEVEL)}) FROM {q(M.WATER)} WHERE $timeFilter AND {F_FARM} "
-        f"{TS}, {q(T.SENSOR)} fill(none)", alias="$tag_sensor"), "timeseries", ("number",))],
+    b.panel("timeseries", "Water levels",
+        _series("mean", R.LEVEL, M.WATER, F_FARM, (T.SENSOR,), "$tag_sensor"),
         w=12, h=8, unit="percent", decimals=0, thresholds=WATER_STEPS,
         custom=AREA, options=LEGEND, minmax=(0, 100),
         description="Trough or tank level as a share of its height; low at 20 %.")
     b.row("Devices")
-    b.panel("timeseries", "Battery voltage", [(target(
-        f"SELECT mean({q(R.BATTERY_VOLTAGE)}) FROM {q(M.DEVICE)} WHERE $timeFilter AND "
-        f"{F_FARM} {TS}, {q(T.SENSOR)} fill(none)", alias="$tag_sensor"), "timeseries",
-        ("number",))],
+    b.panel("timeseries", "Battery voltage",
+        _series("mean", R.BATTERY_VOLTAGE, M.DEVICE, F_FARM, (T.SENSOR,), "$tag_sensor"),
         w=12, h=7, unit="volt", decimals=2, custom=LINE, options=LEGEND,
         description="Battery of each sensor node.")
     b.panel("table", "Alerts in the time range", [(target(

@@ -196,3 +196,45 @@ async def test_spool_filling_is_an_operator_incident_cleared_when_it_drops_back(
         ("operator", "InfluxDB中断20min后已恢复，缓冲数据正在补写。"),
     ]
     rig.close()
+
+
+class _Counted(list):  # type: ignore[type-arg]
+    """A list that counts the times it is walked."""
+
+    walks = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        type(self).walks += 1
+        return super().__iter__()
+
+
+class _CountedIndex(dict):  # type: ignore[type-arg]
+    walks = 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        type(self).walks += 1
+        return super().__iter__()
+
+
+async def test_a_flood_of_wills_walks_the_registry_once_not_once_per_will() -> None:
+    """300 farms' gateways send their last wills at once (a county's power
+    cut): the registry's farms and its index are walked a few times in all,
+    not once per will (that made 4000 wills block the edge's loop for
+    seconds)."""
+    from farmedge.registry import Farm, GatewayEntry, Registry, SensorMeta
+
+    n = 300
+    reg = Registry(farms=[Farm(county="c1", farm=f"f{i}",
+                               gateways={"gw": GatewayEntry(sensors={"s1": SensorMeta()})})
+                          for i in range(n)])
+    object.__setattr__(reg, "farms", _Counted(reg.farms))
+    rig = make_rig(reg, start=local_ts(2026, 6, 10, 10))
+    eng = rig.engine
+    eng.contexts.index = _CountedIndex(eng.contexts.index)
+    _Counted.walks = _CountedIndex.walks = 0
+    for i in range(n):
+        rig.county, rig.farm = "c1", f"f{i}"
+        rig.status("gw", online=False)
+    assert eng.center.mass, "the flood is one mass offline"
+    assert _Counted.walks + _CountedIndex.walks <= 3, (_Counted.walks, _CountedIndex.walks)
+    rig.close()

@@ -39,6 +39,20 @@ def test_shipped_profiles_load_and_fit_one_sms() -> None:
      ":2: templates.t: Value error, raise.zh: 68 characters with the widest values"),
     ("profiles:\n  a:\n    include: [b]\n  b:\n    include: [a]\n",
      ":3: profiles.a.include: include cycle a -> b -> a"),
+    # YAML keeps the last of a key given twice: said, not kept silently
+    ("profiles:\n  x:\n    rules:\n      - id: a\n        kind: soil_moisture\n"
+     "        when: {below: 3}\n        when: {below: 30}\n        template: soil-dry\n",
+     ":7: when: listed twice in the same mapping"),
+    # a rule that could never fire (or never stop) is an error, not a silence
+    ("profiles:\n  x:\n    rules:\n      - id: a\n        kind: soil_moisture\n"
+     "        when: {below: 3}\n        for: .nan\n        template: soil-dry\n",
+     ":7: profiles.x.rules[0].for: Value error, a duration must be a finite number"),
+    ("profiles:\n  x:\n    rules:\n      - id: a\n        kind: soil_moisture\n"
+     "        when: {below: 3}\n        remind_after: .inf\n        template: soil-dry\n",
+     ":7: profiles.x.rules[0].remind_after: Value error, a duration must be a finite number"),
+    ("profiles:\n  x:\n    rules:\n      - id: a\n        kind: soil_moisture\n"
+     "        when: {below: .nan}\n        template: soil-dry\n",
+     ":6: profiles.x.rules[0].when.below: Input should be a finite number"),
 ])
 def test_rule_file_errors_name_file_line_and_reason(tmp_path: Path, text: str,
                                                     expect: str) -> None:

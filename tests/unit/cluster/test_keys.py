@@ -3,13 +3,23 @@
 from __future__ import annotations
 
 import re
+from typing import cast
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from nats.js import JetStreamContext
 
-from farmedge.cluster import KeyCodingError, decode_token, encode_token, fair_share, instance_key
+from farmedge.cluster import (
+    KeyCodingError,
+    LeaseStore,
+    decode_token,
+    encode_token,
+    fair_share,
+    instance_key,
+)
 from farmedge.cluster.keys import partition_of_key
+from farmedge.transport.nats_settings import SourceSection
 
 KEY_RE = re.compile(r"^[-/_=.a-zA-Z0-9]+$")
 
@@ -45,3 +55,15 @@ def test_lease_keys_name_their_partition() -> None:
                          [(16, 1, 16), (16, 3, 6), (8, 3, 3), (8, 2, 4), (2, 5, 1)])
 def test_fair_share_is_the_ceiling(partitions: int, instances: int, share: int) -> None:
     assert fair_share(partitions, instances) == share
+
+
+@pytest.mark.parametrize("name", ["", "edge-\udcff"])
+def test_an_instance_no_key_can_hold_is_refused_when_the_store_is_made(name: str) -> None:
+    """It raised in the ownership task's first round (an empty name), or
+    UnicodeEncodeError there (an undecodable byte of an environment
+    variable), which ended the task: no partition owned, nothing said. The
+    store touches no server when it is made."""
+    with pytest.raises(KeyCodingError):
+        LeaseStore(cast(JetStreamContext, object()), SourceSection(kind="nats"), name)
+    assert LeaseStore(cast(JetStreamContext, object()), SourceSection(kind="nats"),
+                      "边缘-1").instance_key == "instance.=E8=BE=B9=E7=BC=98-1"

@@ -169,3 +169,33 @@ async def test_refused_credentials_spool_and_raise_the_alarm_until_a_write_succe
     replay.cancel()
     assert sink.trouble() == [] and writer.stored == READINGS
     await sink.close()
+
+
+async def test_a_batch_split_and_partly_spooled_counts_the_readings_written(
+        tmp_path: Path) -> None:
+    """413 splits the batch; InfluxDB takes the first half, then refuses the
+    credentials (401) for the second, which goes to the spool. The readings
+    of the first half are counted as written when they are (they used to be
+    counted nowhere), the spooled one when it is replayed."""
+    readings = [f"soil,sensor=s{i} moisture=1.0 1" for i in range(4)]
+
+    def answer(lines: list[str]) -> WriteResult:
+        if len(lines) == 6:
+            return WriteResult(WriteKind.TOO_LARGE, 413, "request entity too large")
+        if lines[0] == readings[0]:
+            return WriteResult(WriteKind.OK, 204)
+        return WriteResult(WriteKind.AUTH, 401, "authorization failed")
+
+    writer = FakeWriter(answer)
+    sink, metrics = _sink(tmp_path, writer)
+    await sink.start()
+    assert (await sink.deliver(readings + POINTS * 2, 4, 4)).durable
+    assert writer.stored == readings[:3]
+    assert sink.spool.lines == 3
+    assert _written(metrics) == 3
+    writer.answer = lambda lines: WriteResult(WriteKind.OK, 204)
+    replay = asyncio.create_task(sink.replay(lambda refused: None))
+    await until(lambda: sink.spool.lines == 0, what="replayed")
+    replay.cancel()
+    assert _written(metrics) == 4
+    await sink.close()

@@ -93,6 +93,48 @@ def test_sampling_goes_on_after_a_sample_that_cannot_be_sent(tmp_path: Path) -> 
     assert a.samples == 2 and a.read_errors == 1
 
 
+def test_sampling_goes_on_after_a_number_too_big_for_a_float(tmp_path: Path) -> None:
+    """float() of such an int raises OverflowError, which is no ValueError:
+    it ended that sensor's sampling for good, with nothing in the log."""
+    huge = Sample("soil_moisture", 10**400, "%")
+    driver = ListDriver([huge, GOOD], [GOOD])
+    a = agent(tmp_path, driver)
+    cfg = a.s.sensors[0]
+
+    async def main() -> None:
+        task = asyncio.create_task(a._sample_loop(cfg, driver))
+        for _ in range(2000):  # a deadline of 20 s
+            if a.samples >= 2 or task.done():
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert a.samples == 2 and a.read_errors == 1
+
+
+def test_sampling_goes_on_after_a_sample_of_no_known_quality(tmp_path: Path) -> None:
+    """A driver's quality that is no Quality raised AttributeError, which
+    ended that sensor's sampling for good, with nothing in the log."""
+    odd = Sample("soil_moisture", 1.0, "%", quality="bad")  # type: ignore[arg-type]
+    driver = ListDriver([odd, GOOD], [GOOD])
+    a = agent(tmp_path, driver)
+    cfg = a.s.sensors[0]
+
+    async def main() -> None:
+        task = asyncio.create_task(a._sample_loop(cfg, driver))
+        for _ in range(2000):  # a deadline of 20 s
+            if a.samples >= 2 or task.done():
+                break
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+    assert a.samples == 2 and a.read_errors == 1
+
+
 def test_range_unit_and_stuck_checks_set_the_quality(tmp_path: Path) -> None:
     a = agent(tmp_path)
     stuck = _Stuck(3)

@@ -204,3 +204,20 @@ async def test_before_start_is_a_storage_error() -> None:
     w = InfluxWriter(InfluxSection())
     with pytest.raises(StorageError, match="start"):
         await w.write(b"m f=1.0 1")
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8086/?u=admin&p=SECRET",
+                                 "http://127.0.0.1:8086?p=SECRET", "http://h:8086/#SECRET"])
+def test_a_url_with_a_query_is_refused_without_echoing_it(url: str) -> None:
+    """InfluxDB 1.x accepts ``?u=&p=`` credentials: in the URL they would be
+    logged at start (only userinfo is masked) and every write would go to
+    ``/?u=..&p=../write``. The setting is refused; the message does not
+    repeat the value."""
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError) as e:
+        InfluxSection(url=url)
+    [err] = e.value.errors()
+    assert "must not have a query or fragment" in err["msg"]
+    assert "SECRET" not in err["msg"]
+

@@ -169,3 +169,43 @@ async def test_a_batch_that_cannot_be_removed_is_counted_out(tmp_path: Path) -> 
     assert (s.lines, s.batches, s.bytes) == (0, 0, 0)
     assert await s.oldest() is None
     s.close()
+
+
+def _batch_file(path: Path, name: str, lines: list[str]) -> None:
+    (path / name).write_bytes(zstandard.ZstdCompressor().compress("\n".join(lines).encode()))
+
+
+async def test_two_files_of_one_id_are_both_replayed(tmp_path: Path) -> None:
+    """Files copied in from another spool can name the same batch id twice
+    ("000000000001-" and "0000000000001-"): the spool opens, replays both,
+    and counts them out (it used to stop the edge with a TypeError)."""
+    path = tmp_path / "spool"
+    path.mkdir()
+    _batch_file(path, "000000000001-1000-1-r1.zst", ["a 1"])
+    _batch_file(path, "0000000000001-2000-2-r2.zst", ["b 2", "c 3"])
+    s = Spool(path, max_bytes=10_000_000)
+    s.open()
+    assert (s.batches, s.lines) == (2, 3)
+    await s.append(["d 4"], readings=1)
+    seen: list[list[str]] = []
+    while (b := await s.oldest()) is not None:
+        seen.append(b.lines)
+        await s.delete(b.id)
+    assert seen == [["a 1"], ["b 2", "c 3"], ["d 4"]]
+    assert (s.lines, s.batches, s.bytes) == (0, 0, 0)
+    assert not list(path.glob("*.zst"))
+    s.close()
+
+
+async def test_a_name_claiming_more_readings_than_lines_is_held_to_its_lines(
+        tmp_path: Path) -> None:
+    """``-r<readings>`` past the batch's lines (a name edited by hand) counts
+    no more readings than the batch has lines."""
+    path = tmp_path / "spool"
+    path.mkdir()
+    _batch_file(path, "000000000001-1000-2-r99.zst", ["a 1", "b 2"])
+    s = Spool(path, max_bytes=10_000_000)
+    s.open()
+    b = await s.oldest()
+    assert b is not None and b.readings == 2
+    s.close()

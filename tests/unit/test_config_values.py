@@ -1,7 +1,10 @@
-"""Infinity and NaN are no setting's value: TOML (``inf``, ``nan``), the
+"""Values farmedge/config.py refuses, and where it says they are.
+
+Infinity and NaN are no setting's value: TOML (``inf``, ``nan``), the
 environment (``FARMEDGE_..._S=inf``) and YAML (``.inf``, ``.nan``) can spell
 them, and a bound such as ``gt=0`` lets infinity through (farmedge/config.py's
-Section and FileSettings, farmedge/registry.py's models)."""
+Section and FileSettings, farmedge/registry.py's models). A rule over the
+whole file is the file's error, not the environment's."""
 
 from __future__ import annotations
 
@@ -50,3 +53,10 @@ def test_a_registry_number_is_finite(tmp_path: Path, where: str, value: str) -> 
         load_registry(p)
     p.write_text("farms:\n  - county: c1\n    farm: f1\n" + where % "600")
     assert load_registry(p).farms[0].farm == "f1"
+
+
+def test_a_rule_over_the_whole_file_names_the_file(tmp_path: Path) -> None:
+    sensor = '[[sensors]]\ndriver = "simulated"\nid = "s1"\n'
+    with pytest.raises(ConfigError) as e:
+        _gateway(tmp_path, '[mqtt]\nurl = "mqtt://h"\n' + sensor + sensor)
+    assert str(e.value) == f"{tmp_path / 'gw.toml'}: Value error, sensor id 's1' is used twice"
