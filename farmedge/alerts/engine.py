@@ -82,6 +82,8 @@ class AlertEngine:
         self.clock = clock
         #: True while the state cannot be written for lack of disk space.
         self.disk_full = False
+        #: Why the state cannot be written otherwise (read-only disk), or None.
+        self.state_error: str | None = None
         self.stats: dict[str, int] = {
             "readings": 0, "status": 0, "stale": 0, "raised": 0, "cleared": 0,
             "delivered": 0, "failed": 0, "suppressed": 0, "held": 0, "dropped_early": 0,
@@ -218,21 +220,29 @@ class AlertEngine:
         self._changes.clear()
 
     def _commit_or_hold(self) -> None:
-        """Commit; on a full disk keep the changes in memory (they are
-        written at a later tick) and say so in ``disk_full``."""
+        """Commit; when the state cannot be written (a full disk, a
+        read-only or failing one) keep the changes in memory (they are
+        written at a later tick), go on alerting, and say so: in
+        ``disk_full`` for a full disk, in ``state_error`` for the rest."""
         try:
             self._commit()
         except StateError as exc:
-            if exc.__cause__ is None or not is_disk_full(exc.__cause__):
-                raise
-            if not self.disk_full:
+            full = exc.__cause__ is not None and is_disk_full(exc.__cause__)
+            if full and not self.disk_full:
                 log.error("alerts.disk_full", error=str(exc),
                           detail="state kept in memory until there is room")
-            self.disk_full = True
+            elif not full and self.state_error is None:
+                log.error("alerts.state_write_failed", error=str(exc),
+                          detail="state kept in memory until it can be written")
+            self.disk_full = full
+            self.state_error = None if full else str(exc)
             return
         if self.disk_full:
             log.warning("alerts.disk_room_again")
-            self.disk_full = False
+        elif self.state_error is not None:
+            log.warning("alerts.state_written_again")
+        self.disk_full = False
+        self.state_error = None
 
     # ------------------------------------------------------------ the task
 

@@ -133,6 +133,11 @@ class Stages:
                 full_at and time.monotonic() - full_at < 60):
             out.append(f"disk full: an observer (the alert engine) cannot write its state "
                        f"({free_bytes} bytes free)")
+        for o in self.running:
+            err = getattr(o, "state_error", None)
+            if isinstance(err, str):
+                out.append(f"{type(o).__name__} cannot write its state ({err}); it goes on "
+                           "with it in memory")
         return out
 
 

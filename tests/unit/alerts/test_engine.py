@@ -9,6 +9,9 @@ from pathlib import Path
 
 from farmedge.alerts import AlertsSettings
 from farmedge.contract.models import Quality
+from farmedge.edge.app import Stages
+from farmedge.edge.metrics import EdgeMetrics, Incidents
+from farmedge.logs import get_logger
 from farmedge.registry import Contact, Farm, GatewayEntry, Plot, Registry
 
 from .support import (
@@ -209,6 +212,34 @@ def _reading(rig: object, sensor: str, value: float, *, plot: str) -> object:
     clock = rig.clock  # type: ignore[attr-defined]
     return AcceptedReading("c1", "wang-12", "gw-1", sensor, "soil_moisture", clock.ms, value,
                            "%", "ok", {"plot": plot})
+
+
+async def test_a_state_file_that_refuses_writes_keeps_alerting_and_says_so(
+        tmp_path: Path) -> None:
+    """SQLite refusing every write (a read-only disk; here its own
+    ``query_only`` switch, the same SQLITE_READONLY): the engine goes on
+    alerting with its state in memory and says why in ``state_error``; once
+    writes work again the state is written and the error is gone."""
+    reg = farm_registry(sensors=1, contacts=[Contact(name="王", notify=[SMS])])
+    rig = make_rig(reg, rules=rules_file(tmp_path, device=False),
+                   state_path=tmp_path / "alerts.sqlite", start=local_ts(2026, 6, 10, 10))
+    db = rig.engine._store._db
+    assert db is not None
+    db.execute("PRAGMA query_only=ON")
+    for i in range(3):
+        if i:
+            await rig.step(600)
+        rig.feed({"soil-1": 15})
+    await rig.step()
+    assert rig.notifier.messages() == [DRY.format(15)]
+    assert rig.engine.state_error is not None and "readonly" in rig.engine.state_error
+    stages = Stages([rig.engine], Incidents(EdgeMetrics(), get_logger("test")))
+    assert any("AlertEngine cannot write its state" in t for t in stages.trouble(None))
+    db.execute("PRAGMA query_only=OFF")
+    await rig.step(10)
+    assert rig.engine.state_error is None and stages.trouble(None) == []
+    assert list(rig.engine._store.keys("states"))
+    rig.close()
 
 
 async def test_failed_delivery_is_retried_with_doubling_backoff(tmp_path: Path) -> None:
