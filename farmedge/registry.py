@@ -161,8 +161,18 @@ class Farm(_Model):
             check_topic_id(gid, what="gateway id")
         for pid in self.plots:
             check_id(pid, what="plot id")
-        for hid in self.herds:
+        herd_of: dict[str, str] = {}
+        for hid, h in self.herds.items():
             check_id(hid, what="herd id")
+            for a in h.animals:
+                # Alerts take the first herd that lists an animal: a second
+                # one's profile would never apply to it.
+                first = herd_of.get(a)
+                if first is not None:
+                    where = f"herd {hid}" if first == hid else f"herds {first} and {hid}"
+                    raise ValueError(f"animal {a} is listed twice ({where}): an animal "
+                                     "belongs to one herd")
+                herd_of[a] = hid
         return self
 
 

@@ -82,6 +82,8 @@ class Outbox:
         self.inflight: dict[str, asyncio.Task[None]] = {}
         self._sent_times: dict[str, deque[float]] = {}
         self._next_id = 0
+        #: The clock at the last dispatch (a later one earlier: it went back).
+        self._last_now = float("-inf")
         #: Called with (delivery, now) just before the notifier (benchmark hook).
         self.on_dispatch: Callable[[Delivery, float], None] | None = None
         #: Called with (delivery, delivered, error, now) after each attempt
@@ -123,8 +125,24 @@ class Outbox:
             self.publish(d.event_for("dropped", now, error="cleared before quiet hours ended"))
         return bool(held)
 
+    def _clock_set_back(self, back: float, now: float) -> None:
+        """The clock went back ``back`` seconds: waiting deliveries and the
+        rate limits' send times move with it, so each wait (backoff, rate
+        limit, quiet hours) stays as long as it was, not ``back`` longer."""
+        log.warning("alerts.clock_set_back", seconds=round(back, 1))
+        for did, d in self.items.items():
+            if d.due > now and did not in self.inflight:
+                d.due -= back
+                self.changes.outbox[did] = d
+        for sent in self._sent_times.values():
+            for i in range(len(sent)):
+                sent[i] -= back
+
     def dispatch(self, now: float) -> None:
         """Hand every due delivery to the notifier (in its own task)."""
+        if self._last_now - now > 1.0:
+            self._clock_set_back(self._last_now - now, now)
+        self._last_now = now
         for did, d in sorted(self.items.items()):
             if did in self.inflight or d.due > now:
                 continue

@@ -151,6 +151,16 @@ class Router:
             out += [(c, False) for c in reg.center_contacts]
         return out
 
+    def _spend(self, day: str, budget: int) -> bool:
+        """One message more on a daily budget's count (``day``: its key and
+        local date), if there is room; a message over it is counted suppressed."""
+        used = self.budget.get(day, 0)
+        if used >= budget:
+            self.stats["suppressed"] += 1
+            return False
+        self.budget[day] = self.changes.budget[day] = used + 1
+        return True
+
     def emit(self, g: Group, event: str, st: AlertState | None, now: float) -> None:
         vars_ = dict(st.vars) if st is not None else dict(g.last_vars)
         texts = self.texts(g, "clear" if event in ("clear", "notice") else
@@ -176,34 +186,23 @@ class Router:
                 and event in ("raise", "worse", "remind", "notice") and not critical:
             # To operators only: their own daily budget.
             budget = settings.operator_daily_message_budget
-            day = f"{CENTER_FARM}/{date}"
-            used = self.budget.get(day, 0)
-            if used >= budget:
-                self.stats["suppressed"] += 1
+            if not self._spend(f"{CENTER_FARM}/{date}", budget):
                 self.record(g, "suppressed", now, value=value, texts=texts,
                             error=f"operators' daily budget of {budget} messages used")
                 recipients = []
                 if not officers:
                     return
-            else:
-                self.budget[day] = used + 1
-                self.changes.budget[day] = used + 1
         copied: list[Contact] = []
         for o in officers:
             # Each officer's own daily budget (key officer:<name>/<date>),
             # across the farms they are copied on.
             if event in ("raise", "worse", "remind") and not critical:
                 budget = settings.officer_daily_message_budget
-                day = f"officer:{o.name}/{date}"
-                used = self.budget.get(day, 0)
-                if used >= budget:
-                    self.stats["suppressed"] += 1
+                if not self._spend(f"officer:{o.name}/{date}", budget):
                     self.record(g, "suppressed", now, value=value, texts=texts,
                                 error=f"officer {o.name}'s daily budget of {budget} "
                                       "messages used")
                     continue
-                self.budget[day] = used + 1
-                self.changes.budget[day] = used + 1
             copied.append(o)
         # Daily budget per farm (critical messages are neither limited nor counted).
         if any(is_farm for _, is_farm in recipients):
@@ -211,20 +210,13 @@ class Router:
                 recipients = [(c, x) for c, x in recipients if not x]
             elif event in ("raise", "worse", "remind") and not critical:
                 budget = f.daily_message_budget if f is not None else 10
-                day = f"{g.county}/{g.farm}/{datetime.fromtimestamp(now, tz).date().isoformat()}"
-                used = self.budget.get(day, 0)
-                if used >= budget:
-                    self.stats["suppressed"] += 1
-                    if event == "raise":
-                        g.suppressed = True
+                spent = self._spend(f"{g.county}/{g.farm}/{date}", budget)
+                if event == "raise":
+                    g.suppressed = not spent
+                if not spent:
                     self.record(g, "suppressed", now, value=value, texts=texts,
                                 error=f"daily budget of {budget} messages used")
                     recipients = [(c, x) for c, x in recipients if not x]
-                else:
-                    self.budget[day] = used + 1
-                    self.changes.budget[day] = used + 1
-                    if event == "raise":
-                        g.suppressed = False
         recipients += [(o, True) for o in copied]
         farm_name = (f.name if f is not None else None) or g.farm
         title_sev = g.severity if event not in ("clear", "notice") else "info"

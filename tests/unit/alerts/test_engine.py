@@ -329,6 +329,28 @@ async def test_rate_limit_spreads_messages_over_minutes(tmp_path: Path) -> None:
     assert len(rig.notifier.sent) == 25
 
 
+async def test_a_clock_set_back_does_not_hold_rate_limited_messages_until_it_catches_up(
+        tmp_path: Path) -> None:
+    """The edge's clock corrected back by a day (NTP after a wrong RTC)
+    while a URL's rate limit is used: the messages over the limit wait one
+    minute from now, not a day and a minute."""
+    plots = {f"p{i}": Plot(name=f"{i}号地") for i in range(25)}
+    reg = Registry(farms=[Farm(county="c1", farm="wang-12", profile="test-dry", plots=plots,
+                               daily_message_budget=100,
+                               contacts=[Contact(name="群", notify=[SMS])])])
+    rig = make_rig(reg, rules=rules_file(tmp_path), start=local_ts(2026, 6, 10, 10),
+                   settings=AlertsSettings(rate_limits={"json": 20}))
+    for n in range(3):
+        if n:
+            await rig.step(600)
+        rig.engine.on_readings([_reading(rig, f"s{i}", 10, plot=f"p{i}") for i in range(25)])
+    await rig.step()
+    assert len(rig.notifier.sent) == 20
+    await rig.step(-86400)
+    await rig.step(60)
+    assert len(rig.notifier.sent) == 25
+
+
 async def test_gateway_silent_past_its_intervals_goes_offline_and_back(tmp_path: Path) -> None:
     reg = farm_registry(sensors=1, contacts=[Contact(name="王", notify=[SMS])])
     rig = make_rig(reg, rules=rules_file(tmp_path), start=local_ts(2026, 6, 10, 10))
