@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 from collections import deque
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
@@ -25,6 +26,7 @@ from typing import Protocol
 from farmedge.backoff import Backoff
 from farmedge.contract.topics import alerts_topic
 from farmedge.logs import get_logger
+from farmedge.storage.lineproto import field_str, float_field, int_field, line
 from farmedge.storage.schema import AlertField, Measurement, Tag
 from farmedge.storage.settings import InfluxSection
 from farmedge.transport.broker import parse_broker_url
@@ -74,17 +76,16 @@ class Recorder(Protocol):
     async def run(self) -> None: ...
 
 
-def _tag(v: str) -> str:
-    v = v.replace("\\", "\\\\").replace(",", "\\,").replace("=", "\\=")
-    return v.replace(" ", "\\ ") or "-"
-
-
 def _str(v: str) -> str:
-    return '"' + v.replace("\\", "\\\\").replace('"', '\\"').replace("\n", " ") + '"'
+    """A text field: line breaks as spaces (a Grafana annotation's line)."""
+    return field_str(v.replace("\r", " ").replace("\n", " "))
 
 
 def line_protocol(ev: AlertEvent) -> str:
-    """The event's line of the ``alerts`` measurement (farmedge/storage/schema.py)."""
+    """The event's line of the ``alerts`` measurement (farmedge/storage/schema.py),
+    through the one encoder: free text (a contact's name, a URL's scheme)
+    cannot break the line. An empty tag is written ``-``; a value that is
+    not a finite number is left out."""
     t, a = Tag, AlertField
     tags = {
         t.COUNTY: ev.county, t.FARM: ev.farm, t.EVENT: ev.event, t.RULE: ev.rule,
@@ -96,21 +97,20 @@ def line_protocol(ev: AlertEvent) -> str:
         tags[t.CONTACT] = ev.contact
     fields: dict[str, str] = {
         a.GROUP: _str(ev.group),
-        a.COUNT: f"{ev.count}i",
+        a.COUNT: int_field(ev.count),
         a.TITLE: _str(f"{ev.event} {ev.rule}"),
         a.TEXT: _str(ev.text.get("zh") or ev.text.get("en") or ev.error or ev.event),
     }
     if "en" in ev.text:
         fields[a.TEXT_EN] = _str(ev.text["en"])
-    if ev.value is not None:
-        fields[a.VALUE] = repr(float(ev.value))
+    if ev.value is not None and math.isfinite(ev.value):
+        fields[a.VALUE] = float_field(ev.value)
     if ev.attempt:
-        fields[a.ATTEMPT] = f"{ev.attempt}i"
+        fields[a.ATTEMPT] = int_field(ev.attempt)
     if ev.error:
         fields[a.ERROR] = _str(ev.error[:500])
-    tag_part = ",".join(f"{k}={_tag(v)}" for k, v in tags.items())
-    field_part = ",".join(f"{k}={v}" for k, v in fields.items())
-    return f"{Measurement.ALERTS},{tag_part} {field_part} {ev.ts_ms}"
+    return line(Measurement.ALERTS, [(k, v or "-") for k, v in tags.items()], fields,
+                ev.ts_ms)
 
 
 class RecordSink(Protocol):
