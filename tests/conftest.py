@@ -7,7 +7,8 @@ the same way when a test first asks for it.
 ``mosquitto`` and ``influxdb`` are shared by a whole session (each test takes
 its own database via ``influx_db`` and its own county via ``county``, so tests
 do not see each other's data). Tests that stop or restart a server use the
-``*_factory`` fixtures and get servers of their own.
+``*_factory`` fixtures and get servers of their own. ``http`` is a local
+HTTP server for the alert engine's json:// messages, one per test.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import signal
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -25,6 +26,7 @@ from farmedge_dev.devservers import InfluxServer, MosquittoServer
 
 if TYPE_CHECKING:
     from farmedge_dev.natscluster import NatsCluster
+    from tests.alerts_support import HttpReceiver
 
 S = TypeVar("S", MosquittoServer, InfluxServer)
 
@@ -110,6 +112,18 @@ def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[], MosquittoServer]]
 @pytest.fixture
 def influx_factory(tmp_path: Path) -> Iterator[Callable[[], InfluxServer]]:
     yield from _made(InfluxServer, lambda i: tmp_path / f"influxdb{i}")
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[HttpReceiver]:
+    """A local HTTP server taking the alert engine's json:// messages."""
+    from tests.alerts_support import HttpReceiver
+
+    r = await HttpReceiver().start()
+    try:
+        yield r
+    finally:
+        await r.stop()
 
 
 # ---------------------------------------------------------------- NATS

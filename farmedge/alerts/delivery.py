@@ -11,19 +11,26 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farmedge.logs import get_logger
 
+from .cluster import CENTER_FARM
 from .errors import DeliveryFailed
 from .notify import Notifier, scheme_of
 from .record import AlertEvent
 from .settings import AlertsSettings
 from .store import Changes
 
+if TYPE_CHECKING:
+    from .cluster import PartitionFence
+
 __all__ = ["Delivery", "Outbox"]
 
 log = get_logger("farmedge.alerts")
+
+#: A message refused by the fence is looked at again after this long.
+FENCED_RETRY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -89,6 +96,8 @@ class Outbox:
         #: Called with (delivery, delivered, error, now) after each attempt
         #: (failures in a row to one contact make an operator incident).
         self.on_result: Callable[[Delivery, bool, str, float], None] | None = None
+        #: Cluster mode: the partition of a farm's message must still be ours.
+        self.fence: PartitionFence | None = None
 
     def new_id(self, now: float) -> str:
         self._next_id += 1
@@ -163,6 +172,17 @@ class Outbox:
     async def _send(self, d: Delivery) -> None:
         did = d.id
         try:
+            if self.fence is not None and d.farm != CENTER_FARM:
+                p = self.fence.partition_of(d.county, d.farm)
+                if not await self.fence.check(p):
+                    # Not ours any more: the new owner has the message. Kept
+                    # (unchanged in the state) until the edge says the
+                    # partition is lost; looked at again in a while.
+                    d.due = self.clock() + FENCED_RETRY_S
+                    self.stats["fenced"] += 1
+                    log.warning("alerts.send_fenced", partition=p, county=d.county,
+                                farm=d.farm, contact=d.contact)
+                    return
             await self.notifier.send(d.url, title=d.title, body=d.body)
         except asyncio.CancelledError:
             raise

@@ -38,6 +38,7 @@ from farmedge.records import Accepted, AcceptedReading, CenterEvent, StatusEvent
 from farmedge.registry import Registry
 
 from .center import CenterHealth, CenterIncidents
+from .cluster import PartitionFence, PartitionStore
 from .context import Contexts, check_registry
 from .delivery import Delivery, Outbox
 from .device import DeviceChecks
@@ -87,7 +88,7 @@ class AlertEngine:
         self.stats: dict[str, int] = {
             "readings": 0, "status": 0, "stale": 0, "raised": 0, "cleared": 0,
             "delivered": 0, "failed": 0, "suppressed": 0, "held": 0, "dropped_early": 0,
-            "center_events": 0,
+            "center_events": 0, "fenced": 0, "unconfirmed": 0,
         }
         self._store = StateStore(state_path)
         self._changes = Changes()
@@ -116,6 +117,25 @@ class AlertEngine:
         self._loaded = False
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
+        #: Cluster mode: the edge's fence, where partitions' state lives.
+        self.fence: PartitionFence | None = None
+        self.partition_store: PartitionStore | None = None
+
+    # ------------------------------------------------------------ cluster mode
+
+    def attach_fence(self, fence: PartitionFence, *,
+                     store: PartitionStore | None = None) -> None:
+        """Cluster mode (farmedge/alerts/cluster.py); call before :meth:`start`."""
+        self.fence, self.partition_store = fence, store
+        self.outbox.fence = fence
+
+    async def partition_gained(self, partition: int) -> None:
+        """The edge owns ``partition`` now (before its reader starts)."""
+        log.info("alerts.partition_gained", partition=partition)
+
+    async def partition_lost(self, partition: int) -> None:
+        """The edge no longer owns ``partition`` (after its reader stopped)."""
+        log.info("alerts.partition_lost", partition=partition)
 
     # ------------------------------------------------------------ stage API
 

@@ -5,7 +5,7 @@ The edge's /healthz says "disk full" meanwhile (the engine's ``disk_full``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -22,13 +22,6 @@ pytestmark = [pytest.mark.chaos]
 def small_disk(tmp_path: Path) -> Iterator[Path]:
     with small_tmpfs(tmp_path, "2m", "disk") as mnt:
         yield mnt
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpReceiver]:
-    r = await HttpReceiver().start()
-    yield r
-    await r.stop()
 
 
 async def test_the_alert_engine_goes_on_when_its_disk_is_full(

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -54,13 +54,6 @@ from tests.unit.alerts.support import DRY_RULES  # one soil rule, one frost rule
 ROOT = Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.servers
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpReceiver]:
-    r = await HttpReceiver().start()
-    yield r
-    await r.stop()
 
 
 @pytest.fixture

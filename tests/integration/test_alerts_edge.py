@@ -6,7 +6,6 @@ offline message. The engine runs on a simulated clock."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -31,13 +30,6 @@ from tests.edgeproc import edge_settings
 from tests.support import Publisher, count, make_payload
 
 pytestmark = pytest.mark.servers
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpReceiver]:
-    r = await HttpReceiver().start()
-    yield r
-    await r.stop()
 
 
 def registry(county: str, url: str) -> Registry:

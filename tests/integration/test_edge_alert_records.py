@@ -7,7 +7,7 @@ server."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -46,13 +46,6 @@ def _spooled(spool: Path, prefix: str) -> int:
             continue  # replayed and removed meanwhile
         n += sum(1 for x in text.split("\n") if x.startswith(prefix))
     return n
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpReceiver]:
-    r = await HttpReceiver().start()
-    yield r
-    await r.stop()
 
 
 async def test_alert_records_written_while_influxdb_is_down_reach_it_when_it_is_back(

@@ -8,7 +8,6 @@ messages go through Apprise json:// to a local HTTP receiver."""
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,13 +19,6 @@ from tests.integration.test_alerts import Rig, make_rig
 # The shipped profiles, with the device rules off: only air temperature is
 # fed, and the registry's soil probe would read as silent.
 NO_DEVICE = "profiles:\n  device:\n    rules: []\n"
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpReceiver]:
-    r = await HttpReceiver().start()
-    yield r
-    await r.stop()
 
 
 def night_air(hour: float) -> float:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -33,13 +33,6 @@ from tests.support import make_payload
 pytestmark = pytest.mark.servers
 
 INTERVAL = 2.0
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[HttpReceiver]:
-    r = await HttpReceiver().start()
-    yield r
-    await r.stop()
 
 
 def registry(county: str, http: HttpReceiver) -> Registry:
