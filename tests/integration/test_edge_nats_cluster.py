@@ -264,3 +264,35 @@ def test_three_edges_through_a_node_kill_an_edge_kill_and_a_join(
               f"owners {edges.owners()}")
     finally:
         gws.close()
+
+
+def test_one_edge_with_alerts_shows_its_partitions_in_healthz_and_metrics(
+        nats_cluster: NatsCluster, edges: Edges, county: str) -> None:
+    """The alert engine on (cluster mode: the edge's fence attached, told of
+    every partition gained), /healthz and /metrics name the partitions."""
+    edges.env["FARMEDGE_ALERTS_ENABLED"] = "true"
+    e = edges.start("edge-solo")
+    eventually(lambda: len(e.health().get("partitions_owned") or []) == NATS_PARTITIONS,
+               timeout=60, interval=0.2, what="edge-solo owns every partition")
+    gws = Gateways(nats_cluster, county, n=4, rate=40)
+    try:
+        gws.publish(80)
+        settled(gws, edges, "one edge")
+        h = e.health()
+        assert h["source"] == "nats" and h["nats_connected"] is True
+        assert h["instances"] == ["edge-solo"] and h["lease_changes"] >= NATS_PARTITIONS
+        assert h["batches_acked"] > 0 and h["acks_fenced"] == 0
+        eventually(lambda: len(e.health()["partition_lag"]) == NATS_PARTITIONS, timeout=30,
+                   interval=0.5, what="the lag of every partition")
+        assert all(n == 0 for n in e.health()["partition_lag"].values())
+        text = e.metrics()
+        assert f"farmedge_partitions_owned {NATS_PARTITIONS}.0" in text
+        assert 'farmedge_lease_changes_total{change="gained"} ' in text
+        assert 'farmedge_partition_lag_messages{partition="0"} 0.0' in text
+        assert "farmedge_nats_connected 1.0" in text
+        # A clean stop gives every partition back, the engine told of each
+        # while it still runs (it writes and drops the partition's state).
+        edges.live.pop("edge-solo").stop()
+        assert e.log_tail(1_000_000).count('"alerts.partition_dropped"') == NATS_PARTITIONS
+    finally:
+        gws.close()
