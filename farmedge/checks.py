@@ -369,6 +369,35 @@ def check_alerts(report: Report, alerts: AlertsSettings, registry: Registry | No
 # -- edge -----------------------------------------------------------------------
 
 
+def _check_nats_source(report: Report, s: EdgeSettings, path: Path | None) -> None:
+    """``[source] kind = "nats"``: the client is installed, the URLs are
+    not placeholders, the secret is not a template's."""
+    src = s.source
+    try:
+        import nats  # noqa: F401
+    except ModuleNotFoundError:
+        report.error(f"{_line_in(path, ('source', 'kind'))}[source] kind = \"nats\" needs the "
+                     "Python package nats-py, which is not installed: "
+                     "pip install 'farmedge[nats]'")
+    for i, u in enumerate(src.nats_urls):
+        _check_url_host(report, f"{_line_in(path, ('source', 'nats_urls'))}[source] "
+                        f"nats_urls[{i + 1}]", u)
+    if src.nats_password is not None and is_placeholder_secret(_secret(src.nats_password)):
+        report.warn(f"{_line_in(path, ('source', 'nats_password'))}[source] nats_password "
+                    "is a placeholder")
+    if len(src.nats_urls) < src.replicas:
+        report.warn(f"{_line_in(path, ('source', 'nats_urls'))}[source] nats_urls lists "
+                    f"{len(src.nats_urls)} node(s) for {src.replicas} replicas: list every node, "
+                    "so that the edge can reach the cluster while its first node is down")
+    from .logs import redact_url
+
+    report.summary.append(
+        f"source: NATS {', '.join(redact_url(u) for u in src.nats_urls)}; stream {src.stream}, "
+        f"{src.partitions} partitions (consumers {src.consumer_name(0)}.."
+        f"{src.consumer_name(src.partitions - 1)}), leases in {src.lease_bucket} as "
+        f"{s.source_instance}, taken over within {src.takeover_bound_s:g} s")
+
+
 def check_edge(path: Path | None) -> tuple[Report, EdgeSettings | None, Registry | None]:
     """Everything ``edge run`` checks before it starts: the settings, the
     registry, the alert rules and profiles the registry names, and that
@@ -422,6 +451,8 @@ def check_edge(path: Path | None) -> tuple[Report, EdgeSettings | None, Registry
                               f"{len(registry.index())} gateways")
     else:
         report.summary.append(f"configuration OK ({src}); open enrollment (no registry)")
+    if s.nats:
+        _check_nats_source(report, s, path)
     if s.alerts.enabled:
         check_alerts(report, s.alerts, registry, s.registry, config_path=path)
     else:

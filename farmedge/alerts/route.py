@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 
 from farmedge.registry import Contact, Registry
 
+from .cluster import CENTER_FARM
 from .context import DEFAULT_TZ, Context, Contexts
 from .delivery import Delivery, Outbox
 from .notify import SMS_SCHEMES, scheme_of
@@ -25,8 +26,6 @@ from .templates import fit_sms, render, title_for
 
 __all__ = ["CENTER_FARM", "Router"]
 
-#: The farm id of center-side incidents (center.py): to operators only.
-CENTER_FARM = "_center"
 _CENTER_NAME = {"zh": "服务中心", "en": "service center"}
 
 

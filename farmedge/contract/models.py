@@ -27,6 +27,7 @@ from typing import Annotated, Any, Literal
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StrictBool,
@@ -89,6 +90,18 @@ Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 FiniteNonNeg = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
 
 
+def _version(value: Any) -> Any:
+    # Literal[1] alone takes true and 1.0 (both == 1 in Python): a producer
+    # writing either is broken, and the contract's known fields are strict.
+    if type(value) is not int:
+        raise ValueError("must be the integer 1 (the contract's version)")
+    return value
+
+
+#: The contract version: the JSON integer 1 (not true, 1.0 or "1").
+Version = Annotated[Literal[1], BeforeValidator(_version)]
+
+
 class Clock(StrEnum):
     SYNCED = "synced"
     UNSYNCED = "unsynced"
@@ -133,7 +146,7 @@ class TelemetryEnvelope(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    v: Literal[1]
+    v: Version
     gateway: TopicId
     seq: Annotated[StrictInt, Field(ge=0, lt=MAX_INT)]
     sent: EpochMs
@@ -160,7 +173,7 @@ class GatewayStatus(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    v: Literal[1]
+    v: Version
     gateway: TopicId
     online: StrictBool
     ts: EpochMs | None = None

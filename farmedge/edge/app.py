@@ -151,6 +151,9 @@ class EdgeService:
                  observers: Sequence[Stage] | StagesFactory | None = None,
                  validator: Validator | None = None, writer: Writer | None = None) -> None:
         self.settings = s = settings
+        if s.nats:
+            raise EdgeError('[source] kind = "nats": this version of the edge reads an MQTT '
+                            'broker only (kind = "mqtt")')
         if registry is None and s.registry is not None:
             registry = load_registry(s.registry)
         self.registry = registry

@@ -15,9 +15,11 @@ from pydantic import Field, field_validator
 from farmedge.alerts import AlertsSettings
 from farmedge.config import FileSettings, Section, folder_problem
 from farmedge.storage.settings import InfluxSection, SpoolSection
+from farmedge.transport.nats_settings import SourceSection
 from farmedge.transport.settings import MqttSection
 
-__all__ = ["EdgeSettings", "HttpSection", "InfluxSection", "MqttSection", "SpoolSection"]
+__all__ = ["EdgeSettings", "HttpSection", "InfluxSection", "MqttSection", "SourceSection",
+           "SpoolSection"]
 
 PosFloat = Annotated[float, Field(gt=0)]
 
@@ -47,6 +49,12 @@ class IngestSection(Section):
     #: one RFID gate plus the gateway's own sensors, and bounds a flooding
     #: gateway to a few thousand InfluxDB series.
     max_ids_per_gateway: Annotated[int, Field(ge=1)] = 2000
+    #: With open enrollment (no registry): at most this many gateways since
+    #: the edge started; messages of further ones are dead letters
+    #: (``open_enrollment_full``), so a client inventing gateway ids cannot
+    #: grow the edge's memory and InfluxDB's series without end. A county
+    #: with more gateways than this keeps a registry.
+    max_open_gateways: Annotated[int, Field(ge=1)] = 10_000
 
 
 class LogSection(Section):
@@ -61,6 +69,9 @@ class EdgeSettings(FileSettings):
     registry: Path | None = None
     #: Name of this edge instance (tag on its own metrics).
     instance: str = "edge-1"
+    #: Where the gateways' messages come from: the [mqtt] broker (kind
+    #: "mqtt", the default) or a NATS JetStream cluster (kind "nats").
+    source: SourceSection = Field(default_factory=SourceSection)
     mqtt: MqttSection = Field(default_factory=MqttSection)
     influx: InfluxSection = Field(default_factory=InfluxSection)
     spool: SpoolSection = Field(default_factory=SpoolSection)
@@ -76,3 +87,14 @@ class EdgeSettings(FileSettings):
         if problem:
             raise ValueError(problem)
         return v
+
+    @property
+    def nats(self) -> bool:
+        """The edge reads a NATS cluster ([source] kind = "nats")."""
+        return self.source.kind == "nats"
+
+    @property
+    def source_instance(self) -> str:
+        """This edge's name among the cluster's edges: [source] instance, else
+        the top-level ``instance``."""
+        return self.source.instance or self.instance

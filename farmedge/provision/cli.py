@@ -11,6 +11,7 @@ broker (Mosquitto's dynamic security plugin) and the registry.
   farmedge provision init
   farmedge provision influx [--env-file FILE]
   farmedge provision dashboards [--check]
+  farmedge provision nats-cluster [--check]
 
 With the broker running, changes are sent to it over MQTT as the plugin's
 administrator and apply at once: nobody else is disconnected, no reload.
@@ -152,9 +153,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     from .dashboards import add_parser as add_dashboards_parser
     from .influx import add_parser as add_influx_parser
+    from .nats_cluster import add_parser as add_nats_cluster_parser
 
     add_influx_parser(psub)
     add_dashboards_parser(psub)
+    add_nats_cluster_parser(psub)
 
 
 def _ids(q: argparse.ArgumentParser) -> None:

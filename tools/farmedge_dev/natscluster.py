@@ -40,12 +40,13 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
-from farmedge.transport.nats import server_mapping_conf
+from farmedge.transport.nats_conf import NodeConf, node_conf
 from farmedge_dev.devservers import ServerError, _Proc, free_port
 
 __all__ = ["NatsCluster", "NatsNode", "nats_server_binary", "nats_server_version"]
@@ -103,46 +104,34 @@ class NatsNode(_Proc):
         return f"mqtt://127.0.0.1:{self.mqtt_port}"
 
     def conf_text(self, peers: list[NatsNode], cluster_name: str, partitions: int) -> str:
-        replicas = min(3, len(peers) + 1)
-        routes = ",\n    ".join(f'"nats-route://127.0.0.1:{p.cluster_port}"' for p in peers)
-        store = self.workdir / "jetstream"
-        return f"""
-server_name: "{self.name}"
-listen: "127.0.0.1:{self.client_port}"
-http: "127.0.0.1:{self.http_port}"
-max_payload: 1MB
-jetstream {{
-  store_dir: "{store}"
-  max_memory_store: 256MB
-  max_file_store: 4GB
-}}
-cluster {{
-  name: "{cluster_name}"
-  listen: "127.0.0.1:{self.cluster_port}"
-  routes: [
-    {routes}
-  ]
-}}
-mqtt {{
-  listen: "127.0.0.1:{self.mqtt_port}"
-  # Redeliver an unacknowledged QoS 1 message to a subscriber after 10 s.
-  ack_wait: "10s"
-  max_ack_pending: 10000
-  # The server's own MQTT streams (sessions, QoS 1 messages with MQTT
-  # subscribers, retained messages) on every node: left to itself the
-  # server picks the replicas from the nodes it knows at the first MQTT
-  # connection, which can be 2 of 3 during start-up, and an R2 stream
-  # stalls when either node dies.
-  stream_replicas: {replicas}
-}}
-# The gateways' subjects, partitioned by farm as they come in.
-{server_mapping_conf(partitions)}"""
+        """This node's configuration: farmedge.transport.nats_conf's, the
+        generator of the compose layout's deploy/nats/ files too, with the
+        node's loopback ports and folder."""
+        return node_conf(NodeConf(
+            name=self.name, listen=f"127.0.0.1:{self.client_port}",
+            cluster_listen=f"127.0.0.1:{self.cluster_port}",
+            mqtt_listen=f"127.0.0.1:{self.mqtt_port}",
+            http_listen=f"127.0.0.1:{self.http_port}",
+            store_dir=str(self.workdir / "jetstream"),
+            routes=[f"127.0.0.1:{p.cluster_port}" for p in peers],
+            cluster_name=cluster_name, partitions=partitions,
+            mqtt_replicas=min(3, len(peers) + 1)))
 
     def spawn(self, peers: list[NatsNode], cluster_name: str, partitions: int) -> None:
+        self.spawn_conf(self.conf_text(peers, cluster_name, partitions))
+
+    def spawn_conf(self, text: str,
+                   command: Sequence[str] = ("nats-server", "-c", "{conf}")) -> None:
+        """Start the server with this configuration (its ports must be this
+        node's). ``command`` is its command line: ``nats-server`` stands for
+        the binary, ``{conf}`` for the configuration file."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "nats.conf"
-        conf.write_text(self.conf_text(peers, cluster_name, partitions))
-        self._spawn([nats_server_binary(), "-c", str(conf)])
+        conf.write_text(text)
+        argv = [a.replace("{conf}", str(conf)) for a in command]
+        if argv and argv[0] == "nats-server":
+            argv[0] = nats_server_binary()
+        self._spawn(argv)
 
     def monitor(self, path: str) -> tuple[int, dict[str, object]]:
         """GET the monitoring endpoint: (HTTP status, JSON body)."""

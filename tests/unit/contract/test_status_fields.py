@@ -64,3 +64,22 @@ def test_the_encoder_writes_the_new_fields_after_the_others() -> None:
     data = encode_status(gateway="gw-1", online=True, ts=1, outbox_full=True,
                          held_unsynced=3, held_for_s=12.5)
     assert list(json.loads(data))[-4:] == ["ts", "outbox_full", "held_unsynced", "held_for_s"]
+
+
+@pytest.mark.parametrize("v", [True, 1.0, "1", 2])
+def test_the_version_is_the_integer_one_and_nothing_equal_to_it(v: object) -> None:
+    """``true`` and ``1.0`` equal 1 in Python, and were taken as version 1:
+    in telemetry and in a status, they are refused as the contract's other
+    known fields are."""
+    from farmedge.contract import parse_telemetry
+
+    doc = {"v": v, "gateway": "gw-1", "seq": 1, "sent": 1_780_000_000_000,
+           "clock": "synced", "readings": [{"sensor": "s1", "kind": "soil_moisture",
+                                            "ts": 1_780_000_000_000, "value": 12.0,
+                                            "unit": "%"}]}
+    with pytest.raises(MessageRejected, match=r"\bv: "):
+        parse_telemetry(json.dumps(doc).encode())
+    with pytest.raises(MessageRejected, match=r"\bv: "):
+        parse_status(json.dumps({"v": v, "gateway": "gw-1", "online": True}).encode())
+    doc["v"] = 1
+    assert len(parse_telemetry(json.dumps(doc).encode()).readings) == 1
