@@ -261,7 +261,7 @@ class Uplink:
                        first=f"{rows[0].sensor}={rows[0].value:g}",
                        last=f"{rows[-1].sensor}={rows[-1].value:g}")
         self._cursor = rows[-1].id
-        self.outbox.mark_sent(self._cursor)
+        self.outbox.mark_sent(rows)
         self.stats.messages += 1
         self.stats.bytes += len(payload)
 

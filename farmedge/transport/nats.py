@@ -29,7 +29,7 @@ filter ``$MQTT.msgs.farmp.v1.<p>.>``), are that interest, and the message
 stays until its consumer acknowledges it. A stream of the edge's own (any
 other ``stream`` name) captures ``farmp.v1.>`` as plain NATS messages: the
 server sends PUBACK without waiting for it, and loses what comes while the
-stream has no leader (docs/scaling.md, "NATS: what a PUBACK covers").
+stream has no leader (docs/scaling.md, "What a PUBACK covers").
 
 Acknowledgement. A fetched :class:`Batch` is acknowledged only when the caller
 says it is durable (:meth:`Batch.durable`: the readings are in InfluxDB); while

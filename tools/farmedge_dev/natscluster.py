@@ -11,7 +11,7 @@ its key-value store) with
   as on a real machine);
 * routes to the two other nodes;
 * the subject mapping that partitions the gateways' subjects by farm, and
-  the server's MQTT streams with three replicas (docs/scaling.md, "NATS").
+  the server's MQTT streams with three replicas (docs/scaling.md, "The NATS cluster").
 
 Readiness is polled, never slept for: a node is ready when its monitoring
 endpoint's ``/healthz`` says JetStream is healthy (it has a meta leader and
