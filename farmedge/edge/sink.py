@@ -150,34 +150,10 @@ class Sink:
             return out
         self._m.readings_written.inc(readings - _overlap(left, readings))
         if self.hold:
-            out.durable = await self._hold(lines, readings, left, out.refused)
+            out.durable = await _hold(self, lines, readings, left, out.refused)
         else:
             out.durable = await self._spool_or_hold(lines, readings, left, out.refused)
         return out
-
-    async def _hold(self, lines: list[str], readings: int, left: Ranges,
-                    refused: list[Refused]) -> bool:
-        """Try InfluxDB again (after its /ping answers) until it takes what
-        is ``left`` of ``lines``; processing waits behind this batch
-        meanwhile. Returns False when the service stops first (the messages
-        are not acknowledged: the stream delivers them again)."""
-        delay = 0.25
-        while True:
-            if self.stopping:
-                return False
-            await asyncio.sleep(delay)
-            delay = min(5.0, delay * 2)
-            if self.influx_down and not await self.writer.ping():
-                continue
-            deadline = time.monotonic() + self._s.retry_for_s
-            before = _overlap(left, readings)
-            again: Ranges = []
-            for lo, hi in left:
-                again += await self._write(lines, lo, hi, deadline, refused)
-            left = again
-            self._m.readings_written.inc(before - _overlap(left, readings))
-            if not left:
-                return True
 
     async def _spool_or_hold(self, lines: list[str], readings: int, left: Ranges,
                              refused: list[Refused]) -> bool:
@@ -394,6 +370,31 @@ class Sink:
         if self.disk_error is not None:
             out.append(self.disk_error)
         return out
+
+
+async def _hold(sink: Sink, lines: list[str], readings: int, left: Ranges,
+                refused: list[Refused]) -> bool:
+    """Try InfluxDB again (after its /ping answers) until it takes what
+    is ``left`` of ``lines``; processing waits behind this batch
+    meanwhile. Returns False when the service stops first (the messages
+    are not acknowledged: the stream delivers them again)."""
+    delay = 0.25
+    while True:
+        if sink.stopping:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(5.0, delay * 2)
+        if sink.influx_down and not await sink.writer.ping():
+            continue
+        deadline = time.monotonic() + sink._s.retry_for_s
+        before = _overlap(left, readings)
+        again: Ranges = []
+        for lo, hi in left:
+            again += await sink._write(lines, lo, hi, deadline, refused)
+        left = again
+        sink._m.readings_written.inc(before - _overlap(left, readings))
+        if not left:
+            return True
 
 
 def _readings_of(batch: SpooledBatch) -> int:
