@@ -152,9 +152,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     from .dashboards import add_parser as add_dashboards_parser
     from .influx import add_parser as add_influx_parser
+    from .nats_cli import add_parser as add_nats_parser
 
     add_influx_parser(psub)
     add_dashboards_parser(psub)
+    add_nats_parser(psub)
 
 
 def _ids(q: argparse.ArgumentParser) -> None:
