@@ -7,18 +7,24 @@ registry the ``authorization`` part of every node's configuration
 (``auth.conf``, included by each node), which the nodes re-read on a reload
 signal, without a restart.
 
-- **One account** (:data:`ACCOUNT`) holds the gateways and the edges. The
-  server keeps an account's MQTT sessions and QoS 1 messages in that
-  account's own streams (``$MQTT_msgs``...), and a gateway's PUBACK covers
-  the message only once it is in them (docs/scaling.md, "What a PUBACK
-  covers"); the edge reads them there, so it must be in the same account.
-  The partition mapping is the account's. A system account (:data:`SYSTEM_ACCOUNT`)
-  is declared so that the cluster's own traffic is kept apart from it.
+- **One account**, the server's global one, holds the gateways and the
+  edges (top-level ``authorization { users }``, with the partition mapping
+  at top level beside it). The server keeps an account's MQTT sessions and
+  QoS 1 messages in that account's own streams (``$MQTT_msgs``...), and a
+  gateway's PUBACK covers the message only once it is in them
+  (docs/scaling.md, "What a PUBACK covers"); the edge reads them there, so
+  it must be in the same account. Not an ``accounts`` block of its own:
+  nats-server 2.15.1 parses an MQTT CONNECT before it binds the client to
+  its account, with the global account's mappings, so in any other account
+  a last will escapes the partition mapping (it arrives on
+  ``farm.v1...status``, which no partition consumer reads) while everything
+  else is mapped (tested).
 - **A gateway** is the user ``county/farm/gateway`` (its path, as with
   Mosquitto), allowed to connect over MQTT only, to publish exactly its own
   telemetry and status (the server checks permissions on the subject after
   the partition mapping: ``farmp.v1.<partition>.<county>.<farm>.<gateway>.telemetry``,
-  ``.`` in ids written ``//``) and to subscribe to nothing. It needs no
+  ``.`` in ids written ``//``, the last will included) and to subscribe to
+  nothing. It needs no
   internal ``$MQTT.`` subject (tested with nats-server 2.15.1: persistent
   session, QoS 1, retained status and last will all work without them).
 - **An edge** is ``svc~NAME``, allowed to connect over the NATS protocol
@@ -49,10 +55,8 @@ from .accounts import SERVICE_PREFIX, check_gateway_ids, gateway_path
 from .errors import ProvisionError
 
 __all__ = [
-    "ACCOUNT",
     "AUTH_FILE",
     "BCRYPT_COST",
-    "SYSTEM_ACCOUNT",
     "USERS_FILE",
     "EdgeScope",
     "UserStore",
@@ -65,8 +69,6 @@ __all__ = [
     "render_auth_conf",
 ]
 
-ACCOUNT = "FARMEDGE"
-SYSTEM_ACCOUNT = "SYS"
 USERS_FILE = "users.json"
 AUTH_FILE = "auth.conf"
 #: bcrypt's cost for the users' hashes. Every connection costs the server
@@ -260,9 +262,9 @@ class AuthReport:
 
 def render_auth_conf(store: UserStore,
                      gateways: Iterable[tuple[str, str, str]]) -> tuple[str, AuthReport]:
-    """The ``accounts`` part of every node's configuration: the users of the
-    registry's ``gateways`` that have a credential, the services, and the
-    account's partition mapping."""
+    """The part of every node's configuration that says who may do what: the
+    users of the registry's ``gateways`` that have a credential, the
+    services, and the partition mapping their permissions are written for."""
     from farmedge.transport.nats import server_mappings
 
     wanted = {gateway_path(*g): g for g in gateways}
@@ -270,7 +272,7 @@ def render_auth_conf(store: UserStore,
     missing = sorted(p for p in wanted if store.users.get(p, {}).get("kind") != "gateway")
     stale: list[str] = []
     n_gw = n_svc = 0
-    ind = "      "
+    ind = "    "
     for name, u in sorted(store.users.items()):
         if u["kind"] == "gateway":
             g = wanted.get(name)
@@ -289,30 +291,26 @@ def render_auth_conf(store: UserStore,
             f"{ind}{{ user: {_q(name)}, password: {_q(u['hash'])},\n"
             f"{ind}  allowed_connection_types: [{', '.join(_q(k) for k in kinds)}],\n"
             f"{ind}  permissions: {_perm_block(perms, ind + '  ')} }}")
-    maps = "\n".join(f"      {_q(src)}: {_q(dst)}"
+    maps = "\n".join(f"  {_q(src)}: {_q(dst)}"
                      for src, dst in server_mappings(store.partitions).items())
     text = f"""\
 # Written by `farmedge provision nats` from {store.path.name} and the registry:
 # edit those and run it again, not this file. Every node of the cluster
-# includes it (include "{AUTH_FILE}"); a node re-reads it on a reload
+# includes it (include "{AUTH_FILE}", a path relative to the node's file) in
+# place of its own partition mapping; a node re-reads it on a reload
 # (nats-server --signal reload, or SIGHUP), keeping its connections, and
 # closes those of users no longer listed. It holds password hashes: mode 600.
-accounts {{
-  {ACCOUNT} {{
-    jetstream: enabled
-    users: [
+authorization {{
+  users: [
 {chr(10).join(users)}
-    ]
-    # The gateways' subjects, partitioned by farm as they come in
-    # ([source] partitions = {store.partitions} on every edge).
-    mappings {{
-{maps}
-    }}
-  }}
-  # The cluster's own traffic; no user.
-  {SYSTEM_ACCOUNT} {{ }}
+  ]
 }}
-system_account: {SYSTEM_ACCOUNT}
+# The gateways' subjects, partitioned by farm as they come in: the
+# gateways' permissions above are these mapped subjects, for
+# [source] partitions = {store.partitions} on every edge.
+mappings {{
+{maps}
+}}
 """
     return text, AuthReport(n_gw, n_svc, missing, stale)
 

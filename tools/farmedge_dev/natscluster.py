@@ -25,6 +25,15 @@ its MQTT port accepts connections.
         cluster.nodes[0].mqtt_port
         cluster.kill(1)           # SIGKILL node 2
         cluster.restart(1)        # same ports, same data
+
+With ``security=NatsSecurity(...)`` every node requires TLS on its client,
+MQTT and route listeners (routes with mutual TLS) and takes its accounts,
+users and the partition mapping from the included ``auth_conf`` (what
+``farmedge provision nats`` writes); the URLs are then ``tls://`` and
+``mqtts://``::
+
+    with NatsCluster(tmp_path, security=NatsSecurity(auth_conf, certs)) as cluster:
+        cluster.urls              # ["tls://127.0.0.1:...", ...]
 """
 
 from __future__ import annotations
@@ -47,8 +56,10 @@ from typing import ClassVar
 
 from farmedge.transport.nats import server_mapping_conf
 from farmedge_dev.devservers import ServerError, _Proc, free_port
+from farmedge_dev.tlscerts import CertFiles
 
-__all__ = ["NatsCluster", "NatsNode", "nats_server_binary", "nats_server_version"]
+__all__ = ["NatsCluster", "NatsNode", "NatsSecurity", "nats_server_binary",
+           "nats_server_version"]
 
 #: The oldest server whose MQTT accepts ``.`` in topics (2.10) and whose
 #: key-value store has per-key TTLs (2.11); 2.12 is what has been tried.
@@ -83,6 +94,20 @@ def nats_server_version(binary: str | None = None) -> tuple[int, int, int]:
     return major, minor, patch
 
 
+@dataclass(frozen=True)
+class NatsSecurity:
+    """TLS on every listener and the nodes' authorization (an included file)."""
+
+    auth_conf: Path
+    certs: CertFiles
+
+    def tls_block(self, verify: bool = False) -> str:
+        c = self.certs
+        return (f'tls {{ cert_file: "{c.cert_file}", key_file: "{c.key_file}", '
+                f'ca_file: "{c.ca_file}", timeout: 5' + (", verify: true" if verify else "")
+                + " }")
+
+
 @dataclass
 class NatsNode(_Proc):
     """One node of the cluster. Ports are chosen when the cluster is made."""
@@ -92,15 +117,16 @@ class NatsNode(_Proc):
     cluster_port: int = field(default_factory=free_port)
     mqtt_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    security: NatsSecurity | None = field(default=None, kw_only=True)
     stop_timeout: ClassVar[float] = 15.0
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.client_port}"
+        return f"{'tls' if self.security else 'nats'}://127.0.0.1:{self.client_port}"
 
     @property
     def mqtt_url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+        return f"{'mqtts' if self.security else 'mqtt'}://127.0.0.1:{self.mqtt_port}"
 
     def conf_text(self, peers: list[NatsNode], cluster_name: str, partitions: int) -> str:
         replicas = min(3, len(peers) + 1)
@@ -111,6 +137,7 @@ server_name: "{self.name}"
 listen: "127.0.0.1:{self.client_port}"
 http: "127.0.0.1:{self.http_port}"
 max_payload: 1MB
+{self._sec("client")}
 jetstream {{
   store_dir: "{store}"
   max_memory_store: 256MB
@@ -119,12 +146,14 @@ jetstream {{
 cluster {{
   name: "{cluster_name}"
   listen: "127.0.0.1:{self.cluster_port}"
+  {self._sec("route")}
   routes: [
     {routes}
   ]
 }}
 mqtt {{
   listen: "127.0.0.1:{self.mqtt_port}"
+  {self._sec("mqtt")}
   # Redeliver an unacknowledged QoS 1 message to a subscriber after 10 s.
   ack_wait: "10s"
   max_ack_pending: 10000
@@ -135,8 +164,19 @@ mqtt {{
   # stalls when either node dies.
   stream_replicas: {replicas}
 }}
-# The gateways' subjects, partitioned by farm as they come in.
-{server_mapping_conf(partitions)}"""
+{self._sec("auth") or server_mapping_conf(partitions)}"""
+
+    def _sec(self, where: str) -> str:
+        """The TLS block of a listener, or the authorization include (with
+        the partition mapping in its account); nothing without security."""
+        sec = self.security
+        if sec is None:
+            return ""
+        if where == "auth":
+            # nats-server takes include paths relative to the including file.
+            rel = os.path.relpath(sec.auth_conf.resolve(), self.workdir.resolve())
+            return f'include "{rel}"\n'
+        return sec.tls_block(verify=where == "route")
 
     def spawn(self, peers: list[NatsNode], cluster_name: str, partitions: int) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -174,13 +214,15 @@ class NatsCluster:
     (farmedge.transport.nats.server_mapping_conf; [source] partitions)."""
 
     def __init__(self, root: Path, size: int = 3, cluster_name: str = "farmedge",
-                 partitions: int = 16) -> None:
+                 partitions: int = 16, security: NatsSecurity | None = None) -> None:
         if size < 1:
             raise ValueError("a cluster has at least one node")
         self.root = root
         self.cluster_name = cluster_name
         self.partitions = partitions
-        self.nodes = [NatsNode(root / f"n{i + 1}", name=f"n{i + 1}") for i in range(size)]
+        self.security = security
+        self.nodes = [NatsNode(root / f"n{i + 1}", name=f"n{i + 1}", security=security)
+                      for i in range(size)]
         binary = nats_server_binary()
         if nats_server_version(binary) < MIN_VERSION:
             raise ServerError(

@@ -62,7 +62,7 @@ def test_config_lists_registry_gateways_with_a_credential_and_the_services(
     assert "gone" not in text  # no longer in the registry: left out
     assert rep.stale == ["c1/f.1/gone"] and rep.missing == ["c1/f.1/new"]
     assert (rep.gateways, rep.services) == (1, 1)
-    assert "partition(8,1,2)" in text and "system_account: SYS" in text
+    assert "partition(8,1,2)" in text and "authorization {" in text
     assert "pw-a" not in text and "pw-e" not in text
 
 
