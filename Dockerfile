@@ -14,7 +14,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY farmedge ./farmedge
-RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[edge,alerts]"
+RUN pip wheel --no-cache-dir --wheel-dir /wheels ".[edge,alerts,nats]"
 
 # The developer tooling's wheel (tools/pyproject.toml), only for the demo target.
 FROM python:3.11-slim AS devbuild

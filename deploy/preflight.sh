@@ -1,8 +1,8 @@
 #!/bin/sh
 # Refuses to go on while a password or token is empty or still a template's
-# placeholder (change-me, unset, ...). docker-compose.yml runs it before the
-# center starts (the "preflight" service, on which every service waits) and
-# before the demo simulator.
+# placeholder (change-me, unset, ...). docker-compose.yml and
+# docker-compose.cluster.yml run it before the center starts (the "preflight"
+# service, on which every service waits), and before the demo simulator.
 #
 #   preflight.sh VAR... [-- COMMAND [ARG...]]
 #
@@ -36,8 +36,14 @@ if [ -n "$bad" ]; then
   echo "farmedge: refusing to start: these are empty or a placeholder (change-me, unset):$bad" >&2
   echo "  Set each in .env to a long random value, for example from:" >&2
   echo "    python3 -c 'import secrets; print(secrets.token_urlsafe(24))'" >&2
-  echo "  EDGE_MQTT_PASSWORD: farmedge provision edge --env-file .env" >&2
-  echo "  SIMULATOR_MQTT_PASSWORD: farmedge provision simulator --env-file .env" >&2
+  case "$bad " in
+    *" EDGE_MQTT_PASSWORD "*)
+      echo "  EDGE_MQTT_PASSWORD: farmedge provision edge --env-file .env" >&2 ;;
+  esac
+  case "$bad " in
+    *" SIMULATOR_MQTT_PASSWORD "*)
+      echo "  SIMULATOR_MQTT_PASSWORD: farmedge provision simulator --env-file .env" >&2 ;;
+  esac
   exit 1
 fi
 if [ $# -gt 0 ]; then

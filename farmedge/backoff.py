@@ -19,10 +19,21 @@ import random
 import time
 from collections.abc import Callable
 
-__all__ = ["STABLE_AFTER_S", "Backoff"]
+__all__ = ["STABLE_AFTER_S", "Backoff", "jittered"]
 
 #: A connection that held this long starts the back-off over.
 STABLE_AFTER_S = 30.0
+
+_RNG = random.Random()
+
+
+def jittered(attempt: int, min_s: float, max_s: float,
+             rng: random.Random | None = None) -> float:
+    """The wait before retry ``attempt`` (from 0): uniform in [d/2, d] with
+    d = min(max_s, min_s·2^attempt). For loops that count their own attempts
+    (one write's retries); :class:`Backoff` keeps the count for a connection."""
+    d = min(max_s, min_s * 2 ** min(attempt, 30))
+    return (rng or _RNG).uniform(d / 2, d)
 
 
 class Backoff:
@@ -48,9 +59,9 @@ class Backoff:
     def next(self) -> float:
         """The next wait, in seconds. Ends a connection still marked up."""
         self.down()
-        d = min(self.max_s, self.min_s * 2 ** min(self.attempt, 30))
+        wait = jittered(self.attempt, self.min_s, self.max_s, self.rng)
         self.attempt += 1
-        return self.rng.uniform(d / 2, d)
+        return wait
 
     def up(self) -> None:
         """A connection was accepted (now)."""

@@ -43,6 +43,7 @@ from .state import AlertState, StateMachine, fmt
 
 if TYPE_CHECKING:
     from .delivery import Delivery
+    from .record import AlertEvent
     from .route import Router
 
 __all__ = ["CENTER_CHECKS", "CENTER_COUNTY", "CENTER_FARM", "CenterHealth", "CenterIncidents",
@@ -56,7 +57,7 @@ log = get_logger("farmedge.alerts")
 CENTER_COUNTY = "_center"
 #: Checks of the center profile.
 CENTER_CHECKS = ("edge_restarted", "broker_down", "influx_down", "disk_full", "mass_offline",
-                 "delivery_failing", "clock_hold", "spool_filling")
+                 "delivery_failing", "clock_hold", "spool_filling", "delivery_unconfirmed")
 #: Blind intervals remembered (older ones no longer matter to any silence).
 _BLIND_MAX = 4096
 
@@ -418,6 +419,26 @@ class CenterIncidents:
         if n >= self.settings.delivery_failures_incident:
             self._start("delivery_failing", CENTER_COUNTY, eid, d.contact, now, value=float(n),
                         extra={"reading": fmt(float(n), 0), "contact": d.contact})
+
+    def unconfirmed(self, ds: list[Delivery], where: str, now: float,
+                    publish: Callable[[AlertEvent], None]) -> None:
+        """Messages found with an intent to send and no outcome when their
+        state was loaded (a restart, or a partition taken over): they may
+        have reached their contact, so they are not sent again. Each is
+        recorded (``unconfirmed``) and the operators get one notice for
+        them all, naming the contacts to check with."""
+        if not ds:
+            return
+        for d in ds:
+            self.stats["unconfirmed"] += 1
+            publish(d.event_for("unconfirmed", now, attempt=d.attempts + 1,
+                                error="handed to the notifier, outcome not recorded: not resent"))
+            log.warning("alerts.delivery_unconfirmed", county=d.county, farm=d.farm,
+                        contact=d.contact, alert_event=d.event, sending=d.sending)
+        names = sorted({d.contact for d in ds})
+        told = "、".join(names[:3]) + ("…" if len(names) > 3 else "")
+        self.notice("delivery_unconfirmed", CENTER_COUNTY, f"unconfirmed:{where}:{now:.0f}",
+                    where, now, {"count": str(len(ds)), "value": str(len(ds)), "reading": told})
 
     def _rule_key(self, check: str) -> str | None:
         br = self.rule.get(check)

@@ -11,26 +11,19 @@ import asyncio
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from farmedge.logs import get_logger
 
-from .cluster import CENTER_FARM
 from .errors import DeliveryFailed
 from .notify import Notifier, scheme_of
 from .record import AlertEvent
 from .settings import AlertsSettings
 from .store import Changes
 
-if TYPE_CHECKING:
-    from .cluster import PartitionFence
-
 __all__ = ["Delivery", "Outbox"]
 
 log = get_logger("farmedge.alerts")
-
-#: A message refused by the fence is looked at again after this long.
-FENCED_RETRY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -57,6 +50,10 @@ class Delivery:
     count: int
     value: float | None
     created: float
+    #: When the intent to send was committed (the message handed to the
+    #: notifier after that commit); None while it waits. Found set when the
+    #: state is loaded: it may have been sent, it is not sent again.
+    sending: float | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> Delivery:
@@ -96,17 +93,27 @@ class Outbox:
         #: Called with (delivery, delivered, error, now) after each attempt
         #: (failures in a row to one contact make an operator incident).
         self.on_result: Callable[[Delivery, bool, str, float], None] | None = None
-        #: Cluster mode: the partition of a farm's message must still be ours.
-        self.fence: PartitionFence | None = None
+        #: Deliveries found with an intent to send and no outcome when the
+        #: state was loaded, until the engine reports them.
+        self.unconfirmed: list[Delivery] = []
 
     def new_id(self, now: float) -> str:
         self._next_id += 1
         return f"{now:017.3f}-{self._next_id:08d}"
 
     def load(self, rows: Mapping[str, Mapping[str, Any]]) -> None:
-        self.items = {k: Delivery.from_row(v) for k, v in rows.items()}
-        if self.items:
-            self._next_id = len(self.items)
+        """Deliveries from the state (added to those in memory). One with an
+        intent to send committed and no outcome (the edge stopped between
+        handing it to the notifier and recording the outcome) may have been
+        sent: it is taken out and kept in :attr:`unconfirmed`, not sent again."""
+        for k, v in rows.items():
+            d = Delivery.from_row(v)
+            if d.sending is not None:
+                self.changes.outbox[k] = None
+                self.unconfirmed.append(d)
+            else:
+                self.items[k] = d
+        self._next_id = max(self._next_id, len(self.items))
 
     def _put(self, d: Delivery) -> None:
         self.items[d.id] = d
@@ -148,7 +155,15 @@ class Outbox:
                 sent[i] -= back
 
     def dispatch(self, now: float) -> None:
-        """Hand every due delivery to the notifier (in its own task)."""
+        """Mark and hand every due delivery to the notifier at once (tools;
+        the engine commits the marks between :meth:`pick` and :meth:`start`)."""
+        ds = self.pick(now)
+        self.mark(ds, now)
+        self.start(ds)
+
+    def pick(self, now: float) -> list[Delivery]:
+        """The deliveries due now, within the rate limits (counted sent)."""
+        out: list[Delivery] = []
         if self._last_now - now > 1.0:
             self._clock_set_back(self._last_now - now, now)
         self._last_now = now
@@ -165,24 +180,28 @@ class Outbox:
                     self.changes.outbox[did] = d
                     continue
                 sent.append(now)
+            out.append(d)
+        return out
+
+    def mark(self, ds: list[Delivery], now: float) -> None:
+        """The intent to send each: in the state's next commit, which must
+        come before :meth:`start`."""
+        for d in ds:
+            d.sending = now
+            self.changes.outbox[d.id] = d
+
+    def start(self, ds: list[Delivery]) -> None:
+        """Hand each to the notifier, in its own task (after the commit)."""
+        for d in ds:
+            if d.id in self.inflight or d.id not in self.items:
+                continue
             if self.on_dispatch is not None:
-                self.on_dispatch(d, now)
-            self.inflight[did] = asyncio.create_task(self._send(d))
+                self.on_dispatch(d, d.sending or self.clock())
+            self.inflight[d.id] = asyncio.create_task(self._send(d))
 
     async def _send(self, d: Delivery) -> None:
         did = d.id
         try:
-            if self.fence is not None and d.farm != CENTER_FARM:
-                p = self.fence.partition_of(d.county, d.farm)
-                if not await self.fence.check(p):
-                    # Not ours any more: the new owner has the message. Kept
-                    # (unchanged in the state) until the edge says the
-                    # partition is lost; looked at again in a while.
-                    d.due = self.clock() + FENCED_RETRY_S
-                    self.stats["fenced"] += 1
-                    log.warning("alerts.send_fenced", partition=p, county=d.county,
-                                farm=d.farm, contact=d.contact)
-                    return
             await self.notifier.send(d.url, title=d.title, body=d.body)
         except asyncio.CancelledError:
             raise
@@ -194,7 +213,9 @@ class Outbox:
                               channel=scheme_of(d.url))
             error = str(exc) if isinstance(exc, DeliveryFailed) else \
                 f"{type(exc).__name__}: {exc}"[:300]
+            # The notifier says it was not delivered: no longer an open intent.
             now = self.clock()
+            d.sending = None
             d.attempts += 1
             self.stats["failed"] += 1
             self.publish(d.event_for("failed", now, error=error, attempt=d.attempts))
@@ -227,7 +248,8 @@ class Outbox:
                 log.exception("alerts.delivery_result_failed", contact=d.contact)
 
     async def cancel(self) -> None:
-        """Cancel sends in flight (their deliveries stay in the outbox)."""
+        """Cancel sends in flight (their deliveries stay in the outbox with
+        their intent: whether they reached anyone is not known)."""
         for t in list(self.inflight.values()):
             t.cancel()
         if self.inflight:

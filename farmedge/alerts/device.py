@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Callable
 
 from farmedge.contract.models import Clock, StatusReason
 from farmedge.records import StatusEvent
@@ -28,12 +29,25 @@ from .rules import BoundRule
 from .settings import AlertsSettings
 from .state import StateMachine, fmt
 
-__all__ = ["SILENCE_CHECK_S", "DeviceChecks"]
+__all__ = ["SILENCE_CHECK_S", "DeviceChecks", "interval_of", "longest_interval"]
 
 SILENCE_CHECK_S = 10.0           # silence and offline checks at most this often (clock s)
 
 GKey = tuple[str, str, str]
 SensorKey = tuple[GKey, str]
+
+
+def interval_of(ctx: Context, pr: dict[str, float]) -> float:
+    """The reporting interval: the sensor's, its gateway's, the rule's default."""
+    return ((ctx.meta.interval_s if ctx.meta else None)
+            or (ctx.gw_obj.interval_s if ctx.gw_obj else None)
+            or pr.get("default_interval_s", 600.0))
+
+
+def longest_interval(contexts: Contexts) -> float:
+    """The longest reporting interval of the registry's gateways (600 s
+    without one): the grace after an edge start that covers them all."""
+    return max((ge.interval_s or 600.0 for _f, ge in contexts.index.values()), default=600.0)
 
 
 class DeviceChecks:
@@ -68,6 +82,9 @@ class DeviceChecks:
         self._last_silence_check = float("-inf")
         #: county -> its known gateways, until the next silence check (a flood of wills)
         self._county_gws: dict[str, set[GKey]] = {}
+        #: Cluster mode (partitions.py): is a farm ours; silence counts from when
+        self.owns: Callable[[str, str], bool] | None = None
+        self.since: Callable[[GKey, float], float] = lambda gk, started: started
 
     def seen(self, gk: GKey) -> dict[str, float]:
         s = self.sensor_seen.get(gk)
@@ -162,7 +179,7 @@ class DeviceChecks:
         sm = self.machine
         self.stats["status"] += 1
         gk = (ev.county, ev.farm, ev.gateway)
-        prev = max([self.gw_seen.get(gk, self.started), *self.seen(gk).values()])
+        prev = max([self.gw_seen.get(gk, self.since(gk, self.started)), *self.seen(gk).values()])
         ctx = self.contexts.get(ev.county, ev.farm, ev.gateway, "")
         st = ev.status
         if st.online:
@@ -220,13 +237,6 @@ class DeviceChecks:
                 if left in self.will_at:
                     self.will_at[left] = now
 
-    @staticmethod
-    def _interval(ctx: Context, pr: dict[str, float]) -> float:
-        """The reporting interval: the sensor's, its gateway's, the rule's default."""
-        return ((ctx.meta.interval_s if ctx.meta else None)
-                or (ctx.gw_obj.interval_s if ctx.gw_obj else None)
-                or pr.get("default_interval_s", 600.0))
-
     def _will_due(self, gk: GKey, ctx: Context, br: BoundRule, pr: dict[str, float],
                   now: float) -> None:
         """Offline from a last will, once its grace has passed, the center
@@ -239,7 +249,7 @@ class DeviceChecks:
         grace = s.planned_stop_grace_s if gk in self.planned else s.offline_will_grace_s
         if now - at < grace:
             return
-        if not self.health.settled(now, self._interval(ctx, pr)):
+        if not self.health.settled(now, interval_of(ctx, pr)):
             return
         self._silent(br, pr, ctx, "gateway", gk[2], self.heard_before_will.get(gk, at), now)
 
@@ -249,12 +259,6 @@ class DeviceChecks:
         mins = max(1, round((now - last) / 60))
         self.machine.observe(br, pr, ctx, etype, eid, True, False, mins,
                              {"minutes": str(mins)}, now)
-
-    def longest_interval(self) -> float:
-        """The longest reporting interval of the registry's gateways (600 s
-        without one): the grace after an edge start that covers them all."""
-        return max((ge.interval_s or 600.0 for _f, ge in self.contexts.index.values()),
-                   default=600.0)
 
     def _county_total(self, gk: GKey) -> int:
         """How many gateways the county of ``gk`` has (``gk`` among them)."""
@@ -284,6 +288,9 @@ class DeviceChecks:
             gws.add(gk)
             for s in ge.sensors:
                 sensors.add((gk, s))
+        if (owns := self.owns) is not None:  # cluster mode: our partitions' farms only
+            return ({gk for gk in gws if owns(gk[0], gk[1])},
+                    {sk for sk in sensors if owns(sk[0][0], sk[0][1])})
         return gws, sensors
 
     def timers(self, now: float) -> None:
@@ -311,11 +318,11 @@ class DeviceChecks:
                         continue
                     self._will_due(gk, ctx, br, pr, now)
                     continue
-                interval = self._interval(ctx, pr)
+                interval = interval_of(ctx, pr)
                 if not health.settled(now, interval) or (center is not None
                                                          and center.member(gk)):
                     continue
-                last = self.gw_seen.get(gk, self.started)
+                last = self.gw_seen.get(gk, self.since(gk, self.started))
                 if health.heard_for(last, now) > pr.get("intervals", 3.0) * interval:
                     self._silent(br, pr, ctx, "gateway", gk[2], last, now)
                     down.add(gk)
@@ -326,10 +333,10 @@ class DeviceChecks:
             for br, pr in ctx.status:
                 if br.rule.check != "sensor_silent":
                     continue
-                interval = self._interval(ctx, pr)
+                interval = interval_of(ctx, pr)
                 if not health.settled(now, interval):
                     continue
-                last = self.sensor_seen.get(gk, {}).get(sensor, self.started)
+                last = self.sensor_seen.get(gk, {}).get(sensor, self.since(gk, self.started))
                 if health.heard_for(last, now) > pr.get("intervals", 3.0) * interval:
                     self._silent(br, pr, ctx, "sensor", f"{gk[2]}/{sensor}", last, now)
 

@@ -32,19 +32,20 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from farmedge.disk import is_disk_full
 from farmedge.logs import get_logger
 from farmedge.records import Accepted, AcceptedReading, CenterEvent, StatusEvent
 from farmedge.registry import Registry
 
 from .center import CenterHealth, CenterIncidents
 from .cluster import PartitionFence, PartitionStore
+from .commit import StateWriter
 from .context import Contexts, check_registry
 from .delivery import Delivery, Outbox
-from .device import DeviceChecks
-from .errors import AlertsError, StateError
+from .device import DeviceChecks, longest_interval
+from .errors import AlertsError
 from .history import History
 from .notify import Notifier
+from .partitions import Partitions, county_status
 from .quiet import parse_quiet_hours
 from .readings import ReadingPath
 from .record import AlertEvent, Recorder
@@ -57,9 +58,6 @@ from .store import Changes, StateStore
 __all__ = ["AlertEngine", "check_registry", "parse_quiet_hours"]
 
 log = get_logger("farmedge.alerts")
-
-_HISTORY_SAVE_S = 300.0          # how often hourly history goes to disk (real seconds)
-
 
 class AlertEngine:
     """Implements :class:`farmedge.records.Stage`; ``run()`` is its task."""
@@ -99,7 +97,7 @@ class AlertEngine:
         self.health = CenterHealth(s)
         self.center = CenterIncidents(rules=rules, machine=self.machine, health=self.health,
                                       settings=s, stats=self.stats, router=lambda: self.router,
-                                      longest_interval=lambda: self.device.longest_interval())
+                                      longest_interval=lambda: longest_interval(self.contexts))
         self.device = DeviceChecks(self.contexts, self.machine, self.stats, settings=s,
                                    health=self.health, center=self.center)
         self.readings = ReadingPath(contexts=self.contexts, machine=self.machine,
@@ -112,7 +110,7 @@ class AlertEngine:
         self.router = Router(rules=rules, registry=registry, contexts=self.contexts,
                              machine=self.machine, outbox=self.outbox, changes=self._changes,
                              stats=self.stats, publish=self._publish)
-        self._history_saved = time.monotonic()
+        self._writer = StateWriter(self)
         self._early: deque[tuple[str, Any]] = deque(maxlen=100_000)
         self._loaded = False
         self._wake: asyncio.Event | None = None
@@ -120,6 +118,7 @@ class AlertEngine:
         #: Cluster mode: the edge's fence, where partitions' state lives.
         self.fence: PartitionFence | None = None
         self.partition_store: PartitionStore | None = None
+        self.cluster: Partitions | None = None
 
     # ------------------------------------------------------------ cluster mode
 
@@ -127,15 +126,33 @@ class AlertEngine:
                      store: PartitionStore | None = None) -> None:
         """Cluster mode (farmedge/alerts/cluster.py); call before :meth:`start`."""
         self.fence, self.partition_store = fence, store
-        self.outbox.fence = fence
+        self.cluster = cl = Partitions(self, fence, store)
+        self.device.owns, self.device.since = cl.owns, cl.since
 
     async def partition_gained(self, partition: int) -> None:
-        """The edge owns ``partition`` now (before its reader starts)."""
-        log.info("alerts.partition_gained", partition=partition)
+        """The edge owns ``partition`` now (before its reader starts): its
+        state is loaded; messages found unconfirmed go to the operators."""
+        if self.cluster is not None:
+            await self.cluster.gained(partition)
+            self._unconfirmed(self.clock(), f"partition {partition}")
 
     async def partition_lost(self, partition: int) -> None:
-        """The edge no longer owns ``partition`` (after its reader stopped)."""
-        log.info("alerts.partition_lost", partition=partition)
+        """The edge no longer owns ``partition`` (after its reader stopped):
+        its state is written and dropped."""
+        if self.cluster is not None:
+            await self.cluster.lost(partition)
+
+    def on_county_status(self, event: StatusEvent) -> None:
+        """Cluster mode: a status of any gateway of the county (the county-wide
+        rules see them all); those of our own partitions come by on_status."""
+        cl = self.cluster
+        if cl is not None and self._loaded and not cl.owns(event.county, event.farm):
+            county_status(self, event, self.clock())
+
+    def _unconfirmed(self, now: float, where: str) -> None:
+        ds, self.outbox.unconfirmed = self.outbox.unconfirmed, []
+        self.center.unconfirmed(ds, where, now, self._publish)
+        self._poke()
 
     # ------------------------------------------------------------ stage API
 
@@ -193,6 +210,8 @@ class AlertEngine:
             self._wake.set()
 
     def _publish(self, ev: AlertEvent) -> None:
+        if self.cluster is not None and not self.cluster.records(ev.farm, ev.rule):
+            return
         for r in self.recorders:
             try:
                 r.record(ev)
@@ -230,43 +249,11 @@ class AlertEngine:
         self.router.budget = {k: int(v) for k, v in st.load("budget").items()}
         self.history.load(st.load("history"))
 
-    def _commit(self, *, history: bool = False) -> None:
-        changes = self._changes.rows()
-        if history or time.monotonic() - self._history_saved > _HISTORY_SAVE_S:
-            changes["history"] = self.history.changed_rows()
-            self._history_saved = time.monotonic()
-        if changes:
-            self._store.write(changes)
-        self._changes.clear()
-
-    def _commit_or_hold(self) -> None:
-        """Commit; when the state cannot be written (a full disk, a
-        read-only or failing one) keep the changes in memory (they are
-        written at a later tick), go on alerting, and say so: in
-        ``disk_full`` for a full disk, in ``state_error`` for the rest."""
-        try:
-            self._commit()
-        except StateError as exc:
-            full = exc.__cause__ is not None and is_disk_full(exc.__cause__)
-            if full and not self.disk_full:
-                log.error("alerts.disk_full", error=str(exc),
-                          detail="state kept in memory until there is room")
-            elif not full and self.state_error is None:
-                log.error("alerts.state_write_failed", error=str(exc),
-                          detail="state kept in memory until it can be written")
-            self.disk_full = full
-            self.state_error = None if full else str(exc)
-            return
-        if self.disk_full:
-            log.warning("alerts.disk_room_again")
-        elif self.state_error is not None:
-            log.warning("alerts.state_written_again")
-        self.disk_full = False
-        self.state_error = None
-
     # ------------------------------------------------------------ the task
 
     def _pass(self, now: float) -> None:
+        if self.outbox.unconfirmed:
+            self._unconfirmed(now, "edge")
         while self._early:
             what, item = self._early.popleft()
             if what == "a":
@@ -284,6 +271,18 @@ class AlertEngine:
         self.center.timers(now)
         self.router.groups_pass(now)
 
+    async def _round(self, now: float) -> None:
+        """One pass: timers and groups, then the intent to send each due
+        message, committed with the pass's changes before any is handed to
+        its notifier (never twice: docs/alerts.md, "Delivery")."""
+        self._pass(now)
+        ds = self.outbox.pick(now)
+        if self.cluster is not None and ds:
+            ds = await self.cluster.allowed(ds, now)
+        self.outbox.mark(ds, now)
+        await self._writer.commit_or_hold()
+        self.outbox.start(ds)
+
     def open(self) -> None:
         """Load the state file. ``run()`` does it; tools and tests that drive
         the engine pass by pass (:meth:`step`) call it, then :meth:`shut`."""
@@ -294,17 +293,14 @@ class AlertEngine:
     async def step(self) -> None:
         """One pass at the clock's time, as ``run()`` makes them (timers,
         groups, commit, dispatch), and the sends it starts, awaited."""
-        now = self.clock()
-        self._pass(now)
-        self._commit_or_hold()
-        self.outbox.dispatch(now)
+        await self._round(self.clock())
         while self.outbox.inflight:
             await asyncio.gather(*list(self.outbox.inflight.values()),
                                  return_exceptions=True)
 
     def shut(self) -> None:
         """Write everything and close the state file (after :meth:`open`)."""
-        self._commit(history=True)
+        self._writer.commit(history=True)
         self._store.close()
         self._loaded = False
 
@@ -316,10 +312,7 @@ class AlertEngine:
         try:
             while True:
                 self._wake.clear()
-                now = self.clock()
-                self._pass(now)
-                self._commit_or_hold()
-                self.outbox.dispatch(now)
+                await self._round(self.clock())
                 # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a
                 # cancel that arrives just as the event is set.
                 with contextlib.suppress(TimeoutError):
@@ -328,7 +321,7 @@ class AlertEngine:
         finally:
             await self.outbox.cancel()
             with contextlib.suppress(Exception):
-                self._commit(history=True)
+                await self._writer.commit_async(history=True)
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)

@@ -1,7 +1,7 @@
 """Partition ownership across edge instances: leases in JetStream's
 key-value store (leases), fair shares and takeover (ownership), reading the owned partitions
 (source: fetch, hand over, fence, acknowledge), and the
-encoding of ids into key-value keys (keys). docs/scaling.md, "NATS".
+encoding of ids into key-value keys (keys). docs/scaling.md, "The NATS cluster".
 
 Imports only :mod:`farmedge.transport`, :mod:`farmedge.contract`,
 :mod:`farmedge.config` and :mod:`farmedge.logs` (tests/unit/test_import_rules.py)."""

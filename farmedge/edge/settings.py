@@ -49,6 +49,12 @@ class IngestSection(Section):
     #: one RFID gate plus the gateway's own sensors, and bounds a flooding
     #: gateway to a few thousand InfluxDB series.
     max_ids_per_gateway: Annotated[int, Field(ge=1)] = 2000
+    #: With open enrollment (no registry): at most this many gateways since
+    #: the edge started; messages of further ones are dead letters
+    #: (``open_enrollment_full``), so a client inventing gateway ids cannot
+    #: grow the edge's memory and InfluxDB's series without end. A county
+    #: with more gateways than this keeps a registry.
+    max_open_gateways: Annotated[int, Field(ge=1)] = 10_000
 
 
 class LogSection(Section):

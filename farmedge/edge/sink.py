@@ -19,13 +19,13 @@ reading the lines. docs/edge.md, "InfluxDB failures".
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from farmedge.backoff import jittered
 from farmedge.disk import is_disk_full
 from farmedge.logs import Throttle, get_logger
 from farmedge.storage.influx import WriteKind, WriteResult
@@ -224,8 +224,7 @@ class Sink:
     # -- InfluxDB ----------------------------------------------------------
     def backoff(self, attempt: int, retry_after: float | None) -> float:
         s = self._s
-        base = min(s.backoff_max_s, s.backoff_min_s * (2 ** min(attempt, 20)))
-        delay = random.uniform(base / 2, base)
+        delay = jittered(attempt, s.backoff_min_s, s.backoff_max_s)
         if retry_after is not None:
             delay = max(delay, min(retry_after, s.backoff_max_s * 4))
         return delay

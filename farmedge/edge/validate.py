@@ -222,6 +222,13 @@ class Validator:
                 return
             gw_meta = entry[1]
         elif key not in self._gateways:
+            if len(self._gateways) >= self._s.max_open_gateways:
+                out.rejected.append(self.reject(
+                    topic=msg.topic, reason="open_enrollment_full",
+                    detail=f"open enrollment took {len(self._gateways)} gateways "
+                    f"([ingest] max_open_gateways); list the county's gateways in a registry",
+                    raw=msg.payload, key=key))
+                return
             self._log.info("ingest.new_gateway", county=gt.county, farm=gt.farm,
                            gateway=gt.gateway, enrollment="open")
         state = self._gateways.get(key)

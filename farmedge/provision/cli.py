@@ -9,8 +9,10 @@ broker (Mosquitto's dynamic security plugin) and the registry.
   farmedge provision revoke --user edge
   farmedge provision import-passwd --passwd passwd --acl acl
   farmedge provision init
+  farmedge provision nats gateway|edge|admin|revoke|config ...   (a NATS cluster's users)
   farmedge provision influx [--env-file FILE]
   farmedge provision dashboards [--check]
+  farmedge provision nats-cluster [--check]
 
 With the broker running, changes are sent to it over MQTT as the plugin's
 administrator and apply at once: nobody else is disconnected, no reload.
@@ -153,9 +155,11 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
     from .dashboards import add_parser as add_dashboards_parser
     from .influx import add_parser as add_influx_parser
     from .nats_cli import add_parser as add_nats_parser
+    from .nats_cluster import add_parser as add_nats_cluster_parser
 
     add_influx_parser(psub)
     add_dashboards_parser(psub)
+    add_nats_cluster_parser(psub)
     add_nats_parser(psub)
 
 

@@ -137,7 +137,7 @@ _PROBE_COUNTY = "farmedge-probe"
 
 
 def edge_permissions(scope: EdgeScope) -> dict[str, Any]:
-    from farmedge.transport.nats import PARTITIONED_PREFIX, SUBJECT_PREFIX
+    from farmedge.transport.nats_conf import PARTITIONED_PREFIX, SUBJECT_PREFIX
 
     api = "$JS.API"
     pub = [f"{api}.INFO"]
@@ -265,7 +265,7 @@ def render_auth_conf(store: UserStore,
     """The part of every node's configuration that says who may do what: the
     users of the registry's ``gateways`` that have a credential, the
     services, and the partition mapping their permissions are written for."""
-    from farmedge.transport.nats import server_mappings
+    from farmedge.transport.nats_conf import server_mappings
 
     wanted = {gateway_path(*g): g for g in gateways}
     users: list[str] = []

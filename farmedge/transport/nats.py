@@ -29,7 +29,7 @@ filter ``$MQTT.msgs.farmp.v1.<p>.>``), are that interest, and the message
 stays until its consumer acknowledges it. A stream of the edge's own (any
 other ``stream`` name) captures ``farmp.v1.>`` as plain NATS messages: the
 server sends PUBACK without waiting for it, and loses what comes while the
-stream has no leader (docs/scaling.md, "NATS: what a PUBACK covers").
+stream has no leader (docs/scaling.md, "What a PUBACK covers").
 
 Acknowledgement. A fetched :class:`Batch` is acknowledged only when the caller
 says it is durable (:meth:`Batch.durable`: the readings are in InfluxDB); while
@@ -67,6 +67,7 @@ from nats.js.api import (
 
 from farmedge.logs import get_logger, redact_url
 
+from .nats_conf import PARTITIONED_PREFIX, SUBJECT_PREFIX, server_mapping_conf, server_mappings
 from .nats_settings import MQTT_STREAM, SourceSection
 
 __all__ = [
@@ -96,8 +97,6 @@ __all__ = [
 
 log = get_logger("farmedge.transport.nats")
 
-SUBJECT_PREFIX = "farm.v1"
-PARTITIONED_PREFIX = "farmp.v1"
 #: How the server names a QoS 1 MQTT message in its MQTT stream.
 MQTT_STREAM_PREFIX = "$MQTT.msgs."
 Channel = Literal["telemetry", "status"]
@@ -157,22 +156,6 @@ def parse_stored_subject(subject: str) -> StoredSubject:
         raise NatsTransportError(f"subject channel {channel[:20]!r} is not telemetry or status")
     return StoredSubject(int(parts[2]), id_of_token(parts[3]), id_of_token(parts[4]),
                          id_of_token(parts[5]), "telemetry" if channel == "telemetry" else "status")
-
-
-def server_mappings(partitions: int) -> dict[str, str]:
-    """The account subject mapping that partitions the gateways' subjects."""
-    return {
-        f"{SUBJECT_PREFIX}.*.*.*.*": (
-            f"{PARTITIONED_PREFIX}.{{{{partition({partitions},1,2)}}}}"
-            ".{{wildcard(1)}}.{{wildcard(2)}}.{{wildcard(3)}}.{{wildcard(4)}}"),
-    }
-
-
-def server_mapping_conf(partitions: int) -> str:
-    """The ``mappings`` block of every node's nats-server configuration (for
-    the account the gateways and the edge use; top level for the default one)."""
-    lines = [f'  "{src}": "{dest}"' for src, dest in server_mappings(partitions).items()]
-    return "mappings {\n" + "\n".join(lines) + "\n}\n"
 
 
 def filter_prefix(cfg: SourceSection) -> str:

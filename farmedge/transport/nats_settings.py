@@ -1,7 +1,7 @@
 """The ``[source]`` section: where the edge takes the gateways' messages from.
 
 ``kind = "mqtt"`` (the default) is the ``[mqtt]`` section's broker, as before.
-``kind = "nats"`` is a NATS cluster with JetStream (docs/scaling.md, "NATS"):
+``kind = "nats"`` is a NATS cluster with JetStream (docs/scaling.md, "The NATS cluster"):
 the gateways publish over MQTT to the cluster's MQTT listeners, a replicated
 stream keeps their telemetry and status, split into ``partitions`` by farm,
 and each partition is read by one durable consumer, owned by one edge at a
@@ -47,7 +47,7 @@ class SourceSection(Section):
     nats_ca_file: Path | None = None
     #: The replicated stream the edge reads: "$MQTT_msgs", the server's own
     #: stream of QoS 1 MQTT messages (a gateway's PUBACK then means the
-    #: message is in it: docs/scaling.md, "NATS: what a PUBACK covers"), or
+    #: message is in it: docs/scaling.md, "What a PUBACK covers"), or
     #: the name of a stream of the edge's own that captures the partitioned
     #: subjects (for publishers that are not MQTT clients; a PUBACK does not
     #: cover it).

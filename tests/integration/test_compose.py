@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ import yaml
 
 from farmedge.registry import load_registry
 from farmedge.simdata import make_farms
+from tests.compose_support import binds, docker_compose, dotenv, filled_env, interpolate
 from tests.stack_support import ROOT, Client, ShippedBroker
 from tests.support import eventually, make_payload
 
@@ -33,18 +33,6 @@ SERVICES = ("preflight", "mosquitto", "influxdb", "grafana", "edge", "simulator"
 def compose() -> dict[str, Any]:
     doc: dict[str, Any] = yaml.safe_load(COMPOSE.read_text())
     return doc
-
-
-def filled_env(tmp_path: Path) -> Path:
-    """.env.example with every required value set, as a site would."""
-    lines = []
-    for ln in (ROOT / ".env.example").read_text().splitlines():
-        if re.match(r"^[A-Z_]+=(change-me)?$", ln) and not ln.startswith("FARMEDGE_"):
-            ln = ln.split("=")[0] + "=s3cret-" + ln.split("=")[0].lower()
-        lines.append(ln)
-    env = tmp_path / ".env"
-    env.write_text("\n".join(lines) + "\n")
-    return env
 
 
 def test_compose_file_matches_the_compose_specification() -> None:
@@ -79,18 +67,12 @@ def test_every_service_restarts_has_a_healthcheck_and_binds_locally() -> None:
                                    "grafana-data", "edge-data"}
 
 
-def _binds(svc: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """target -> long-syntax bind mount of a service."""
-    return {v["target"]: v for v in svc.get("volumes", [])
-            if isinstance(v, dict) and v["type"] == "bind"}
-
-
 def test_files_the_services_need_are_long_syntax_binds() -> None:
     """A short-syntax bind of a missing ./registry.yaml makes an empty folder
     there (and the edge fails on a folder); the long syntax refuses to start
     instead ("bind source path does not exist")."""
     services = compose()["services"]
-    edge = _binds(services["edge"])
+    edge = binds(services["edge"])
     assert edge["/etc/farmedge/registry.yaml"]["source"] == \
         "${FARMEDGE_REGISTRY_FILE:-./registry.yaml}"
     assert edge["/etc/farmedge/registry.yaml"]["read_only"] is True
@@ -100,13 +82,13 @@ def test_files_the_services_need_are_long_syntax_binds() -> None:
     assert json.loads(services["edge"]["environment"]["FARMEDGE_ALERTS_RULES"]) == \
         ["/etc/farmedge/rules"]
     for name in ("preflight", "simulator"):
-        assert _binds(services[name])["/farmedge/preflight.sh"]["source"] == \
+        assert binds(services[name])["/farmedge/preflight.sh"]["source"] == \
             "./deploy/preflight.sh"
     # Every bind mount of a single file uses the long syntax.
     for name, svc in services.items():
         for vol in svc.get("volumes", []):
             if isinstance(vol, str) and vol.startswith(("./", "${")):
-                src = _interpolate(vol.split(":", 1)[0], {})
+                src = interpolate(vol.split(":", 1)[0], {})
                 assert (ROOT / src).is_dir(), (name, vol)
 
 
@@ -128,20 +110,20 @@ def _preflight(env: dict[str, str], svc: str = "preflight",
     s = compose()["services"][svc]
     entry = list(s["entrypoint"])
     assert entry[:2] == ["/bin/sh", "/farmedge/preflight.sh"]
-    script = ROOT / _binds(s)["/farmedge/preflight.sh"]["source"]
+    script = ROOT / binds(s)["/farmedge/preflight.sh"]["source"]
     args = [*entry[2:], *s.get("command", [])] if svc == "preflight" else entry[2:]
     if extra is not None:
         args = [a for a in args if a != "farmedge"] + extra
         if "--" in args:
             args = args[: args.index("--") + 1] + extra
-    values = {k: _interpolate(str(v), env) for k, v in s["environment"].items()}
+    values = {k: interpolate(str(v), env) for k, v in s["environment"].items()}
     return subprocess.run(["sh", str(script), *args], capture_output=True, text=True,
                           timeout=30, check=False,
                           env={"PATH": os.environ["PATH"], **values})
 
 
 def test_preflight_refuses_placeholder_passwords(tmp_path: Path) -> None:
-    shipped = _dotenv(ROOT / ".env.example")
+    shipped = dotenv(ROOT / ".env.example")
     shipped["EDGE_MQTT_PASSWORD"] = "unset"
     out = _preflight(shipped)
     assert out.returncode == 1
@@ -149,7 +131,7 @@ def test_preflight_refuses_placeholder_passwords(tmp_path: Path) -> None:
                 "INFLUX_EDGE_PASSWORD", "INFLUX_GRAFANA_PASSWORD", "EDGE_MQTT_PASSWORD"):
         assert var in out.stderr, var
     assert "refusing to start" in out.stderr and "change-me" not in out.stdout
-    site = _dotenv(filled_env(tmp_path))
+    site = dotenv(filled_env(tmp_path))
     ok = _preflight(site)
     assert ok.returncode == 0, ok.stderr
     site["INFLUX_ADMIN_TOKEN"] = "Change-Me"
@@ -216,7 +198,7 @@ def test_the_image_has_the_dev_tooling_only_in_its_demo_target() -> None:
     assert "pip wheel --no-cache-dir --no-deps --wheel-dir /devwheels ./tools" in \
         stages["devbuild"][1]
     assert "COPY --from=devbuild /devwheels" in stages["demo"][1]
-    assert '".[edge,alerts]"' in stages["build"][1]
+    assert '".[edge,alerts,nats]"' in stages["build"][1]
     assert 'ENTRYPOINT ["farmedge"]' in runtime and 'CMD ["edge", "run"]' in runtime
     services = compose()["services"]
     assert services["edge"]["build"]["target"] == "edge"
@@ -225,15 +207,8 @@ def test_the_image_has_the_dev_tooling_only_in_its_demo_target() -> None:
     assert services["simulator"]["entrypoint"][-1] == "farmedge"
 
 
-def _docker_compose() -> str:
-    tool = shutil.which("docker-compose")
-    if tool is None:
-        pytest.skip("docker-compose is not installed (scripts/bootstrap installs Debian's)")
-    return tool
-
-
 def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
-    tool = _docker_compose()
+    tool = docker_compose()
     env = filled_env(tmp_path)
     base = [tool, "--project-directory", str(ROOT), "-f", str(COMPOSE), "--env-file", str(env)]
     out = subprocess.run([*base, "config"], capture_output=True, text=True, check=False)
@@ -259,7 +234,7 @@ def test_docker_compose_config_accepts_the_file(tmp_path: Path) -> None:
 
 
 def test_docker_compose_refuses_to_start_without_passwords(tmp_path: Path) -> None:
-    tool = _docker_compose()
+    tool = docker_compose()
     env = tmp_path / ".env"
     env.write_text("FARMEDGE_BIND=127.0.0.1\n")
     out = subprocess.run([tool, "--project-directory", str(ROOT), "-f", str(COMPOSE),
@@ -397,28 +372,6 @@ if args[:2] == ["bucket", "list"]:
     assert "every: 1h" in task["file"]
 
 
-def _dotenv(path: Path) -> dict[str, str]:
-    out = {}
-    for ln in path.read_text().splitlines():
-        if ln and not ln.startswith("#") and "=" in ln:
-            k, v = ln.split("=", 1)
-            out[k] = v
-    return out
-
-
-def _interpolate(value: str, env: dict[str, str]) -> str:
-    """Compose's ${VAR}, ${VAR:-default} and ${VAR:?error} interpolation."""
-    def sub(m: re.Match[str]) -> str:
-        name, op, arg = m.group(1), m.group(2), m.group(3)
-        if env.get(name):
-            return env[name]
-        if op == ":?":
-            raise AssertionError(f"{name} unset: {arg}")
-        return arg or ""
-
-    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", sub, value)
-
-
 @pytest.mark.servers
 @pytest.mark.slow
 def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
@@ -437,7 +390,7 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
     )
 
     env_file = filled_env(tmp_path)
-    site = _dotenv(env_file)
+    site = dotenv(env_file)
     # The InfluxDB users as the site's .env names them.
     site.update({"INFLUX_EDGE_USER": ENV["INFLUX_EDGE_USER"],
                  "INFLUX_EDGE_PASSWORD": ENV["INFLUX_EDGE_PASSWORD"],
@@ -455,7 +408,7 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
 
         svc = compose()["services"]["edge"]
         http_port = _free_port()
-        env = {k: _interpolate(str(v), site) for k, v in svc["environment"].items()}
+        env = {k: interpolate(str(v), site) for k, v in svc["environment"].items()}
         env.update({
             "FARMEDGE_MQTT_URL": env["FARMEDGE_MQTT_URL"].replace(
                 "mosquitto:1883", f"127.0.0.1:{broker.port}"),
@@ -463,7 +416,7 @@ def test_edge_service_runs_as_compose_configures_it(tmp_path: Path) -> None:
             "FARMEDGE_HTTP_HOST": "127.0.0.1", "FARMEDGE_HTTP_PORT": str(http_port),
             "FARMEDGE_DATA_DIR": str(tmp_path / "edge-data"),
         })
-        mounts = {t: _interpolate(v["source"], site) for t, v in _binds(svc).items()}
+        mounts = {t: interpolate(v["source"], site) for t, v in binds(svc).items()}
         env["FARMEDGE_REGISTRY"] = mounts[env["FARMEDGE_REGISTRY"]]
         env["FARMEDGE_ALERTS_RULES"] = json.dumps(
             [str(ROOT / mounts[p]) for p in json.loads(env["FARMEDGE_ALERTS_RULES"])])

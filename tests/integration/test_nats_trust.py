@@ -410,6 +410,13 @@ def test_gateway_b_taking_gateway_a_s_session(secured: Secured, edge_cfg: Source
         time.sleep(0.05)
     assert len(a.disconnects) > a_online, "A was not disconnected"
     a.kill()  # A stays away for now (its client would come back at once)
+    # Who holds A's client id, as a node's monitoring endpoint tells it.
+    _, connz = secured.cluster.nodes[1].monitor("/connz?auth=true")
+    conns = connz.get("connections") or []
+    assert isinstance(conns, list)
+    assert any(c.get("mqtt_client") == secured.gateways["A"]["client_id"]
+               and c.get("authorized_user") == secured.gateways["B"]["username"]
+               for c in conns), conns
     forged = [b.publish(topic(A, "telemetry"), b"forged-by-b"),
               b.publish(topic(B, "telemetry"), b"b-own-under-a-id")]
     assert b.wait_acked(forged)
@@ -421,6 +428,16 @@ def test_gateway_b_taking_gateway_a_s_session(secured: Secured, edge_cfg: Source
     assert a2.wait_acked(after)
     a2.kill()  # A's will does fire when A itself goes away
 
+    # With a clean session, B erases A's: A's next CONNACK has no session.
+    b2 = gw(secured, "B", client_id=secured.gateways["A"]["client_id"], clean=True)
+    assert (b2.connect() or (-1,))[0] == 0
+    b2.close()
+    a3 = gw(secured, "A", reconnect_s=60)
+    assert a3.connect() == (0, False)
+    a3.close()
+    logs = "".join(n.log_tail(10**7) for n in secured.cluster.nodes)
+    assert "same client ID" in logs
+
     got = run(_drain(edge_cfg, quiet_s=3.0))
     a_tel = sorted(d for g, ch, d in got if g == "gw-a" and ch == "telemetry")
     assert a_tel == sorted([f"a{i}".encode() for i in range(10)]
@@ -431,3 +448,30 @@ def test_gateway_b_taking_gateway_a_s_session(secured: Secured, edge_cfg: Source
     assert b"b-wrote-a-will" not in statuses  # B's will on A's topic: refused
     assert ("gw-b", "telemetry", b"b-own-under-a-id") in got  # B publishes as B
 
+
+
+def test_a_revoked_gateway_is_closed_at_the_reload_and_refused(secured: Secured) -> None:
+    """`provision nats revoke`, then a reload signal to every node: B's
+    connection is closed and B refused from then on; A, connected
+    meanwhile, is not disconnected and goes on publishing. (Last in the
+    module: B stays revoked.)"""
+    a = gw(secured, "A", reconnect_s=60)
+    b = gw(secured, "B", node=2, reconnect_s=60)
+    assert (a.connect() or (-1,))[0] == 0 and (b.connect() or (-1,))[0] == 0
+    assert main(["provision", "nats", "revoke", "--county", B[0], "--farm", B[1], "--gateway",
+                 B[2], "--nats-dir", str(secured.nats_dir), "--registry",
+                 str(secured.registry)]) == 0
+    secured.cluster.reload()
+    deadline = time.monotonic() + 30
+    while not b.disconnects and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert b.disconnects, "the revoked gateway was not disconnected"
+    b.kill()
+    again = gw(secured, "B", node=0, reconnect_s=60)
+    rc = again.connect(timeout=10)
+    assert rc is None or rc[0] != 0
+    again.kill()
+    assert a.disconnects == []
+    mids = [a.publish(topic(A, "telemetry"), b"after-reload")]
+    assert a.wait_acked(mids)
+    a.close()

@@ -11,7 +11,7 @@ its key-value store) with
   as on a real machine);
 * routes to the two other nodes;
 * the subject mapping that partitions the gateways' subjects by farm, and
-  the server's MQTT streams with three replicas (docs/scaling.md, "NATS").
+  the server's MQTT streams with three replicas (docs/scaling.md, "The NATS cluster").
 
 Readiness is polled, never slept for: a node is ready when its monitoring
 endpoint's ``/healthz`` says JetStream is healthy (it has a meta leader and
@@ -42,6 +42,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -49,12 +50,13 @@ import sysconfig
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
-from farmedge.transport.nats import server_mapping_conf
+from farmedge.transport.nats_conf import NodeConf, NodeTls, node_conf
 from farmedge_dev.devservers import ServerError, _Proc, free_port
 from farmedge_dev.tlscerts import CertFiles
 
@@ -101,12 +103,6 @@ class NatsSecurity:
     auth_conf: Path
     certs: CertFiles
 
-    def tls_block(self, verify: bool = False) -> str:
-        c = self.certs
-        return (f'tls {{ cert_file: "{c.cert_file}", key_file: "{c.key_file}", '
-                f'ca_file: "{c.ca_file}", timeout: 5' + (", verify: true" if verify else "")
-                + " }")
-
 
 @dataclass
 class NatsNode(_Proc):
@@ -129,60 +125,48 @@ class NatsNode(_Proc):
         return f"{'mqtts' if self.security else 'mqtt'}://127.0.0.1:{self.mqtt_port}"
 
     def conf_text(self, peers: list[NatsNode], cluster_name: str, partitions: int) -> str:
-        replicas = min(3, len(peers) + 1)
-        routes = ",\n    ".join(f'"nats-route://127.0.0.1:{p.cluster_port}"' for p in peers)
-        store = self.workdir / "jetstream"
-        return f"""
-server_name: "{self.name}"
-listen: "127.0.0.1:{self.client_port}"
-http: "127.0.0.1:{self.http_port}"
-max_payload: 1MB
-{self._sec("client")}
-jetstream {{
-  store_dir: "{store}"
-  max_memory_store: 256MB
-  max_file_store: 4GB
-}}
-cluster {{
-  name: "{cluster_name}"
-  listen: "127.0.0.1:{self.cluster_port}"
-  {self._sec("route")}
-  routes: [
-    {routes}
-  ]
-}}
-mqtt {{
-  listen: "127.0.0.1:{self.mqtt_port}"
-  {self._sec("mqtt")}
-  # Redeliver an unacknowledged QoS 1 message to a subscriber after 10 s.
-  ack_wait: "10s"
-  max_ack_pending: 10000
-  # The server's own MQTT streams (sessions, QoS 1 messages with MQTT
-  # subscribers, retained messages) on every node: left to itself the
-  # server picks the replicas from the nodes it knows at the first MQTT
-  # connection, which can be 2 of 3 during start-up, and an R2 stream
-  # stalls when either node dies.
-  stream_replicas: {replicas}
-}}
-{self._sec("auth") or server_mapping_conf(partitions)}"""
+        """This node's configuration: farmedge.transport.nats_conf's, the
+        generator of the compose layout's deploy/nats/ files too, with the
+        node's loopback ports and folder."""
+        return node_conf(NodeConf(
+            name=self.name, listen=f"127.0.0.1:{self.client_port}",
+            cluster_listen=f"127.0.0.1:{self.cluster_port}",
+            mqtt_listen=f"127.0.0.1:{self.mqtt_port}",
+            http_listen=f"127.0.0.1:{self.http_port}",
+            store_dir=str(self.workdir / "jetstream"),
+            routes=[f"127.0.0.1:{p.cluster_port}" for p in peers],
+            cluster_name=cluster_name, partitions=partitions,
+            mqtt_replicas=min(3, len(peers) + 1), tls=self._tls(),
+            auth_include=self._auth_include()))
 
-    def _sec(self, where: str) -> str:
-        """The TLS block of a listener, or the authorization include (with
-        the partition mapping in its account); nothing without security."""
-        sec = self.security
-        if sec is None:
-            return ""
-        if where == "auth":
-            # nats-server takes include paths relative to the including file.
-            rel = os.path.relpath(sec.auth_conf.resolve(), self.workdir.resolve())
-            return f'include "{rel}"\n'
-        return sec.tls_block(verify=where == "route")
+    def _tls(self) -> NodeTls | None:
+        if self.security is None:
+            return None
+        c = self.security.certs
+        return NodeTls(cert_file=str(c.cert_file), key_file=str(c.key_file),
+                       ca_file=str(c.ca_file))
+
+    def _auth_include(self) -> str | None:
+        if self.security is None:
+            return None
+        # nats-server takes include paths relative to the including file.
+        return os.path.relpath(self.security.auth_conf.resolve(), self.workdir.resolve())
 
     def spawn(self, peers: list[NatsNode], cluster_name: str, partitions: int) -> None:
+        self.spawn_conf(self.conf_text(peers, cluster_name, partitions))
+
+    def spawn_conf(self, text: str,
+                   command: Sequence[str] = ("nats-server", "-c", "{conf}")) -> None:
+        """Start the server with this configuration (its ports must be this
+        node's). ``command`` is its command line: ``nats-server`` stands for
+        the binary, ``{conf}`` for the configuration file."""
         self.workdir.mkdir(parents=True, exist_ok=True)
         conf = self.workdir / "nats.conf"
-        conf.write_text(self.conf_text(peers, cluster_name, partitions))
-        self._spawn([nats_server_binary(), "-c", str(conf)])
+        conf.write_text(text)
+        argv = [a.replace("{conf}", str(conf)) for a in command]
+        if argv and argv[0] == "nats-server":
+            argv[0] = nats_server_binary()
+        self._spawn(argv)
 
     def monitor(self, path: str) -> tuple[int, dict[str, object]]:
         """GET the monitoring endpoint: (HTTP status, JSON body)."""
@@ -256,6 +240,13 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def reload(self) -> None:
+        """SIGHUP every running node: it re-reads its configuration (users,
+        permissions) without a restart."""
+        for node in self.nodes:
+            if node.running() and node.proc is not None:
+                node.proc.send_signal(signal.SIGHUP)
 
     def kill(self, index: int) -> None:
         """SIGKILL one node (no goodbye to its peers or clients)."""

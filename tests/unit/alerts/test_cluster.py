@@ -1,76 +1,311 @@
-"""The alert engine in cluster mode, without servers: the fence before a
-send, partitions gained and lost, the rows of a partition. The fence and the
-partition store are fakes passed by constructor (the real ones, over
-JetStream's key-value store, are tested in
+"""The alert engine in cluster mode and "never twice", without servers: the
+fence before a send, partitions gained and lost, an intent to send found
+unconfirmed. The fence and the partition store are fakes passed by
+constructor (the real ones, over JetStream's key-value store, are tested in
 tests/integration/test_alerts_cluster.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import copy
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
-from farmedge.alerts.cluster import farm_of_row
+from farmedge.alerts.cluster import Rows, farm_of_row
+from farmedge.registry import Contact
 
-from .support import farm_registry, local_ts, make_rig, rules_file
+from .support import FakeNotifier, Rig, farm_registry, local_ts, make_rig, rules_file
 
 SMS = "json://127.0.0.1:9/sms"
+OPS = "json://127.0.0.1:9/ops"
+DRY12 = "3号地土壤偏干：含水量12%（适宜22–30%），请24小时内灌溉。"
 
 
 class FakeFence:
-    """Every farm in partition 3; ``ours`` says whether the lease is held."""
+    """Every farm in partition 3. ``owned_`` is what the instance believes,
+    ``valid`` what the key-value store would say."""
 
-    def __init__(self, ours: bool = True) -> None:
-        self.ours = ours
+    def __init__(self, owned: set[int] | None = None, valid: bool = True) -> None:
+        self.owned_ = {3} if owned is None else owned
+        self.valid = valid
         self.checks: list[int] = []
 
     def partition_of(self, county: str, farm: str) -> int:
         return 3
 
     def owned(self) -> frozenset[int]:
-        return frozenset({3}) if self.ours else frozenset()
+        return frozenset(self.owned_)
 
     async def check(self, partition: int) -> bool:
         self.checks.append(partition)
-        return self.ours
+        return self.valid and partition in self.owned_
 
 
-def _dry_rig(tmp_path: Path):  # type: ignore[no-untyped-def]
-    from farmedge.registry import Contact
-    reg = farm_registry(sensors=1, contacts=[Contact(name="王", notify=[SMS])])
-    return make_rig(reg, rules=rules_file(tmp_path), start=local_ts(2026, 6, 10, 10))
+class FakeStore:
+    """A partition store in a dict, rows kept as JSON (as the real one)."""
+
+    def __init__(self) -> None:
+        self.data: dict[int, dict[str, dict[str, str]]] = {}
+        self.writes = 0
+
+    async def load(self, partition: int) -> Rows:
+        return {t: {k: json.loads(v) for k, v in rows.items()}
+                for t, rows in self.data.get(partition, {}).items()}
+
+    async def write(self, partition: int,
+                    changes: Mapping[str, Mapping[str, Any | None]]) -> None:
+        self.writes += 1
+        part = self.data.setdefault(partition, {})
+        for t, rows in changes.items():
+            tab = part.setdefault(t, {})
+            for k, v in rows.items():
+                if v is None:
+                    tab.pop(k, None)
+                else:
+                    tab[k] = json.dumps(v, ensure_ascii=False)
+
+
+class Blocking(FakeNotifier):
+    """Takes a message and never answers (the edge dies mid-send)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started: list[str] = []
+
+    async def send(self, url: str, *, title: str, body: str) -> None:
+        self.started.append(body)
+        await asyncio.Event().wait()
+
+
+def _registry():  # type: ignore[no-untyped-def]
+    return farm_registry(sensors=1, contacts=[Contact(name="王", notify=[SMS])],
+                         center=[Contact(name="值班", notify=[OPS])])
+
+
+def _rig(tmp_path: Path, **kw: Any) -> Rig:
+    return make_rig(_registry(), rules=rules_file(tmp_path), start=local_ts(2026, 6, 10, 10),
+                    **kw)
+
+
+async def _dry(rig: Rig, steps: int = 4) -> None:
+    for _ in range(steps):
+        rig.feed({"soil-1": 12})
+        await rig.step(600)
 
 
 async def test_a_fenced_engine_sends_nothing_and_keeps_the_message(tmp_path: Path) -> None:
-    rig = _dry_rig(tmp_path)
-    fence = FakeFence(ours=False)
+    rig = _rig(tmp_path)
+    fence = FakeFence(valid=False)     # believes it owns 3; the store says not
     rig.engine.attach_fence(fence)
-    for _ in range(4):
-        rig.feed({"soil-1": 12})
-        await rig.step(600)
+    await _dry(rig)
     assert rig.events("raise") == ["raise"]
-    assert rig.notifier.sent == []
+    assert rig.notifier.messages(SMS) == []
     assert fence.checks and set(fence.checks) == {3}
-    assert len(rig.engine.outbox.items) == 1
+    assert [d.farm for d in rig.engine.outbox.items.values()] == ["wang-12"]
     assert rig.engine.stats["fenced"] >= 1
-    # The fence lets it through again (the lease was ours after all): sent once.
-    fence.ours = True
+    # The lease was ours after all: sent, once.
+    fence.valid = True
     await rig.step(10)
-    assert rig.notifier.messages(SMS) == [
-        "3号地土壤偏干：含水量12%（适宜22–30%），请24小时内灌溉。"]
+    await rig.step(10)
+    assert rig.notifier.messages(SMS) == [DRY12]
     assert rig.engine.outbox.items == {}
     rig.close()
 
 
-async def test_an_engine_with_its_lease_sends_as_without_a_fence(tmp_path: Path) -> None:
-    rig = _dry_rig(tmp_path)
-    fence = FakeFence(ours=True)
+async def test_one_fence_check_per_partition_per_pass(tmp_path: Path) -> None:
+    reg = farm_registry(sensors=1, contacts=[Contact(name="王", notify=[SMS, "json://x/b"])])
+    rig = make_rig(reg, rules=rules_file(tmp_path), start=local_ts(2026, 6, 10, 10))
+    fence = FakeFence()
     rig.engine.attach_fence(fence)
-    await rig.engine.partition_gained(3)
-    for _ in range(4):
-        rig.feed({"soil-1": 12})
-        await rig.step(600)
-    assert len(rig.notifier.sent) == 1 and fence.checks == [3]
-    await rig.engine.partition_lost(3)
+    await _dry(rig)
+    assert len(rig.notifier.sent) == 2 and fence.checks == [3]
     rig.close()
+
+
+async def test_an_intent_found_unconfirmed_after_a_restart_goes_to_operators(
+        tmp_path: Path) -> None:
+    """The edge dies while the notifier has the message: on restart it is
+    not sent again; the operators hear of it and it is recorded."""
+    state = tmp_path / "alerts.sqlite"
+    blocking = Blocking()
+    rig = _rig(tmp_path, state_path=state, notifier=blocking)
+    for _ in range(3):
+        rig.feed({"soil-1": 12})
+        rig.clock.t += 600
+        await rig.engine._round(rig.clock())
+    await asyncio.sleep(0)
+    assert blocking.started == [DRY12]
+    # A crash: nothing more is written (no shut); the state file is all that is left.
+    for t in rig.engine.outbox.inflight.values():
+        t.cancel()
+    rig.engine._store.close()
+    again = _rig(tmp_path, state_path=state)
+    await again.step(60)
+    await again.step(60)
+    assert again.notifier.messages(SMS) == []
+    ops = again.notifier.messages(OPS)
+    assert len(ops) == 1 and "1条" in ops[0] and "王" in ops[0], ops
+    assert again.events("unconfirmed") == ["unconfirmed"]
+    assert again.engine.stats["unconfirmed"] == 1
+    assert again.engine.outbox.items == {}
+    again.close()
+    # and only once: a third start finds nothing open
+    third = _rig(tmp_path, state_path=state)
+    await third.step(60)
+    assert third.notifier.sent == [] and third.events("unconfirmed") == []
+    third.close()
+
+
+async def test_a_failed_attempt_is_no_open_intent(tmp_path: Path) -> None:
+    """A notifier that says "not delivered" closes the intent: after a
+    restart the retry is sent, nobody is told of an unconfirmed one."""
+    state = tmp_path / "alerts.sqlite"
+    rig = _rig(tmp_path, state_path=state)
+    rig.notifier.fail_next = 1
+    await _dry(rig, 2)
+    assert rig.events("failed") == ["failed"] and rig.notifier.sent == []
+    rig.close()
+    again = _rig(tmp_path, state_path=state, clock=rig.clock)
+    await again.step(600)
+    assert again.notifier.messages(SMS) == [DRY12]
+    assert again.events("unconfirmed") == []
+    again.close()
+
+
+async def test_the_intent_is_committed_before_the_notifier_has_the_message(
+        tmp_path: Path) -> None:
+    state = tmp_path / "alerts.sqlite"
+    seen: list[object] = []
+    rig = _rig(tmp_path, state_path=state)
+
+    def look(d: object, now: float) -> None:
+        rows = {k: json.loads(v) for k, v in rig.engine._store._db.execute(  # type: ignore[union-attr]
+            "SELECT key, data FROM outbox")}
+        seen.append([r["sending"] for r in rows.values()] == [d.sending])  # type: ignore[attr-defined]
+
+    rig.engine.on_dispatch = look
+    await _dry(rig)
+    assert seen == [True]
+    rig.close()
+
+
+# ------------------------------------------------------------------ handover
+
+
+def _pair(tmp_path: Path) -> tuple[Rig, Rig, FakeFence, FakeFence, FakeStore]:
+    store = FakeStore()
+    fa, fb = FakeFence({3}), FakeFence(set())
+    a = _rig(tmp_path / "a")
+    b = _rig(tmp_path / "b", clock=a.clock)
+    a.engine.attach_fence(fa, store=store)
+    b.engine.attach_fence(fb, store=store)
+    return a, b, fa, fb, store
+
+
+def _dirs(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+
+
+async def test_a_pending_alert_fires_once_from_the_new_owner(tmp_path: Path) -> None:
+    _dirs(tmp_path)
+    a, b, fa, fb, store = _pair(tmp_path)
+    await a.engine.partition_gained(3)
+    await b.engine.partition_gained(99)      # b runs, owns something else
+    a.feed({"soil-1": 12})                  # pending, not yet 20 min
+    await a.step(600)
+    assert a.engine.firing() == [("test-dry/soil-dry", "sensor:gw-1/soil-1", "pending")]
+    assert store.data[3]["states"]
+    # a dies (no partition_lost); its lease expires, b takes partition 3
+    fa.owned_ = set()
+    fb.owned_ = {3}
+    await b.engine.partition_gained(3)
+    assert b.engine.firing() == [("test-dry/soil-dry", "sensor:gw-1/soil-1", "pending")]
+    b.feed({"soil-1": 12})
+    await b.step(600)
+    await b.step(600)
+    assert b.notifier.messages(SMS) == [DRY12]
+    assert a.notifier.sent == []
+    # a, fenced, sends nothing even if it still runs
+    await a.step(600)
+    assert a.notifier.sent == []
+    assert b.events("raise") == ["raise"]
+
+
+async def test_a_firing_alert_is_not_sent_again_after_the_handover(tmp_path: Path) -> None:
+    _dirs(tmp_path)
+    a, b, fa, fb, store = _pair(tmp_path)
+    await a.engine.partition_gained(3)
+    await _dry(a)
+    assert a.notifier.messages(SMS) == [DRY12]
+    await a.step(1)     # the confirmation (the delivery removed) committed
+    await a.engine.partition_lost(3)     # a clean handover (a rebalance)
+    assert a.engine.firing() == [] and a.engine.machine.groups == {}
+    assert store.data[3]["states"] and store.data[3]["groups"]
+    assert store.data[3].get("outbox", {}) == {}
+    fa.owned_, fb.owned_ = set(), {3}
+    await b.engine.partition_gained(3)
+    for _ in range(3):
+        b.feed({"soil-1": 12})
+        await b.step(600)
+    assert b.notifier.sent == []
+    assert b.engine.firing() == [("test-dry/soil-dry", "sensor:gw-1/soil-1", "firing")]
+    # it clears once, from b
+    for _ in range(4):
+        b.feed({"soil-1": 28})
+        await b.step(600)
+    assert b.notifier.messages(SMS) == ["3号地土壤水分已恢复：含水量28%。"]
+
+
+async def test_an_intent_unconfirmed_at_a_takeover_goes_to_operators(tmp_path: Path) -> None:
+    _dirs(tmp_path)
+    store = FakeStore()
+    fa, fb = FakeFence({3}), FakeFence(set())
+    blocking = Blocking()
+    a = _rig(tmp_path / "a", notifier=blocking)
+    b = _rig(tmp_path / "b", clock=a.clock)
+    a.engine.attach_fence(fa, store=store)
+    b.engine.attach_fence(fb, store=store)
+    await a.engine.partition_gained(3)
+    for _ in range(3):
+        a.feed({"soil-1": 12})
+        a.clock.t += 600
+        await a.engine._round(a.clock())
+    await asyncio.sleep(0)
+    assert blocking.started == [DRY12]
+    snapshot = copy.deepcopy(store.data)       # what the store holds as a dies
+    for t in a.engine.outbox.inflight.values():
+        t.cancel()
+    store.data = snapshot
+    fa.owned_, fb.owned_ = set(), {3}
+    await b.engine.partition_gained(3)
+    await b.step(10)
+    await b.step(10)
+    assert b.notifier.messages(SMS) == []
+    ops = b.notifier.messages(OPS)
+    assert len(ops) == 1 and "partition 3" in ops[0], ops
+    assert b.events("unconfirmed") == ["unconfirmed"]
+    assert store.data[3].get("outbox", {}) == {}
+
+
+async def test_gateways_of_other_partitions_are_not_offline(tmp_path: Path) -> None:
+    """Cluster mode: silence counts only for the farms of owned partitions,
+    and from the partition's gain (not the engine's start)."""
+    rig = _rig(tmp_path)
+    fence = FakeFence(set())
+    rig.engine.attach_fence(fence, store=FakeStore())
+    for _ in range(12):
+        await rig.step(600)
+    assert rig.engine.firing() == []
+    fence.owned_ = {3}
+    await rig.engine.partition_gained(3)
+    await rig.step(600)
+    assert rig.engine.firing() == []
+    for _ in range(6):
+        await rig.step(600)
+    assert [f[1] for f in rig.engine.firing()] == ["gateway:gw-1"]
 
 
 def test_each_row_of_the_state_names_its_farm_or_none() -> None:

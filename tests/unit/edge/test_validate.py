@@ -226,3 +226,22 @@ def test_the_records_of_a_failure_and_of_a_refused_line() -> None:
     line = dead_letter_line(Rejected("r", "d", "t", None, None, None, 3, "e", 7, 1), "e\\ 1")
     assert line == ('ingest_errors,edge=e\\ 1,reason=r,slot=1 county="_",farm="_",gateway="_",'
                     'topic="t",detail="d",excerpt="e",count=1i,reading_index=3i 7')
+
+
+def test_open_enrollment_takes_at_most_max_open_gateways() -> None:
+    """Without a registry every new gateway id was taken: a client inventing
+    ids grew the edge's state and InfluxDB's series without end. Past the
+    limit a new gateway's messages are dead letters; known ones go on."""
+    val = _validator(max_open_gateways=2)
+    for gw in ("gw-1", "gw-2"):
+        v = val.validate(_msg(make_payload(gw, 1, [_reading("s1")]),
+                              topic=f"farm/v1/c1/f1/{gw}/telemetry"))
+        assert len(v.lines) == 1
+    v = val.validate(_msg(make_payload("gw-3", 1, [_reading("s1")]),
+                          topic="farm/v1/c1/f1/gw-3/telemetry"))
+    assert v.lines == []
+    [rej] = v.rejected
+    assert (rej.reason, rej.gateway) == ("open_enrollment_full", "gw-3")
+    assert "max_open_gateways" in rej.detail
+    v = val.validate(_msg(make_payload("gw-1", 2, [_reading("s2")])))
+    assert len(v.lines) == 1 and v.rejected == []

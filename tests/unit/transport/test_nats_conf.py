@@ -1,0 +1,71 @@
+"""The NATS nodes' configuration: one generator (farmedge.transport.nats_conf)
+for the test cluster and the compose layout's committed files, which
+``farmedge provision nats-cluster --check`` keeps current. No server here:
+tests/integration/test_compose_cluster.py runs the committed files."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from farmedge.cli import main
+from farmedge.provision import nats_cluster
+from farmedge.transport.nats_conf import NodeConf, node_conf, server_mapping_conf
+from farmedge.transport.nats_settings import SourceSection
+
+ROOT = Path(__file__).resolve().parents[3]
+DEPLOY = ROOT / "deploy" / "nats"
+
+
+def test_the_committed_node_files_are_what_the_command_writes() -> None:
+    assert main(["provision", "nats-cluster", "--check", "--out", str(DEPLOY)]) == 0
+    assert sorted(p.name for p in DEPLOY.glob("*.conf")) == [
+        "nats-1.conf", "nats-2.conf", "nats-3.conf"]
+
+
+def test_check_fails_on_a_stale_or_stray_file(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "nats"
+    assert main(["provision", "nats-cluster", "--out", str(out)]) == 0
+    assert main(["provision", "nats-cluster", "--check", "--out", str(out)]) == 0
+    # Another partition count is another file: the committed one is stale.
+    assert main(["provision", "nats-cluster", "--check", "--out", str(out),
+                 "--partitions", "32"]) == 1
+    assert "out of date (run farmedge provision nats-cluster)" in capsys.readouterr().err
+    (out / "nats-2.conf").write_text((out / "nats-2.conf").read_text() + "# edited\n")
+    assert main(["provision", "nats-cluster", "--check", "--out", str(out)]) == 1
+    assert "nats-2.conf" in capsys.readouterr().err
+    assert main(["provision", "nats-cluster", "--out", str(out)]) == 0
+    (out / "nats-4.conf").write_text("")
+    assert main(["provision", "nats-cluster", "--check", "--out", str(out)]) == 1
+    assert "nats-4.conf" in capsys.readouterr().err
+
+
+def test_every_node_routes_to_the_others_with_the_edges_partitions() -> None:
+    files = nats_cluster.files(Path("x"), ["a.example.org", "b.example.org", "c.example.org"])
+    assert [p.name for p in files] == ["a.example.org.conf", "b.example.org.conf",
+                                       "c.example.org.conf"]
+    default = SourceSection().partitions
+    for path, text in files.items():
+        host = path.name.removesuffix(".conf")
+        assert f'server_name: "{host}"' in text
+        routes = set(re.findall(r'"nats-route://([^"]+)"', text))
+        assert routes == {f"{h}:6222" for h in ("a.example.org", "b.example.org",
+                                                "c.example.org") if h != host}
+        assert "stream_replicas: 3" in text
+        assert server_mapping_conf(default) in text
+        assert 'store_dir: "/data/jetstream"' in text
+
+
+def test_a_smaller_cluster_sizes_the_mqtt_streams_to_it() -> None:
+    [text] = nats_cluster.files(Path("x"), ["solo"]).values()
+    assert "stream_replicas: 1" in text and "routes: [\n    \n  ]" in text
+
+
+def test_a_setting_with_a_quote_is_refused() -> None:
+    with pytest.raises(ValueError, match="no quotes"):
+        node_conf(NodeConf(name='a"b', listen="x:1", cluster_listen="x:2", mqtt_listen="x:3",
+                           http_listen="x:4", store_dir="/d", routes=[]))
+    assert main(["provision", "nats-cluster", "--hosts", "a,a", "--out", "/nonexistent"]) == 2
