@@ -9,7 +9,7 @@ Imports only :mod:`farmedge.transport`, :mod:`farmedge.contract`,
 from .keys import KeyCodingError, decode_token, encode_token, instance_key, lease_key
 from .leases import Fenced, Holder, Lease, LeaseError, LeaseLost, LeaseStore
 from .ownership import Ownership, fair_share
-from .source import Handler, PartitionedSource
+from .source import Handler, PartitionedSource, PartitionHook
 
 __all__ = [
     "Fenced",
@@ -21,6 +21,7 @@ __all__ = [
     "LeaseLost",
     "LeaseStore",
     "Ownership",
+    "PartitionHook",
     "PartitionedSource",
     "decode_token",
     "encode_token",
