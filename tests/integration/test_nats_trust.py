@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import queue
 import ssl
 import threading
@@ -29,9 +30,12 @@ from farmedge.cli import main
 from farmedge.cluster.leases import LeaseError, LeaseStore
 from farmedge.transport import nats as tn
 from farmedge.transport.nats_settings import SourceSection
+from farmedge_dev.devservers import InfluxServer
 from farmedge_dev.natscluster import NatsCluster, NatsSecurity
 from farmedge_dev.tlscerts import CertFiles, make_certs, openssl_available
 from tests.conftest import NATS_PARTITIONS
+from tests.edgeproc import EdgeProcess
+from tests.support import eventually, influx_query, make_payload
 
 pytestmark = pytest.mark.skipif(not openssl_available(), reason="openssl is not installed")
 
@@ -288,7 +292,7 @@ def test_wrong_password_and_wrong_protocol_are_refused(secured: Secured) -> None
     rc = a.connect()
     assert rc is None or rc[0] != 0  # not authorized (or closed before a CONNACK)
     a.close()
-    # A gateway's user may not speak the NATS protocol, nor the edge's MQTT.
+    # A gateway's user may not speak the NATS protocol; an unknown user nothing.
     ctx = ssl.create_default_context(cafile=str(secured.certs.ca_file))
 
     async def nats_as(user: str, password: str) -> None:
@@ -301,10 +305,10 @@ def test_wrong_password_and_wrong_protocol_are_refused(secured: Secured) -> None
                            (secured.edge_user, "wrong")):
         with pytest.raises((nats.errors.Error, OSError)):
             run(nats_as(user, password))
-    e = Gw(secured, secured.edge_user, secured.edge_password, "edge-over-mqtt")
-    rc = e.connect()
+    nobody = Gw(secured, "nobody", "nothing", "nobody")
+    rc = nobody.connect()
     assert rc is None or rc[0] != 0
-    e.close()
+    nobody.close()
 
 
 def test_plain_connections_are_refused(secured: Secured) -> None:
@@ -362,7 +366,7 @@ def test_the_edge_user_reads_its_stream_and_leases_only(
                 await errors.put(str(exc))
 
             nc2 = await nats.connect(
-                servers=edge_cfg.nats_urls, user=edge_cfg.nats_user,
+                servers=edge_cfg.nats_urls, name="test-forger", user=edge_cfg.nats_user,
                 password=secured.edge_password,
                 tls=ssl.create_default_context(cafile=str(secured.certs.ca_file)),
                 error_cb=on_error)
@@ -448,6 +452,60 @@ def test_gateway_b_taking_gateway_a_s_session(secured: Secured, edge_cfg: Source
     assert b"b-wrote-a-will" not in statuses  # B's will on A's topic: refused
     assert ("gw-b", "telemetry", b"b-own-under-a-id") in got  # B publishes as B
 
+
+
+def test_the_real_edge_runs_as_its_user_over_tls(
+        secured: Secured, influxdb: InfluxServer, influx_db: str, tmp_path: Path) -> None:
+    """`farmedge edge run` with [source] kind = "nats", its user, password
+    and CA file: it owns every partition and every reading gateway A
+    publishes is in InfluxDB (its permissions cover what the edge does)."""
+    prefix = "t" + uuid.uuid4().hex[:8] + "-p"
+    env = {
+        "FARMEDGE_SOURCE_KIND": "nats",
+        "FARMEDGE_SOURCE_NATS_URLS": json.dumps(secured.cluster.urls),
+        "FARMEDGE_SOURCE_NATS_USER": secured.edge_user,
+        "FARMEDGE_SOURCE_NATS_PASSWORD": secured.edge_password,
+        "FARMEDGE_SOURCE_NATS_CA_FILE": str(secured.certs.ca_file),
+        "FARMEDGE_SOURCE_PARTITIONS": str(NATS_PARTITIONS),
+        "FARMEDGE_SOURCE_CONSUMER_PREFIX": prefix,
+        "FARMEDGE_SOURCE_LEASE_BUCKET": BUCKET,
+        "FARMEDGE_SOURCE_LEASE_TTL_S": "3", "FARMEDGE_SOURCE_REBALANCE_S": "0.5",
+        "FARMEDGE_ALERTS_ENABLED": "false", "FARMEDGE_INFLUX_FLUSH_INTERVAL_S": "0.2",
+        "FARMEDGE_INSTANCE": "edge-real",
+    }
+    e = EdgeProcess(mqtt_url=secured.cluster.nodes[0].mqtt_url, influx_url=influxdb.url,
+                    database=influx_db, data_dir=tmp_path / "edge", extra_env=env)
+    e.start(wait_subscribed=False)
+    try:
+        eventually(lambda: len(e.health().get("partitions_owned") or []) == NATS_PARTITIONS,
+                   timeout=90, interval=0.3, what="the edge owns every partition")
+        a = gw(secured, "A")
+        assert (a.connect() or (-1,))[0] == 0
+        base = int(time.time() * 1000) - 600_000
+        mids = [a.publish(topic(A, "telemetry"), make_payload(A[2], i + 1, [
+            {"sensor": "s1", "kind": "soil_moisture", "ts": base + i * 1000, "value": 20.0,
+             "unit": "%"}])) for i in range(30)]
+        assert a.wait_acked(mids)
+        a.close()
+
+        def stored() -> int:
+            try:
+                rows = influx_query(influxdb.url, 'SELECT count("moisture") FROM "soil"',
+                                    influx_db)
+            except Exception:  # a 500 under load: ask again
+                return 0
+            return int(rows[0]["values"][0][1]) if rows else 0
+
+        assert eventually(lambda: stored() == 30, timeout=90, interval=0.3,
+                          what="30 readings in InfluxDB")
+        # Nothing the edge tried was refused.
+        refused = [ln for n in secured.cluster.nodes for ln in n.log_tail(10**7).splitlines()
+                   if "Violation" in ln and secured.edge_user in ln
+                   and ":test-" not in ln]  # the other tests' own refused tries
+        assert refused == [], refused[:5]
+    finally:
+        e.stop()
+        run(_drop_consumers(secured.source(consumer_prefix=prefix)))
 
 
 def test_a_revoked_gateway_is_closed_at_the_reload_and_refused(secured: Secured) -> None:
