@@ -15,6 +15,7 @@ later by the server.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -42,6 +43,8 @@ class SourceSection(Section):
     nats_urls: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     nats_user: str | None = None
     nats_password: SecretStr | None = None
+    #: CA bundle for tls:// URLs (default: the system's).
+    nats_ca_file: Path | None = None
     #: The replicated stream the edge reads: "$MQTT_msgs", the server's own
     #: stream of QoS 1 MQTT messages (a gateway's PUBACK then means the
     #: message is in it: docs/scaling.md, "What a PUBACK covers"), or
