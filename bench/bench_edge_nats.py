@@ -72,12 +72,15 @@ class Edge:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
         env.update(FARMEDGE_INFLUX_URL=ix.url, FARMEDGE_INFLUX_DATABASE=db,
                    FARMEDGE_DATA_DIR=str(data / name), FARMEDGE_HTTP_PORT=str(self.port),
-                   FARMEDGE_LOG_LEVEL="warning", FARMEDGE_INSTANCE=name,
+                   FARMEDGE_LOG_LEVEL="info", FARMEDGE_LOG_FORMAT="json",
+                   FARMEDGE_INSTANCE=name,
                    FARMEDGE_ALERTS_ENABLED="false", PYTHONPATH=str(ROOT),
                    FARMEDGE_MQTT_URL=cluster.nodes[0].mqtt_url, **src)
-        self.proc = subprocess.Popen([sys.executable, "-m", "farmedge", "edge", "run"],
-                                     env=env, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL)
+        (data / name).mkdir(parents=True, exist_ok=True)
+        self.log = data / name / "edge.log"
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "farmedge", "edge", "run"],
+                                         env=env, stdout=out, stderr=subprocess.STDOUT)
         atexit.register(self.proc.kill)  # a benchmark that fails must not leave it running
 
     def health(self) -> dict[str, Any]:
@@ -96,7 +99,11 @@ class Edge:
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
-        self.proc.wait(60)
+        try:
+            self.proc.wait(90)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise RuntimeError(f"{self.name} did not stop in 90 s: {self.log}") from None
 
 
 class Gateways:
@@ -278,8 +285,9 @@ def main() -> None:
     ap.add_argument("--ack-wait", type=float, default=30.0)
     ap.add_argument("--edges", default="1,2,3", help="edge counts to measure")
     ap.add_argument("--no-failover", action="store_true")
+    ap.add_argument("--tmp", default=None, help="folder for the servers' and edges' files")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as d, \
+    with tempfile.TemporaryDirectory(dir=args.tmp) as d, \
             NatsCluster(Path(d) / "nats", partitions=PARTITIONS) as cluster:
         ix = InfluxServer(Path(d) / "ix").start()
         try:
