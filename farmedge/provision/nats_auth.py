@@ -59,6 +59,7 @@ __all__ = [
     "BCRYPT_COST",
     "USERS_FILE",
     "EdgeScope",
+    "Intruder",
     "UserStore",
     "admin_permissions",
     "edge_permissions",
@@ -66,6 +67,7 @@ __all__ = [
     "gateway_permissions",
     "gateway_subjects",
     "hash_password",
+    "intruders",
     "render_auth_conf",
 ]
 
@@ -314,6 +316,42 @@ mappings {{
 }}
 """
     return text, AuthReport(n_gw, n_svc, missing, stale)
+
+
+@dataclass(frozen=True)
+class Intruder:
+    """An MQTT connection holding a client id that is not its user's."""
+
+    node: str
+    cid: int
+    user: str
+    client_id: str
+    ip: str
+
+    def __str__(self) -> str:
+        return (f"{self.node}: connection {self.cid} from {self.ip} is user {self.user!r} "
+                f"with client id {self.client_id!r}")
+
+
+def intruders(connz: dict[str, Any], node: str = "") -> list[Intruder]:
+    """The MQTT connections of a node's ``/connz?auth=true`` whose client id
+    is not their user's: a gateway's user with another client id than its
+    own (its path with ``:`` for ``.``), or a service's user with a
+    gateway's (a path). NATS binds no client id to a user; this finds who
+    took a session that was not theirs."""
+    out: list[Intruder] = []
+    for c in connz.get("connections") or []:
+        if not isinstance(c, dict) or not c.get("mqtt_client"):
+            continue
+        user, cid = str(c.get("authorized_user") or ""), str(c["mqtt_client"])
+        if user.startswith(SERVICE_PREFIX):
+            bad = cid.count("/") == 2
+        else:
+            bad = cid != user.replace(".", ":")
+        if bad:
+            out.append(Intruder(node or str(connz.get("server_name", "")), int(c.get("cid", 0)),
+                                user, cid, str(c.get("ip", ""))))
+    return out
 
 
 def service_user(name: str) -> str:
