@@ -207,7 +207,8 @@ class EdgeService:
         spool = Spool(s.data_dir / "spool", max_bytes=int(s.spool.max_mb * 1024 * 1024),
                       legacy=s.data_dir / "spool.sqlite3")
         self.sink = Sink(s.influx, writer=writer or InfluxWriter(s.influx), spool=spool,
-                         metrics=self.metrics, spool_max_mb=s.spool.max_mb)
+                         metrics=self.metrics, spool_max_mb=s.spool.max_mb,
+                         hold=s.nats and s.source.ack_when == "influx")
         # Stages come before the validator (which keeps records only for
         # stages) but take the batcher: it is built on a validator that is
         # told afterwards.

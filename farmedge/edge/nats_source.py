@@ -9,11 +9,14 @@ topic rebuilt from the stored subject, so validation is the same as for
 MQTT), and the reader waits while the batcher validates and the sink writes
 them; "in progress" beats hold the batch against ``ack_wait`` meanwhile.
 When :meth:`NatsSource.ack` has been called for every message of the batch
-(its lines are durable: in InfluxDB, or in the spool while InfluxDB is
-down), the reader checks its lease and acknowledges the batch to the
-stream. A message the edge never acknowledges (it died, its lease was lost)
-is delivered again to the partition's next owner; the same points written
-twice are stored once by InfluxDB.
+(its lines are in InfluxDB; with ``[source] ack_when = "durable"``, in
+InfluxDB or the spool), the reader checks its lease and acknowledges the
+batch to the stream. With ``ack_when = "influx"`` (the default) the sink
+holds a batch InfluxDB cannot take instead of spooling it, so the stream
+keeps the backlog while InfluxDB is down. A message the edge never
+acknowledges (it died, its lease was lost) is delivered again to the
+partition's next owner; the same points written twice are stored once by
+InfluxDB.
 
 A bad payload is no exception: validation makes it a dead letter, a line of
 the same batch, so it is acknowledged once the dead letter is durable.

@@ -63,6 +63,13 @@ class SourceSection(Section):
     #: A delivered message not acknowledged within this time is delivered
     #: again; the edge sends "in progress" every third of it while it writes.
     ack_wait_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    #: When a batch is acknowledged to the stream. "influx": once InfluxDB
+    #: has its lines; while InfluxDB is down the edge holds the batch and
+    #: the stream keeps the backlog (a dead edge strands nothing in its
+    #: spool; alerts wait for InfluxDB too). "durable": once the lines are
+    #: in InfluxDB or in the edge's spool (alerts go on while InfluxDB is
+    #: down; what an edge spooled, only that edge replays).
+    ack_when: Literal["influx", "durable"] = "influx"
     #: Messages fetched at once per partition.
     fetch_batch: Annotated[int, Field(ge=1, le=10000)] = 500
     #: How long the stream keeps messages (a backlog older than this is lost).

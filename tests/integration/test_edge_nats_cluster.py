@@ -23,7 +23,7 @@ import signal
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -296,3 +296,40 @@ def test_one_edge_with_alerts_shows_its_partitions_in_healthz_and_metrics(
         assert e.log_tail(1_000_000).count('"alerts.partition_dropped"') == NATS_PARTITIONS
     finally:
         gws.close()
+
+
+def test_with_influxdb_down_the_stream_keeps_the_backlog_and_a_dead_edge_strands_nothing(
+        nats_cluster: NatsCluster, influx_factory: Callable[[], InfluxServer], county: str,
+        tmp_path: Path) -> None:
+    """[source] ack_when = "influx" (the default): while InfluxDB is down the
+    edge holds what it read, unacknowledged and out of its spool; killed
+    then, its readings reach InfluxDB through the next owner."""
+    influx = influx_factory()
+    influx.create_database("d")
+    edges = Edges(nats_cluster, influx, "d", tmp_path)
+    edges.env["FARMEDGE_INFLUX_RETRY_FOR_S"] = "1"
+    try:
+        first = edges.start("edge-x")
+        eventually(lambda: len(first.health().get("partitions_owned") or []) == NATS_PARTITIONS,
+                   timeout=60, interval=0.2, what="edge-x owns every partition")
+        gws = Gateways(nats_cluster, county, n=4, rate=40)
+        try:
+            gws.publish(40)
+            settled(gws, edges, "InfluxDB up")
+            influx.stop()
+            gws.publish(80)
+            gws.wait_acked()
+            eventually(lambda: first.health().get("influx_up") is False, timeout=60,
+                       interval=0.2, what="edge-x sees InfluxDB down")
+            eventually(lambda: first.health().get("pending_messages", 0) > 0, timeout=30,
+                       interval=0.2, what="edge-x holds the batch")
+            assert first.health()["spool_lines"] == 0
+            edges.kill("edge-x")
+            influx.start()
+            edges.start("edge-y")
+            settled(gws, edges, "after edge-x died holding its batch")
+        finally:
+            gws.close()
+    finally:
+        edges.stop_all()
+        asyncio.run(delete_consumers(nats_cluster, edges.cfg))
