@@ -28,7 +28,7 @@ signal, without a restart.
   internal ``$MQTT.`` subject (tested with nats-server 2.15.1: persistent
   session, QoS 1, retained status and last will all work without them).
 - **An edge** is ``svc~NAME``, allowed to connect over the NATS protocol
-  (and MQTT, for its alert publisher), to use the JetStream API for the
+  only, to use the JetStream API for the
   stream it reads and its key-value buckets (and nothing else), to
   acknowledge those streams' messages, to publish alerts and the partition
   probes, and to subscribe to its inboxes and the probes' subjects.
@@ -287,8 +287,8 @@ def render_auth_conf(store: UserStore,
             n_gw += 1
         else:
             perms = edge_permissions(store.scope) if u["kind"] == "edge" else admin_permissions()
-            # An edge's alert publisher ([alerts] publish_mqtt) speaks MQTT.
-            kinds = ["STANDARD", "MQTT"] if u["kind"] == "edge" else ["STANDARD"]
+            # Not MQTT: any MQTT user may take any client id's session.
+            kinds = ["STANDARD"]
             n_svc += 1
         users.append(
             f"{ind}{{ user: {_q(name)}, password: {_q(u['hash'])},\n"

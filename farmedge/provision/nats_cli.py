@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .nats_auth import UserStore
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "gateway"]
 
 
 def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -63,7 +63,7 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     g.add_argument("--output", "-o", type=Path,
                    help="write the gateway's config here (mode 600) instead of printing it")
     common(g)
-    g.set_defaults(func=_run(_gateway))
+    g.set_defaults(func=_run(gateway))
 
     for kind, what in (("edge", "an edge instance (reads the stream, its key-value "
                                 "buckets; publishes alerts)"),
@@ -163,13 +163,25 @@ def _write(args: argparse.Namespace, store: UserStore) -> None:
              + ", ".join(rep.stale[:10]))
 
 
-def _gateway(args: argparse.Namespace) -> int:
+def gateway(args: argparse.Namespace) -> int:
+    """``provision nats gateway`` (and ``provision gateway --cluster-url``):
+    ``args`` has county, farm, gateway, urls, ca_file, output, nats_dir and
+    registry."""
+    from farmedge.transport.broker import parse_broker_urls
+    from farmedge.transport.errors import BrokerUrlError
+
     from .accounts import check_gateway_ids, gateway_path
     from .dynsec import new_password
+    from .errors import ProvisionError
     from .nats_auth import gateway_toml
     from .registry_edit import add_gateway
 
     check_gateway_ids(args.county, args.farm, args.gateway)
+    if args.urls:
+        try:  # what the agent would refuse at start, refused here
+            parse_broker_urls(args.urls)
+        except BrokerUrlError as exc:
+            raise ProvisionError(f"the nodes' URLs: {exc}") from None
     path = gateway_path(args.county, args.farm, args.gateway)
     added, kept = add_gateway(args.registry, args.county, args.farm, args.gateway)
     _say(f"{path}: {'added to' if added else 'already in'} {args.registry}"

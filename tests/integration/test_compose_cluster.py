@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from farmedge.contract import telemetry_topic
-from farmedge.provision.nats_cluster import PORTS, STORE_DIR
+from farmedge.provision.nats_auth import UserStore
+from farmedge.provision.nats_cluster import AUTH_INCLUDE, PORTS, STORE_DIR
 from farmedge.transport.nats_settings import SourceSection
 from farmedge_dev.natscluster import MIN_VERSION, NatsCluster, NatsNode
 from tests.compose_support import (
@@ -40,7 +41,8 @@ CLUSTER = ROOT / "docker-compose.cluster.yml"
 NODES = ("nats-1", "nats-2", "nats-3")
 EDGES = ("edge-a", "edge-b", "edge-c")
 SERVICES = ("preflight", *NODES, "influxdb", "grafana", *EDGES)
-CONF_TARGET = "/etc/nats/nats-server.conf"
+#: Where a node's container has deploy/nats.
+ETC = "/etc/nats"
 
 
 def cluster() -> dict[str, Any]:
@@ -51,9 +53,25 @@ def single() -> dict[str, Any]:
     return load_compose(ROOT / "docker-compose.yml")
 
 
+def _mounts(node: str) -> dict[str, str]:
+    """Target -> source of a node's short-syntax folder mounts."""
+    out = {}
+    for v in cluster()["services"][node]["volumes"]:
+        src, target = v.split(":")[:2]
+        if src.startswith("./"):
+            out[target] = src
+    return out
+
+
 def _conf(node: str) -> Path:
-    svc = cluster()["services"][node]
-    return ROOT / binds(svc)[CONF_TARGET]["source"]
+    return ROOT / _mounts(node)[ETC] / f"{node}.conf"
+
+
+def _script(node: str) -> str:
+    cmd = cluster()["services"][node]["command"]
+    assert cmd[:2] == ["/bin/sh", "-c"]
+    script: str = cmd[2]
+    return script
 
 
 def test_the_file_matches_the_compose_specification() -> None:
@@ -69,9 +87,12 @@ def test_influxdb_grafana_and_the_preflight_are_the_single_broker_files() -> Non
     assert ours["grafana"] == theirs["grafana"]
     mqtt_only = {"EDGE_MQTT_PASSWORD"}
     assert ours["preflight"]["command"] == [
-        v for v in theirs["preflight"]["command"] if v not in mqtt_only]
+        v for v in theirs["preflight"]["command"] if v not in mqtt_only] + [
+        "EDGE_NATS_PASSWORD"]
     assert ours["preflight"]["environment"] == {
-        k: v for k, v in theirs["preflight"]["environment"].items() if k not in mqtt_only}
+        **{k: v for k, v in theirs["preflight"]["environment"].items() if k not in mqtt_only},
+        "EDGE_NATS_PASSWORD": "${EDGE_NATS_PASSWORD:?run farmedge provision nats edge "
+                              "--env-file .env}"}
     for key in ("image", "entrypoint", "volumes", "restart", "logging"):
         assert ours["preflight"][key] == theirs["preflight"][key], key
     # Every secret the file reads is checked by the preflight, and every
@@ -98,7 +119,7 @@ def test_every_service_restarts_has_a_healthcheck_and_binds_locally() -> None:
             assert src in doc["volumes"] or src.startswith(("./", "${")), (name, vol)
     # Each node and each edge has its own state.
     data = [v.split(":", 1)[0] for n in (*NODES, *EDGES) for v in doc["services"][n]["volumes"]
-            if isinstance(v, str)]
+            if isinstance(v, str) and not v.startswith("./")]
     assert len(data) == len(set(data)) == len(NODES) + len(EDGES)
     # The gateways reach every node's MQTT listener, each on a port of its own here.
     published = [doc["services"][n]["ports"][0].rsplit(":", 1) for n in NODES]
@@ -108,12 +129,12 @@ def test_every_service_restarts_has_a_healthcheck_and_binds_locally() -> None:
 
 def test_each_node_runs_its_generated_file_and_the_edges_read_its_partitions() -> None:
     services = cluster()["services"]
-    partitions = set()
     for node in NODES:
         svc = services[node]
-        assert binds(svc)[CONF_TARGET]["source"] == f"./deploy/nats/{node}.conf"
-        assert binds(svc)[CONF_TARGET]["read_only"] is True
-        assert svc["command"] == ["nats-server", "--config", CONF_TARGET]
+        # The whole folder, read-only: provisioning replaces auth.conf by a
+        # new file, which a single-file mount would not show the node.
+        assert f"./deploy/nats:{ETC}:ro" in svc["volumes"]
+        assert _script(node).endswith(f"exec nats-server --config {ETC}/{node}.conf")
         assert f":{PORTS['http']}/healthz" in svc["healthcheck"]["test"][-1]
         text = _conf(node).read_text()
         assert f'server_name: "{node}"' in text
@@ -122,7 +143,9 @@ def test_each_node_runs_its_generated_file_and_the_edges_read_its_partitions() -
         assert f'store_dir: "{STORE_DIR}"' in text
         assert any(v.endswith(":" + STORE_DIR.rsplit("/", 1)[0]) for v in svc["volumes"]
                    if isinstance(v, str))
-        partitions |= {int(p) for p in re.findall(r"partition\((\d+),", text)}
+        # The partition mapping is auth.conf's (with the users' permissions).
+        assert f'include "{AUTH_INCLUDE}"' in text and "mappings" not in text
+    partitions = {UserStore(Path("unused")).partitions}
     envs = []
     for edge in EDGES:
         env = dict(services[edge]["environment"])
@@ -135,7 +158,8 @@ def test_each_node_runs_its_generated_file_and_the_edges_read_its_partitions() -
         src = SourceSection.model_validate(keys)
         assert src.kind == "nats"
         assert src.nats_urls == [f"nats://{n}:{PORTS['client']}" for n in NODES]
-        assert partitions == {src.partitions}, "the nodes' mapping and the edges disagree"
+        assert partitions == {src.partitions}, "provision nats's mapping and the edges disagree"
+        assert src.nats_user == "${EDGE_NATS_USER:-svc~edge}"
         assert services[edge]["command"] == ["edge", "run"]
         assert services[edge]["build"]["target"] == "edge"
     assert envs[0] == envs[1] == envs[2]
@@ -253,22 +277,83 @@ def _here(text: str, node: NatsNode, nodes: list[NatsNode]) -> str:
     return text
 
 
+def _node_argv(node: str, etc: Path, binary: str) -> list[str]:
+    """A node service's command line, run here: its folder mount at ``etc``,
+    ``nats-server`` the binary given."""
+    script = _script(node).replace(f"{ETC}/", f"{etc}/")
+    script = script.replace("exec nats-server ", f"exec {binary} ")
+    return ["/bin/sh", "-c", script]
+
+
+def test_a_node_refuses_to_start_without_the_users_file(tmp_path: Path) -> None:
+    """The node service's command, run by sh with deploy/nats moved into a
+    temporary folder: without auth.conf it stops with a message naming the
+    command that writes it (nats-server would fail on the missing include
+    and be restarted again and again); with it, it runs the server (here a
+    stand-in that records its arguments)."""
+    etc = tmp_path / "nats"
+    etc.mkdir()
+    (etc / "nats-2.conf").write_text(_conf("nats-2").read_text())
+    fake = tmp_path / "bin" / "nats-server"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "ran"}\n')
+    fake.chmod(0o755)
+    argv = _node_argv("nats-2", etc, str(fake))
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 1
+    assert "farmedge provision nats edge --env-file .env" in " ".join(out.stderr.split())
+    assert not (tmp_path / "ran").exists()
+    (etc / AUTH_INCLUDE).write_text("authorization { users: [] }\n")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "ran").read_text().split() == ["--config", f"{etc}/nats-2.conf"]
+
+
 @pytest.mark.servers
 async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
         tmp_path: Path, county: str) -> None:
+    """The three node services' command lines with the committed files and
+    the auth.conf `farmedge provision nats` writes: a cluster with JetStream
+    and MQTT that passes the compose health check, lets the edges' user read
+    a provisioned gateway's QoS 1 message, and keeps the MQTT streams on
+    three replicas."""
+    import tomllib
+
     import nats
 
+    from farmedge.cli import main
     from farmedge.transport import nats as tn
+    from farmedge_dev.natscluster import nats_server_binary
     from tests.nats_support import Publisher, drain, prepare
 
     services = cluster()["services"]
+    # The users: the edges' (as .env gets it), a gateway's, an operator's.
+    nats_dir, registry = tmp_path / "users", tmp_path / "registry.yaml"
+    common = ["--nats-dir", str(nats_dir), "--registry", str(registry)]
+    env_file = tmp_path / ".env"
+    assert main(["provision", "nats", "edge", "--env-file", str(env_file), *common]) == 0
+    edge_env = dotenv(env_file)
+    gw_toml = tmp_path / "gw.toml"
+    assert main(["provision", "nats", "gateway", "--county", county, "--farm", "farm.7",
+                 "--gateway", "gw-1", "--url", "mqtt://127.0.0.1:1883", "-o", str(gw_toml),
+                 *common]) == 0
+    gw = tomllib.loads(gw_toml.read_text())["mqtt"]
+    admin_file = tmp_path / "admin.env"
+    assert main(["provision", "nats", "admin", "--env-file", str(admin_file), *common]) == 0
+    admin = dotenv(admin_file)
+
     nc3 = NatsCluster(tmp_path / "nats")
     for node, name in zip(nc3.nodes, NODES, strict=True):
         node.name = name  # the server_name of its file: the routes report it
+    binary = nats_server_binary()
     try:
         for node in nc3.nodes:
-            cmd = [a.replace(CONF_TARGET, "{conf}") for a in services[node.name]["command"]]
-            node.spawn_conf(_here(_conf(node.name).read_text(), node, nc3.nodes), cmd)
+            etc = tmp_path / "etc" / node.name  # its deploy/nats, with its own ports
+            etc.mkdir(parents=True)
+            (etc / f"{node.name}.conf").write_text(
+                _here(_conf(node.name).read_text(), node, nc3.nodes))
+            (etc / AUTH_INCLUDE).write_text((nats_dir / AUTH_INCLUDE).read_text())
+            node.spawn_argv(_node_argv(node.name, etc, binary))
         # Routes, JetStream's meta group of 3, the MQTT ports.
         await asyncio.to_thread(nc3.wait_ready, 120)
         for node in nc3.nodes:
@@ -280,18 +365,21 @@ async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
                                           timeout=30, check=False)
             assert ran.returncode == 0, (node.name, ran.stderr)
 
-        # The edges' [source] (the compose file's: default partitions).
+        # The edges' [source] (the compose file's: default partitions, its user).
         cfg = SourceSection.model_validate({
-            "kind": "nats", "nats_urls": nc3.urls, "consumer_prefix": "compose-p"})
+            "kind": "nats", "nats_urls": nc3.urls, "consumer_prefix": "compose-p",
+            "nats_user": edge_env["EDGE_NATS_USER"],
+            "nats_password": edge_env["EDGE_NATS_PASSWORD"]})
         await prepare(cfg)
         for url in nc3.urls:
-            conn = await nats.connect(url)
+            conn = await tn.connect(cfg.model_copy(update={"nats_urls": [url]}), "test")
             try:
                 await tn.check_partition_mapping(conn, cfg)
             finally:
                 await conn.close()
-        # A gateway's QoS 1 message into node 1, read through node 3.
-        pub = Publisher(nc3.nodes[0].mqtt_port).connect()
+        # The gateway's QoS 1 message into node 1, read through node 3.
+        pub = Publisher(nc3.nodes[0].mqtt_port, client_id=gw["client_id"],
+                        username=gw["username"], password=gw["password"]).connect()
         try:
             pub.publish(telemetry_topic(county, "farm.7", "gw-1"), "hello")
             assert pub.wait_acked(1) == 1
@@ -299,7 +387,8 @@ async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
             pub.close()
         far = cfg.model_copy(update={"nats_urls": [nc3.nodes[2].url]})
         assert await drain(far, county) == ["hello"]
-        conn = await nats.connect(nc3.urls)
+        conn = await nats.connect(nc3.urls, user=admin["NATS_ADMIN_USER"],
+                                  password=admin["NATS_ADMIN_PASSWORD"])
         try:
             js = conn.jetstream()
             for stream in ("$MQTT_sess", "$MQTT_msgs"):
