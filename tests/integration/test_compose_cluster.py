@@ -15,6 +15,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -309,6 +311,33 @@ def test_a_node_refuses_to_start_without_the_users_file(tmp_path: Path) -> None:
     assert (tmp_path / "ran").read_text().split() == ["--config", f"{etc}/nats-2.conf"]
 
 
+def _start_nodes(nodes: NatsCluster, tmp_path: Path, auth_conf: Path) -> None:
+    """The three node services' command lines, each with its committed file
+    moved to its loopback ports and the given auth.conf beside it; returns
+    once the cluster is ready (routes, JetStream's meta group of 3, the MQTT
+    ports)."""
+    from farmedge_dev.natscluster import nats_server_binary
+
+    binary = nats_server_binary()
+    for node in nodes.nodes:
+        etc = tmp_path / "etc" / node.name  # its deploy/nats, with its own ports
+        etc.mkdir(parents=True)
+        (etc / f"{node.name}.conf").write_text(
+            _here(_conf(node.name).read_text(), node, nodes.nodes))
+        (etc / AUTH_INCLUDE).write_text(auth_conf.read_text())
+        node.spawn_argv(_node_argv(node.name, etc, binary))
+    nodes.wait_ready(120)
+
+
+def _named_nodes(root: Path) -> NatsCluster:
+    """Nodes on free loopback ports, named as the compose services (the
+    server_name of their files: the routes report it)."""
+    nodes = NatsCluster(root)
+    for node, name in zip(nodes.nodes, NODES, strict=True):
+        node.name = name
+    return nodes
+
+
 @pytest.mark.servers
 async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
         tmp_path: Path, county: str) -> None:
@@ -323,7 +352,6 @@ async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
 
     from farmedge.cli import main
     from farmedge.transport import nats as tn
-    from farmedge_dev.natscluster import nats_server_binary
     from tests.nats_support import Publisher, drain, prepare
 
     services = cluster()["services"]
@@ -342,20 +370,9 @@ async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
     assert main(["provision", "nats", "admin", "--env-file", str(admin_file), *common]) == 0
     admin = dotenv(admin_file)
 
-    nc3 = NatsCluster(tmp_path / "nats")
-    for node, name in zip(nc3.nodes, NODES, strict=True):
-        node.name = name  # the server_name of its file: the routes report it
-    binary = nats_server_binary()
+    nc3 = _named_nodes(tmp_path / "nats")
     try:
-        for node in nc3.nodes:
-            etc = tmp_path / "etc" / node.name  # its deploy/nats, with its own ports
-            etc.mkdir(parents=True)
-            (etc / f"{node.name}.conf").write_text(
-                _here(_conf(node.name).read_text(), node, nc3.nodes))
-            (etc / AUTH_INCLUDE).write_text((nats_dir / AUTH_INCLUDE).read_text())
-            node.spawn_argv(_node_argv(node.name, etc, binary))
-        # Routes, JetStream's meta group of 3, the MQTT ports.
-        await asyncio.to_thread(nc3.wait_ready, 120)
+        await asyncio.to_thread(_start_nodes, nc3, tmp_path, nats_dir / AUTH_INCLUDE)
         for node in nc3.nodes:
             check = services[node.name]["healthcheck"]["test"]
             assert check[0] == "CMD"
@@ -398,3 +415,123 @@ async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
             await conn.close()
     finally:
         nc3.stop()
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_the_whole_layout_stores_a_provisioned_gateways_reading(tmp_path: Path) -> None:
+    """The layout run here as the compose file runs it: the node services
+    as above, the three edge services' command and environment (.env.example
+    filled in, the edges' NATS user from `provision nats edge --env-file`;
+    host names pointed at the loopback nodes and at a local InfluxDB 1.x
+    with v1-setup.iql's write-only user, which the compose file's
+    INFLUX_EDGE_* name; container paths at a temporary folder), and a gateway
+    given its user and config by `provision gateway --cluster-url`. The three
+    edges share the 16 partitions, each owned by one of them; the image's
+    health check passes for each; the gateway's reading, published through
+    node 2, is stored."""
+    import tomllib
+
+    from farmedge.cli import main
+    from tests.nats_support import Publisher
+    from tests.stack_support import ENV, GRAFANA_USER, AuthInflux, query, setup_v1
+    from tests.support import eventually, make_payload
+
+    env_file = filled_env(tmp_path)
+    registry = tmp_path / "registry.yaml"
+    registry.write_text((ROOT / "registry.example.yaml").read_text())
+    nats_dir = tmp_path / "nats-users"
+    common = ["--nats-dir", str(nats_dir), "--registry", str(registry)]
+    assert main(["provision", "nats", "edge", "--env-file", str(env_file), *common]) == 0
+    nodes = _named_nodes(tmp_path / "nats")
+    gw_toml = tmp_path / "gw-0007.toml"
+    assert main(["provision", "gateway", "--county", "suihua", "--farm", "wang-12",
+                 "--gateway", "gw-0007", "-o", str(gw_toml), *common,
+                 *[a for n in nodes.nodes for a in ("--cluster-url", n.mqtt_url)]]) == 0
+    gw = tomllib.loads(gw_toml.read_text())["mqtt"]
+    site = dotenv(env_file)
+    assert site["EDGE_NATS_USER"] == "svc~edge" and site["EDGE_NATS_PASSWORD"]
+    site.update({"INFLUX_EDGE_USER": ENV["INFLUX_EDGE_USER"],
+                 "INFLUX_EDGE_PASSWORD": ENV["INFLUX_EDGE_PASSWORD"],
+                 "INFLUX_DATABASE": ENV["INFLUX_DATABASE"],
+                 "FARMEDGE_REGISTRY_FILE": str(registry)})
+    influx = setup_v1(AuthInflux(tmp_path / "influx").start())
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    ports: dict[str, int] = {}
+    try:
+        _start_nodes(nodes, tmp_path, nats_dir / AUTH_INCLUDE)
+        urls = {f"nats://{n.name}:{PORTS['client']}": n.url for n in nodes.nodes}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
+        for edge in EDGES:
+            env = _edge_env(edge, site, tmp_path)
+            env["FARMEDGE_SOURCE_NATS_URLS"] = json.dumps(
+                [urls[u] for u in json.loads(env["FARMEDGE_SOURCE_NATS_URLS"])])
+            ports[edge] = _free_port()
+            env.update({"FARMEDGE_INFLUX_URL": influx.url, "FARMEDGE_HTTP_HOST": "127.0.0.1",
+                        "FARMEDGE_HTTP_PORT": str(ports[edge])})
+            log = (tmp_path / f"{edge}.log").open("wb")
+            procs[edge] = subprocess.Popen(
+                [sys.executable, "-m", "farmedge", *cluster()["services"][edge]["command"]],
+                cwd=ROOT, env={**base, **env, "PYTHONPATH": str(ROOT)}, stdout=log,
+                stderr=subprocess.STDOUT)
+        check = json.loads(re.findall(r"^HEALTHCHECK .*\n\s+CMD (\[.*\])",
+                                      (ROOT / "Dockerfile").read_text(), re.M)[0])
+        assert check == cluster()["services"]["edge-a"]["healthcheck"]["test"][1:]
+
+        def healthy(edge: str) -> bool:
+            assert procs[edge].poll() is None, (tmp_path / f"{edge}.log").read_text()[-3000:]
+            argv = [sys.executable if a == "python"
+                    else a.replace(":8080/", f":{ports[edge]}/") for a in check]
+            return subprocess.run(argv, capture_output=True, timeout=10,
+                                  check=False).returncode == 0
+
+        def owned() -> dict[str, list[int]] | None:
+            out = {}
+            for edge in EDGES:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports[edge]}/healthz",
+                                            timeout=5) as r:
+                    out[edge] = json.loads(r.read())["partitions_owned"]
+            seen = sorted(p for ps in out.values() for p in ps)
+            # Each partition one owner; each edge its share, ceil(16 / 3).
+            fair = all(1 <= len(ps) <= 6 for ps in out.values())
+            return out if seen == list(range(16)) and fair else None
+
+        for edge in EDGES:
+            eventually(lambda e=edge: healthy(e), timeout=120,
+                       what=f"{edge}: the image's health check passes")
+        eventually(owned, timeout=90, interval=0.5,
+                   what="the 16 partitions shared by the three edges, one owner each")
+
+        pub = Publisher(nodes.nodes[1].mqtt_port, client_id=gw["client_id"],
+                        username=gw["username"], password=gw["password"]).connect()
+        ts = int(time.time() * 1000) - 1000
+        try:
+            pub.publish("farm/v1/suihua/wang-12/gw-0007/telemetry", make_payload(
+                "gw-0007", 1, [{"sensor": "soil-1", "kind": "soil_moisture", "ts": ts,
+                                "value": 23.4, "unit": "%"}]).decode())
+            assert pub.wait_acked(1) == 1
+        finally:
+            pub.close()
+        rows = eventually(lambda: query(influx.url, 'SELECT "moisture", "plot" FROM "soil"',
+                                        GRAFANA_USER), timeout=60, what="the reading stored")
+        assert rows[0]["values"] == [[ts, 23.4, "field-3"]]
+    finally:
+        for p in procs.values():
+            p.terminate()
+        codes = {}
+        for edge, p in procs.items():
+            try:
+                codes[edge] = p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes[edge] = p.wait(10)
+        nodes.stop()
+        influx.stop()
+    for edge, code in codes.items():  # a clean stop: partitions handed back
+        assert code == 0, (tmp_path / f"{edge}.log").read_text()[-3000:]
+
+
+def _free_port() -> int:
+    from farmedge_dev.devservers import free_port
+
+    return free_port()
