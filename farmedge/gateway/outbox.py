@@ -23,7 +23,6 @@ stops on it. Any other SQLite failure is an
 
 from __future__ import annotations
 
-import shutil
 import sqlite3
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -33,17 +32,14 @@ from farmedge.contract import Quality
 from farmedge.logs import get_logger
 
 from .errors import OutboxError
-from .outbox_db import DiskFull, OutboxDb
+from .outbox_db import QUALITIES, QUALITY_CODE, DiskFull, OutboxDb
+from .outbox_full import RESUME_FREE_BYTES, FullDisk, Ledger, Unwritten, free_bytes
 
 __all__ = ["NewRow", "Outbox", "OutboxStats", "Row"]
 
-_QUALITY = (Quality.OK, Quality.SUSPECT, Quality.ERROR)
-_QCODE = {q: i for i, q in enumerate(_QUALITY)}
 #: Per-row overhead in the size estimate (rowid, numbers, record header, index).
 ROW_OVERHEAD = 48
 SEQ_BLOCK = 1000
-#: While full, try again once at least this much is free.
-RESUME_FREE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,44 +103,6 @@ def _size(r: NewRow) -> int:
             + (len(r.animal) if r.animal else 0))
 
 
-@dataclass(slots=True)
-class _Ledger:
-    """Which reading ids the open transaction holds, so that a transaction
-    lost to a full disk is counted right: its readings the uplink has
-    published are on their way, the others are lost, and none of their ids
-    is used again."""
-
-    #: sqlite_sequence of ``reading`` at the last commit: the open
-    #: transaction's readings have the ids after it.
-    committed: int = 0
-    #: Readings added in the open transaction.
-    tx_rows: int = 0
-    #: The highest reading id the uplink has published (mark_sent).
-    sent_max: int = 0
-    #: The highest reading id that may have been used (never reused).
-    id_high: int = 0
-
-    def added(self, n: int) -> None:
-        self.tx_rows += n
-        self.id_high = max(self.id_high, self.committed + self.tx_rows)
-
-    def commit(self) -> None:
-        self.committed += self.tx_rows
-        self.tx_rows = 0
-
-    def lose(self, also_lost: int) -> int:
-        """The open transaction is given up; how many readings are lost."""
-        start = self.committed
-        handed = max(0, min(self.sent_max, start + self.tx_rows) - start)
-        lost = self.tx_rows - handed + also_lost
-        self.id_high = max(self.id_high, start + self.tx_rows + also_lost, self.sent_max)
-        self.tx_rows = 0
-        return lost
-
-    def resumed(self) -> None:
-        self.committed = max(self.committed, self.id_high)
-
-
 class Outbox:
     """``open()`` it, ``add()`` readings, ``commit()`` every few seconds,
     ``peek()`` the oldest, ``delete()`` what the broker acknowledged."""
@@ -165,7 +123,10 @@ class Outbox:
         #: True while the disk is full: readings are counted in ``dropped``,
         #: not kept.
         self.full = False
-        self._ids = _Ledger()
+        self._ids = Ledger()
+        #: Readings the full disk would not keep, held in memory.
+        self._mem = Unwritten()
+        self._fulldisk = FullDisk(self)
         self._log = get_logger("farmedge.gateway.outbox")
 
     # -- life cycle ---------------------------------------------------------
@@ -178,7 +139,7 @@ class Outbox:
         try:
             self._open(exclusive=False)
         except OutboxError:
-            if _free_bytes(self.path.parent) >= RESUME_FREE_BYTES:
+            if free_bytes(self.path.parent) >= RESUME_FREE_BYTES:
                 raise
             # A full SD card (after a power cut, say): WAL mode needs a new
             # shared-memory file, which cannot be made. In exclusive locking
@@ -203,17 +164,20 @@ class Outbox:
             self._seq = self._seq_reserved = meta.get("seq_reserved", 0)
             self._boots = f.boots()
             last = f.last_reading_id()
-            self._ids = _Ledger(committed=last, id_high=last)
+            self._ids = Ledger(committed=last, id_high=last)
         except OutboxError:
             f.close()
             raise
 
     def close(self) -> None:
-        """Commit and close, keeping the exact next ``seq`` (a restart: no gap)."""
+        """Commit and close, keeping the exact next ``seq`` (a restart: no gap).
+        Readings only memory holds (the disk still full) are counted in
+        ``dropped``, which is written if the disk lets it."""
         if self.file.is_open:
             if not self.full and self._seq != self._seq_reserved:
                 self._reserve(self._seq)
             self.commit()
+            self._fulldisk.at_close()
             self.file.close()
 
     @property
@@ -258,7 +222,7 @@ class Outbox:
             self.file.executemany(
                 "INSERT INTO reading (sensor, kind, unit, value, quality, animal, ts, mono, boot,"
                 " synced, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                [(r.sensor, r.kind, r.unit, float(r.value), _QCODE[r.quality], r.animal, r.ts,
+                [(r.sensor, r.kind, r.unit, float(r.value), QUALITY_CODE[r.quality], r.animal, r.ts,
                   r.mono, boot, int(r.synced), s) for r, s in zip(rows, sizes, strict=True)])
         except DiskFull as exc:
             self._disk_full(exc, also_lost=len(rows))
@@ -268,56 +232,24 @@ class Outbox:
         self.bytes += sum(sizes)
         self.unsynced += sum(1 for r in rows if not r.synced)
 
-    # -- a full disk ----------------------------------------------------------
+    # -- a full disk (outbox_full.FullDisk) -------------------------------------
 
     def _disk_full(self, exc: BaseException, *, also_lost: int = 0) -> None:
-        """The disk is full: give up the open transaction (it cannot commit),
-        count its readings and ``also_lost`` as dropped, and stop taking
-        readings until there is room again."""
-        lost = self._ids.lose(also_lost)
-        self.file.rollback()
-        self.dropped += lost
-        self._recount()
-        self._boots = self.file.boots()
-        if not self.full:
-            self._log.error("gateway.outbox_full", error=str(exc), lost=lost,
-                            dropped_total=self.dropped, path=str(self.path))
-        self.full = True
-
-    def _try_resume(self) -> None:
-        free = _free_bytes(self.path.parent)
-        if free < RESUME_FREE_BYTES:
-            return
-        f = self.file
-        try:
-            f.begin()  # deletes of acknowledged readings may be waiting in it
-            f.set_meta("dropped", self.dropped)
-            # Ids of the readings given up are never used again: the uplink
-            # may have passed them already.
-            f.raise_reading_id(self._ids.id_high)
-            f.commit()
-        except DiskFull:
-            f.rollback()
-            self._recount()
-            return
-        except OutboxError:
-            f.rollback()
-            raise
-        self.full = False
-        self._ids.resumed()
-        self._log.warning("gateway.outbox_room_again", free_bytes=free,
-                          dropped_total=self.dropped)
+        self._fulldisk.hit(exc, also_lost=also_lost)
 
     def delete(self, rows: Iterable[Row]) -> None:
         """Forget readings the broker acknowledged (durable at the next commit).
         On a full disk they stay, sent again (the edge stores a reading once)."""
-        rows = list(rows)
+        rows = self._fulldisk.forget_held(rows)
         if not rows:
             return
         try:
             self.file.begin()
-            n = self.file.delete_ids([r.id for r in rows])
+            n = self._fulldisk.delete_rows(rows)
         except DiskFull as exc:
+            # These were delivered: of the transaction about to be undone,
+            # they are neither kept nor lost.
+            self._fulldisk.gone(rows)
             self._disk_full(exc)
             return
         if n == len(rows):
@@ -329,12 +261,17 @@ class Outbox:
 
     def discard(self, rows: Iterable[Row]) -> None:
         """Drop readings that can never be sent, counted in ``dropped``."""
-        ids = [r.id for r in rows]
-        if not ids or self.full:
+        rows = list(rows)
+        if not rows:
+            return
+        given = len(rows)
+        rows = self._fulldisk.forget_held(rows)
+        self.dropped += given - len(rows)
+        if not rows or self.full:
             return
         try:
             self.file.begin()
-            self.dropped += self.file.delete_ids(ids)
+            self.dropped += self._fulldisk.delete_rows(rows)
             self.file.set_meta("dropped", self.dropped)
         except DiskFull as exc:
             self._disk_full(exc)
@@ -342,7 +279,9 @@ class Outbox:
         self._recount()
 
     def _recount(self) -> None:
-        self.depth, self.bytes, self.unsynced = self.file.counts()
+        n, size, unsynced = self.file.counts()
+        hn, hsize, hunsynced = self._mem.totals()
+        self.depth, self.bytes, self.unsynced = n + hn, size + hsize, unsynced + hunsynced
 
     def correct_clock(self, boot_id: str, now_wall_ms: int, now_mono_ms: int) -> int:
         """Re-date readings of this boot taken before the clock was set."""
@@ -409,6 +348,10 @@ class Outbox:
     def _drop_through(self, last_id: int) -> int:
         f = self.file
         f.begin()
+        start = self._ids.committed
+        if last_id > start:
+            self._ids.tx_gone += f.counts("WHERE id > ? AND id <= ?", (start, last_id))[0]
+        self._mem.prune_sent(last_id)
         n, size, unsynced = f.delete_through(last_id)
         self.depth -= n
         self.bytes -= size
@@ -419,7 +362,7 @@ class Outbox:
 
     def commit(self) -> None:
         if self.full:
-            self._try_resume()
+            self._fulldisk.try_resume()
             return
         if self.file.in_transaction:
             try:
@@ -428,27 +371,34 @@ class Outbox:
                 self._disk_full(exc)
                 return
             self._ids.commit()
+            self._mem.sent.clear()  # on disk now: nothing to keep in memory
 
     # -- reading ------------------------------------------------------------
 
     def peek(self, after_id: int, limit: int) -> list[Row]:
-        """The oldest ``limit`` readings with an id above ``after_id``."""
-        return [Row(i, s, k, u, v, _QUALITY[q], a, t, m, b, bool(sy), sz)
+        """The oldest ``limit`` readings with an id above ``after_id`` (on
+        disk, or held in memory while the disk is full)."""
+        rows = self._peek_db(after_id, limit)
+        if self._mem.held:
+            rows = sorted([*rows, *self._mem.after(after_id)], key=lambda r: r.id)[:limit]
+        return rows
+
+    def _peek_db(self, after_id: int, limit: int) -> list[Row]:
+        return [Row(i, s, k, u, v, QUALITIES[q], a, t, m, b, bool(sy), sz)
                 for i, s, k, u, v, q, a, t, m, b, sy, sz in self.file.readings(after_id, limit)]
 
-    def mark_sent(self, last_id: int) -> None:
-        """The uplink has published the readings up to ``last_id``: if the
-        disk fills before they are committed, they are on their way, not lost."""
-        self._ids.sent_max = max(self._ids.sent_max, last_id)
+    def mark_sent(self, rows: Iterable[Row]) -> None:
+        """The uplink has published ``rows``: should the disk fill before
+        they are committed or acknowledged, they are kept in memory and sent
+        again, not lost."""
+        self._mem.mark_sent(rows, self._ids.committed)
+
+    @property
+    def held(self) -> int:
+        """Readings held in memory only (a transaction the full disk undid)."""
+        return len(self._mem.held)
 
     def stats(self) -> OutboxStats:
         old = self.peek(0, 1)
         return OutboxStats(self.depth, self.bytes, old[0].ts if old else None, self.dropped,
                            self.full)
-
-
-def _free_bytes(path: Path) -> int:
-    try:
-        return int(shutil.disk_usage(path).free)
-    except OSError:
-        return RESUME_FREE_BYTES

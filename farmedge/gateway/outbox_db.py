@@ -16,11 +16,16 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from farmedge.contract import Quality
 from farmedge.disk import is_disk_full
 
 from .errors import OutboxError
 
-__all__ = ["SCHEMA", "DiskFull", "OutboxDb"]
+__all__ = ["QUALITIES", "QUALITY_CODE", "SCHEMA", "DiskFull", "OutboxDb"]
+
+#: ``reading.quality`` in the file: the index in this tuple.
+QUALITIES = (Quality.OK, Quality.SUSPECT, Quality.ERROR)
+QUALITY_CODE = {q: i for i, q in enumerate(QUALITIES)}
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS reading (
@@ -179,6 +184,13 @@ class OutboxDb:
                      (to, to))
         self.execute("INSERT INTO sqlite_sequence (name, seq) SELECT 'reading', ? WHERE NOT"
                      " EXISTS (SELECT 1 FROM sqlite_sequence WHERE name = 'reading')", (to,))
+
+    def insert_with_ids(self, rows: Sequence[Sequence[Any]]) -> None:
+        """Readings back on disk with their own ids (every column in the
+        schema's order; ids already there are left as they are)."""
+        self.executemany(
+            "INSERT OR IGNORE INTO reading (id, sensor, kind, unit, value, quality, animal, ts,"
+            " mono, boot, synced, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
 
     def readings(self, after_id: int, limit: int) -> sqlite3.Cursor:
         """The oldest ``limit`` readings with an id above ``after_id``, every

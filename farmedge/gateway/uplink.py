@@ -15,7 +15,10 @@ listener among them) connects with a persistent session (clean session
 false, the stable client id) and no properties: the compact encoding is
 told from JSON by its first byte. With ``[mqtt] urls`` (a cluster's nodes)
 each connect goes to one node; after a failed connect or a lost connection
-the next one is tried (round robin, the back-off between attempts).
+the next one is tried (round robin, the back-off between attempts). The
+order is the gateway's own, from its client id (BrokerRing): each gateway
+starts at its own node, always the same one, and a fleet spreads evenly
+over the nodes, also over the survivors when one dies.
 """
 
 from __future__ import annotations
@@ -70,8 +73,10 @@ class Uplink:
         self.backoff = Backoff(settings.mqtt.backoff_min_s, settings.mqtt.backoff_max_s,
                                rng or random.Random())
         self.stats = UplinkStats()
-        #: The brokers, tried in turn.
-        self.ring = BrokerRing(settings.mqtt.brokers)
+        #: The brokers, tried in turn, in an order of this gateway's own (from
+        #: its client id): the fleet spreads over a cluster's nodes.
+        self.ring = BrokerRing(settings.mqtt.brokers,
+                               key=settings.mqtt.client_id or settings.gateway)
         self.connected = False
         self.flushing = False
         self._client: Publisher | None = None
@@ -256,7 +261,7 @@ class Uplink:
                        first=f"{rows[0].sensor}={rows[0].value:g}",
                        last=f"{rows[-1].sensor}={rows[-1].value:g}")
         self._cursor = rows[-1].id
-        self.outbox.mark_sent(self._cursor)
+        self.outbox.mark_sent(rows)
         self.stats.messages += 1
         self.stats.bytes += len(payload)
 

@@ -9,6 +9,7 @@ broker (Mosquitto's dynamic security plugin) and the registry.
   farmedge provision revoke --user edge
   farmedge provision import-passwd --passwd passwd --acl acl
   farmedge provision init
+  farmedge provision nats gateway|edge|admin|revoke|config ...   (a NATS cluster's users)
   farmedge provision influx [--env-file FILE]
   farmedge provision dashboards [--check]
   farmedge provision nats-cluster [--check]
@@ -153,11 +154,13 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     from .dashboards import add_parser as add_dashboards_parser
     from .influx import add_parser as add_influx_parser
+    from .nats_cli import add_parser as add_nats_parser
     from .nats_cluster import add_parser as add_nats_cluster_parser
 
     add_influx_parser(psub)
     add_dashboards_parser(psub)
     add_nats_cluster_parser(psub)
+    add_nats_parser(psub)
 
 
 def _ids(q: argparse.ArgumentParser) -> None:

@@ -9,7 +9,8 @@ settings give none. Any other scheme is a :class:`BrokerUrlError`.
 
 A client given several URLs (the nodes of a broker cluster) goes through
 them in turn with :class:`BrokerRing`: the next node after every failed
-connect or lost connection, the shared back-off between attempts.
+connect or lost connection, the shared back-off between attempts; a gateway
+in an order of its own, so that a fleet spreads over the nodes.
 
 :data:`PROTOCOLS`: the MQTT versions a publisher speaks, "5" (the default:
 content-type property, clean start, no session kept) and "3.1.1" (for
@@ -18,6 +19,7 @@ brokers that refuse MQTT 5, NATS's MQTT listener among them).
 
 from __future__ import annotations
 
+import hashlib
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -159,17 +161,35 @@ class BrokerRing:
     moves to the next (round robin) after every connect that failed and
     every connection that ended, so a client whose node died tries the
     others while the back-off spaces the attempts. With one broker it is
-    always that one."""
+    always that one.
 
-    def __init__(self, brokers: list[Broker]) -> None:
+    With a ``key`` (a gateway's client id) "first" and "next" are in an
+    order of that key's own, not the listed one: the brokers by the SHA-256
+    of the key and the broker's host and port, highest first (rendezvous
+    hashing). So a fleet whose gateways all list the same nodes spreads
+    evenly over them, each gateway always starting at the same node (its
+    own: the same after every restart, which an operator can tell from its
+    id); when a node dies its gateways spread over the others rather than
+    all moving to the next in the list; and a node added to the list takes
+    over only the gateways for which it comes first."""
+
+    def __init__(self, brokers: list[Broker], key: str | None = None) -> None:
         if not brokers:
             raise BrokerUrlError("no broker to connect to")
         self.brokers = list(brokers)
-        #: Index of the broker the next attempt goes to.
-        self.index = 0
+        #: Indexes into ``brokers``, in the order tried.
+        self.order = list(range(len(self.brokers)))
+        if key is not None:
+            self.order.sort(key=lambda i: _weight(key, self.brokers[i]), reverse=True)
+        self._pos = 0
 
     def __len__(self) -> int:
         return len(self.brokers)
+
+    @property
+    def index(self) -> int:
+        """Index (in the listed brokers) of the one the next attempt goes to."""
+        return self.order[self._pos]
 
     @property
     def current(self) -> Broker:
@@ -177,9 +197,13 @@ class BrokerRing:
 
     def advance(self) -> Broker:
         """Move to the next broker (after a failure or a loss); returns it."""
-        self.index = (self.index + 1) % len(self.brokers)
+        self._pos = (self._pos + 1) % len(self.brokers)
         return self.current
 
     def where(self) -> str:
-        """``node i/n`` for the logs."""
+        """``i/n`` for the logs: the current broker's place in the list."""
         return f"{self.index + 1}/{len(self.brokers)}"
+
+
+def _weight(key: str, broker: Broker) -> bytes:
+    return hashlib.sha256(f"{key}\n{broker.host}:{broker.port}".encode()).digest()

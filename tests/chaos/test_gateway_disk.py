@@ -169,3 +169,64 @@ def test_the_edge_stores_outbox_full_and_its_clearing(
         assert eventually(lambda: len(rows()) == 2 and rows(), timeout=30) == [True, False]
     finally:
         edge.stop()
+
+
+def _inflight_of_open_transaction(agent: AgentThread) -> bool:
+    """The uplink awaits a PUBACK for readings the outbox has not committed yet."""
+    ob, up = agent.agent.outbox, agent.agent.uplink
+    try:
+        return any(r.id > ob._ids.committed for rows in list(up._inflight.values())
+                   for r in rows)
+    except RuntimeError:  # changed while looked at (the agent's thread)
+        return False
+
+
+def test_a_broker_outage_with_a_batch_in_flight_then_a_full_card_loses_nothing_uncounted(
+        sd_card: Path, mosquitto: MosquittoServer, county: str) -> None:
+    """Published, never acknowledged (the link goes dead, then down), and
+    the card fills while the readings are not committed yet: the full disk
+    undoes their transaction. They must still reach the broker (held in
+    memory, sent again after the outage) or be counted in ``dropped``."""
+    from tests.netproxy import Proxy
+
+    proxy = Proxy("127.0.0.1", mosquitto.port)
+    sub = Subscriber(mosquitto.url, county)
+    drv = _Counter(per_read=5)
+    s = gw_settings(sd_card, proxy.url, county,
+                    outbox={"commit_interval_s": 5.0}, uplink={"batch_max_wait_s": 0.05},
+                    sensors=[{"driver": "simulated", "id": "soil-1", "interval_s": 0.02}])
+    agent = AgentThread(s, drivers={"soil-1": drv}).start()
+    filler: Path | None = None
+    try:
+        eventually(lambda: len(sub.readings()) >= 200, timeout=30, what="readings flow")
+        proxy.blackhole()  # publishes go nowhere: no PUBACK
+        eventually(lambda: _inflight_of_open_transaction(agent), timeout=30,
+                   what="a batch of the open transaction awaiting its PUBACK")
+        filler = fill_disk(sd_card)
+        eventually(lambda: agent.agent.outbox.full, timeout=30, what="the outbox is full")
+        proxy.cut()  # the outage: that connection is gone, its PUBACKs never come
+        eventually(lambda: not agent.agent.uplink.connected, timeout=30, what="disconnected")
+        taken_when_full = drv.n
+        eventually(lambda: drv.n >= taken_when_full + 200, timeout=30,
+                   what="readings taken while full and offline")
+        proxy.restore()
+        filler.unlink()
+        filler = None
+        eventually(lambda: not agent.agent.outbox.full, timeout=30, what="room again")
+        n = len(sub.readings())
+        eventually(lambda: len(sub.readings()) >= n + 200, timeout=30,
+                   what="readings flow again")
+    finally:
+        if filler is not None:
+            filler.unlink()
+        agent.stop()  # drains the outbox
+        proxy.close()
+    dropped = agent.agent.outbox.dropped
+    taken = agent.agent.samples
+    assert agent.agent.outbox.depth == 0
+    eventually(lambda: len({(x, t) for x, _, t, _ in sub.readings()}) + dropped == taken,
+               timeout=30, what=f"every one of {taken} readings delivered or counted "
+               f"(delivered {len({(x, t) for x, _, t, _ in sub.readings()})}, "
+               f"dropped {dropped})")
+    assert dropped > 0
+    sub.close()

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,14 @@ from farmedge.contract import telemetry_topic
 from farmedge.provision.nats_cluster import PORTS, STORE_DIR
 from farmedge.transport.nats_settings import SourceSection
 from farmedge_dev.natscluster import MIN_VERSION, NatsCluster, NatsNode
-from tests.compose_support import binds, docker_compose, dotenv, filled_env, load_compose
+from tests.compose_support import (
+    binds,
+    docker_compose,
+    dotenv,
+    filled_env,
+    interpolate,
+    load_compose,
+)
 from tests.stack_support import ROOT
 
 CLUSTER = ROOT / "docker-compose.cluster.yml"
@@ -140,6 +148,39 @@ def test_each_node_runs_its_generated_file_and_the_edges_read_its_partitions() -
     for edge in EDGES:
         assert {k: v for k, v in binds(services[edge]).items()} == binds(theirs)
         assert services[edge]["healthcheck"] == theirs["healthcheck"]
+
+
+def _edge_env(edge: str, site: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """An edge service's environment as compose gives it (``site`` is the
+    .env), container paths moved here: the registry and rules to the
+    repository's files, the data folder to ``tmp_path``."""
+    svc = cluster()["services"][edge]
+    env = {k: interpolate(str(v), site) for k, v in svc["environment"].items()}
+    mounts = {t: interpolate(v["source"], site) for t, v in binds(svc).items()}
+    env["FARMEDGE_REGISTRY"] = str(ROOT / mounts[env["FARMEDGE_REGISTRY"]])
+    env["FARMEDGE_ALERTS_RULES"] = json.dumps(
+        [str(ROOT / mounts[p]) for p in json.loads(env["FARMEDGE_ALERTS_RULES"])])
+    env["FARMEDGE_DATA_DIR"] = str(tmp_path / edge)
+    return env
+
+
+def test_each_edges_environment_passes_check_config(tmp_path: Path) -> None:
+    """`farmedge edge check-config` with each edge service's environment (the
+    site's .env filled in): no error, no variable that sets nothing, the
+    cluster's three nodes as the source and the edge's own name."""
+    site = dotenv(filled_env(tmp_path))
+    site["FARMEDGE_REGISTRY_FILE"] = str(ROOT / "registry.example.yaml")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
+    for edge in EDGES:
+        out = subprocess.run(
+            [sys.executable, "-m", "farmedge", "edge", "check-config"], cwd=ROOT,
+            env={**base, **_edge_env(edge, site, tmp_path), "PYTHONPATH": str(ROOT)},
+            capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert "warning" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
+        assert ("source: NATS nats://nats-1:4222, nats://nats-2:4222, nats://nats-3:4222; "
+                "stream $MQTT_msgs, 16 partitions") in out.stdout, out.stdout
+        assert f"as {edge}, taken over within" in out.stdout, out.stdout
 
 
 def test_the_image_is_a_server_new_enough_for_the_ids_and_the_leases() -> None:

@@ -28,6 +28,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from farmedge.contract import parse_telemetry
 from farmedge.transport import nats as tn
+from farmedge.transport.broker import BrokerRing, parse_broker_urls
 from farmedge_dev.devservers import InfluxServer, MosquittoServer
 from farmedge_dev.natscluster import NatsCluster
 from tests.gateway_support import EdgeProcess, Subscriber, influx_points
@@ -280,24 +281,34 @@ def test_gateway_moves_to_another_nats_node_when_its_node_dies(
     import asyncio
 
     nodes = nats_cluster.nodes
-    urls = ", ".join(f'"{n.mqtt_url}"' for n in nodes)
+    mqtt_urls = [n.mqtt_url for n in nodes]
+    urls = ", ".join(f'"{u}"' for u in mqtt_urls)
+    # Each gateway starts at a node of its own (from its client id: here its
+    # id): one whose own node is not the first listed, so that the test
+    # tells that from starting at the first.
+    gateway, ring = next((g, r) for g in (f"gw-{i}" for i in range(1, 50))
+                         if (r := BrokerRing(parse_broker_urls(mqtt_urls), key=g)).index != 0)
+    home, then = ring.order[0], ring.order[1]
     data = tmp_path / "gw"
-    cfg = gateway_config(tmp_path / "gw.toml", county, "gw-1", data, f"urls = [{urls}]",
+    cfg = gateway_config(tmp_path / "gw.toml", county, gateway, data, f"urls = [{urls}]",
                          interval_s=0.02)
     gw = GatewayProcess(cfg, tmp_path / "gw.log", counter=True)
     try:
         eventually(lambda: gw.acked() >= 100, timeout=90, what="100 readings acknowledged "
-                   "through node 1")
+                   f"through node {home + 1}")
         [first] = gw.events("gateway.connected")
-        assert first["node"] == "1/3" and first["protocol"] == "3.1.1", first
+        assert first["node"] == f"{home + 1}/3" and first["protocol"] == "3.1.1", first
+        assert first["url"] == mqtt_urls[home], first
         before_kill = gw.acked()
         killed = time.monotonic()
-        nats_cluster.kill(0)  # the gateway's node (SIGKILL)
+        nats_cluster.kill(home)  # the gateway's node (SIGKILL)
         moved = eventually(lambda: gw.events("gateway.connected")[1:], timeout=60,
                            what="the gateway connected to another node")[0]
         moved_after_s = time.monotonic() - killed
-        assert moved["node"] in ("2/3", "3/3"), moved
-        assert gw.events("gateway.next_broker"), gw.tail()
+        assert moved["node"] != f"{home + 1}/3", moved
+        # It tried the next node of its own order first.
+        hops = gw.events("gateway.next_broker")
+        assert hops and hops[0]["next"] == mqtt_urls[then], (hops, gw.tail())
         eventually(lambda: gw.acked() >= before_kill + 200, timeout=90,
                    what="200 more readings acknowledged on the new node")
         assert gw.stop() == 0, gw.tail()
@@ -312,7 +323,8 @@ def test_gateway_moves_to_another_nats_node_when_its_node_dies(
         quiet_s=3.0, deadline_s=120.0))
     readings = [r.value for p in payloads for r in parse_telemetry(p, content_type=None).readings]
     distinct = set(readings)
-    print(f"gateway: {acked} readings acknowledged ({before_kill} through node 1 before its "
+    print(f"gateway {gateway}: {acked} readings acknowledged ({before_kill} through node "
+          f"{home + 1} before its "
           f"kill), connected to node {moved['node']} {moved_after_s:.1f} s after the kill; "
           f"the stream gave {len(payloads)} messages, {len(readings)} readings, "
           f"{len(distinct)} distinct")
@@ -329,11 +341,12 @@ def test_gateway_moves_to_another_nats_node_when_its_node_dies(
     # time (a subscription made too early on a node gets none): ask again
     # with a fresh subscription until one gives it.
     part = tn.partition_of(county, "farm-1", consumers.partitions)
-    topic = f"farmp/v1/{part}/{county}/farm-1/gw-1/status"
+    topic = f"farmp/v1/{part}/{county}/farm-1/{gateway}/status"
     tries: list[int] = []
+    alive = [i for i in range(len(nodes)) if i != home]
 
     def retained() -> dict[str, Any] | None:
-        node = 2 if len(tries) % 2 == 0 else 1
+        node = alive[len(tries) % 2]
         tries.append(node + 1)
         st = RetainedStatus(nodes[node].mqtt_port, topic)
         try:
@@ -344,7 +357,7 @@ def test_gateway_moves_to_another_nats_node_when_its_node_dies(
         finally:
             st.close()
 
-    last = eventually(retained, timeout=60, what="the retained status on node 2 or 3")
+    last = eventually(retained, timeout=60, what="the retained status on a live node")
     print(f"retained status from node {tries[-1]} at subscription {len(tries)}")
     assert last is not None
     assert last["retain"] and last["online"] is False and last["topic"] == topic, last

@@ -16,7 +16,8 @@ from farmedge.contract import Quality, check_reading
 from farmedge.gateway import FakeClock, Outbox, OutboxError, Sample
 from farmedge.gateway.agent import check_sample
 from farmedge.gateway.batching import ReplayProgress, next_batch
-from farmedge.gateway.outbox import NewRow, _Ledger
+from farmedge.gateway.outbox import NewRow
+from farmedge.gateway.outbox_full import Ledger
 from farmedge.gateway.settings import UplinkSection
 
 FIXTURE = Path(__file__).resolve().parents[2] / "fixtures" / "upgrade-168e95c" / "gateway"
@@ -167,12 +168,13 @@ def test_discarded_readings_are_counted_and_gone_for_good(tmp_path: Path) -> Non
 
 
 def test_the_ledger_counts_a_lost_transaction() -> None:
-    """A transaction the full disk undid: readings the uplink published are
-    on their way, the rest are lost, and no id of them is used again."""
-    led = _Ledger(committed=100, id_high=100)
+    """A transaction the full disk undid: readings kept in memory are on
+    their way, those it removed itself (acknowledged) are counted already,
+    the rest are lost, and no id of them is used again."""
+    led = Ledger(committed=100, id_high=100)
     led.added(10)  # ids 101..110
-    led.sent_max = 104  # the uplink published 101..104
-    assert led.lose(also_lost=3) == 6 + 3
+    led.tx_gone = 2  # two of them acknowledged and deleted
+    assert led.lose(also_lost=3, kept=4) == 10 - 2 - 4 + 3
     assert led.tx_rows == 0 and led.id_high == 113
     led.resumed()
     assert led.committed == 113

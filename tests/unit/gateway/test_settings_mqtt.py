@@ -19,6 +19,7 @@ from farmedge.contract import encode_status
 from farmedge.gateway import FakeClock, Outbox
 from farmedge.gateway.settings import GatewaySettings, MqttSection
 from farmedge.gateway.uplink import Uplink
+from farmedge.transport.broker import BrokerRing
 from farmedge.transport.publisher import Publisher
 
 IDS = 'county = "c1"\nfarm = "f1"\ngateway = "gw-1"\n'
@@ -95,7 +96,7 @@ class _Recording(Uplink):
         return pub
 
 
-def test_the_uplink_tries_each_url_in_turn(tmp_path: Path) -> None:
+def test_the_uplink_tries_each_url_in_turn_in_its_own_order(tmp_path: Path) -> None:
     ports = [_closed_port() for _ in range(3)]
     doc: dict[str, Any] = {
         "county": "c1", "farm": "f1", "gateway": "gw-1", "data_dir": str(tmp_path),
@@ -115,5 +116,8 @@ def test_the_uplink_tries_each_url_in_turn(tmp_path: Path) -> None:
 
     asyncio.run(main())
     outbox.close()
-    assert [p for p, _, _ in up.tried] == [ports[i % 3] for i in range(7)]
+    # In the gateway's own order (from its client id), round and round.
+    own = [ports[i] for i in BrokerRing(s.mqtt.brokers, key="gw-1").order]
+    assert sorted(own) == sorted(ports)
+    assert [p for p, _, _ in up.tried] == [own[i % 3] for i in range(7)]
     assert {(proto, persistent) for _, proto, persistent in up.tried} == {("3.1.1", True)}
