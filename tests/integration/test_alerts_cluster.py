@@ -292,7 +292,9 @@ async def test_a_firing_alert_is_not_sent_again_after_the_handover(setup: Setup)
         await x.crash()
         await until(lambda: y.owns(s.partition), timeout=s.cfg.takeover_bound_s + 10,
                     what="the other took the partition over")
-        assert _states(y) == ["firing"]
+        # (the lease comes first, then the state loaded: the edge's reader
+        # starts only once it is)
+        await until(lambda: _states(y) == ["firing"], timeout=10, what="the state loaded")
         for _ in range(10):        # still dry, for longer than `for`
             y.feed(s.county, 11)
             await asyncio.sleep(0.5)
