@@ -11,7 +11,7 @@ broker (Mosquitto's dynamic security plugin) and the registry.
   farmedge provision revoke --user edge
   farmedge provision import-passwd --passwd passwd --acl acl
   farmedge provision init
-  farmedge provision nats gateway|edge|admin|revoke|config ...   (a NATS cluster's users)
+  farmedge provision nats gateway|edge|admin|revoke|config|sessions ...   (a NATS cluster's users)
   farmedge provision influx [--env-file FILE]
   farmedge provision dashboards [--check]
   farmedge provision nats-cluster [--check]
