@@ -426,6 +426,10 @@ def test_gateway_b_taking_gateway_a_s_session(secured: Secured, edge_cfg: Source
     assert any(c.get("mqtt_client") == secured.gateways["A"]["client_id"]
                and c.get("authorized_user") == secured.gateways["B"]["username"]
                for c in conns), conns
+    # ... which `provision nats sessions` reports, with exit status 1.
+    monitors = [a for n in secured.cluster.nodes
+                for a in ("--monitor", f"http://127.0.0.1:{n.http_port}")]
+    assert main(["provision", "nats", "sessions", *monitors]) == 1
     forged = [b.publish(topic(A, "telemetry"), b"forged-by-b"),
               b.publish(topic(B, "telemetry"), b"b-own-under-a-id")]
     assert b.wait_acked(forged)
@@ -443,6 +447,7 @@ def test_gateway_b_taking_gateway_a_s_session(secured: Secured, edge_cfg: Source
     b2.close()
     a3 = gw(secured, "A", reconnect_s=60)
     assert a3.connect() == (0, False)
+    assert main(["provision", "nats", "sessions", *monitors]) == 0  # all as they should be
     a3.close()
     logs = "".join(n.log_tail(10**7) for n in secured.cluster.nodes)
     assert "same client ID" in logs
