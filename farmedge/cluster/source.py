@@ -13,12 +13,22 @@ meanwhile, is not acknowledged: the partition's next owner gets it again
 
 A partition given back on a rebalance finishes its current batch first; one
 lost (taken, expired) stops at once.
+
+The caller's partition hooks (``on_gained``, ``on_lost``: the alert engine
+loading and persisting a partition's state) run in order per partition:
+``on_gained(p)`` before the partition's reader fetches anything,
+``on_lost(p)`` after its reader stopped, and a partition gained again waits
+for the ``on_lost`` before it. They never hold up the ownership round that
+renews the other leases: each runs as a task of its own, and the round waits
+for it at most ``hook_wait_s`` (a reader whose ``on_gained`` is slower starts
+when it ends).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Awaitable, Callable
 
 from nats.aio.client import Client as NatsClient
@@ -37,11 +47,15 @@ log = get_logger("farmedge.cluster.source")
 #: Called with each batch and the lease it was read under; returns True once
 #: the batch is durable (then acknowledged), False to have it delivered again.
 Handler = Callable[[tn.Batch, Lease], Awaitable[bool]]
+#: Told of a partition gained (before its reader starts) or lost (after it stopped).
+PartitionHook = Callable[[int], Awaitable[None]]
 
 
 class PartitionedSource:
     def __init__(self, nc: NatsClient, cfg: SourceSection, instance: str, handler: Handler,
-                 *, check_mapping: bool = True, retry_delay_s: float = 1.0) -> None:
+                 *, check_mapping: bool = True, retry_delay_s: float = 1.0,
+                 on_gained: PartitionHook | None = None,
+                 on_lost: PartitionHook | None = None) -> None:
         self.nc = nc
         self.cfg = cfg
         self.instance = instance
@@ -52,6 +66,13 @@ class PartitionedSource:
         self.ownership = Ownership(self.store, on_gained=self._gained, on_lost=self._lost)
         self._tasks: dict[int, asyncio.Task[None]] = {}
         self._draining: set[int] = set()
+        self.on_gained = on_gained
+        self.on_lost = on_lost
+        #: The last hook task of each partition (the next one waits for it).
+        self._hooks: dict[int, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Future[None]] = set()
+        #: When the lease of each owned partition was gained (time.time()).
+        self.gained_at: dict[int, float] = {}
         #: Batches acknowledged, and refused by the fence, since the start.
         self.acked = 0
         self.fenced = 0
@@ -85,15 +106,55 @@ class PartitionedSource:
 
     # ------------------------------------------------------------ partitions
 
+    @property
+    def hook_wait_s(self) -> float:
+        """How long an ownership round waits for a partition hook."""
+        return min(2.0, self.cfg.lease_ttl_s / 10)
+
+    def _hook(self, p: int, hook: PartitionHook | None, what: str,
+              after: asyncio.Task[None] | None = None) -> asyncio.Task[None]:
+        """Run ``hook(p)`` after the partition's previous hook (and after
+        ``after``), as a task."""
+        waits = {t for t in (self._hooks.get(p), after) if t is not None}
+
+        async def run() -> None:
+            if waits:
+                await asyncio.wait(waits)
+            if hook is None:
+                return
+            try:
+                await hook(p)
+            except Exception as exc:  # the caller's failure: logged, the partition goes on
+                log.warning("cluster.partition_hook_failed", hook=what, partition=p,
+                            error=f"{type(exc).__name__}: {exc}"[:300])
+
+        task = asyncio.create_task(run(), name=f"partition-{p}-{what}")
+        self._hooks[p] = task
+        task.add_done_callback(lambda t: self._hooks.pop(p, None)
+                               if self._hooks.get(p) is t else None)
+        return task
+
     async def _gained(self, lease: Lease) -> None:
         p = lease.partition
         self._draining.discard(p)
-        self._tasks[p] = asyncio.create_task(self._run(p), name=f"partition-{p}")
+        self.gained_at[p] = time.time()
+        hook = self._hook(p, self.on_gained, "on_gained")
+        self._tasks[p] = asyncio.create_task(self._run(p, hook), name=f"partition-{p}")
+        await asyncio.wait({hook}, timeout=self.hook_wait_s)
 
     async def _lost(self, partition: int, reason: str) -> None:
         task = self._tasks.pop(partition, None)
+        self.gained_at.pop(partition, None)
         if task is None:
             return
+        try:
+            await self._stop_reader(partition, task, reason)
+        finally:
+            # After the reader stopped (or was given up on: bounded).
+            hook = self._hook(partition, self.on_lost, "on_lost", after=task)
+            await asyncio.wait({hook}, timeout=self.hook_wait_s)
+
+    async def _stop_reader(self, partition: int, task: asyncio.Task[None], reason: str) -> None:
         if reason in ("rebalance", "stopped"):
             # Finish the batch in hand, then stop; bounded so that the
             # rebalance round renews the other leases in time (a batch cut
@@ -107,7 +168,9 @@ class PartitionedSource:
         if not task.done():
             log.warning("cluster.partition_stop_slow", partition=partition)
 
-    async def _run(self, p: int) -> None:
+    async def _run(self, p: int, gained: asyncio.Task[None] | None = None) -> None:
+        if gained is not None:
+            await asyncio.wait({gained})  # the partition's state first
         reader = tn.PartitionReader(self.nc.jetstream(), self.cfg, p)
         try:
             while p not in self._draining:
@@ -131,6 +194,13 @@ class PartitionedSource:
         async with batch.keep_alive(self.cfg.ack_wait_s / 3):
             try:
                 durable = await self.handler(batch, lease)
+            except asyncio.CancelledError:
+                # The partition stops (lost, given back, the edge stopping):
+                # give the batch back now rather than after ack_wait.
+                giving_back = asyncio.ensure_future(batch.retry())
+                self._background.add(giving_back)
+                giving_back.add_done_callback(self._background.discard)
+                raise
             except Exception as exc:  # the caller's failure: deliver the batch again
                 log.warning("cluster.handler_failed", partition=p, error=str(exc))
                 durable = False
@@ -157,3 +227,6 @@ class PartitionedSource:
         await self.ownership.stop(release=release)
         for p in list(self._tasks):
             await self._lost(p, "stopped" if release else "crashed")
+        hooks = list(self._hooks.values())
+        if hooks:  # the last on_lost of each partition, bounded
+            await asyncio.wait(hooks, timeout=max(self.hook_wait_s, 5.0))

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from farmedge.logs import get_logger, redact_url
 from farmedge.records import CenterEvent, Stage
@@ -38,9 +38,13 @@ from .health import CenterWatch, ClockWatch, Health, HealthCheck
 from .metrics import EdgeMetrics, Incidents, counter_total
 from .settings import EdgeSettings
 from .sink import Sink, Writer
-from .source import Source
+from .source import EdgeSource, Source
 from .state import IngestState
 from .validate import Validator
+
+if TYPE_CHECKING:
+    from .fence import SourceFence
+    from .nats_source import NatsSource
 
 __all__ = ["EdgeError", "EdgeFatal", "EdgeService", "Health", "RecordSink", "build_observers"]
 
@@ -115,6 +119,24 @@ class Stages:
                 except Exception as exc:
                     self._incidents("observer", exc)
 
+    async def partition(self, name: str, partition: int, within_s: float, log: Any) -> None:
+        """Cluster mode: tell the stages (the alert engine) of a partition
+        gained (``partition_gained``, before its reader starts) or lost
+        (``partition_lost``, after it stopped); farmedge/alerts/cluster.py.
+        Bounded: the partition's reader waits for ``partition_gained``, and a
+        hung stage must not stop ingestion (the lease renewal never waits for
+        it: farmedge/cluster/source.py runs the hooks as tasks)."""
+        for st in self.running:
+            hook = getattr(st, name, None)
+            if hook is None:
+                continue
+            try:
+                await asyncio.wait_for(hook(partition), within_s)
+            except Exception as exc:
+                self._incidents("observer", exc)
+                log.error("edge.partition_hook_failed", hook=name, partition=partition,
+                          observer=type(st).__name__, error=repr(exc)[:300])
+
     async def close(self, within_s: float, log: Any) -> None:
         for st in self.running:
             close = getattr(st, "close", None)
@@ -141,6 +163,24 @@ class Stages:
         return out
 
 
+def _nats_source(s: EdgeSettings, metrics: EdgeMetrics, max_pending: int,
+                 stages: Callable[[], Stages], log: Any
+                 ) -> tuple[NatsSource | None, SourceFence | None]:
+    """The NATS source ([source] kind = "nats"; None for MQTT), telling the
+    stages of the partitions it gains and loses, and the alert engine's fence."""
+    if not s.nats:
+        return None, None
+    from .fence import SourceFence
+    from .nats_source import NatsSource
+
+    within = max(10.0, s.source.ack_wait_s)
+    src = NatsSource(s.source, s.source_instance, max_pending_bytes=max_pending,
+                     metrics=metrics, hooks=(
+                         lambda p: stages().partition("partition_gained", p, within, log),
+                         lambda p: stages().partition("partition_lost", p, within, log)))
+    return src, SourceFence(src)
+
+
 class EdgeService:
     """Build, then ``await run(stop)``. ``observers``: the stages (a list, or
     a function of the batcher for stages whose records the edge writes);
@@ -151,21 +191,24 @@ class EdgeService:
                  observers: Sequence[Stage] | StagesFactory | None = None,
                  validator: Validator | None = None, writer: Writer | None = None) -> None:
         self.settings = s = settings
-        if s.nats:
-            raise EdgeError('[source] kind = "nats": this version of the edge reads an MQTT '
-                            'broker only (kind = "mqtt")')
         if registry is None and s.registry is not None:
             registry = load_registry(s.registry)
         self.registry = registry
         self.metrics = EdgeMetrics()
         self.log = get_logger("farmedge.edge", instance=s.instance)
         self.incidents = Incidents(self.metrics, self.log)
-        self.source = Source(s.mqtt, max_pending_bytes=int(s.ingest.max_pending_mb * 1024 * 1024),
-                             metrics=self.metrics)
+        max_pending = int(s.ingest.max_pending_mb * 1024 * 1024)
+        self.source: EdgeSource
+        # nats-py (the nats extra) is imported only for [source] kind = "nats".
+        self.nats, self.fence = _nats_source(s, self.metrics, max_pending,
+                                             lambda: self.stages, self.log)
+        self.source = self.nats or Source(s.mqtt, max_pending_bytes=max_pending,
+                                          metrics=self.metrics)
         spool = Spool(s.data_dir / "spool", max_bytes=int(s.spool.max_mb * 1024 * 1024),
                       legacy=s.data_dir / "spool.sqlite3")
         self.sink = Sink(s.influx, writer=writer or InfluxWriter(s.influx), spool=spool,
-                         metrics=self.metrics, spool_max_mb=s.spool.max_mb)
+                         metrics=self.metrics, spool_max_mb=s.spool.max_mb,
+                         hold=s.nats and s.source.ack_when == "influx")
         # Stages come before the validator (which keeps records only for
         # stages) but take the batcher: it is built on a validator that is
         # told afterwards.
@@ -181,6 +224,11 @@ class EdgeService:
         else:
             stages = observers
         self.stages = Stages(stages, self.incidents)
+        if self.fence is not None:
+            for st in self.stages.running:
+                attach = getattr(st, "attach_fence", None)  # the alert engine
+                if attach is not None:
+                    attach(self.fence)
         if validator is None:
             self.validator.keep_readings = bool(self.stages.running)
         self.clock = ClockWatch()
@@ -199,7 +247,7 @@ class EdgeService:
     # names the tests and tools use
     @property
     def mqtt(self) -> Any:
-        return self.source.mqtt
+        return getattr(self.source, "mqtt", None)
 
     @property
     def spool(self) -> Spool:
@@ -215,7 +263,9 @@ class EdgeService:
     # -- lifespan --------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
         s = self.settings
-        self.log.info("edge.starting", mqtt=redact_url(s.mqtt.url), influx=s.influx.url,
+        self.log.info("edge.starting", mqtt=redact_url(s.mqtt.url), source=s.source.kind,
+                      nats=[redact_url(u) for u in s.source.nats_urls] if s.nats else None,
+                      influx=s.influx.url,
                       api=s.influx.api, data_dir=str(s.data_dir),
                       registry=str(s.registry) if s.registry else "open enrollment",
                       observers=[type(o).__name__ for o in self.stages.running])
@@ -249,6 +299,7 @@ class EdgeService:
         failure while handling one message never ends a task)."""
         stop_task = asyncio.create_task(stop.wait())
         source_task = self.source.task
+        s_name = "nats" if self.settings.nats else "mqtt"
         watched: list[asyncio.Task[Any]] = [*self._tasks]
         if source_task is not None:
             watched.append(source_task)
@@ -260,7 +311,7 @@ class EdgeService:
         for t in watched:
             if t in done:
                 exc = None if t.cancelled() else t.exception()
-                name = "mqtt" if t is source_task else t.get_name()
+                name = s_name if t is source_task else t.get_name()
                 self.fatal = (f"task {name} failed: {type(exc).__name__}: {exc}"
                               if exc is not None else f"task {name} ended unexpectedly")
                 self.log.critical("edge.fatal", cause=self.fatal,
@@ -274,6 +325,11 @@ class EdgeService:
         self.batcher.stop_messages()
         process, writer, replay, house = self._tasks
         await self.batcher.drain(60)
+        if self.nats is not None:
+            # The partitions given back (the stages told, each one's state
+            # persisted) while the stages still run; the acknowledgements of
+            # what was drained go out first.
+            await self.source.stop()
         await self.stages.close(15, self.log)
         self.batcher.close()
         for t in (process, writer):
@@ -360,7 +416,10 @@ class EdgeService:
         while True:
             await asyncio.sleep(1.0)
             tick += 1
-            m.mqtt_connected.set(1 if self.source.connected else 0)
+            if self.nats is not None:
+                self.nats.update_gauges()
+            else:
+                m.mqtt_connected.set(1 if self.source.connected else 0)
             self.stages.center(self.center.poll(
                 connected=self.source.connected, influx_up=not self.sink.influx_down,
                 replaying=self.sink.spool.lines > 0 and not self.sink.influx_down,

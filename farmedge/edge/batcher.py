@@ -28,7 +28,7 @@ from farmedge.storage.settings import InfluxSection
 from farmedge.transport.mqtt import Inbound
 
 from .sink import Refused
-from .source import Source
+from .source import EdgeSource
 from .validate import Validator
 
 __all__ = ["Batch", "Batcher"]
@@ -63,7 +63,7 @@ OnInternal = Callable[[str, Exception, str], None]
 
 
 class Batcher:
-    def __init__(self, settings: InfluxSection, *, source: Source, validator: Validator,
+    def __init__(self, settings: InfluxSection, *, source: EdgeSource, validator: Validator,
                  on_internal: OnInternal) -> None:
         self._s = settings
         self._source = source

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
     from .batcher import Batcher
     from .settings import HttpSection
     from .sink import Sink
-    from .source import Source
+    from .source import EdgeSource
     from .validate import Validator
 
 __all__ = ["CenterWatch", "ClockWatch", "Health", "HealthCheck"]
@@ -158,7 +158,7 @@ class CenterWatch:
 class HealthCheck:
     """Builds :class:`Health` from the parts, on each ``/healthz``."""
 
-    def __init__(self, settings: HttpSection, *, source: Source, sink: Sink, batcher: Batcher,
+    def __init__(self, settings: HttpSection, *, source: EdgeSource, sink: Sink, batcher: Batcher,
                  validator: Validator, clock: ClockWatch,
                  stage_trouble: Callable[[], list[str]], version: str) -> None:
         self._s = settings
@@ -194,9 +194,7 @@ class HealthCheck:
             reasons.append(f"ingestion stalled: a message has waited {age:.0f} s")
         counters = self._validator.counters
         details = {
-            "mqtt_connected": source.mqtt.connected,
-            "mqtt_subscribed": source.mqtt.subscribed,
-            "mqtt_connect_attempts": source.mqtt.attempts,
+            **source.details(),
             "influx_up": not sink.influx_down,
             "pending_messages": self._batcher.pending_messages(),
             "oldest_pending_s": round(age, 1),

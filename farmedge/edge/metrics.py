@@ -66,6 +66,21 @@ class EdgeMetrics:
         self.disk_full = Gauge("farmedge_disk_full",
                                "1 while the spool's disk is full (messages are not acknowledged)",
                                registry=r)
+        # [source] kind = "nats" (docs/edge.md, "Health and metrics")
+        self.nats_connected = Gauge("farmedge_nats_connected",
+                                    "1 while connected to a node of the NATS cluster", registry=r)
+        self.partitions_owned = Gauge("farmedge_partitions_owned",
+                                      "Partitions whose lease this edge holds", registry=r)
+        self.partition_lag = Gauge("farmedge_partition_lag_messages",
+                                   "Messages of an owned partition not yet delivered to the edge",
+                                   ["partition"], registry=r)
+        self.lease_changes = Counter("farmedge_lease_changes",
+                                     "Partition leases this edge gained or lost (taken, expired, "
+                                     "given back)", ["change"], registry=r)
+        self.acks_fenced = Counter("farmedge_acks_fenced",
+                                   "Durable batches not acknowledged because the partition's "
+                                   "lease was no longer this edge's (delivered again)",
+                                   registry=r)
         self.disk_free = Gauge("farmedge_disk_free_bytes",
                                "Free bytes on the spool's filesystem", registry=r)
 

@@ -87,8 +87,12 @@ Ranges = list[tuple[int, int]]
 
 class Sink:
     def __init__(self, settings: InfluxSection, *, writer: Writer, spool: Spool,
-                 metrics: EdgeMetrics, spool_max_mb: float = 0.0) -> None:
+                 metrics: EdgeMetrics, spool_max_mb: float = 0.0, hold: bool = False) -> None:
         self._s = settings
+        #: Hold a batch InfluxDB cannot take, instead of spooling it, until
+        #: InfluxDB takes it ([source] ack_when = "influx": the stream keeps
+        #: the backlog, so a dead edge strands nothing in its spool).
+        self.hold = hold
         self.writer = writer
         self.spool = spool
         self._m = metrics
@@ -145,7 +149,10 @@ class Sink:
             self._m.readings_written.inc(n_readings)
             return out
         self._m.readings_written.inc(readings - _overlap(left, readings))
-        out.durable = await self._spool_or_hold(lines, readings, left, out.refused)
+        if self.hold:
+            out.durable = await _hold(self, lines, readings, left, out.refused)
+        else:
+            out.durable = await self._spool_or_hold(lines, readings, left, out.refused)
         return out
 
     async def _spool_or_hold(self, lines: list[str], readings: int, left: Ranges,
@@ -231,7 +238,8 @@ class Sink:
 
     def mark_down(self, error: str) -> None:
         if not self.influx_down:
-            self._log.error("influx.unavailable_spooling", error=error[:300])
+            self._log.error("influx.unavailable_spooling", error=error[:300],
+                            holding=self.hold)
         self.influx_down = True
         self.influx_error = error
         self._m.influx_up.set(0)
@@ -362,6 +370,31 @@ class Sink:
         if self.disk_error is not None:
             out.append(self.disk_error)
         return out
+
+
+async def _hold(sink: Sink, lines: list[str], readings: int, left: Ranges,
+                refused: list[Refused]) -> bool:
+    """Try InfluxDB again (after its /ping answers) until it takes what
+    is ``left`` of ``lines``; processing waits behind this batch
+    meanwhile. Returns False when the service stops first (the messages
+    are not acknowledged: the stream delivers them again)."""
+    delay = 0.25
+    while True:
+        if sink.stopping:
+            return False
+        await asyncio.sleep(delay)
+        delay = min(5.0, delay * 2)
+        if sink.influx_down and not await sink.writer.ping():
+            continue
+        deadline = time.monotonic() + sink._s.retry_for_s
+        before = _overlap(left, readings)
+        again: Ranges = []
+        for lo, hi in left:
+            again += await sink._write(lines, lo, hi, deadline, refused)
+        left = again
+        sink._m.readings_written.inc(before - _overlap(left, readings))
+        if not left:
+            return True
 
 
 def _readings_of(batch: SpooledBatch) -> int:

@@ -14,13 +14,44 @@ import asyncio
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Any, Protocol
 
 from farmedge.transport.mqtt import Inbound, MqttSource
 from farmedge.transport.settings import MqttSection
 
 from .metrics import EdgeMetrics
 
-__all__ = ["Source"]
+__all__ = ["EdgeSource", "Source"]
+
+
+class EdgeSource(Protocol):
+    """What the batcher, the delivery loop and /healthz need of a source:
+    :class:`Source` (MQTT) or :class:`~farmedge.edge.nats_source.NatsSource`."""
+
+    inbox: deque[Inbound]
+    arrived: asyncio.Event
+
+    def take(self) -> Inbound: ...
+
+    def oldest_mono(self) -> float | None: ...
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None: ...
+
+    def stop_accepting(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    def ack(self, messages: list[Inbound]) -> int: ...
+
+    @property
+    def task(self) -> asyncio.Task[None] | None: ...
+
+    @property
+    def connected(self) -> bool: ...
+
+    def trouble(self, now: float | None = None) -> str | None: ...
+
+    def details(self) -> dict[str, Any]: ...
 
 
 class Source:
@@ -80,6 +111,11 @@ class Source:
     @property
     def connected(self) -> bool:
         return self.mqtt.connected
+
+    def details(self) -> dict[str, Any]:
+        """The source's part of /healthz."""
+        return {"mqtt_connected": self.mqtt.connected, "mqtt_subscribed": self.mqtt.subscribed,
+                "mqtt_connect_attempts": self.mqtt.attempts}
 
     def trouble(self, now: float | None = None) -> str | None:
         """Why /healthz should say the broker is a problem, or None."""

@@ -29,7 +29,7 @@ filter ``$MQTT.msgs.farmp.v1.<p>.>``), are that interest, and the message
 stays until its consumer acknowledges it. A stream of the edge's own (any
 other ``stream`` name) captures ``farmp.v1.>`` as plain NATS messages: the
 server sends PUBACK without waiting for it, and loses what comes while the
-stream has no leader (docs/scaling.md, "NATS: what a PUBACK covers").
+stream has no leader (docs/scaling.md, "What a PUBACK covers").
 
 Acknowledgement. A fetched :class:`Batch` is acknowledged only when the caller
 says it is durable (:meth:`Batch.durable`: the readings are in InfluxDB); while
@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Literal
@@ -218,9 +219,17 @@ async def connect(cfg: SourceSection, name: str) -> NatsClient:
     async def on_reconnect() -> None:
         log.info("transport.nats_reconnected")
 
+    tls: ssl.SSLContext | None = None
+    if cfg.nats_ca_file is not None or any(u.startswith("tls://") for u in cfg.nats_urls):
+        try:
+            tls = ssl.create_default_context(
+                cafile=str(cfg.nats_ca_file) if cfg.nats_ca_file else None)
+        except (OSError, ssl.SSLError) as exc:
+            raise NatsTransportError(f"[source] nats_ca_file {cfg.nats_ca_file}: {exc}") \
+                from None
     try:
         nc = await nats.connect(
-            servers=cfg.nats_urls, name=name, user=cfg.nats_user,
+            servers=cfg.nats_urls, name=name, user=cfg.nats_user, tls=tls,
             password=cfg.nats_password.get_secret_value() if cfg.nats_password else None,
             max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5,
             allow_reconnect=True, error_cb=on_error, disconnected_cb=on_disconnect,

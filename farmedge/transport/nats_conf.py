@@ -30,6 +30,7 @@ __all__ = [
     "PARTITIONED_PREFIX",
     "SUBJECT_PREFIX",
     "NodeConf",
+    "NodeTls",
     "node_conf",
     "server_mapping_conf",
     "server_mappings",
@@ -58,6 +59,24 @@ def server_mapping_conf(partitions: int) -> str:
 
 
 @dataclass(frozen=True)
+class NodeTls:
+    """TLS on a node's client, MQTT and route listeners: its certificate and
+    key, and the CA that signed the other nodes' certificates (routes
+    verify each other's: mutual TLS). Paths as the node sees them."""
+
+    cert_file: str
+    key_file: str
+    ca_file: str
+    #: Seconds for a TLS handshake (slow mobile links need more than 0.5).
+    timeout: float = 5.0
+
+    def block(self, *, verify: bool = False) -> str:
+        return (f"tls {{ cert_file: {_q(self.cert_file)}, key_file: {_q(self.key_file)}, "
+                f"ca_file: {_q(self.ca_file)}, timeout: {self.timeout:g}"
+                + (", verify: true" if verify else "") + " }")
+
+
+@dataclass(frozen=True)
 class NodeConf:
     """Where one node listens and what it knows of the others. Addresses are
     ``host:port``; ``routes`` are the other nodes' cluster listeners."""
@@ -78,6 +97,12 @@ class NodeConf:
     max_file_store: str = "4GB"
     #: Redeliver a QoS 1 message an MQTT subscriber has not acknowledged.
     mqtt_ack_wait: str = "10s"
+    #: TLS on every listener but the monitoring one (docs/scaling.md, "Trust on NATS").
+    tls: NodeTls | None = None
+    #: The users' file ``farmedge provision nats`` writes (auth.conf), relative
+    #: to this node's file: included in place of the partition mapping, which
+    #: it holds with the same partition count as its users' permissions.
+    auth_include: str | None = None
 
 
 def _q(value: str) -> str:
@@ -91,12 +116,25 @@ def node_conf(n: NodeConf) -> str:
     if n.partitions < 1:
         raise ValueError("at least one partition")
     routes = ",\n    ".join(_q(f"nats-route://{r}") for r in n.routes)
+
+    def tls(where: str) -> str:
+        if n.tls is None:
+            return ""
+        indent = "" if where == "client" else "  "
+        return indent + n.tls.block(verify=where == "route") + "\n"
+
+    if n.auth_include is not None:
+        tail = ("# Users, permissions and the partition mapping (farmedge provision nats).\n"
+                f"include {_q(n.auth_include)}\n")
+    else:
+        tail = ("# The gateways' subjects, partitioned by farm as they come in.\n"
+                + server_mapping_conf(n.partitions))
     return f"""\
 server_name: {_q(n.name)}
 listen: {_q(n.listen)}
 http: {_q(n.http_listen)}
 max_payload: 1MB
-jetstream {{
+{tls("client")}jetstream {{
   store_dir: {_q(n.store_dir)}
   max_memory_store: {n.max_memory_store}
   max_file_store: {n.max_file_store}
@@ -104,13 +142,13 @@ jetstream {{
 cluster {{
   name: {_q(n.cluster_name)}
   listen: {_q(n.cluster_listen)}
-  routes: [
+{tls("route")}  routes: [
     {routes}
   ]
 }}
 mqtt {{
   listen: {_q(n.mqtt_listen)}
-  # Redeliver an unacknowledged QoS 1 message to a subscriber after this.
+{tls("mqtt")}  # Redeliver an unacknowledged QoS 1 message to a subscriber after this.
   ack_wait: {_q(n.mqtt_ack_wait)}
   max_ack_pending: 10000
   # The server's own MQTT streams (sessions, QoS 1 messages with MQTT
@@ -120,5 +158,4 @@ mqtt {{
   # stalls when either node dies.
   stream_replicas: {n.mqtt_replicas}
 }}
-# The gateways' subjects, partitioned by farm as they come in.
-{server_mapping_conf(n.partitions)}"""
+{tail}"""

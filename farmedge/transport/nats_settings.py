@@ -1,7 +1,7 @@
 """The ``[source]`` section: where the edge takes the gateways' messages from.
 
 ``kind = "mqtt"`` (the default) is the ``[mqtt]`` section's broker, as before.
-``kind = "nats"`` is a NATS cluster with JetStream (docs/scaling.md, "NATS"):
+``kind = "nats"`` is a NATS cluster with JetStream (docs/scaling.md, "The NATS cluster"):
 the gateways publish over MQTT to the cluster's MQTT listeners, a replicated
 stream keeps their telemetry and status, split into ``partitions`` by farm,
 and each partition is read by one durable consumer, owned by one edge at a
@@ -15,6 +15,7 @@ later by the server.
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
@@ -42,9 +43,11 @@ class SourceSection(Section):
     nats_urls: list[str] = Field(default_factory=lambda: ["nats://127.0.0.1:4222"])
     nats_user: str | None = None
     nats_password: SecretStr | None = None
+    #: CA bundle for tls:// URLs (default: the system's).
+    nats_ca_file: Path | None = None
     #: The replicated stream the edge reads: "$MQTT_msgs", the server's own
     #: stream of QoS 1 MQTT messages (a gateway's PUBACK then means the
-    #: message is in it: docs/scaling.md, "NATS: what a PUBACK covers"), or
+    #: message is in it: docs/scaling.md, "What a PUBACK covers"), or
     #: the name of a stream of the edge's own that captures the partitioned
     #: subjects (for publishers that are not MQTT clients; a PUBACK does not
     #: cover it).
@@ -60,12 +63,23 @@ class SourceSection(Section):
     #: A delivered message not acknowledged within this time is delivered
     #: again; the edge sends "in progress" every third of it while it writes.
     ack_wait_s: Annotated[float, Field(ge=1, le=3600)] = 30.0
+    #: When a batch is acknowledged to the stream. "influx": once InfluxDB
+    #: has its lines; while InfluxDB is down the edge holds the batch and
+    #: the stream keeps the backlog (a dead edge strands nothing in its
+    #: spool; alerts wait for InfluxDB too). "durable": once the lines are
+    #: in InfluxDB or in the edge's spool (alerts go on while InfluxDB is
+    #: down; what an edge spooled, only that edge replays).
+    ack_when: Literal["influx", "durable"] = "influx"
     #: Messages fetched at once per partition.
     fetch_batch: Annotated[int, Field(ge=1, le=10000)] = 500
     #: How long the stream keeps messages (a backlog older than this is lost).
     max_age_days: Annotated[float, Field(gt=0)] = 7.0
     #: Key-value bucket of the partition leases and edge instances.
     lease_bucket: str = "farmedge_leases"
+    #: Key-value bucket of the alert state of each partition (rule states,
+    #: groups, the farms' outbox, budgets and history), loaded by the edge that
+    #: takes a partition over. Replicated like the lease bucket.
+    alert_bucket: str = "farmedge_alerts"
     #: A lease not renewed within this time expires and another edge may take
     #: the partition (whole seconds: the server's per-key TTLs). Renewed every
     #: third of it.
@@ -103,7 +117,7 @@ class SourceSection(Section):
             raise ValueError(f"use {MQTT_STREAM!r} or 1-64 letters, digits, '-' or '_'")
         return v
 
-    @field_validator("consumer_prefix", "lease_bucket")
+    @field_validator("consumer_prefix", "lease_bucket", "alert_bucket")
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.fullmatch(v):
@@ -114,6 +128,8 @@ class SourceSection(Section):
     def _timing(self) -> SourceSection:
         if len(self.consumer_prefix) + len(str(self.partitions - 1)) > 64:
             raise ValueError("consumer_prefix is too long for its partition numbers")
+        if self.alert_bucket == self.lease_bucket:
+            raise ValueError("alert_bucket must differ from lease_bucket")
         return self
 
     @property

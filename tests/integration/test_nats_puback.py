@@ -1,5 +1,5 @@
-"""What a gateway's PUBACK covers on a NATS cluster (docs/scaling.md, "NATS:
-what a PUBACK covers"): a QoS 1 PUBLISH over MQTT 3.1.1 to one node, the
+"""What a gateway's PUBACK covers on a NATS cluster (docs/scaling.md, "What a
+PUBACK covers"): a QoS 1 PUBLISH over MQTT 3.1.1 to one node, the
 leader of the stream killed (SIGKILL) right after the PUBACKs or while they
 come, and what the stream holds counted after a new leader is elected.
 

@@ -11,7 +11,7 @@ its key-value store) with
   as on a real machine);
 * routes to the two other nodes;
 * the subject mapping that partitions the gateways' subjects by farm, and
-  the server's MQTT streams with three replicas (docs/scaling.md, "NATS").
+  the server's MQTT streams with three replicas (docs/scaling.md, "The NATS cluster").
 
 Readiness is polled, never slept for: a node is ready when its monitoring
 endpoint's ``/healthz`` says JetStream is healthy (it has a meta leader and
@@ -25,6 +25,15 @@ its MQTT port accepts connections.
         cluster.nodes[0].mqtt_port
         cluster.kill(1)           # SIGKILL node 2
         cluster.restart(1)        # same ports, same data
+
+With ``security=NatsSecurity(...)`` every node requires TLS on its client,
+MQTT and route listeners (routes with mutual TLS) and takes its accounts,
+users and the partition mapping from the included ``auth_conf`` (what
+``farmedge provision nats`` writes); the URLs are then ``tls://`` and
+``mqtts://``::
+
+    with NatsCluster(tmp_path, security=NatsSecurity(auth_conf, certs)) as cluster:
+        cluster.urls              # ["tls://127.0.0.1:...", ...]
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ import contextlib
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -46,10 +56,12 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar
 
-from farmedge.transport.nats_conf import NodeConf, node_conf
+from farmedge.transport.nats_conf import NodeConf, NodeTls, node_conf
 from farmedge_dev.devservers import ServerError, _Proc, free_port
+from farmedge_dev.tlscerts import CertFiles
 
-__all__ = ["NatsCluster", "NatsNode", "nats_server_binary", "nats_server_version"]
+__all__ = ["NatsCluster", "NatsNode", "NatsSecurity", "nats_server_binary",
+           "nats_server_version"]
 
 #: The oldest server whose MQTT accepts ``.`` in topics (2.10) and whose
 #: key-value store has per-key TTLs (2.11); 2.12 is what has been tried.
@@ -84,6 +96,14 @@ def nats_server_version(binary: str | None = None) -> tuple[int, int, int]:
     return major, minor, patch
 
 
+@dataclass(frozen=True)
+class NatsSecurity:
+    """TLS on every listener and the nodes' authorization (an included file)."""
+
+    auth_conf: Path
+    certs: CertFiles
+
+
 @dataclass
 class NatsNode(_Proc):
     """One node of the cluster. Ports are chosen when the cluster is made."""
@@ -93,15 +113,16 @@ class NatsNode(_Proc):
     cluster_port: int = field(default_factory=free_port)
     mqtt_port: int = field(default_factory=free_port)
     http_port: int = field(default_factory=free_port)
+    security: NatsSecurity | None = field(default=None, kw_only=True)
     stop_timeout: ClassVar[float] = 15.0
 
     @property
     def url(self) -> str:
-        return f"nats://127.0.0.1:{self.client_port}"
+        return f"{'tls' if self.security else 'nats'}://127.0.0.1:{self.client_port}"
 
     @property
     def mqtt_url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.mqtt_port}"
+        return f"{'mqtts' if self.security else 'mqtt'}://127.0.0.1:{self.mqtt_port}"
 
     def conf_text(self, peers: list[NatsNode], cluster_name: str, partitions: int) -> str:
         """This node's configuration: farmedge.transport.nats_conf's, the
@@ -115,7 +136,21 @@ class NatsNode(_Proc):
             store_dir=str(self.workdir / "jetstream"),
             routes=[f"127.0.0.1:{p.cluster_port}" for p in peers],
             cluster_name=cluster_name, partitions=partitions,
-            mqtt_replicas=min(3, len(peers) + 1)))
+            mqtt_replicas=min(3, len(peers) + 1), tls=self._tls(),
+            auth_include=self._auth_include()))
+
+    def _tls(self) -> NodeTls | None:
+        if self.security is None:
+            return None
+        c = self.security.certs
+        return NodeTls(cert_file=str(c.cert_file), key_file=str(c.key_file),
+                       ca_file=str(c.ca_file))
+
+    def _auth_include(self) -> str | None:
+        if self.security is None:
+            return None
+        # nats-server takes include paths relative to the including file.
+        return os.path.relpath(self.security.auth_conf.resolve(), self.workdir.resolve())
 
     def spawn(self, peers: list[NatsNode], cluster_name: str, partitions: int) -> None:
         self.spawn_conf(self.conf_text(peers, cluster_name, partitions))
@@ -132,6 +167,12 @@ class NatsNode(_Proc):
         if argv and argv[0] == "nats-server":
             argv[0] = nats_server_binary()
         self._spawn(argv)
+
+    def spawn_argv(self, argv: Sequence[str]) -> None:
+        """Start the server with a command line of the caller's own (a
+        compose service's, say); its configuration must give this node's
+        ports."""
+        self._spawn(list(argv))
 
     def monitor(self, path: str) -> tuple[int, dict[str, object]]:
         """GET the monitoring endpoint: (HTTP status, JSON body)."""
@@ -163,13 +204,15 @@ class NatsCluster:
     (farmedge.transport.nats.server_mapping_conf; [source] partitions)."""
 
     def __init__(self, root: Path, size: int = 3, cluster_name: str = "farmedge",
-                 partitions: int = 16) -> None:
+                 partitions: int = 16, security: NatsSecurity | None = None) -> None:
         if size < 1:
             raise ValueError("a cluster has at least one node")
         self.root = root
         self.cluster_name = cluster_name
         self.partitions = partitions
-        self.nodes = [NatsNode(root / f"n{i + 1}", name=f"n{i + 1}") for i in range(size)]
+        self.security = security
+        self.nodes = [NatsNode(root / f"n{i + 1}", name=f"n{i + 1}", security=security)
+                      for i in range(size)]
         binary = nats_server_binary()
         if nats_server_version(binary) < MIN_VERSION:
             raise ServerError(
@@ -203,6 +246,13 @@ class NatsCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+    def reload(self) -> None:
+        """SIGHUP every running node: it re-reads its configuration (users,
+        permissions) without a restart."""
+        for node in self.nodes:
+            if node.running() and node.proc is not None:
+                node.proc.send_signal(signal.SIGHUP)
 
     def kill(self, index: int) -> None:
         """SIGKILL one node (no goodbye to its peers or clients)."""

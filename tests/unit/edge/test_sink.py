@@ -199,3 +199,42 @@ async def test_a_batch_split_and_partly_spooled_counts_the_readings_written(
     replay.cancel()
     assert _written(metrics) == 4
     await sink.close()
+
+
+async def test_holding_waits_for_influxdb_and_spools_nothing(tmp_path: Path) -> None:
+    """[source] ack_when = "influx": a batch InfluxDB cannot take is held
+    (not spooled) until InfluxDB takes it."""
+    calls = {"n": 0}
+
+    def answer(lines: list[str]) -> WriteResult:
+        calls["n"] += 1
+        return _down(lines) if calls["n"] <= 8 else WriteResult(WriteKind.OK, 204)
+
+    writer = FakeWriter(answer)
+    writer.up = False
+    sink, metrics = _sink(tmp_path, writer, retry_for_s=0.05)
+    sink.hold = True
+    await sink.start()
+    task = asyncio.ensure_future(sink.deliver(READINGS + POINTS, 2, 2))
+    await until(lambda: sink.influx_down, timeout=5)
+    assert not task.done() and sink.spool.lines == 0
+    writer.up = True
+    done = await asyncio.wait_for(task, 30)
+    assert done.durable and sink.spool.lines == 0
+    assert writer.stored == READINGS + POINTS
+    assert _written(metrics) == 2
+    await sink.close()
+
+
+async def test_a_held_batch_is_not_durable_when_the_edge_stops(tmp_path: Path) -> None:
+    writer = FakeWriter(_down)
+    writer.up = False
+    sink, _ = _sink(tmp_path, writer, retry_for_s=0.05)
+    sink.hold = True
+    await sink.start()
+    task = asyncio.ensure_future(sink.deliver(READINGS, 2, 2))
+    await until(lambda: sink.influx_down, timeout=5)
+    sink.stopping = True
+    done = await asyncio.wait_for(task, 10)
+    assert not done.durable and sink.spool.lines == 0
+    await sink.close()
