@@ -183,7 +183,8 @@ async def test_the_intent_is_committed_before_the_notifier_has_the_message(
     def look(d: object, now: float) -> None:
         rows = {k: json.loads(v) for k, v in rig.engine._store._db.execute(  # type: ignore[union-attr]
             "SELECT key, data FROM outbox")}
-        seen.append([r["sending"] for r in rows.values()] == [d.sending])  # type: ignore[attr-defined]
+        sending = d.sending  # type: ignore[attr-defined]
+        seen.append(sending is not None and [r["sending"] for r in rows.values()] == [sending])
 
     rig.engine.on_dispatch = look
     await _dry(rig)
@@ -321,3 +322,52 @@ def test_each_row_of_the_state_names_its_farm_or_none() -> None:
     assert farm_of_row("budget", "_center/2026-06-10", 3) is None
     assert farm_of_row("budget", "officer:张/2026-06-10", 3) is None
     assert farm_of_row("history", "c1/f/gw-1/s1/soil_moisture", {}) == ("c1", "f")
+
+
+class Slow(FakeNotifier):
+    """Takes a message after 0.3 s (a service answering slowly)."""
+
+    async def send(self, url: str, *, title: str, body: str) -> None:
+        await asyncio.sleep(0.3)
+        await super().send(url, title=title, body=body)
+
+
+async def test_a_stop_lets_a_send_in_flight_finish_and_records_it(tmp_path: Path) -> None:
+    """A clean stop (the edge's SIGTERM) while a message is being sent: the
+    send finishes and its outcome is written, so the next start has nothing
+    unconfirmed to report and sends nothing again."""
+    from farmedge.alerts import AlertEngine, MemoryRecorder
+
+    from .support import SimClock, rules_of
+
+    state = tmp_path / "alerts.sqlite"
+    clock = SimClock(local_ts(2026, 6, 10, 10))
+    slow = Slow()
+
+    def engine(notifier: FakeNotifier, memory: MemoryRecorder) -> AlertEngine:
+        from farmedge.alerts import AlertsSettings
+        return AlertEngine(rules=rules_of(rules_file(tmp_path)), registry=_registry(),
+                           notifier=notifier, state_path=state, recorders=[memory],
+                           clock=clock, settings=AlertsSettings(tick_s=0.05))
+
+    mem = MemoryRecorder()
+    eng = engine(slow, mem)
+    await eng.start()
+    rig = Rig(eng, clock, slow, mem, _registry())
+    for _ in range(3):
+        rig.feed({"soil-1": 12})
+        clock.t += 600
+        eng.wake()
+        await asyncio.sleep(0.1)
+    assert eng.outbox.inflight, "a send in flight"
+    await eng.close()
+    assert slow.messages(SMS) == [DRY12]
+    mem2 = MemoryRecorder()
+    again = engine(FakeNotifier(), mem2)
+    await again.start()
+    clock.t += 60
+    again.wake()
+    await asyncio.sleep(0.2)
+    await again.close()
+    assert [e.event for e in mem2.events if e.event in ("unconfirmed", "delivered")] == []
+    assert isinstance(again.notifier, FakeNotifier) and again.notifier.sent == []
