@@ -41,6 +41,10 @@ if [ -n "$bad" ]; then
       echo "  EDGE_MQTT_PASSWORD: farmedge provision edge --env-file .env" >&2 ;;
   esac
   case "$bad " in
+    *" EDGE_NATS_PASSWORD "*)
+      echo "  EDGE_NATS_PASSWORD: farmedge provision nats edge --env-file .env" >&2 ;;
+  esac
+  case "$bad " in
     *" SIMULATOR_MQTT_PASSWORD "*)
       echo "  SIMULATOR_MQTT_PASSWORD: farmedge provision simulator --env-file .env" >&2 ;;
   esac

@@ -40,6 +40,8 @@ class Publisher:
     port: int
     client_id: str = field(default_factory=lambda: "gw-" + uuid.uuid4().hex[:8])
     inflight: int = 20
+    username: str | None = None
+    password: str | None = None
     acked: set[str] = field(default_factory=set)
     _mids: dict[int, str] = field(default_factory=dict)
     _early: set[int] = field(default_factory=set)
@@ -48,6 +50,8 @@ class Publisher:
     def __post_init__(self) -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=self.client_id,
                                   protocol=mqtt.MQTTv311, clean_session=False)
+        if self.username is not None:
+            self.client.username_pw_set(self.username, self.password)
         self.client.max_inflight_messages_set(self.inflight)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(0.1, 1)

@@ -247,9 +247,12 @@ class Outbox:
             except Exception:  # never let it stop delivery
                 log.exception("alerts.delivery_result_failed", contact=d.contact)
 
-    async def cancel(self) -> None:
-        """Cancel sends in flight (their deliveries stay in the outbox with
-        their intent: whether they reached anyone is not known)."""
+    async def cancel(self, grace_s: float = 0.0) -> None:
+        """Stop sends in flight: each gets ``grace_s`` to finish (its outcome
+        recorded), then is cancelled; a cancelled one stays in the outbox
+        with its intent (whether it reached anyone is not known)."""
+        if self.inflight and grace_s > 0:
+            await asyncio.wait(list(self.inflight.values()), timeout=grace_s)
         for t in list(self.inflight.values()):
             t.cancel()
         if self.inflight:

@@ -59,6 +59,9 @@ __all__ = ["AlertEngine", "check_registry", "parse_quiet_hours"]
 
 log = get_logger("farmedge.alerts")
 
+#: On a stop, sends in flight get this long to finish (then their outcome is not known).
+_SEND_GRACE_S = 3.0
+
 class AlertEngine:
     """Implements :class:`farmedge.records.Stage`; ``run()`` is its task."""
 
@@ -246,7 +249,7 @@ class AlertEngine:
         self.center.forget_mass()
         self.device.load_flat(flat)
         self.outbox.load(st.load("outbox"))
-        self.router.budget = {k: int(v) for k, v in st.load("budget").items()}
+        self.router.budget.update({k: int(v) for k, v in st.load("budget").items()})
         self.history.load(st.load("history"))
 
     # ------------------------------------------------------------ the task
@@ -319,7 +322,7 @@ class AlertEngine:
                     async with asyncio.timeout(self.settings.tick_s):
                         await self._wake.wait()
         finally:
-            await self.outbox.cancel()
+            await self.outbox.cancel(grace_s=_SEND_GRACE_S)
             with contextlib.suppress(Exception):
                 await self._writer.commit_async(history=True)
             for t in tasks:

@@ -209,8 +209,11 @@ class Partitions:
             if rows:
                 try:
                     await self.store.write(p, rows)
-                except StateError as exc:
+                except Exception as exc:  # the store's own error: the next owner's state
                     log.error("alerts.partition_write_failed", partition=p, error=str(exc))
+            forget = getattr(self.store, "forget", None)
+            if callable(forget):
+                forget(p)
         self._forget(p)
         self.gained_at.pop(p, None)
         log.info("alerts.partition_dropped", partition=p)

@@ -256,7 +256,8 @@ def encode_status(*, gateway: str, online: bool, ts: int | None = None,
                   cpu_temperature: float | None = None, disk_free_mb: float | None = None,
                   outbox_full: bool | None = None, reason: str | None = None,
                   held_unsynced: int | None = None,
-                  held_for_s: float | None = None) -> bytes:
+                  held_for_s: float | None = None, refused: int | None = None,
+                  publish_refused: int | None = None) -> bytes:
     """A status payload (JSON; retained on ``.../status``). Fields left at
     None are not written; ``outbox_full`` is written only when true (an edge
     older than the field refuses a status holding it, so it is sent only
@@ -274,6 +275,7 @@ def encode_status(*, gateway: str, online: bool, ts: int | None = None,
         "clock": _plain(clock), "cpu_temperature": cpu_temperature,
         "disk_free_mb": disk_free_mb, "outbox_full": True if outbox_full else None,
         "reason": _plain(reason), "held_unsynced": held_unsynced, "held_for_s": held_for_s,
+        "refused": refused or None, "publish_refused": publish_refused,
     }
     doc = {k: given[k] for k in _STATUS_KEYS if given[k] is not None}
     data = _dumps(doc, "bad_status")

@@ -196,6 +196,13 @@ class GatewayStatus(BaseModel):
     #: them has waited, in seconds by the gateway's monotonic clock.
     held_unsynced: Count | None = None
     held_for_s: FiniteNonNeg | None = None
+    #: Readings the broker refused for themselves, set aside in the
+    #: gateway's outbox (kept, not sent). Sent only when there are some.
+    refused: Count | None = None
+    #: While the broker refuses the gateway's telemetry for a reason that is
+    #: not the messages' (MQTT 5 PUBACK reason code, 0x87 not authorized
+    #: say): the code. The readings are kept meanwhile. Sent only then.
+    publish_refused: Annotated[StrictInt, Field(ge=0x80, le=0xFF)] | None = None
 
     @field_validator("reason", mode="before")
     @classmethod

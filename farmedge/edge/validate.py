@@ -411,7 +411,8 @@ class Validator:
 _FLOAT_STATUS = (GatewayField.UPTIME_S, GatewayField.OUTBOX_OLDEST_AGE_S,
                  GatewayField.CPU_TEMPERATURE, GatewayField.DISK_FREE_MB,
                  GatewayField.HELD_FOR_S)
-_INT_STATUS = (GatewayField.OUTBOX_DEPTH, GatewayField.DROPPED, GatewayField.HELD_UNSYNCED)
+_INT_STATUS = (GatewayField.OUTBOX_DEPTH, GatewayField.DROPPED, GatewayField.HELD_UNSYNCED,
+               GatewayField.REFUSED, GatewayField.PUBLISH_REFUSED)
 
 
 def _gateway_series(county: str, farm: str, gateway: str) -> str:

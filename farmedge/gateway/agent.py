@@ -124,7 +124,8 @@ class Agent:
         if st is not None:
             f.update(outbox_depth=st.depth, dropped=st.dropped, outbox_full=st.full,
                      outbox_oldest_age_s=round(max(0, now - st.oldest_ts) / 1000, 1)
-                     if st.oldest_ts is not None else 0.0)
+                     if st.oldest_ts is not None else 0.0, refused=st.refused)
+        f["publish_refused"] = self.uplink.refusals.standing
         held = self.hold.current()
         f["held_unsynced"] = held.readings
         if held.readings:

@@ -78,6 +78,26 @@ def add_parser(sub: Any) -> None:
                            "(default 30)")
     once.add_argument("--json", action="store_true", help="print JSON, for scripts")
     once.set_defaults(func=_read_once)
+    req = gsub.add_parser(
+        "requeue-refused",
+        help="put the readings the broker refused for themselves back into the outbox",
+        description="A reading the broker refused for itself (a message too large even "
+                    "alone, say) is set aside in the outbox's refused table, so that the "
+                    "readings behind it flow. Once the broker takes it (its limit raised), "
+                    "this puts every reading set aside back into the outbox: the agent "
+                    "sends them first, oldest first. Stop the agent first (it holds the "
+                    "outbox). --list only prints them.",
+        epilog="example:\n  sudo systemctl stop farmedge-gateway\n"
+               f"  farmedge gateway requeue-refused --config {DEFAULT_CONFIG}\n"
+               "  sudo systemctl start farmedge-gateway",
+        formatter_class=raw)
+    req.add_argument("--config", "-c", type=Path, default=Path(DEFAULT_CONFIG),
+                     help=f"settings file (default {DEFAULT_CONFIG}); FARMEDGE_* environment "
+                          "variables override it")
+    req.add_argument("--list", action="store_true",
+                     help="print the readings set aside (sensor, kind, time, reason code); "
+                          "change nothing")
+    req.set_defaults(func=_requeue_refused)
 
 
 
@@ -117,6 +137,33 @@ def _read_once(args: argparse.Namespace) -> int:
     (print_json if args.json else print_table)(s, results, sys.stdout)
     sys.stdout.flush()
     return 1 if any(r.failed for r in results) else 0
+
+
+def _requeue_refused(args: argparse.Namespace) -> int:
+    from farmedge.checks import EXIT_ERRORS
+
+    from .errors import OutboxError
+    from .outbox import Outbox
+
+    _, s = _checked(args.config)
+    if s is None:
+        return EXIT_ERRORS
+    ob = Outbox(s.outbox_path)
+    try:
+        ob.open()
+        if args.list:
+            for sensor, kind, ts, code in ob.aside.list():
+                print(f"{sensor}\t{kind}\t{ts}\t{code:#x}")
+            print(f"{ob.aside.count} readings set aside in {s.outbox_path}")
+        else:
+            n = ob.aside.requeue()
+            print(f"{n} readings put back into {s.outbox_path}: the agent sends them first")
+        ob.close()
+    except OutboxError as exc:
+        print(f"farmedge gateway requeue-refused: {exc} (is the agent still running?)",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 def _run(args: argparse.Namespace) -> int:

@@ -32,6 +32,7 @@ from farmedge.contract import Quality
 from farmedge.logs import get_logger
 
 from .errors import OutboxError
+from .outbox_aside import Aside
 from .outbox_db import QUALITIES, QUALITY_CODE, DiskFull, OutboxDb
 from .outbox_full import RESUME_FREE_BYTES, FullDisk, Ledger, Unwritten, free_bytes
 
@@ -96,6 +97,8 @@ class OutboxStats:
     dropped: int
     #: The disk is full: readings are not being kept.
     full: bool = False
+    #: Readings the broker refused for themselves, set aside (kept).
+    refused: int = 0
 
 
 def _size(r: NewRow) -> int:
@@ -127,6 +130,7 @@ class Outbox:
         #: Readings the full disk would not keep, held in memory.
         self._mem = Unwritten()
         self._fulldisk = FullDisk(self)
+        self.aside = Aside(self)  # readings the broker refused for themselves
         self._log = get_logger("farmedge.gateway.outbox")
 
     # -- life cycle ---------------------------------------------------------
@@ -401,4 +405,4 @@ class Outbox:
     def stats(self) -> OutboxStats:
         old = self.peek(0, 1)
         return OutboxStats(self.depth, self.bytes, old[0].ts if old else None, self.dropped,
-                           self.full)
+                           self.full, self.aside.count)

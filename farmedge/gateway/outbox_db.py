@@ -46,6 +46,21 @@ CREATE TABLE IF NOT EXISTS boot (id INTEGER PRIMARY KEY, boot_id TEXT NOT NULL U
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
 """
 
+#: Readings the broker refused for themselves, set aside (outbox_aside.py).
+#: Made at the first one, not at open: an outbox an earlier version left
+#: opens unchanged, also on a full disk.
+REFUSED_SCHEMA = """
+CREATE TABLE IF NOT EXISTS refused (
+    id INTEGER PRIMARY KEY,   -- the reading's id
+    sensor TEXT NOT NULL, kind TEXT NOT NULL, unit TEXT NOT NULL, value REAL NOT NULL,
+    quality INTEGER NOT NULL, animal TEXT, ts INTEGER NOT NULL, mono INTEGER NOT NULL,
+    boot INTEGER NOT NULL, synced INTEGER NOT NULL, size INTEGER NOT NULL,
+    code INTEGER NOT NULL,    -- the broker's PUBACK reason code
+    refused_at INTEGER NOT NULL  -- epoch ms (the gateway's clock)
+);
+"""
+_COLUMNS = "id, sensor, kind, unit, value, quality, animal, ts, mono, boot, synced, size"
+
 
 class DiskFull(OutboxError):
     """The disk (SD card) is full: SQLITE_FULL or ENOSPC."""
@@ -188,9 +203,39 @@ class OutboxDb:
     def insert_with_ids(self, rows: Sequence[Sequence[Any]]) -> None:
         """Readings back on disk with their own ids (every column in the
         schema's order; ids already there are left as they are)."""
-        self.executemany(
-            "INSERT OR IGNORE INTO reading (id, sensor, kind, unit, value, quality, animal, ts,"
-            " mono, boot, synced, size) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+        self.executemany(f"INSERT OR IGNORE INTO reading ({_COLUMNS})"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def refused_count(self) -> int:
+        """Readings in the ``refused`` table (0 while there is none)."""
+        if self.one("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'refused'"
+                    ) is None:
+            return 0
+        return int(self.one("SELECT COUNT(*) FROM refused")[0])
+
+    def set_aside(self, reading_id: int, code: int, at_ms: int) -> int:
+        """Move a reading into the ``refused`` table; 1, or 0 when it was not there."""
+        self.execute(REFUSED_SCHEMA)
+        cur = self.execute(f"INSERT OR REPLACE INTO refused ({_COLUMNS}, code, refused_at)"
+                           f" SELECT {_COLUMNS}, ?, ? FROM reading WHERE id = ?",
+                           (code, at_ms, reading_id))
+        self.execute("DELETE FROM reading WHERE id = ?", (reading_id,))
+        return int(cur.rowcount)
+
+    def drop_oldest_refused(self, keep: int) -> int:
+        """Delete the oldest set-aside readings beyond ``keep``; how many."""
+        return int(self.execute("DELETE FROM refused WHERE id IN (SELECT id FROM refused"
+                                " ORDER BY id DESC LIMIT -1 OFFSET ?)", (keep,)).rowcount)
+
+    def requeue_refused(self) -> int:
+        """Every set-aside reading back into the outbox (its own id: sent
+        first, oldest first); how many."""
+        if not self.refused_count():
+            return 0
+        n = self.execute(f"INSERT OR IGNORE INTO reading ({_COLUMNS}) SELECT {_COLUMNS}"
+                         " FROM refused").rowcount
+        self.execute("DELETE FROM refused")
+        return int(n)
 
     def readings(self, after_id: int, limit: int) -> sqlite3.Cursor:
         """The oldest ``limit`` readings with an id above ``after_id``, every

@@ -37,10 +37,12 @@ from farmedge.transport.errors import BrokerUnreachable, ConnectRefused, Transpo
 from farmedge.transport.publisher import Message, Publisher
 from farmedge.transport.reconnect import reconnect_forever
 
-from .batching import Batch, RateLimit, ReplayProgress, next_batch
+from .batching import Batch, ClockState, RateLimit, ReplayProgress, next_batch
 from .clock import ClockSource
 from .errors import UplinkError
 from .outbox import Outbox, Row
+from .refusal import Refusals, reason_name
+from .resend import Resend
 from .settings import GatewaySettings
 
 __all__ = ["Uplink", "UplinkStats"]
@@ -52,6 +54,7 @@ class UplinkStats:
     readings: int = 0
     bytes: int = 0
     connects: int = 0
+    #: Connects the broker refused (refused messages: Uplink.resend).
     refused: int = 0
 
 
@@ -85,13 +88,19 @@ class Uplink:
         self._wake = asyncio.Event()
         self._acks: list[tuple[int, int]] = []
         self._gone = asyncio.Event()
-        self._inflight: dict[int, list[Row]] = {}
+        self._inflight: dict[int, Batch] = {}
+        self._sizes: dict[int, int] = {}  # of the messages in flight, bytes
+        self._status_mids: set[int] = set()
         self._gen = 0
         self._cursor = 0
         self._bucket = RateLimit(settings.uplink.max_rate, settings.uplink.batch_max)
         # Made here, not at import: logging is set up after the imports.
         self.log = get_logger("farmedge.gateway.uplink", gateway=settings.gateway)
         self._replay = ReplayProgress(self.log, batch_max=settings.uplink.batch_max)
+        #: What a refused message leads to (refusal.py), with a back-off of its own.
+        self.refusals = Refusals(Backoff(settings.mqtt.backoff_min_s, settings.mqtt.backoff_max_s,
+                                         rng or random.Random()), self.log)
+        self.resend = Resend(self.refusals, outbox, clock, self.log)
 
     # -- connection callbacks (run on the loop) ------------------------------
 
@@ -186,6 +195,9 @@ class Uplink:
             self._handle_acks()
         self._gen += 1  # anything later of this connection is ignored
         self._inflight.clear()
+        self._sizes.clear()
+        self._status_mids.clear()
+        self.resend.connection_ended()  # the outbox is read again from its oldest
         self._acks.clear()
         self._cursor = 0
         if stop.is_set():
@@ -200,7 +212,8 @@ class Uplink:
             return
         payload = self.status_payload(True, None)
         with contextlib.suppress(TransportError):  # lost: the next connection sends it
-            client.publish(self.status_topic, payload, qos=1, retain=True)
+            self._status_mids.add(client.publish(self.status_topic, payload, qos=1,
+                                                 retain=True))
 
     async def _pump(self, stop: asyncio.Event) -> None:
         up = self.s.uplink
@@ -208,11 +221,12 @@ class Uplink:
             if self._gone.is_set():
                 raise _Disconnected("connection closed")
             self._handle_acks()
-            if stop.is_set() and (not self.flushing or (not self._inflight
+            if stop.is_set() and (not self.flushing or (not self._inflight and not self.resend.retry
                                   and self._next_batch(final=True) is None)):
                 return
-            if len(self._inflight) < up.max_inflight:
-                batch = self._next_batch(final=self.flushing)
+            wait = self.refusals.waiting()
+            if not wait and len(self._inflight) < up.max_inflight:
+                batch = self._take()
                 if batch is not None:
                     rows, clock_state = batch
                     await self._bucket.take(len(rows))
@@ -221,21 +235,42 @@ class Uplink:
             self._wake.clear()
             if not self._acks and not self._gone.is_set():
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 0.5)
+                    await asyncio.wait_for(self._wake.wait(), min(0.5, wait) if wait else 0.5)
 
     def _handle_acks(self) -> None:
         acks, self._acks = self._acks, []
         for mid, code in acks:
-            rows = self._inflight.pop(mid, None)
-            if rows is None:
+            batch = self._inflight.pop(mid, None)
+            if batch is None:
+                if mid in self._status_mids:
+                    self._status_mids.discard(mid)
+                    if code >= 0x80:
+                        self.log.warning("gateway.status_refused", code=code,
+                                         reason=reason_name(code))
                 continue
+            rows = batch[0]
+            size = self._sizes.pop(mid, None)
             if code >= 0x80:
-                self.stats.refused += 1
-                raise _Disconnected(f"broker refused a message (reason code {code:#x})")
+                self.resend.refused(batch, code, size=size)
+                continue
             self.log.debug("gateway.acked", mid=mid, gen=self._gen, n=len(rows))
+            self.resend.accepted()
             self.outbox.delete(rows)
             self.stats.readings += len(rows)
         self._progress()
+
+    def _take(self) -> Batch | None:
+        """What to send next: a part of a refused message, else the
+        outbox's next batch; no more readings than a "packet too large"
+        left as the limit (the rest is after the cursor)."""
+        again = self.resend.take()
+        if again is not None:
+            return again
+        batch = self._next_batch(final=self.flushing)
+        limit = self.refusals.batch_limit
+        if batch is not None and limit is not None and len(batch[0]) > limit:
+            return batch[0][:limit], batch[1]
+        return batch
 
     def _progress(self) -> None:
         self._replay.update(self.outbox.depth, self.stats.readings)
@@ -244,23 +279,30 @@ class Uplink:
         return next_batch(self.outbox, self.clock, self.s.uplink, after_id=self._cursor,
                           final=final, log=self.log)
 
-    def _send(self, rows: list[Row], clock_state: str) -> None:
+    def _send(self, rows: list[Row], clock_state: ClockState) -> None:
         seq = self.outbox.next_seq()
         enc = self._encode(rows, seq, clock_state)
         if enc is None:  # nothing of the batch can be sent
             return
         payload = enc.payload
-        if self._client is None:
+        client = self._client
+        if client is None:
             raise _Disconnected("not connected")
+        size = client.packet_size(self.topic, payload, content_type=enc.content_type)
+        if self.resend.too_big(size, client.max_packet_size):
+            self._cursor = max(self._cursor, rows[-1].id)
+            self.resend.not_sent((rows, clock_state), size, client.max_packet_size)
+            return
         try:
-            mid = self._client.publish(self.topic, payload, qos=1, content_type=enc.content_type)
+            mid = client.publish(self.topic, payload, qos=1, content_type=enc.content_type)
         except TransportError as exc:
             raise _Disconnected(f"publish failed: {exc}") from None
-        self._inflight[mid] = rows
+        self._inflight[mid] = (rows, clock_state)
+        self._sizes[mid] = size
         self.log.debug("gateway.sent", mid=mid, gen=self._gen, n=len(rows), seq=seq,
                        first=f"{rows[0].sensor}={rows[0].value:g}",
                        last=f"{rows[-1].sensor}={rows[-1].value:g}")
-        self._cursor = rows[-1].id
+        self._cursor = max(self._cursor, rows[-1].id)
         self.outbox.mark_sent(rows)
         self.stats.messages += 1
         self.stats.bytes += len(payload)

@@ -3,13 +3,15 @@ broker (Mosquitto's dynamic security plugin) and the registry.
 
   farmedge provision gateway --county suihua --farm wang-12 --gateway gw-0007 \\
       --mqtt-url mqtts://mqtt.example.org:8883 --output gw-0007.toml
+  farmedge provision gateway --county suihua --farm wang-12 --gateway gw-0007 \\
+      --cluster-url mqtts://nats-1.example.org:8883 --cluster-url ... --output gw-0007.toml
   farmedge provision edge --env-file .env
   farmedge provision simulator --env-file .env
   farmedge provision revoke --county suihua --farm wang-12 --gateway gw-0007
   farmedge provision revoke --user edge
   farmedge provision import-passwd --passwd passwd --acl acl
   farmedge provision init
-  farmedge provision nats gateway|edge|admin|revoke|config ...   (a NATS cluster's users)
+  farmedge provision nats gateway|edge|admin|revoke|config|sessions ...   (a NATS cluster's users)
   farmedge provision influx [--env-file FILE]
   farmedge provision dashboards [--check]
   farmedge provision nats-cluster [--check]
@@ -99,6 +101,20 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
                         "(default: a placeholder to replace)")
     g.add_argument("--output", "-o", type=Path,
                    help="write the gateway's config file here (mode 600) instead of printing it")
+    c = g.add_argument_group(
+        "a NATS cluster instead of the broker (docs/scaling.md, \"The NATS cluster\")")
+    c.add_argument("--cluster-url", action="append", dest="cluster_urls", default=[],
+                   metavar="URL",
+                   help="a node's MQTT listener as the gateway reaches it (mqtts://host:8883), "
+                        "once for every node: the gateway gets a NATS user (as with "
+                        "`provision nats gateway`) instead of a broker account, and its "
+                        "config [mqtt] urls and protocol = \"3.1.1\"")
+    c.add_argument("--nats-dir", type=Path,
+                   default=Path(os.environ.get("FARMEDGE_NATS_DIR", "deploy/nats")),
+                   help="with --cluster-url: folder of the cluster's users.json and auth.conf "
+                        "(default: $FARMEDGE_NATS_DIR or deploy/nats)")
+    c.add_argument("--ca-file", help="with --cluster-url: the CA file's path on the gateway, "
+                                     "written as [mqtt] ca_file")
     g.set_defaults(func=_cmd(_gateway))
 
     for role, what in (("edge", "an edge instance (reads farm/v1/#, publishes alerts)"),
@@ -296,9 +312,23 @@ def _init(args: argparse.Namespace) -> int:
 def _gateway(args: argparse.Namespace) -> int:
     from . import accounts
     from .dynsec import new_password
+    from .errors import ProvisionError
     from .gateway_config import gateway_config_toml
     from .registry_edit import add_gateway
 
+    if args.cluster_urls:
+        # The gateway of a NATS cluster: its user and config as `provision
+        # nats gateway` makes them (one code path for both commands).
+        from . import nats_cli
+
+        if args.mqtt_url != _PLACEHOLDER_URL:
+            raise ProvisionError("give --mqtt-url (one broker) or --cluster-url (each node of "
+                                 "a cluster), not both")
+        args.urls = args.cluster_urls
+        return nats_cli.gateway(args)
+    if args.ca_file:
+        raise ProvisionError("--ca-file goes with --cluster-url (for one broker, set [mqtt] "
+                             "ca_file in the gateway's config)")
     accounts.check_gateway_ids(args.county, args.farm, args.gateway)
     path = accounts.gateway_path(args.county, args.farm, args.gateway)
     added, kept = add_gateway(args.registry, args.county, args.farm, args.gateway)

@@ -28,7 +28,7 @@ signal, without a restart.
   internal ``$MQTT.`` subject (tested with nats-server 2.15.1: persistent
   session, QoS 1, retained status and last will all work without them).
 - **An edge** is ``svc~NAME``, allowed to connect over the NATS protocol
-  (and MQTT, for its alert publisher), to use the JetStream API for the
+  only, to use the JetStream API for the
   stream it reads and its key-value buckets (and nothing else), to
   acknowledge those streams' messages, to publish alerts and the partition
   probes, and to subscribe to its inboxes and the probes' subjects.
@@ -59,6 +59,7 @@ __all__ = [
     "BCRYPT_COST",
     "USERS_FILE",
     "EdgeScope",
+    "Intruder",
     "UserStore",
     "admin_permissions",
     "edge_permissions",
@@ -66,6 +67,7 @@ __all__ = [
     "gateway_permissions",
     "gateway_subjects",
     "hash_password",
+    "intruders",
     "render_auth_conf",
 ]
 
@@ -285,8 +287,8 @@ def render_auth_conf(store: UserStore,
             n_gw += 1
         else:
             perms = edge_permissions(store.scope) if u["kind"] == "edge" else admin_permissions()
-            # An edge's alert publisher ([alerts] publish_mqtt) speaks MQTT.
-            kinds = ["STANDARD", "MQTT"] if u["kind"] == "edge" else ["STANDARD"]
+            # Not MQTT: any MQTT user may take any client id's session.
+            kinds = ["STANDARD"]
             n_svc += 1
         users.append(
             f"{ind}{{ user: {_q(name)}, password: {_q(u['hash'])},\n"
@@ -314,6 +316,42 @@ mappings {{
 }}
 """
     return text, AuthReport(n_gw, n_svc, missing, stale)
+
+
+@dataclass(frozen=True)
+class Intruder:
+    """An MQTT connection holding a client id that is not its user's."""
+
+    node: str
+    cid: int
+    user: str
+    client_id: str
+    ip: str
+
+    def __str__(self) -> str:
+        return (f"{self.node}: connection {self.cid} from {self.ip} is user {self.user!r} "
+                f"with client id {self.client_id!r}")
+
+
+def intruders(connz: dict[str, Any], node: str = "") -> list[Intruder]:
+    """The MQTT connections of a node's ``/connz?auth=true`` whose client id
+    is not their user's: a gateway's user with another client id than its
+    own (its path with ``:`` for ``.``), or a service's user with a
+    gateway's (a path). NATS binds no client id to a user; this finds who
+    took a session that was not theirs."""
+    out: list[Intruder] = []
+    for c in connz.get("connections") or []:
+        if not isinstance(c, dict) or not c.get("mqtt_client"):
+            continue
+        user, cid = str(c.get("authorized_user") or ""), str(c["mqtt_client"])
+        if user.startswith(SERVICE_PREFIX):
+            bad = cid.count("/") == 2
+        else:
+            bad = cid != user.replace(".", ":")
+        if bad:
+            out.append(Intruder(node or str(connz.get("server_name", "")), int(c.get("cid", 0)),
+                                user, cid, str(c.get("ip", ""))))
+    return out
 
 
 def service_user(name: str) -> str:

@@ -8,6 +8,7 @@
   farmedge provision nats revoke --county suihua --farm wang-12 --gateway gw-0007
   farmedge provision nats revoke --user edge-a
   farmedge provision nats config [--partitions 16] [--bucket farmedge_leases ...]
+  farmedge provision nats sessions --monitor http://nats-1:8222 --monitor ...
 
 Credentials are kept as bcrypt hashes in NATS_DIR/users.json (mode 600);
 every command writes NATS_DIR/auth.conf from it and the registry, which
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from .nats_auth import UserStore
 
-__all__ = ["add_parser"]
+__all__ = ["add_parser", "gateway"]
 
 
 def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -62,7 +63,7 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     g.add_argument("--output", "-o", type=Path,
                    help="write the gateway's config here (mode 600) instead of printing it")
     common(g)
-    g.set_defaults(func=_run(_gateway))
+    g.set_defaults(func=_run(gateway))
 
     for kind, what in (("edge", "an edge instance (reads the stream, its key-value "
                                 "buckets; publishes alerts)"),
@@ -85,6 +86,8 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     r.add_argument("--gateway")
     r.add_argument("--user", help="a service (edge-a or svc~edge-a) instead of a gateway")
     common(r)
+    r.add_argument("--keep-registry", action="store_true",
+                   help="remove the gateway's NATS user but leave its registry entry")
     r.set_defaults(func=_run(_revoke))
 
     c = sub.add_parser("config", help="write auth.conf again (after registry edits, or with "
@@ -99,6 +102,16 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         "farmedge_leases and farmedge_alerts)")
     common(c)
     c.set_defaults(func=_run(_config))
+
+    w = sub.add_parser("sessions", help="find MQTT sessions held by another user than their own",
+                       description="Ask each node's monitoring endpoint for its MQTT "
+                                   "connections and list those whose client id is not their "
+                                   "user's (NATS binds no client id to a user: one gateway's "
+                                   "credential can take another's session). Exit status 1 "
+                                   "when there is one, for a monitoring check.")
+    w.add_argument("--monitor", action="append", required=True,
+                   help="a node's monitoring URL, e.g. http://nats-1:8222 (repeat for each)")
+    w.set_defaults(func=_run(_sessions))
 
 
 def _run(fn: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
@@ -152,13 +165,25 @@ def _write(args: argparse.Namespace, store: UserStore) -> None:
              + ", ".join(rep.stale[:10]))
 
 
-def _gateway(args: argparse.Namespace) -> int:
+def gateway(args: argparse.Namespace) -> int:
+    """``provision nats gateway`` (and ``provision gateway --cluster-url``):
+    ``args`` has county, farm, gateway, urls, ca_file, output, nats_dir and
+    registry."""
+    from farmedge.transport.broker import parse_broker_urls
+    from farmedge.transport.errors import BrokerUrlError
+
     from .accounts import check_gateway_ids, gateway_path
     from .dynsec import new_password
+    from .errors import ProvisionError
     from .nats_auth import gateway_toml
     from .registry_edit import add_gateway
 
     check_gateway_ids(args.county, args.farm, args.gateway)
+    if args.urls:
+        try:  # what the agent would refuse at start, refused here
+            parse_broker_urls(args.urls)
+        except BrokerUrlError as exc:
+            raise ProvisionError(f"the nodes' URLs: {exc}") from None
     path = gateway_path(args.county, args.farm, args.gateway)
     added, kept = add_gateway(args.registry, args.county, args.farm, args.gateway)
     _say(f"{path}: {'added to' if added else 'already in'} {args.registry}"
@@ -211,6 +236,7 @@ def _revoke(args: argparse.Namespace) -> int:
     from .accounts import gateway_path
     from .errors import ProvisionError
     from .nats_auth import service_user
+    from .registry_edit import remove_gateway
 
     ids = (args.county, args.farm, args.gateway)
     if args.user:
@@ -222,12 +248,19 @@ def _revoke(args: argparse.Namespace) -> int:
     else:
         raise ProvisionError("revoke needs --county, --farm and --gateway (or --user)")
     store = _store(args)
-    if not store.remove(user):
-        raise ProvisionError(f"no NATS user {user!r} in {store.path}")
+    had = store.remove(user)
+    removed = False
+    if not args.user and not args.keep_registry:
+        removed, kept = remove_gateway(args.registry, *ids)
+        if removed and not kept:
+            _say(f"{args.registry} rewritten: its comments could not be kept")
+    if not had and not removed:
+        raise ProvisionError(f"no NATS user {user!r} in {store.path}"
+                             + ("" if args.user else f", nor in {args.registry}"))
     _write(args, store)
-    _say(f"NATS user {user} revoked (the registry is unchanged: provision revoke edits it)")
+    _say(f"NATS user {user} {'revoked' if had else 'absent'}"
+         + ("" if args.user else f", registry {'entry removed' if removed else 'unchanged'}"))
     return 0
-
 
 def _config(args: argparse.Namespace) -> int:
     from dataclasses import replace
@@ -251,3 +284,33 @@ def _config(args: argparse.Namespace) -> int:
         store.scope = replace(store.scope, buckets=tuple(args.buckets))
     _write(args, store)
     return 0
+
+
+def _sessions(args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    from .errors import ProvisionError
+    from .nats_auth import intruders
+
+    found = []
+    for base in args.monitor:
+        offset, total = 0, None
+        while total is None or offset < total:
+            url = f"{base.rstrip('/')}/connz?auth=true&limit=1024&offset={offset}"
+            try:
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    doc = json.loads(r.read())
+            except (OSError, ValueError) as exc:
+                raise ProvisionError(f"{base}: {exc}") from None
+            conns = doc.get("connections") or []
+            total = int(doc.get("total", len(conns)))
+            found += intruders(doc, node=str(doc.get("server_name") or base))
+            if not conns:
+                break
+            offset += len(conns)
+    for i in found:
+        print(i)
+    _say(f"{len(found)} MQTT connections hold a client id not their user's")
+    return 1 if found else 0

@@ -141,6 +141,8 @@ class GatewayField:
     REASON: Final = "reason"
     HELD_UNSYNCED: Final = "held_unsynced"
     HELD_FOR_S: Final = "held_for_s"
+    REFUSED: Final = "refused"
+    PUBLISH_REFUSED: Final = "publish_refused"
     # the edge's
     SEQ_GAP: Final = "seq_gap"
     SEQ_RESTART: Final = "seq_restart"
@@ -297,7 +299,7 @@ def _measurements() -> dict[str, MeasurementSchema]:
         g.ONLINE: _B, g.UPTIME_S: _F, g.OUTBOX_OLDEST_AGE_S: _F, g.CPU_TEMPERATURE: _F,
         g.DISK_FREE_MB: _F, g.OUTBOX_DEPTH: _I, g.DROPPED: _I, g.VERSION: _S, g.CLOCK: _S,
         g.CLOCK_SYNCED: _B, g.OUTBOX_FULL: _B, g.REASON: _S, g.HELD_UNSYNCED: _I,
-        g.HELD_FOR_S: _F, g.SEQ_GAP: _I, g.SEQ_RESTART: _I,
+        g.HELD_FOR_S: _F, g.REFUSED: _I, g.PUBLISH_REFUSED: _I, g.SEQ_GAP: _I, g.SEQ_RESTART: _I,
         g.REGISTERED: _I,
         g.REGISTRY_SENSORS: _I, g.REGISTRY_SENSOR_IDS: _S, g.REGISTRY_INTERVAL_S: _F}))
     d = DeadLetterField

@@ -76,6 +76,10 @@ class SourceSection(Section):
     max_age_days: Annotated[float, Field(gt=0)] = 7.0
     #: Key-value bucket of the partition leases and edge instances.
     lease_bucket: str = "farmedge_leases"
+    #: Key-value bucket of the alert state of each partition (rule states,
+    #: groups, the farms' outbox, budgets and history), loaded by the edge that
+    #: takes a partition over. Replicated like the lease bucket.
+    alert_bucket: str = "farmedge_alerts"
     #: A lease not renewed within this time expires and another edge may take
     #: the partition (whole seconds: the server's per-key TTLs). Renewed every
     #: third of it.
@@ -113,7 +117,7 @@ class SourceSection(Section):
             raise ValueError(f"use {MQTT_STREAM!r} or 1-64 letters, digits, '-' or '_'")
         return v
 
-    @field_validator("consumer_prefix", "lease_bucket")
+    @field_validator("consumer_prefix", "lease_bucket", "alert_bucket")
     @classmethod
     def _name(cls, v: str) -> str:
         if not NAME_RE.fullmatch(v):
@@ -124,6 +128,8 @@ class SourceSection(Section):
     def _timing(self) -> SourceSection:
         if len(self.consumer_prefix) + len(str(self.partitions - 1)) > 64:
             raise ValueError("consumer_prefix is too long for its partition numbers")
+        if self.alert_bucket == self.lease_bucket:
+            raise ValueError("alert_bucket must differ from lease_bucket")
         return self
 
     @property

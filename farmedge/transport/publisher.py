@@ -43,6 +43,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTErrorCode
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from .broker import PROTOCOLS, Broker, Protocol
@@ -52,6 +53,29 @@ __all__ = ["Message", "Publisher", "Received"]
 
 #: PUBACK reason codes from 0x80 up: the broker refused the message.
 REFUSED = 0x80
+#: "Packet too large".
+PACKET_TOO_LARGE = 0x95
+
+
+def _accept_puback_packet_too_large() -> None:
+    """Mosquitto 2.0 answers a PUBLISH over its ``message_size_limit`` with
+    PUBACK reason 0x95 (packet too large), a code MQTT 5 allows only in
+    CONNACK and DISCONNECT. paho takes that PUBACK for a malformed packet
+    and drops the connection, so its sender never learns the reason and
+    sends the same message again on the next connection, forever. Letting
+    paho read 0x95 in a PUBACK turns it into a refused message (``on_ack``
+    with 0x95), as the broker meant. Done once, at import; a paho whose
+    table looks otherwise is left alone."""
+    names = getattr(ReasonCode, "names", None)
+    try:
+        packets = names[PACKET_TOO_LARGE]["Packet too large"]  # type: ignore[index]
+    except (KeyError, TypeError):
+        return
+    if isinstance(packets, list) and PacketTypes.PUBACK not in packets:
+        packets.append(PacketTypes.PUBACK)
+
+
+_accept_puback_packet_too_large()
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +101,15 @@ class Received:
 def _code(reason: Any) -> int:
     """An int from paho's ReasonCode (or a plain int)."""
     return int(getattr(reason, "value", reason) or 0)
+
+
+def _varint_len(n: int) -> int:
+    """Bytes of MQTT's variable byte integer for ``n``."""
+    size = 1
+    while n >= 128:
+        n //= 128
+        size += 1
+    return size
 
 
 def _props(packet: int, content_type: str | None) -> Properties | None:
@@ -119,6 +152,9 @@ class Publisher:
         self.persistent_session = persistent_session
         #: The broker's CONNACK said it had kept a session for this client id.
         self.session_present = False
+        #: The largest packet the broker takes (its CONNACK's Maximum Packet
+        #: Size, MQTT 5); None when it did not say.
+        self.max_packet_size: int | None = None
         self._loop = loop
         self._on_ack = on_ack
         self._on_lost = on_lost
@@ -231,6 +267,16 @@ class Publisher:
             raise TransportError(f"publish on {topic} failed: {mqtt.error_string(info.rc)}")
         return int(info.mid)
 
+    def packet_size(self, topic: str, payload: bytes, *, qos: int = 1,
+                    content_type: str | None = None) -> int:
+        """The bytes of this PUBLISH on the wire (what a broker's Maximum
+        Packet Size is compared with)."""
+        body = 2 + len(topic.encode()) + (2 if qos else 0) + len(payload)
+        if self.protocol == "5":
+            props = 0 if content_type is None else 3 + len(content_type.encode())
+            body += _varint_len(props) + props
+        return 1 + _varint_len(body) + body
+
     def publish_wait(self, message: Message, timeout: float) -> bool:
         """Publish and wait up to ``timeout`` for the broker to take it
         (PUBACK for QoS 1). False when it did not (or was not connected)."""
@@ -301,6 +347,8 @@ class Publisher:
         self._connack_reason = reason
         if not getattr(reason, "is_failure", False):
             self.session_present = bool(getattr(flags, "session_present", False))
+            limit = getattr(properties, "MaximumPacketSize", None)
+            self.max_packet_size = limit if isinstance(limit, int) and limit > 0 else None
             self.connected = True
         self._connack.set()
 

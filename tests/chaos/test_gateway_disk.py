@@ -175,7 +175,7 @@ def _inflight_of_open_transaction(agent: AgentThread) -> bool:
     """The uplink awaits a PUBACK for readings the outbox has not committed yet."""
     ob, up = agent.agent.outbox, agent.agent.uplink
     try:
-        return any(r.id > ob._ids.committed for rows in list(up._inflight.values())
+        return any(r.id > ob._ids.committed for rows, _ in list(up._inflight.values())
                    for r in rows)
     except RuntimeError:  # changed while looked at (the agent's thread)
         return False

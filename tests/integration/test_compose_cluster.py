@@ -15,6 +15,8 @@ import os
 import re
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,8 @@ import pytest
 import yaml
 
 from farmedge.contract import telemetry_topic
-from farmedge.provision.nats_cluster import PORTS, STORE_DIR
+from farmedge.provision.nats_auth import UserStore
+from farmedge.provision.nats_cluster import AUTH_INCLUDE, PORTS, STORE_DIR
 from farmedge.transport.nats_settings import SourceSection
 from farmedge_dev.natscluster import MIN_VERSION, NatsCluster, NatsNode
 from tests.compose_support import (
@@ -40,7 +43,8 @@ CLUSTER = ROOT / "docker-compose.cluster.yml"
 NODES = ("nats-1", "nats-2", "nats-3")
 EDGES = ("edge-a", "edge-b", "edge-c")
 SERVICES = ("preflight", *NODES, "influxdb", "grafana", *EDGES)
-CONF_TARGET = "/etc/nats/nats-server.conf"
+#: Where a node's container has deploy/nats.
+ETC = "/etc/nats"
 
 
 def cluster() -> dict[str, Any]:
@@ -51,9 +55,25 @@ def single() -> dict[str, Any]:
     return load_compose(ROOT / "docker-compose.yml")
 
 
+def _mounts(node: str) -> dict[str, str]:
+    """Target -> source of a node's short-syntax folder mounts."""
+    out = {}
+    for v in cluster()["services"][node]["volumes"]:
+        src, target = v.split(":")[:2]
+        if src.startswith("./"):
+            out[target] = src
+    return out
+
+
 def _conf(node: str) -> Path:
-    svc = cluster()["services"][node]
-    return ROOT / binds(svc)[CONF_TARGET]["source"]
+    return ROOT / _mounts(node)[ETC] / f"{node}.conf"
+
+
+def _script(node: str) -> str:
+    cmd = cluster()["services"][node]["command"]
+    assert cmd[:2] == ["/bin/sh", "-c"]
+    script: str = cmd[2]
+    return script
 
 
 def test_the_file_matches_the_compose_specification() -> None:
@@ -69,9 +89,12 @@ def test_influxdb_grafana_and_the_preflight_are_the_single_broker_files() -> Non
     assert ours["grafana"] == theirs["grafana"]
     mqtt_only = {"EDGE_MQTT_PASSWORD"}
     assert ours["preflight"]["command"] == [
-        v for v in theirs["preflight"]["command"] if v not in mqtt_only]
+        v for v in theirs["preflight"]["command"] if v not in mqtt_only] + [
+        "EDGE_NATS_PASSWORD"]
     assert ours["preflight"]["environment"] == {
-        k: v for k, v in theirs["preflight"]["environment"].items() if k not in mqtt_only}
+        **{k: v for k, v in theirs["preflight"]["environment"].items() if k not in mqtt_only},
+        "EDGE_NATS_PASSWORD": "${EDGE_NATS_PASSWORD:?run farmedge provision nats edge "
+                              "--env-file .env}"}
     for key in ("image", "entrypoint", "volumes", "restart", "logging"):
         assert ours["preflight"][key] == theirs["preflight"][key], key
     # Every secret the file reads is checked by the preflight, and every
@@ -98,7 +121,7 @@ def test_every_service_restarts_has_a_healthcheck_and_binds_locally() -> None:
             assert src in doc["volumes"] or src.startswith(("./", "${")), (name, vol)
     # Each node and each edge has its own state.
     data = [v.split(":", 1)[0] for n in (*NODES, *EDGES) for v in doc["services"][n]["volumes"]
-            if isinstance(v, str)]
+            if isinstance(v, str) and not v.startswith("./")]
     assert len(data) == len(set(data)) == len(NODES) + len(EDGES)
     # The gateways reach every node's MQTT listener, each on a port of its own here.
     published = [doc["services"][n]["ports"][0].rsplit(":", 1) for n in NODES]
@@ -108,12 +131,12 @@ def test_every_service_restarts_has_a_healthcheck_and_binds_locally() -> None:
 
 def test_each_node_runs_its_generated_file_and_the_edges_read_its_partitions() -> None:
     services = cluster()["services"]
-    partitions = set()
     for node in NODES:
         svc = services[node]
-        assert binds(svc)[CONF_TARGET]["source"] == f"./deploy/nats/{node}.conf"
-        assert binds(svc)[CONF_TARGET]["read_only"] is True
-        assert svc["command"] == ["nats-server", "--config", CONF_TARGET]
+        # The whole folder, read-only: provisioning replaces auth.conf by a
+        # new file, which a single-file mount would not show the node.
+        assert f"./deploy/nats:{ETC}:ro" in svc["volumes"]
+        assert _script(node).endswith(f"exec nats-server --config {ETC}/{node}.conf")
         assert f":{PORTS['http']}/healthz" in svc["healthcheck"]["test"][-1]
         text = _conf(node).read_text()
         assert f'server_name: "{node}"' in text
@@ -122,7 +145,9 @@ def test_each_node_runs_its_generated_file_and_the_edges_read_its_partitions() -
         assert f'store_dir: "{STORE_DIR}"' in text
         assert any(v.endswith(":" + STORE_DIR.rsplit("/", 1)[0]) for v in svc["volumes"]
                    if isinstance(v, str))
-        partitions |= {int(p) for p in re.findall(r"partition\((\d+),", text)}
+        # The partition mapping is auth.conf's (with the users' permissions).
+        assert f'include "{AUTH_INCLUDE}"' in text and "mappings" not in text
+    partitions = {UserStore(Path("unused")).partitions}
     envs = []
     for edge in EDGES:
         env = dict(services[edge]["environment"])
@@ -135,7 +160,8 @@ def test_each_node_runs_its_generated_file_and_the_edges_read_its_partitions() -
         src = SourceSection.model_validate(keys)
         assert src.kind == "nats"
         assert src.nats_urls == [f"nats://{n}:{PORTS['client']}" for n in NODES]
-        assert partitions == {src.partitions}, "the nodes' mapping and the edges disagree"
+        assert partitions == {src.partitions}, "provision nats's mapping and the edges disagree"
+        assert src.nats_user == "${EDGE_NATS_USER:-svc~edge}"
         assert services[edge]["command"] == ["edge", "run"]
         assert services[edge]["build"]["target"] == "edge"
     assert envs[0] == envs[1] == envs[2]
@@ -253,24 +279,100 @@ def _here(text: str, node: NatsNode, nodes: list[NatsNode]) -> str:
     return text
 
 
+def _node_argv(node: str, etc: Path, binary: str) -> list[str]:
+    """A node service's command line, run here: its folder mount at ``etc``,
+    ``nats-server`` the binary given."""
+    script = _script(node).replace(f"{ETC}/", f"{etc}/")
+    script = script.replace("exec nats-server ", f"exec {binary} ")
+    return ["/bin/sh", "-c", script]
+
+
+def test_a_node_refuses_to_start_without_the_users_file(tmp_path: Path) -> None:
+    """The node service's command, run by sh with deploy/nats moved into a
+    temporary folder: without auth.conf it stops with a message naming the
+    command that writes it (nats-server would fail on the missing include
+    and be restarted again and again); with it, it runs the server (here a
+    stand-in that records its arguments)."""
+    etc = tmp_path / "nats"
+    etc.mkdir()
+    (etc / "nats-2.conf").write_text(_conf("nats-2").read_text())
+    fake = tmp_path / "bin" / "nats-server"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" > {tmp_path / "ran"}\n')
+    fake.chmod(0o755)
+    argv = _node_argv("nats-2", etc, str(fake))
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 1
+    assert "farmedge provision nats edge --env-file .env" in " ".join(out.stderr.split())
+    assert not (tmp_path / "ran").exists()
+    (etc / AUTH_INCLUDE).write_text("authorization { users: [] }\n")
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "ran").read_text().split() == ["--config", f"{etc}/nats-2.conf"]
+
+
+def _start_nodes(nodes: NatsCluster, tmp_path: Path, auth_conf: Path) -> None:
+    """The three node services' command lines, each with its committed file
+    moved to its loopback ports and the given auth.conf beside it; returns
+    once the cluster is ready (routes, JetStream's meta group of 3, the MQTT
+    ports)."""
+    from farmedge_dev.natscluster import nats_server_binary
+
+    binary = nats_server_binary()
+    for node in nodes.nodes:
+        etc = tmp_path / "etc" / node.name  # its deploy/nats, with its own ports
+        etc.mkdir(parents=True)
+        (etc / f"{node.name}.conf").write_text(
+            _here(_conf(node.name).read_text(), node, nodes.nodes))
+        (etc / AUTH_INCLUDE).write_text(auth_conf.read_text())
+        node.spawn_argv(_node_argv(node.name, etc, binary))
+    nodes.wait_ready(120)
+
+
+def _named_nodes(root: Path) -> NatsCluster:
+    """Nodes on free loopback ports, named as the compose services (the
+    server_name of their files: the routes report it)."""
+    nodes = NatsCluster(root)
+    for node, name in zip(nodes.nodes, NODES, strict=True):
+        node.name = name
+    return nodes
+
+
 @pytest.mark.servers
 async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
         tmp_path: Path, county: str) -> None:
+    """The three node services' command lines with the committed files and
+    the auth.conf `farmedge provision nats` writes: a cluster with JetStream
+    and MQTT that passes the compose health check, lets the edges' user read
+    a provisioned gateway's QoS 1 message, and keeps the MQTT streams on
+    three replicas."""
+    import tomllib
+
     import nats
 
+    from farmedge.cli import main
     from farmedge.transport import nats as tn
     from tests.nats_support import Publisher, drain, prepare
 
     services = cluster()["services"]
-    nc3 = NatsCluster(tmp_path / "nats")
-    for node, name in zip(nc3.nodes, NODES, strict=True):
-        node.name = name  # the server_name of its file: the routes report it
+    # The users: the edges' (as .env gets it), a gateway's, an operator's.
+    nats_dir, registry = tmp_path / "users", tmp_path / "registry.yaml"
+    common = ["--nats-dir", str(nats_dir), "--registry", str(registry)]
+    env_file = tmp_path / ".env"
+    assert main(["provision", "nats", "edge", "--env-file", str(env_file), *common]) == 0
+    edge_env = dotenv(env_file)
+    gw_toml = tmp_path / "gw.toml"
+    assert main(["provision", "nats", "gateway", "--county", county, "--farm", "farm.7",
+                 "--gateway", "gw-1", "--url", "mqtt://127.0.0.1:1883", "-o", str(gw_toml),
+                 *common]) == 0
+    gw = tomllib.loads(gw_toml.read_text())["mqtt"]
+    admin_file = tmp_path / "admin.env"
+    assert main(["provision", "nats", "admin", "--env-file", str(admin_file), *common]) == 0
+    admin = dotenv(admin_file)
+
+    nc3 = _named_nodes(tmp_path / "nats")
     try:
-        for node in nc3.nodes:
-            cmd = [a.replace(CONF_TARGET, "{conf}") for a in services[node.name]["command"]]
-            node.spawn_conf(_here(_conf(node.name).read_text(), node, nc3.nodes), cmd)
-        # Routes, JetStream's meta group of 3, the MQTT ports.
-        await asyncio.to_thread(nc3.wait_ready, 120)
+        await asyncio.to_thread(_start_nodes, nc3, tmp_path, nats_dir / AUTH_INCLUDE)
         for node in nc3.nodes:
             check = services[node.name]["healthcheck"]["test"]
             assert check[0] == "CMD"
@@ -280,18 +382,21 @@ async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
                                           timeout=30, check=False)
             assert ran.returncode == 0, (node.name, ran.stderr)
 
-        # The edges' [source] (the compose file's: default partitions).
+        # The edges' [source] (the compose file's: default partitions, its user).
         cfg = SourceSection.model_validate({
-            "kind": "nats", "nats_urls": nc3.urls, "consumer_prefix": "compose-p"})
+            "kind": "nats", "nats_urls": nc3.urls, "consumer_prefix": "compose-p",
+            "nats_user": edge_env["EDGE_NATS_USER"],
+            "nats_password": edge_env["EDGE_NATS_PASSWORD"]})
         await prepare(cfg)
         for url in nc3.urls:
-            conn = await nats.connect(url)
+            conn = await tn.connect(cfg.model_copy(update={"nats_urls": [url]}), "test")
             try:
                 await tn.check_partition_mapping(conn, cfg)
             finally:
                 await conn.close()
-        # A gateway's QoS 1 message into node 1, read through node 3.
-        pub = Publisher(nc3.nodes[0].mqtt_port).connect()
+        # The gateway's QoS 1 message into node 1, read through node 3.
+        pub = Publisher(nc3.nodes[0].mqtt_port, client_id=gw["client_id"],
+                        username=gw["username"], password=gw["password"]).connect()
         try:
             pub.publish(telemetry_topic(county, "farm.7", "gw-1"), "hello")
             assert pub.wait_acked(1) == 1
@@ -299,7 +404,8 @@ async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
             pub.close()
         far = cfg.model_copy(update={"nats_urls": [nc3.nodes[2].url]})
         assert await drain(far, county) == ["hello"]
-        conn = await nats.connect(nc3.urls)
+        conn = await nats.connect(nc3.urls, user=admin["NATS_ADMIN_USER"],
+                                  password=admin["NATS_ADMIN_PASSWORD"])
         try:
             js = conn.jetstream()
             for stream in ("$MQTT_sess", "$MQTT_msgs"):
@@ -309,3 +415,123 @@ async def test_the_nodes_command_lines_form_a_cluster_with_jetstream_and_mqtt(
             await conn.close()
     finally:
         nc3.stop()
+
+
+@pytest.mark.servers
+@pytest.mark.slow
+def test_the_whole_layout_stores_a_provisioned_gateways_reading(tmp_path: Path) -> None:
+    """The layout run here as the compose file runs it: the node services
+    as above, the three edge services' command and environment (.env.example
+    filled in, the edges' NATS user from `provision nats edge --env-file`;
+    host names pointed at the loopback nodes and at a local InfluxDB 1.x
+    with v1-setup.iql's write-only user, which the compose file's
+    INFLUX_EDGE_* name; container paths at a temporary folder), and a gateway
+    given its user and config by `provision gateway --cluster-url`. The three
+    edges share the 16 partitions, each owned by one of them; the image's
+    health check passes for each; the gateway's reading, published through
+    node 2, is stored."""
+    import tomllib
+
+    from farmedge.cli import main
+    from tests.nats_support import Publisher
+    from tests.stack_support import ENV, GRAFANA_USER, AuthInflux, query, setup_v1
+    from tests.support import eventually, make_payload
+
+    env_file = filled_env(tmp_path)
+    registry = tmp_path / "registry.yaml"
+    registry.write_text((ROOT / "registry.example.yaml").read_text())
+    nats_dir = tmp_path / "nats-users"
+    common = ["--nats-dir", str(nats_dir), "--registry", str(registry)]
+    assert main(["provision", "nats", "edge", "--env-file", str(env_file), *common]) == 0
+    nodes = _named_nodes(tmp_path / "nats")
+    gw_toml = tmp_path / "gw-0007.toml"
+    assert main(["provision", "gateway", "--county", "suihua", "--farm", "wang-12",
+                 "--gateway", "gw-0007", "-o", str(gw_toml), *common,
+                 *[a for n in nodes.nodes for a in ("--cluster-url", n.mqtt_url)]]) == 0
+    gw = tomllib.loads(gw_toml.read_text())["mqtt"]
+    site = dotenv(env_file)
+    assert site["EDGE_NATS_USER"] == "svc~edge" and site["EDGE_NATS_PASSWORD"]
+    site.update({"INFLUX_EDGE_USER": ENV["INFLUX_EDGE_USER"],
+                 "INFLUX_EDGE_PASSWORD": ENV["INFLUX_EDGE_PASSWORD"],
+                 "INFLUX_DATABASE": ENV["INFLUX_DATABASE"],
+                 "FARMEDGE_REGISTRY_FILE": str(registry)})
+    influx = setup_v1(AuthInflux(tmp_path / "influx").start())
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    ports: dict[str, int] = {}
+    try:
+        _start_nodes(nodes, tmp_path, nats_dir / AUTH_INCLUDE)
+        urls = {f"nats://{n.name}:{PORTS['client']}": n.url for n in nodes.nodes}
+        base = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
+        for edge in EDGES:
+            env = _edge_env(edge, site, tmp_path)
+            env["FARMEDGE_SOURCE_NATS_URLS"] = json.dumps(
+                [urls[u] for u in json.loads(env["FARMEDGE_SOURCE_NATS_URLS"])])
+            ports[edge] = _free_port()
+            env.update({"FARMEDGE_INFLUX_URL": influx.url, "FARMEDGE_HTTP_HOST": "127.0.0.1",
+                        "FARMEDGE_HTTP_PORT": str(ports[edge])})
+            log = (tmp_path / f"{edge}.log").open("wb")
+            procs[edge] = subprocess.Popen(
+                [sys.executable, "-m", "farmedge", *cluster()["services"][edge]["command"]],
+                cwd=ROOT, env={**base, **env, "PYTHONPATH": str(ROOT)}, stdout=log,
+                stderr=subprocess.STDOUT)
+        check = json.loads(re.findall(r"^HEALTHCHECK .*\n\s+CMD (\[.*\])",
+                                      (ROOT / "Dockerfile").read_text(), re.M)[0])
+        assert check == cluster()["services"]["edge-a"]["healthcheck"]["test"][1:]
+
+        def healthy(edge: str) -> bool:
+            assert procs[edge].poll() is None, (tmp_path / f"{edge}.log").read_text()[-3000:]
+            argv = [sys.executable if a == "python"
+                    else a.replace(":8080/", f":{ports[edge]}/") for a in check]
+            return subprocess.run(argv, capture_output=True, timeout=10,
+                                  check=False).returncode == 0
+
+        def owned() -> dict[str, list[int]] | None:
+            out = {}
+            for edge in EDGES:
+                with urllib.request.urlopen(f"http://127.0.0.1:{ports[edge]}/healthz",
+                                            timeout=5) as r:
+                    out[edge] = json.loads(r.read())["partitions_owned"]
+            seen = sorted(p for ps in out.values() for p in ps)
+            # Each partition one owner; each edge its share, ceil(16 / 3).
+            fair = all(1 <= len(ps) <= 6 for ps in out.values())
+            return out if seen == list(range(16)) and fair else None
+
+        for edge in EDGES:
+            eventually(lambda e=edge: healthy(e), timeout=120,
+                       what=f"{edge}: the image's health check passes")
+        eventually(owned, timeout=90, interval=0.5,
+                   what="the 16 partitions shared by the three edges, one owner each")
+
+        pub = Publisher(nodes.nodes[1].mqtt_port, client_id=gw["client_id"],
+                        username=gw["username"], password=gw["password"]).connect()
+        ts = int(time.time() * 1000) - 1000
+        try:
+            pub.publish("farm/v1/suihua/wang-12/gw-0007/telemetry", make_payload(
+                "gw-0007", 1, [{"sensor": "soil-1", "kind": "soil_moisture", "ts": ts,
+                                "value": 23.4, "unit": "%"}]).decode())
+            assert pub.wait_acked(1) == 1
+        finally:
+            pub.close()
+        rows = eventually(lambda: query(influx.url, 'SELECT "moisture", "plot" FROM "soil"',
+                                        GRAFANA_USER), timeout=60, what="the reading stored")
+        assert rows[0]["values"] == [[ts, 23.4, "field-3"]]
+    finally:
+        for p in procs.values():
+            p.terminate()
+        codes = {}
+        for edge, p in procs.items():
+            try:
+                codes[edge] = p.wait(60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                codes[edge] = p.wait(10)
+        nodes.stop()
+        influx.stop()
+    for edge, code in codes.items():  # a clean stop: partitions handed back
+        assert code == 0, (tmp_path / f"{edge}.log").read_text()[-3000:]
+
+
+def _free_port() -> int:
+    from farmedge_dev.devservers import free_port
+
+    return free_port()

@@ -279,19 +279,34 @@ def test_gateway_moves_to_another_nats_node_when_its_node_dies(
         tmp_path: Path, nats_cluster: NatsCluster, consumers: tn.SourceSection,
         county: str) -> None:
     import asyncio
+    import tomllib
+
+    from farmedge.cli import main
+    from farmedge.provision.nats_auth import gateway_client_id
 
     nodes = nats_cluster.nodes
     mqtt_urls = [n.mqtt_url for n in nodes]
-    urls = ", ".join(f'"{u}"' for u in mqtt_urls)
-    # Each gateway starts at a node of its own (from its client id: here its
-    # id): one whose own node is not the first listed, so that the test
-    # tells that from starting at the first.
-    gateway, ring = next((g, r) for g in (f"gw-{i}" for i in range(1, 50))
-                         if (r := BrokerRing(parse_broker_urls(mqtt_urls), key=g)).index != 0)
+    # Each gateway starts at a node of its own (from its client id): one
+    # whose own node is not the first listed, so that the test tells that
+    # from starting at the first.
+    gateway, ring = next(
+        (g, r) for g in (f"gw-{i}" for i in range(1, 50))
+        if (r := BrokerRing(parse_broker_urls(mqtt_urls),
+                            key=gateway_client_id(county, "farm-1", g))).index != 0)
     home, then = ring.order[0], ring.order[1]
+    # Its [mqtt] as `farmedge provision gateway --cluster-url` writes it
+    # (this cluster takes any user: the users are tested in test_nats_trust.py).
+    provisioned = tmp_path / "provisioned.toml"
+    assert main(["provision", "gateway", "--county", county, "--farm", "farm-1",
+                 "--gateway", gateway, *[a for u in mqtt_urls for a in ("--cluster-url", u)],
+                 "--registry", str(tmp_path / "registry.yaml"),
+                 "--nats-dir", str(tmp_path / "nats"), "-o", str(provisioned)]) == 0
+    mq = tomllib.loads(provisioned.read_text())["mqtt"]
+    assert mq["urls"] == mqtt_urls and mq["protocol"] == "3.1.1"
+    keys = "\n".join(f"{k} = {json.dumps(mq[k], ensure_ascii=False)}"
+                     for k in ("urls", "username", "password", "client_id"))
     data = tmp_path / "gw"
-    cfg = gateway_config(tmp_path / "gw.toml", county, gateway, data, f"urls = [{urls}]",
-                         interval_s=0.02)
+    cfg = gateway_config(tmp_path / "gw.toml", county, gateway, data, keys, interval_s=0.02)
     gw = GatewayProcess(cfg, tmp_path / "gw.log", counter=True)
     try:
         eventually(lambda: gw.acked() >= 100, timeout=90, what="100 readings acknowledged "

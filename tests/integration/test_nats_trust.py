@@ -12,6 +12,9 @@ import contextlib
 import json
 import queue
 import ssl
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import tomllib
@@ -27,6 +30,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from farmedge.cli import main
+from farmedge.cluster.alertstate import AlertStateError, KvPartitionStore
 from farmedge.cluster.leases import LeaseError, LeaseStore
 from farmedge.transport import nats as tn
 from farmedge.transport.nats_settings import SourceSection
@@ -45,6 +49,7 @@ COUNTY = "trust" + uuid.uuid4().hex[:6]
 A = (COUNTY, "farm.1", "gw-a")
 B = (COUNTY, "farm-2", "gw-b")
 BUCKET = "trust_leases"
+ALERT_BUCKET = "trust_alerts"
 
 
 @dataclass
@@ -73,20 +78,22 @@ def _provision(tmp: Path, capsys: pytest.CaptureFixture[str] | None = None) -> S
     nats_dir, registry = tmp / "nats", tmp / "registry.yaml"
     common = ["--nats-dir", str(nats_dir), "--registry", str(registry)]
     assert main(["provision", "nats", "config", "--partitions", str(NATS_PARTITIONS),
-                 "--bucket", BUCKET, *common]) == 0
+                 "--bucket", BUCKET, "--bucket", ALERT_BUCKET, *common]) == 0
+    certs = make_certs(tmp / "certs")
+    cluster = NatsCluster(tmp / "cluster", partitions=NATS_PARTITIONS,
+                          security=NatsSecurity(nats_dir / "auth.conf", certs))
+    urls = [a for n in cluster.nodes for a in ("--url", n.mqtt_url)]  # ports chosen already
     gateways: dict[str, dict[str, Any]] = {}
     for name, (c, f, g) in (("A", A), ("B", B)):
         out = tmp / f"{g}.toml"
         assert main(["provision", "nats", "gateway", "--county", c, "--farm", f, "--gateway", g,
-                     "--url", "mqtts://127.0.0.1:8883", "-o", str(out), *common]) == 0
+                     *urls, "--ca-file", str(certs.ca_file), "-o", str(out), *common]) == 0
         gateways[name] = tomllib.loads(out.read_text())["mqtt"]
+        gateways[name]["file"] = out
     env = tmp / "edge.env"
     assert main(["provision", "nats", "edge", "--name", "edge", "--env-file", str(env),
                  *common]) == 0
     kv = dict(ln.split("=", 1) for ln in env.read_text().splitlines())
-    certs = make_certs(tmp / "certs")
-    cluster = NatsCluster(tmp / "cluster", partitions=NATS_PARTITIONS,
-                          security=NatsSecurity(nats_dir / "auth.conf", certs))
     return Secured(cluster, certs, nats_dir, registry, gateways, kv["EDGE_NATS_USER"],
                    kv["EDGE_NATS_PASSWORD"])
 
@@ -333,7 +340,8 @@ def test_the_edge_user_reads_its_stream_and_leases_only(
         secured: Secured, edge_cfg: SourceSection) -> None:
     """As the edge's user: the partition mapping check, the partition
     consumers (made by the fixture), reading and acknowledging, the lease
-    bucket; not deleting the stream, not publishing as a gateway."""
+    bucket, the alert state bucket; not deleting the stream, not
+    publishing as a gateway."""
     a = gw(secured, "A")
     a.connect()
     mids = [a.publish(topic(A, "telemetry"), f"r{i}".encode()) for i in range(20)]
@@ -357,6 +365,16 @@ def test_the_edge_user_reads_its_stream_and_leases_only(
                     await asyncio.sleep(0.5)
             assert lease is not None
             await leases.check(await leases.renew(lease))
+            # The alert state of a partition, written and read back.
+            store = KvPartitionStore(js, ALERT_BUCKET)
+            for _ in range(60):  # a bucket just made may not answer yet
+                try:
+                    await store.write(3, {"states": {f"r|{A[0]}/{A[1]}|s": {"v": 1}}})
+                    break
+                except AlertStateError:
+                    await asyncio.sleep(0.5)
+            fresh = KvPartitionStore(js, ALERT_BUCKET)
+            assert (await fresh.load(3)).get("states") == {f"r|{A[0]}/{A[1]}|s": {"v": 1}}
             with pytest.raises(nats.errors.Error):
                 await js.delete_stream("$MQTT_msgs")
             # A publish outside its permissions: the server says so, asynchronously.
@@ -421,6 +439,10 @@ def test_gateway_b_taking_gateway_a_s_session(secured: Secured, edge_cfg: Source
     assert any(c.get("mqtt_client") == secured.gateways["A"]["client_id"]
                and c.get("authorized_user") == secured.gateways["B"]["username"]
                for c in conns), conns
+    # ... which `provision nats sessions` reports, with exit status 1.
+    monitors = [a for n in secured.cluster.nodes
+                for a in ("--monitor", f"http://127.0.0.1:{n.http_port}")]
+    assert main(["provision", "nats", "sessions", *monitors]) == 1
     forged = [b.publish(topic(A, "telemetry"), b"forged-by-b"),
               b.publish(topic(B, "telemetry"), b"b-own-under-a-id")]
     assert b.wait_acked(forged)
@@ -438,6 +460,7 @@ def test_gateway_b_taking_gateway_a_s_session(secured: Secured, edge_cfg: Source
     b2.close()
     a3 = gw(secured, "A", reconnect_s=60)
     assert a3.connect() == (0, False)
+    assert main(["provision", "nats", "sessions", *monitors]) == 0  # all as they should be
     a3.close()
     logs = "".join(n.log_tail(10**7) for n in secured.cluster.nodes)
     assert "same client ID" in logs
@@ -506,6 +529,65 @@ def test_the_real_edge_runs_as_its_user_over_tls(
     finally:
         e.stop()
         run(_drop_consumers(secured.source(consumer_prefix=prefix)))
+
+
+def test_the_real_gateway_agent_runs_the_config_provisioning_wrote(
+        secured: Secured, edge_cfg: SourceSection, tmp_path: Path) -> None:
+    """`farmedge gateway run` with the gateway.toml of `provision nats
+    gateway` (every node's mqtts:// URL, the CA file, its user, password
+    and client id), sensors added as its comments say: it connects over
+    TLS and its readings reach the edge's partition consumers."""
+    text = secured.gateways["A"]["file"].read_text()
+    data = tmp_path / "gw-data"
+    top = f'data_dir = "{data}"\nlog_format = "json"\nlog_level = "debug"\n'
+    text = text.replace("\n[mqtt]\n", f"\n{top}\n[mqtt]\n", 1) + textwrap.dedent("""\
+          keepalive_s = 5
+          backoff_min_s = 0.2
+          backoff_max_s = 1.0
+          connect_timeout_s = 5
+        [outbox]
+        commit_interval_s = 0.1
+        [uplink]
+        batch_max = 10
+        batch_max_wait_s = 0.1
+        [clock]
+        source = "trust"
+        [[sensors]]
+        driver = "simulated"
+        id = "s1"
+        kinds = ["soil_moisture"]
+        interval_s = 0.1
+        """)
+    cfg = tmp_path / "gateway.toml"
+    cfg.write_text(text)
+    check = subprocess.run([sys.executable, "-m", "farmedge", "gateway", "check-config",
+                            "--config", str(cfg)], capture_output=True, text=True, timeout=60)
+    assert check.returncode == 0, check.stdout + check.stderr
+    log = tmp_path / "gw.log"
+    with log.open("ab") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "farmedge", "gateway", "run", "--config",
+                                 str(cfg)], stdout=f, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        def acked() -> int:
+            n = 0
+            for line in log.read_text(errors="replace").splitlines():
+                with contextlib.suppress(ValueError):
+                    e = json.loads(line)
+                    if isinstance(e, dict) and e.get("event") == "gateway.acked":
+                        n += int(e["n"])
+            return n
+
+        eventually(lambda: acked() >= 20, timeout=90, interval=0.2,
+                   what=f"20 readings acknowledged (log: {log})")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    got = run(_drain(edge_cfg))
+    telemetry = [d for g, ch, d in got if g == "gw-a" and ch == "telemetry"]
+    statuses = [d for g, ch, d in got if g == "gw-a" and ch == "status"]
+    assert telemetry and statuses  # its readings, and its retained status
+    assert acked() >= 20
 
 
 def test_a_revoked_gateway_is_closed_at_the_reload_and_refused(secured: Secured) -> None:

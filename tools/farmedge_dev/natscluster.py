@@ -168,6 +168,12 @@ class NatsNode(_Proc):
             argv[0] = nats_server_binary()
         self._spawn(argv)
 
+    def spawn_argv(self, argv: Sequence[str]) -> None:
+        """Start the server with a command line of the caller's own (a
+        compose service's, say); its configuration must give this node's
+        ports."""
+        self._spawn(list(argv))
+
     def monitor(self, path: str) -> tuple[int, dict[str, object]]:
         """GET the monitoring endpoint: (HTTP status, JSON body)."""
         url = f"http://127.0.0.1:{self.http_port}{path}"

@@ -183,7 +183,8 @@ async def test_the_intent_is_committed_before_the_notifier_has_the_message(
     def look(d: object, now: float) -> None:
         rows = {k: json.loads(v) for k, v in rig.engine._store._db.execute(  # type: ignore[union-attr]
             "SELECT key, data FROM outbox")}
-        seen.append([r["sending"] for r in rows.values()] == [d.sending])  # type: ignore[attr-defined]
+        sending = d.sending  # type: ignore[attr-defined]
+        seen.append(sending is not None and [r["sending"] for r in rows.values()] == [sending])
 
     rig.engine.on_dispatch = look
     await _dry(rig)
@@ -321,3 +322,131 @@ def test_each_row_of_the_state_names_its_farm_or_none() -> None:
     assert farm_of_row("budget", "_center/2026-06-10", 3) is None
     assert farm_of_row("budget", "officer:张/2026-06-10", 3) is None
     assert farm_of_row("history", "c1/f/gw-1/s1/soil_moisture", {}) == ("c1", "f")
+
+
+class Slow(FakeNotifier):
+    """Takes a message after 0.3 s (a service answering slowly)."""
+
+    async def send(self, url: str, *, title: str, body: str) -> None:
+        await asyncio.sleep(0.3)
+        await super().send(url, title=title, body=body)
+
+
+async def test_a_stop_lets_a_send_in_flight_finish_and_records_it(tmp_path: Path) -> None:
+    """A clean stop (the edge's SIGTERM) while a message is being sent: the
+    send finishes and its outcome is written, so the next start has nothing
+    unconfirmed to report and sends nothing again."""
+    from farmedge.alerts import AlertEngine, MemoryRecorder
+
+    from .support import SimClock, rules_of
+
+    state = tmp_path / "alerts.sqlite"
+    clock = SimClock(local_ts(2026, 6, 10, 10))
+    slow = Slow()
+
+    def engine(notifier: FakeNotifier, memory: MemoryRecorder) -> AlertEngine:
+        from farmedge.alerts import AlertsSettings
+        return AlertEngine(rules=rules_of(rules_file(tmp_path)), registry=_registry(),
+                           notifier=notifier, state_path=state, recorders=[memory],
+                           clock=clock, settings=AlertsSettings(tick_s=0.05))
+
+    mem = MemoryRecorder()
+    eng = engine(slow, mem)
+    await eng.start()
+    rig = Rig(eng, clock, slow, mem, _registry())
+    for _ in range(3):
+        rig.feed({"soil-1": 12})
+        clock.t += 600
+        eng.wake()
+        await asyncio.sleep(0.1)
+    assert eng.outbox.inflight, "a send in flight"
+    await eng.close()
+    assert slow.messages(SMS) == [DRY12]
+    mem2 = MemoryRecorder()
+    again = engine(FakeNotifier(), mem2)
+    await again.start()
+    clock.t += 60
+    again.wake()
+    await asyncio.sleep(0.2)
+    await again.close()
+    assert [e.event for e in mem2.events if e.event in ("unconfirmed", "delivered")] == []
+    assert isinstance(again.notifier, FakeNotifier) and again.notifier.sent == []
+
+
+# ------------------------------------------------------------------ county-wide
+
+
+class SplitFence(FakeFence):
+    """Farms wang-12 and f-2..f-5 in partition 0, f-6..f-10 in partition 1."""
+
+    def partition_of(self, county: str, farm: str) -> int:
+        return 1 if farm.startswith("f-") and int(farm[2:]) >= 6 else 0
+
+
+async def test_county_wide_mass_offline_is_seen_by_every_edge_and_told_once(
+        tmp_path: Path) -> None:
+    """A county's gateways split over two edges by partition: each edge
+    sees its own gateways' statuses and readings, and the others' statuses
+    through on_county_status. Six of ten gateways go down, three on each
+    side: each edge sees the mass offline (its farms are told nothing),
+    and the operators hear of it once, from the county role's holder (the
+    owner of partition 0)."""
+    from farmedge.contract.models import GatewayStatus
+    from farmedge.records import StatusEvent
+
+    from .test_scenarios import CENTER, County, county_rig
+
+    a, ca = county_rig(tmp_path)
+    b, _ = county_rig(tmp_path, clock=a.clock)
+    fa, fb = SplitFence({0}), SplitFence({1})
+    a.engine.attach_fence(fa)
+    b.engine.attach_fence(fb)
+    fence = SplitFence()
+    mine = {id(a): 0, id(b): 1}
+
+    def owner(county: County, gw: str) -> Rig:
+        return a if fence.partition_of("c1", county.gws[gw]) == 0 else b
+
+    def status(gw: str, online: bool) -> None:
+        body = {"v": 1, "gateway": gw, "online": online, **({"clock": "synced"} if online else {})}
+        ev = StatusEvent("c1", ca.gws[gw], gw, GatewayStatus.model_validate(body), a.clock.ms)
+        for rig in (a, b):
+            if fence.partition_of("c1", ev.farm) == mine[id(rig)]:
+                rig.engine.on_status(ev)
+            else:
+                rig.engine.on_county_status(ev)
+
+    async def minutes(n: int, up: set[str]) -> None:
+        for _ in range(n):
+            for gw in sorted(up):
+                rig = owner(ca, gw)
+                rig.farm = ca.gws[gw]
+                rig.feed({"soil-1": 28, "soil-2": 28.4}, gateway=gw)
+            a.farm = b.farm = "wang-12"
+            a.clock.t += 60
+            await a.engine.step()
+            await b.engine.step()
+
+    up = set(ca.gws)
+    await minutes(5, up)
+    gone = ["gw-2", "gw-3", "gw-4", "gw-6", "gw-7", "gw-8"]
+    for gw in gone:
+        up.discard(gw)
+        status(gw, False)
+        a.clock.t += 5
+        await a.engine.step()
+        await b.engine.step()
+    await minutes(30, up)
+    assert a.engine.center.member(("c1", "f-2", "gw-2"))
+    assert b.engine.center.member(("c1", "f-7", "gw-7"))
+    ops = [s.body for s in a.notifier.sent + b.notifier.sent if s.url == CENTER]
+    assert ops == ["c1县6个网关（共10个）同时离线，疑为停电或网络故障，未通知农户。"]
+    assert [s for s in a.notifier.sent + b.notifier.sent if s.url != CENTER] == []
+    assert b.events("raise") == [] and a.events("raise") == ["raise"]
+    for gw in gone:
+        up.add(gw)
+        status(gw, True)
+    await minutes(5, up)
+    ops = [s.body for s in a.notifier.sent + b.notifier.sent if s.url == CENTER]
+    assert ops[1:] == ["c1县网关集中离线已结束（持续30min）。"]
+    assert not a.engine.center.mass and not b.engine.center.mass

@@ -20,6 +20,7 @@ from farmedge.provision.nats_auth import (
     edge_permissions,
     gateway_client_id,
     gateway_subjects,
+    intruders,
     render_auth_conf,
 )
 from farmedge.transport.nats import partition_of
@@ -107,6 +108,7 @@ def test_provision_nats_gateway_writes_its_config_and_logs_no_secret(
     assert main(["provision", "nats", "revoke", "--county", "c1", "--farm", "f.1", "--gateway",
                  "g1", "--nats-dir", str(d), "--registry", str(reg)]) == 0
     assert '"c1/f.1/g1"' not in (d / "auth.conf").read_text()
+    assert "g1" not in reg.read_text()  # out of the registry too (--keep-registry keeps it)
     assert main(["provision", "nats", "revoke", "--user", "nobody", "--nats-dir", str(d),
                  "--registry", str(reg)]) == 1
 
@@ -130,3 +132,16 @@ def test_config_settings_are_kept_and_checked(tmp_path: Path) -> None:
     assert doc["partitions"] == 4 and doc["edge"]["buckets"] == ["b1"]
     assert "partition(4,1,2)" in (d / "auth.conf").read_text()
     assert main(["provision", "nats", "config", "--bucket", "no.dots", *args]) == 1
+
+
+def test_sessions_held_by_another_user_are_found() -> None:
+    connz = {"server_name": "n1", "connections": [
+        {"cid": 1, "authorized_user": "c/f.1/g1", "mqtt_client": "c/f:1/g1", "ip": "10.0.0.1"},
+        {"cid": 2, "authorized_user": "c/f/g2", "mqtt_client": "c/f:1/g1", "ip": "10.0.0.2"},
+        {"cid": 3, "authorized_user": "svc~edge", "mqtt_client": "edge-alerts"},
+        {"cid": 4, "authorized_user": "svc~edge", "mqtt_client": "c/f/g2"},
+        {"cid": 5, "authorized_user": "svc~edge"},  # a NATS client: no MQTT session
+    ]}
+    found = intruders(connz)
+    assert [(i.cid, i.user) for i in found] == [(2, "c/f/g2"), (4, "svc~edge")]
+    assert "n1: connection 2 from 10.0.0.2" in str(found[0])

@@ -12,6 +12,7 @@ import pytest
 
 from farmedge.cli import main
 from farmedge.provision import nats_cluster
+from farmedge.provision.nats_auth import UserStore
 from farmedge.transport.nats_conf import NodeConf, node_conf, server_mapping_conf
 from farmedge.transport.nats_settings import SourceSection
 
@@ -30,10 +31,13 @@ def test_check_fails_on_a_stale_or_stray_file(tmp_path: Path,
     out = tmp_path / "nats"
     assert main(["provision", "nats-cluster", "--out", str(out)]) == 0
     assert main(["provision", "nats-cluster", "--check", "--out", str(out)]) == 0
-    # Another partition count is another file: the committed one is stale.
+    # Other options are other files: the committed ones are stale.
     assert main(["provision", "nats-cluster", "--check", "--out", str(out),
-                 "--partitions", "32"]) == 1
+                 "--tls-dir", "/etc/nats/certs"]) == 1
     assert "out of date (run farmedge provision nats-cluster)" in capsys.readouterr().err
+    # The users' file beside them is provision nats's, not a stray one.
+    (out / "auth.conf").write_text("authorization {}\n")
+    assert main(["provision", "nats-cluster", "--check", "--out", str(out)]) == 0
     (out / "nats-2.conf").write_text((out / "nats-2.conf").read_text() + "# edited\n")
     assert main(["provision", "nats-cluster", "--check", "--out", str(out)]) == 1
     assert "nats-2.conf" in capsys.readouterr().err
@@ -43,11 +47,10 @@ def test_check_fails_on_a_stale_or_stray_file(tmp_path: Path,
     assert "nats-4.conf" in capsys.readouterr().err
 
 
-def test_every_node_routes_to_the_others_with_the_edges_partitions() -> None:
+def test_every_node_routes_to_the_others_and_includes_the_users() -> None:
     files = nats_cluster.files(Path("x"), ["a.example.org", "b.example.org", "c.example.org"])
     assert [p.name for p in files] == ["a.example.org.conf", "b.example.org.conf",
                                        "c.example.org.conf"]
-    default = SourceSection().partitions
     for path, text in files.items():
         host = path.name.removesuffix(".conf")
         assert f'server_name: "{host}"' in text
@@ -55,8 +58,26 @@ def test_every_node_routes_to_the_others_with_the_edges_partitions() -> None:
         assert routes == {f"{h}:6222" for h in ("a.example.org", "b.example.org",
                                                 "c.example.org") if h != host}
         assert "stream_replicas: 3" in text
-        assert server_mapping_conf(default) in text
+        # The mapping comes with the users' permissions (provision nats),
+        # with the edges' partition count by default.
+        assert text.endswith('include "auth.conf"\n') and "mappings" not in text
         assert 'store_dir: "/data/jetstream"' in text
+        assert "tls" not in text
+    assert UserStore(Path("x")).partitions == SourceSection().partitions
+    assert server_mapping_conf(16) in node_conf(NodeConf(
+        name="t", listen="x:1", cluster_listen="x:2", mqtt_listen="x:3", http_listen="x:4",
+        store_dir="/d", routes=[]))
+
+
+def test_tls_on_the_client_mqtt_and_route_listeners() -> None:
+    files = nats_cluster.files(Path("x"), ["a", "b", "c"], tls_dir="/etc/nats/certs")
+    text = files[Path("x/b.conf")]
+    blocks = re.findall(r"tls \{([^}]*)\}", text)
+    assert len(blocks) == 3  # client, route, MQTT
+    for b in blocks:
+        assert '"/etc/nats/certs/b.crt"' in b and '"/etc/nats/certs/b.key"' in b
+        assert '"/etc/nats/certs/ca.crt"' in b
+    assert sum("verify: true" in b for b in blocks) == 1  # the routes: mutual TLS
 
 
 def test_a_smaller_cluster_sizes_the_mqtt_streams_to_it() -> None:
