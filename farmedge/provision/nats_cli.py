@@ -86,6 +86,8 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     r.add_argument("--gateway")
     r.add_argument("--user", help="a service (edge-a or svc~edge-a) instead of a gateway")
     common(r)
+    r.add_argument("--keep-registry", action="store_true",
+                   help="remove the gateway's NATS user but leave its registry entry")
     r.set_defaults(func=_run(_revoke))
 
     c = sub.add_parser("config", help="write auth.conf again (after registry edits, or with "
@@ -234,6 +236,7 @@ def _revoke(args: argparse.Namespace) -> int:
     from .accounts import gateway_path
     from .errors import ProvisionError
     from .nats_auth import service_user
+    from .registry_edit import remove_gateway
 
     ids = (args.county, args.farm, args.gateway)
     if args.user:
@@ -245,12 +248,19 @@ def _revoke(args: argparse.Namespace) -> int:
     else:
         raise ProvisionError("revoke needs --county, --farm and --gateway (or --user)")
     store = _store(args)
-    if not store.remove(user):
-        raise ProvisionError(f"no NATS user {user!r} in {store.path}")
+    had = store.remove(user)
+    removed = False
+    if not args.user and not args.keep_registry:
+        removed, kept = remove_gateway(args.registry, *ids)
+        if removed and not kept:
+            _say(f"{args.registry} rewritten: its comments could not be kept")
+    if not had and not removed:
+        raise ProvisionError(f"no NATS user {user!r} in {store.path}"
+                             + ("" if args.user else f", nor in {args.registry}"))
     _write(args, store)
-    _say(f"NATS user {user} revoked (the registry is unchanged: provision revoke edits it)")
+    _say(f"NATS user {user} {'revoked' if had else 'absent'}"
+         + ("" if args.user else f", registry {'entry removed' if removed else 'unchanged'}"))
     return 0
-
 
 def _config(args: argparse.Namespace) -> int:
     from dataclasses import replace

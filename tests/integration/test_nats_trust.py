@@ -30,6 +30,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from farmedge.cli import main
+from farmedge.cluster.alertstate import AlertStateError, KvPartitionStore
 from farmedge.cluster.leases import LeaseError, LeaseStore
 from farmedge.transport import nats as tn
 from farmedge.transport.nats_settings import SourceSection
@@ -48,6 +49,7 @@ COUNTY = "trust" + uuid.uuid4().hex[:6]
 A = (COUNTY, "farm.1", "gw-a")
 B = (COUNTY, "farm-2", "gw-b")
 BUCKET = "trust_leases"
+ALERT_BUCKET = "trust_alerts"
 
 
 @dataclass
@@ -76,7 +78,7 @@ def _provision(tmp: Path, capsys: pytest.CaptureFixture[str] | None = None) -> S
     nats_dir, registry = tmp / "nats", tmp / "registry.yaml"
     common = ["--nats-dir", str(nats_dir), "--registry", str(registry)]
     assert main(["provision", "nats", "config", "--partitions", str(NATS_PARTITIONS),
-                 "--bucket", BUCKET, *common]) == 0
+                 "--bucket", BUCKET, "--bucket", ALERT_BUCKET, *common]) == 0
     certs = make_certs(tmp / "certs")
     cluster = NatsCluster(tmp / "cluster", partitions=NATS_PARTITIONS,
                           security=NatsSecurity(nats_dir / "auth.conf", certs))
@@ -338,7 +340,8 @@ def test_the_edge_user_reads_its_stream_and_leases_only(
         secured: Secured, edge_cfg: SourceSection) -> None:
     """As the edge's user: the partition mapping check, the partition
     consumers (made by the fixture), reading and acknowledging, the lease
-    bucket; not deleting the stream, not publishing as a gateway."""
+    bucket, the alert state bucket; not deleting the stream, not
+    publishing as a gateway."""
     a = gw(secured, "A")
     a.connect()
     mids = [a.publish(topic(A, "telemetry"), f"r{i}".encode()) for i in range(20)]
@@ -362,6 +365,16 @@ def test_the_edge_user_reads_its_stream_and_leases_only(
                     await asyncio.sleep(0.5)
             assert lease is not None
             await leases.check(await leases.renew(lease))
+            # The alert state of a partition, written and read back.
+            store = KvPartitionStore(js, ALERT_BUCKET)
+            for _ in range(60):  # a bucket just made may not answer yet
+                try:
+                    await store.write(3, {"states": {f"r|{A[0]}/{A[1]}|s": {"v": 1}}})
+                    break
+                except AlertStateError:
+                    await asyncio.sleep(0.5)
+            fresh = KvPartitionStore(js, ALERT_BUCKET)
+            assert (await fresh.load(3)).get("states") == {f"r|{A[0]}/{A[1]}|s": {"v": 1}}
             with pytest.raises(nats.errors.Error):
                 await js.delete_stream("$MQTT_msgs")
             # A publish outside its permissions: the server says so, asynchronously.

@@ -108,6 +108,7 @@ def test_provision_nats_gateway_writes_its_config_and_logs_no_secret(
     assert main(["provision", "nats", "revoke", "--county", "c1", "--farm", "f.1", "--gateway",
                  "g1", "--nats-dir", str(d), "--registry", str(reg)]) == 0
     assert '"c1/f.1/g1"' not in (d / "auth.conf").read_text()
+    assert "g1" not in reg.read_text()  # out of the registry too (--keep-registry keeps it)
     assert main(["provision", "nats", "revoke", "--user", "nobody", "--nats-dir", str(d),
                  "--registry", str(reg)]) == 1
 
