@@ -118,16 +118,20 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def main(argv: Iterable[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog=_COMMAND, description=__doc__,
+    from farmedge.cli import plain
+
+    ap = argparse.ArgumentParser(prog=_COMMAND, description=plain(__doc__),
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     _arguments(ap)
     return _run(ap.parse_args(list(argv) if argv is not None else None))
 
 
 def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    from farmedge.cli import plain
+
     p = psub.add_parser(
         "nats-cluster", help="write the NATS cluster nodes' configuration files",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=plain(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="examples:\n  farmedge provision nats-cluster\n"
                "  farmedge provision nats-cluster --check\n"
                "  farmedge provision nats-cluster --hosts nats-a.example.org,"
