@@ -181,6 +181,17 @@ def _nats_source(s: EdgeSettings, metrics: EdgeMetrics, max_pending: int,
     return src, SourceFence(src)
 
 
+def _alert_store(s: EdgeSettings, src: NatsSource | None) -> Any:
+    """Where the alert engine keeps each partition's state: the key-value
+    bucket ``[source] alert_bucket``, opened once the source is connected
+    (docs/scaling.md, "Alert state and handover")."""
+    from farmedge.cluster.alertstate import KvPartitionStore
+
+    assert src is not None
+    return KvPartitionStore(lambda: src.nc.jetstream() if src.nc is not None else None,
+                            s.source.alert_bucket, replicas=s.source.replicas)
+
+
 class EdgeService:
     """Build, then ``await run(stop)``. ``observers``: the stages (a list, or
     a function of the batcher for stages whose records the edge writes);
@@ -228,7 +239,7 @@ class EdgeService:
             for st in self.stages.running:
                 attach = getattr(st, "attach_fence", None)  # the alert engine
                 if attach is not None:
-                    attach(self.fence)
+                    attach(self.fence, store=_alert_store(s, self.nats))
         if validator is None:
             self.validator.keep_readings = bool(self.stages.running)
         self.clock = ClockWatch()
