@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from farmedge.logs import get_logger, redact_url
-from farmedge.records import CenterEvent, Stage
+from farmedge.records import CenterEvent, Stage, StatusEvent
 from farmedge.registry import Registry, load_registry
 from farmedge.storage.influx import InfluxWriter
 from farmedge.storage.lineproto import field_str, series_key
@@ -119,6 +119,19 @@ class Stages:
                 except Exception as exc:
                     self._incidents("observer", exc)
 
+    def county_status(self, event: StatusEvent) -> None:
+        """Cluster mode: a status of a gateway in another edge's partition,
+        to the stages that see the whole county (the alert engine's
+        county-wide rules)."""
+        for st in self.running:
+            on_county = getattr(st, "on_county_status", None)
+            if on_county is None:
+                continue
+            try:
+                on_county(event)
+            except Exception as exc:
+                self._incidents("observer", exc)
+
     async def partition(self, name: str, partition: int, within_s: float, log: Any) -> None:
         """Cluster mode: tell the stages (the alert engine) of a partition
         gained (``partition_gained``, before its reader starts) or lost
@@ -177,8 +190,20 @@ def _nats_source(s: EdgeSettings, metrics: EdgeMetrics, max_pending: int,
     src = NatsSource(s.source, s.source_instance, max_pending_bytes=max_pending,
                      metrics=metrics, hooks=(
                          lambda p: stages().partition("partition_gained", p, within, log),
-                         lambda p: stages().partition("partition_lost", p, within, log)))
+                         lambda p: stages().partition("partition_lost", p, within, log)),
+                     county_status=lambda ev: stages().county_status(ev))
     return src, SourceFence(src)
+
+
+def _alert_store(s: EdgeSettings, src: NatsSource | None) -> Any:
+    """Where the alert engine keeps each partition's state: the key-value
+    bucket ``[source] alert_bucket``, opened once the source is connected
+    (docs/scaling.md, "Alert state and handover")."""
+    from farmedge.cluster.alertstate import KvPartitionStore
+
+    assert src is not None
+    return KvPartitionStore(lambda: src.nc.jetstream() if src.nc is not None else None,
+                            s.source.alert_bucket, replicas=s.source.replicas)
 
 
 class EdgeService:
@@ -228,7 +253,7 @@ class EdgeService:
             for st in self.stages.running:
                 attach = getattr(st, "attach_fence", None)  # the alert engine
                 if attach is not None:
-                    attach(self.fence)
+                    attach(self.fence, store=_alert_store(s, self.nats))
         if validator is None:
             self.validator.keep_readings = bool(self.stages.running)
         self.clock = ClockWatch()

@@ -38,8 +38,9 @@ from typing import Any
 
 from farmedge.backoff import Backoff
 from farmedge.cluster import Lease, PartitionedSource
-from farmedge.contract import status_topic, telemetry_topic
+from farmedge.contract import MessageRejected, parse_status, status_topic, telemetry_topic
 from farmedge.logs import get_logger, redact_url
+from farmedge.records import StatusEvent
 from farmedge.transport import nats as tn
 from farmedge.transport.mqtt import Inbound
 from farmedge.transport.nats_settings import SourceSection
@@ -51,6 +52,8 @@ __all__ = ["NatsSource", "PartitionHooks"]
 #: The edge's partition hooks: told of a partition gained (before its reader
 #: starts) and lost (after it stopped).
 PartitionHooks = tuple[Callable[[int], Awaitable[None]], Callable[[int], Awaitable[None]]]
+#: Told of the status of a gateway in a partition another edge owns.
+CountyStatus = Callable[[StatusEvent], None]
 
 
 @dataclass(slots=True)
@@ -67,7 +70,8 @@ class NatsSource:
     calls ``ack`` with what is durable."""
 
     def __init__(self, settings: SourceSection, instance: str, *, max_pending_bytes: int,
-                 metrics: EdgeMetrics, hooks: PartitionHooks | None = None) -> None:
+                 metrics: EdgeMetrics, hooks: PartitionHooks | None = None,
+                 county_status: CountyStatus | None = None) -> None:
         self.cfg = settings
         self.instance = instance
         self.inbox: deque[Inbound] = deque()
@@ -79,6 +83,7 @@ class NatsSource:
         self._room.set()
         self._metrics = metrics
         self._hooks = hooks
+        self._county_status = county_status
         self._tickets: dict[int, _Ticket] = {}
         self._accepting = True
         self._log = get_logger("farmedge.edge.nats", instance=instance)
@@ -195,11 +200,41 @@ class NatsSource:
                     await nc.close()
                 await asyncio.sleep(backoff.next())
                 continue
+            if self._county_status is not None:
+                await self._watch_statuses(nc)
             self.nc, self.partitioned, self.error = nc, ps, ""
             self.connects += 1
             self._log.info("nats.started", servers=[redact_url(u) for u in self.cfg.nats_urls],
                            stream=self.cfg.stream, partitions=self.cfg.partitions)
         await asyncio.Event().wait()  # until cancelled by stop()
+
+    async def _watch_statuses(self, nc: Any) -> None:
+        """Every gateway's status as the servers map it (a plain
+        subscription: at most once, nothing stored), for the county-wide
+        rules of the alert engine; those of partitions this edge owns come
+        through the stream, as every message does."""
+
+        async def on_msg(msg: Any) -> None:
+            try:
+                w = tn.parse_stored_subject(msg.subject)
+            except tn.NatsTransportError:
+                return
+            if self.partitioned is None or w.partition in self.partitioned.ownership.owned:
+                return
+            try:
+                st = parse_status(msg.data)
+            except MessageRejected:
+                return  # its owner dead-letters it
+            if st.gateway != w.gateway:
+                return
+            assert self._county_status is not None
+            try:
+                self._county_status(StatusEvent(w.county, w.farm, w.gateway, st,
+                                                int(time.time() * 1000)))
+            except Exception as exc:  # a stage's failure stays with the stage
+                self._log.warning("nats.county_status_failed", error=repr(exc)[:300])
+
+        await nc.subscribe(f"{tn.PARTITIONED_PREFIX}.*.*.*.*.status", cb=on_msg)
 
     def stop_accepting(self) -> None:
         self._accepting = False

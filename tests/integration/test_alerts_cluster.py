@@ -355,3 +355,52 @@ async def test_a_fenced_instance_sends_nothing(setup: Setup) -> None:
         assert x.events("delivered") == [] and y.events("delivered") == ["delivered"]
     finally:
         await s.close()
+
+
+async def test_the_status_feed_sees_every_partition(nats_cluster: NatsCluster,
+                                                    county: str) -> None:
+    """Gateways of farms in several partitions publish their status (MQTT
+    3.1.1, QoS 1) to node 1; a status feed on node 3 hands every one over,
+    whichever partition it is in, ids intact, and the partitions' own
+    consumers still have them all (the feed only reads)."""
+    from farmedge.cluster.statusfeed import StatusFeed
+    from farmedge.contract import status_topic
+    from farmedge.contract.parse import parse_status
+    from tests.nats_support import Publisher, delete_consumers, prepare
+
+    cfg = source(nats_cluster, urls=[nats_cluster.nodes[2].url])
+    await prepare(cfg)
+    farms = [f"farm.{i}" for i in range(12)] + ["农场二"]
+    parts = {tn.partition_of(county, f, cfg.partitions) for f in farms}
+    assert len(parts) > 3
+    got: list[tuple[int, str, str, str, bool]] = []
+    nc = await tn.connect(cfg, "test-feed")
+    feed = await StatusFeed(nc, cfg, lambda w, data: got.append(
+        (w.partition, w.county, w.farm, w.gateway, parse_status(data).online))).start()
+    pub = Publisher(nats_cluster.nodes[0].mqtt_port).connect()
+    try:
+        for i, f in enumerate(farms):
+            pub.publish(status_topic(county, f, f"网关-{i}"),
+                        f'{{"v": 1, "gateway": "网关-{i}", "online": false}}')
+        assert pub.wait_acked(len(farms)) == len(farms)
+        mine = await until(lambda: len([g for g in got if g[1] == county]) >= len(farms)
+                           and [g for g in got if g[1] == county], timeout=30,
+                           what="every status through the feed")
+        assert sorted(mine) == sorted(
+            (tn.partition_of(county, f, cfg.partitions), county, f, f"网关-{i}", False)
+            for i, f in enumerate(farms))
+        # the partitions' consumers still have them
+        js = nc.jetstream()
+        stored: set[str] = set()
+        deadline = time.monotonic() + 30
+        while len(stored) < len(farms) and time.monotonic() < deadline:
+            for p in parts:
+                batch = await tn.PartitionReader(js, cfg, p).fetch(100, timeout_s=0.3)
+                stored |= {d.where.farm for d in batch.deliveries if d.where.county == county}
+                await batch.durable()
+        assert stored == set(farms)
+    finally:
+        pub.close()
+        await feed.stop()
+        await nc.close()
+        await delete_consumers(nats_cluster, cfg)
