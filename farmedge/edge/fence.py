@@ -7,6 +7,7 @@ the key-value store still naming this edge with the lease's fencing token).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING
 
 from farmedge.cluster import Fenced
@@ -30,7 +31,14 @@ class SourceFence:
         return partition_of(county, farm, self._partitions)
 
     def owned(self) -> frozenset[int]:
-        return frozenset(self._source.owned)
+        """The partitions whose lease is valid by this edge's clock: the
+        engine writes a partition's alert state only while it is here, so
+        an edge paused or cut off does not overwrite the new owner's."""
+        ps = self._source.partitioned
+        if ps is None:
+            return frozenset()
+        now = time.monotonic()
+        return frozenset(p for p, lease in ps.ownership.owned.items() if lease.valid(now))
 
     async def check(self, partition: int) -> bool:
         ps = self._source.partitioned

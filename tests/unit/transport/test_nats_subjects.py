@@ -81,6 +81,7 @@ class _Settings(FileSettings):
     ('[source]\nlease_bucket = "a b"\n', "[source] lease_bucket"),
     ('[source]\nlease_ttl_s = 1\n', "[source] lease_ttl_s"),
     ('[source]\nconsumer_prefix = "x*"\n', "[source] consumer_prefix"),
+    ('[source]\nalert_bucket = "a.b"\n', "[source] alert_bucket"),
 ])
 def test_a_wrong_source_key_is_named_with_its_line(tmp_path: Path, text: str, says: str) -> None:
     f = tmp_path / "edge.toml"
@@ -90,10 +91,20 @@ def test_a_wrong_source_key_is_named_with_its_line(tmp_path: Path, text: str, sa
     assert f"{f}:3: {says}" in str(e.value) or f"{f}:2: {says}" in str(e.value), str(e.value)
 
 
+def test_the_alert_bucket_must_differ_from_the_lease_bucket(tmp_path: Path) -> None:
+    f = tmp_path / "edge.toml"
+    f.write_text('[source]\nlease_bucket = "b"\nalert_bucket = "b"\n')
+    with pytest.raises(ConfigError) as e:
+        load_settings(_Settings, f)
+    assert "alert_bucket must differ from lease_bucket" in str(e.value), str(e.value)
+
+
 def test_the_source_section_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FARMEDGE_SOURCE_KIND", "nats")
     monkeypatch.setenv("FARMEDGE_SOURCE_PARTITIONS", "32")
+    monkeypatch.setenv("FARMEDGE_SOURCE_ALERT_BUCKET", "county_alerts")
     s = load_settings(_Settings, None)
+    assert s.source.alert_bucket == "county_alerts"
     assert (s.source.kind, s.source.partitions, s.source.stream) == ("nats", 32, "$MQTT_msgs")
     assert s.source.takeover_bound_s == 20.0
 

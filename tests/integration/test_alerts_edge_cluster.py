@@ -1,0 +1,192 @@
+"""Alert handover end to end: two edges as processes (``farmedge edge run``
+with ``[source] kind = "nats"`` and the alert engine on) on the real
+three-node cluster, a gateway publishing MQTT 3.1.1 through a node, real
+InfluxDB, messages through Apprise to a local HTTP receiver.
+
+A dry reading makes an alert pending on the edge that owns the farm's
+partition (its state is then in the key-value bucket); that edge is killed
+with SIGKILL; the other takes the partition over, loads the state and
+sends the alert, exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from farmedge.cluster.alertstate import PREFIX
+from farmedge.contract import telemetry_topic
+from farmedge.transport import nats as tn
+from farmedge.transport.nats_settings import SourceSection
+from farmedge_dev.devservers import InfluxServer
+from farmedge_dev.natscluster import NatsCluster
+from tests.alerts_support import HttpReceiver
+from tests.conftest import NATS_PARTITIONS
+from tests.edgeproc import EdgeProcess
+from tests.nats_support import Publisher, delete_consumers
+from tests.support import eventually, make_payload
+
+pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.cluster]
+
+RULES = """
+profiles:
+  test-dry:
+    description: one soil rule with short times, for tests
+    rules:
+      - id: soil-dry
+        kind: soil_moisture
+        when: {below: 20}
+        clear: {at_least: 24}
+        for: 8s
+        group_by: plot
+        template: soil-dry
+  device:
+    rules: []
+"""
+FARM = "wang-12"
+
+
+class Receiver:
+    """HttpReceiver on a loop of its own thread (the test is not async)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.http = asyncio.run_coroutine_threadsafe(HttpReceiver().start(),
+                                                     self.loop).result(30)
+
+    def messages(self, path: str) -> list[str]:
+        return list(self.http.messages(path))
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.http.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    r = Receiver()
+    try:
+        yield r
+    finally:
+        r.stop()
+
+
+def _rows(cfg: SourceSection, partition: int) -> int:
+    """Alert state rows of the partition in the bucket (rule states)."""
+    async def count() -> int:
+        nc = await tn.connect(cfg, "test-kv")
+        try:
+            kv = await nc.jetstream().key_value(cfg.alert_bucket)
+            try:
+                keys = await kv.keys()
+            except Exception:
+                return 0
+            return len([k for k in keys if k.startswith(f"{PREFIX}.{partition}.states.")])
+        finally:
+            await nc.close()
+    return asyncio.run(count())
+
+
+def test_an_alert_pending_when_its_edge_is_killed_fires_once_from_the_other(
+        nats_cluster: NatsCluster, influxdb: InfluxServer, influx_db: str, county: str,
+        receiver: Receiver, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:8]
+    cfg = SourceSection(kind="nats", nats_urls=nats_cluster.urls, partitions=NATS_PARTITIONS,
+                        consumer_prefix=f"t{tag}-p", lease_bucket=f"t{tag}",
+                        alert_bucket=f"a{tag}")
+    partition = tn.partition_of(county, FARM, NATS_PARTITIONS)
+    rules = tmp_path / "rules.yaml"
+    rules.write_text(RULES)
+    reg = tmp_path / "registry.yaml"
+    reg.write_text(f"""
+farms:
+  - county: {county}
+    farm: {FARM}
+    name: 王家农场
+    profile: test-dry
+    plots: {{field-3: {{name: 3号地, crop: maize}}}}
+    gateways:
+      gw-1:
+        interval_s: 600
+        sensors: {{soil-1: {{plot: field-3, crop: maize, interval_s: 600}}}}
+    contacts:
+      - {{name: 王建国, notify: ["{receiver.http.url('sms')}"]}}
+center_contacts:
+  - {{name: 值班, notify: ["{receiver.http.url('ops')}"]}}
+""")
+    env = {
+        "FARMEDGE_SOURCE_KIND": "nats",
+        "FARMEDGE_SOURCE_NATS_URLS": json.dumps(nats_cluster.urls),
+        "FARMEDGE_SOURCE_PARTITIONS": str(NATS_PARTITIONS),
+        "FARMEDGE_SOURCE_CONSUMER_PREFIX": cfg.consumer_prefix,
+        "FARMEDGE_SOURCE_LEASE_BUCKET": cfg.lease_bucket,
+        "FARMEDGE_SOURCE_ALERT_BUCKET": cfg.alert_bucket,
+        "FARMEDGE_SOURCE_LEASE_TTL_S": "5",
+        "FARMEDGE_SOURCE_REBALANCE_S": "1.0",
+        "FARMEDGE_SOURCE_ACK_WAIT_S": "6.0",
+        "FARMEDGE_INFLUX_FLUSH_INTERVAL_S": "0.2",
+        "FARMEDGE_ALERTS_ENABLED": "true",
+        "FARMEDGE_ALERTS_RULES": json.dumps([str(rules)]),
+        "FARMEDGE_ALERTS_TICK_S": "0.2",
+        "FARMEDGE_REGISTRY": str(reg),
+    }
+    edges: dict[str, EdgeProcess] = {}
+
+    def start(name: str) -> None:
+        e = EdgeProcess(mqtt_url=nats_cluster.nodes[0].mqtt_url, influx_url=influxdb.url,
+                        database=influx_db, data_dir=tmp_path / name,
+                        extra_env={**env, "FARMEDGE_INSTANCE": name})
+        e.start(wait_subscribed=False)
+        edges[name] = e
+
+    def owned(name: str) -> set[int]:
+        h = edges[name].health()
+        return set(h.get("partitions_owned") or []) if h else set()
+
+    pub = Publisher(nats_cluster.nodes[1].mqtt_port)
+    try:
+        start("edge-a")
+        start("edge-b")
+        eventually(lambda: owned("edge-a") | owned("edge-b") == set(range(NATS_PARTITIONS))
+                   and owned("edge-a") and owned("edge-b")
+                   and not owned("edge-a") & owned("edge-b"),
+                   timeout=90, interval=0.5, what="the partitions shared out")
+        owner = "edge-a" if partition in owned("edge-a") else "edge-b"
+        other = "edge-b" if owner == "edge-a" else "edge-a"
+        pub.connect()
+        now = int(time.time() * 1000)
+        pub.publish(telemetry_topic(county, FARM, "gw-1"), make_payload("gw-1", 1, [
+            {"sensor": "soil-1", "kind": "soil_moisture", "ts": now, "value": 12.0,
+             "unit": "%"}]).decode())
+        assert pub.wait_acked(1) == 1
+        eventually(lambda: _rows(cfg, partition) == 1, timeout=60, interval=0.5,
+                   what="the pending alert's state in the bucket")
+        assert receiver.messages("sms") == []     # still pending (for: 8s)
+        edges[owner].stop(signal.SIGKILL)
+        eventually(lambda: partition in owned(other), timeout=60, interval=0.5,
+                   what=f"{other} took the partition over")
+        eventually(lambda: receiver.messages("sms"), timeout=60, interval=0.2,
+                   what="the alert sent by the new owner")
+        time.sleep(3)     # anything more would come now (ticks of 0.2 s)
+        sms = receiver.messages("sms")
+        assert len(sms) == 1 and "3号地" in sms[0] and "12%" in sms[0], sms
+        assert receiver.messages("ops") == [] or all(
+            "边缘服务已重启" in m for m in receiver.messages("ops"))
+        log = edges[other].log_tail(1_000_000)
+        assert '"alerts.partition_loaded"' in log
+    finally:
+        pub.close()
+        for e in edges.values():
+            e.stop()
+        asyncio.run(delete_consumers(nats_cluster, cfg))
