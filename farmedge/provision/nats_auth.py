@@ -81,6 +81,8 @@ BCRYPT_COST = 8
 
 Kind = Literal["gateway", "edge", "admin"]
 KINDS: tuple[Kind, ...] = ("gateway", "edge", "admin")
+#: A user whose password no one knows, always in the list (see render_auth_conf).
+LOCKED_USER = SERVICE_PREFIX + "locked"
 
 
 def hash_password(password: str, cost: int = BCRYPT_COST) -> str:
@@ -163,6 +165,9 @@ def edge_permissions(scope: EdgeScope) -> dict[str, Any]:
     sub = ["_INBOX.>", f"{PARTITIONED_PREFIX}.*.{_PROBE_COUNTY}.>",
            f"{SUBJECT_PREFIX}.{_PROBE_COUNTY}.>"]
     return {"publish": {"allow": pub}, "subscribe": {"allow": sub}}
+
+
+_NOTHING: dict[str, Any] = {"publish": {"deny": [">"]}, "subscribe": {"deny": [">"]}}
 
 
 def admin_permissions() -> dict[str, Any]:
@@ -294,6 +299,15 @@ def render_auth_conf(store: UserStore,
             f"{ind}{{ user: {_q(name)}, password: {_q(u['hash'])},\n"
             f"{ind}  allowed_connection_types: [{', '.join(_q(k) for k in kinds)}],\n"
             f"{ind}  permissions: {_perm_block(perms, ind + '  ')} }}")
+    # nats-server lets anyone in when the users list is empty (before the
+    # first gateway or edge is provisioned): a user no one can be, always.
+    import secrets
+
+    users.append(
+        f"{ind}# No one: keeps the list from ever being empty (an empty one lets anyone in).\n"
+        f"{ind}{{ user: {_q(LOCKED_USER)}, "
+        f"password: {_q(hash_password(secrets.token_urlsafe(32)))},\n"
+        f"{ind}  permissions: {_perm_block(_NOTHING, ind + '  ')} }}")
     maps = "\n".join(f"  {_q(src)}: {_q(dst)}"
                      for src, dst in server_mappings(store.partitions).items())
     text = f"""\

@@ -145,3 +145,11 @@ def test_sessions_held_by_another_user_are_found() -> None:
     found = intruders(connz)
     assert [(i.cid, i.user) for i in found] == [(2, "c/f/g2"), (4, "svc~edge")]
     assert "n1: connection 2 from 10.0.0.2" in str(found[0])
+
+
+def test_the_users_list_is_never_empty(tmp_path: Path) -> None:
+    """nats-server lets anyone in when its users list is empty: a locked
+    user is always there, whose password no one knows."""
+    text, rep = render_auth_conf(UserStore(tmp_path / "users.json"), [])
+    assert '"svc~locked"' in text and (rep.gateways, rep.services) == (0, 0)
+    assert text.count("{ user: ") == 1
