@@ -135,8 +135,7 @@ class AlertEngine:
     async def partition_gained(self, partition: int) -> None:
         """The edge owns ``partition`` now (before its reader starts): its
         state is loaded; messages found unconfirmed go to the operators."""
-        if self.cluster is not None:
-            await self.cluster.gained(partition)
+        if self.cluster is not None and await self.cluster.gained(partition):
             self._unconfirmed(self.clock(), f"partition {partition}")
 
     async def partition_lost(self, partition: int) -> None:
@@ -278,6 +277,9 @@ class AlertEngine:
         """One pass: timers and groups, then the intent to send each due
         message, committed with the pass's changes before any is handed to
         its notifier (never twice: docs/alerts.md, "Delivery")."""
+        if self.cluster is not None:
+            for p in await self.cluster.retry_loads(now):
+                self._unconfirmed(now, f"partition {p}")
         self._pass(now)
         ds = self.outbox.pick(now)
         if self.cluster is not None and ds:

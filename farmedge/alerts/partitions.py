@@ -57,6 +57,11 @@ class Partitions:
         self.gained_at: dict[int, float] = {}
         #: outbox id -> partition, for the deletes of the partition's rows
         self._outbox: dict[str, int] = {}
+        #: Partitions owned whose state could not be loaded yet: nothing is
+        #: sent or written for them (the store's state would be overwritten)
+        #: until a later pass loads it.
+        self.unloaded: set[int] = set()
+        self._retry_at = 0.0
 
     def of(self, county: str, farm: str) -> int:
         key = (county, farm)
@@ -106,7 +111,8 @@ class Partitions:
             self.engine._store.write(local)
         if self.store is None:
             return
-        writes = [self.store.write(p, rows) for p, rows in parts.items() if p in owned]
+        writes = [self.store.write(p, rows) for p, rows in parts.items()
+                  if p in owned and p not in self.unloaded]
         results = await asyncio.gather(*writes, return_exceptions=True)
         for r in results:
             if isinstance(r, BaseException):
@@ -131,7 +137,8 @@ class Partitions:
             p = self.of(d.county, d.farm)
             ok = checked.get(p)
             if ok is None:
-                ok = checked[p] = p in owned and await self.fence.check(p)
+                ok = checked[p] = p in owned and p not in self.unloaded \
+                    and await self.fence.check(p)
                 if not ok:
                     log.warning("alerts.send_fenced", partition=p)
             if ok:
@@ -170,13 +177,27 @@ class Partitions:
 
     # ------------------------------------------------------------ gained, lost
 
-    async def gained(self, p: int) -> None:
+    async def gained(self, p: int) -> bool:
+        """Load the partition's state; False (kept in :attr:`unloaded`,
+        tried again at later passes) when the store cannot be read."""
         eng = self.engine
-        now = eng.clock()
-        self.gained_at[p] = now
+        self.gained_at.setdefault(p, eng.clock())
         if self.store is None:
-            return
-        rows = await self.store.load(p)
+            return True
+        try:
+            rows = await self.store.load(p)
+        except Exception as exc:  # the store's own error: no state, so no sends
+            if p not in self.unloaded:
+                log.error("alerts.partition_load_failed", partition=p, error=str(exc)[:300],
+                          detail="nothing sent or written for it until it loads")
+            self.unloaded.add(p)
+            return False
+        if p in self.unloaded:
+            # What the engine made of the partition without its state (new
+            # raises of alerts the state has firing, say) is dropped: the
+            # readings that come next start from the state.
+            self._forget(p)
+            self.unloaded.discard(p)
         for k in rows.get("outbox", {}):
             self._outbox[k] = p
         flat = eng.machine.load(rows.get("states", {}), rows.get("groups", {}))
@@ -188,6 +209,22 @@ class Partitions:
         log.info("alerts.partition_loaded", partition=p,
                  **{t: len(r) for t, r in rows.items()})
         eng.wake()
+        return True
+
+    async def retry_loads(self, now: float) -> list[int]:
+        """The partitions loaded now, of those that could not be (at most
+        every FENCED_RETRY_S)."""
+        if not self.unloaded or now < self._retry_at:
+            return []
+        self._retry_at = now + FENCED_RETRY_S
+        owned = self.fence.owned()
+        done = []
+        for p in sorted(self.unloaded):
+            if p not in owned:
+                continue
+            if await self.gained(p):
+                done.append(p)
+        return done
 
     async def lost(self, p: int) -> None:
         """Sends in flight for ``p`` finish (bounded), its changes are
@@ -198,7 +235,7 @@ class Partitions:
                 and self.of(d.county, d.farm) == p]
         if mine:
             await asyncio.wait(mine, timeout=_INFLIGHT_WAIT_S)
-        if self.store is not None:
+        if self.store is not None and p not in self.unloaded:
             parts = self.split(eng._changes.rows())
             rows = parts.get(p)
             hist = {k: v for k, v in eng.history.changed_rows().items()
@@ -216,6 +253,7 @@ class Partitions:
                 forget(p)
         self._forget(p)
         self.gained_at.pop(p, None)
+        self.unloaded.discard(p)
         log.info("alerts.partition_dropped", partition=p)
 
     def _in(self, key: str, p: int, table: str) -> bool:

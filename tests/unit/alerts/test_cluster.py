@@ -450,3 +450,55 @@ async def test_county_wide_mass_offline_is_seen_by_every_edge_and_told_once(
     ops = [s.body for s in a.notifier.sent + b.notifier.sent if s.url == CENTER]
     assert ops[1:] == ["c1县网关集中离线已结束（持续30min）。"]
     assert not a.engine.center.mass and not b.engine.center.mass
+
+
+class FlakyStore(FakeStore):
+    """Cannot be read for its first ``fail`` loads (the cluster unreachable)."""
+
+    def __init__(self, fail: int) -> None:
+        super().__init__()
+        self.fail = fail
+
+    async def load(self, partition: int) -> Rows:
+        if self.fail > 0:
+            self.fail -= 1
+            raise OSError("nats: no servers available for connection")
+        return await super().load(partition)
+
+
+async def test_a_partition_whose_state_cannot_be_loaded_sends_nothing_until_it_is(
+        tmp_path: Path) -> None:
+    """The new owner cannot read the partition's state at first: it sends
+    and writes nothing for it (a firing alert would be raised again), and
+    once the state loads it goes on from it: no second raise."""
+    _dirs(tmp_path)
+    a, b, fa, fb, store = _pair(tmp_path)
+    await a.engine.partition_gained(3)
+    await _dry(a)
+    assert a.notifier.messages(SMS) == [DRY12]
+    await a.step(1)
+    flaky = FlakyStore(fail=2)
+    flaky.data = store.data
+    b.engine.cluster.store = flaky  # type: ignore[union-attr]
+    fa.owned_, fb.owned_ = set(), {3}
+    await b.engine.partition_gained(3)          # fails: unloaded
+    assert b.engine.cluster is not None and b.engine.cluster.unloaded == {3}
+    writes = flaky.writes
+    b.feed({"soil-1": 12})                      # dry: b alone would go pending
+    await b.step(600)                           # the retry fails too
+    assert b.engine.cluster.unloaded == {3} and flaky.writes == writes
+    for _ in range(3):
+        b.feed({"soil-1": 12})
+        await b.step(600)
+    assert b.notifier.sent == []
+    assert b.engine.cluster.unloaded == set()   # loaded at a later pass
+    for _ in range(3):
+        b.feed({"soil-1": 11})
+        await b.step(600)
+    assert b.notifier.sent == []
+    assert _firing_states(b) == ["firing"]
+    assert store.data[3]["states"]
+
+
+def _firing_states(rig: Rig) -> list[str]:
+    return [st for _r, _e, st in rig.engine.firing()]
