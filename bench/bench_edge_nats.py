@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import contextlib
 import json
 import os
 import signal
@@ -180,7 +181,9 @@ class Run:
         for i in range(n):
             self.edges.append(Edge(self.cluster, self.ix, self.db, self.tmp / self.db,
                                    f"edge-{i}", self.src))
-        if not poll(self.all_owned, 120, 0.2):
+        share = -(-PARTITIONS // n)  # each edge's fair share: at most ceil(P / n)
+        if not poll(lambda: self.all_owned() and all(len(e.owned()) <= share
+                                                     for e in self.edges), 180, 0.2):
             raise RuntimeError("the partitions were not shared out")
 
     def all_owned(self, edges: list[Edge] | None = None) -> bool:
@@ -286,10 +289,11 @@ def main() -> None:
     ap.add_argument("--ack-wait", type=float, default=30.0)
     ap.add_argument("--edges", default="1,2,3", help="edge counts to measure")
     ap.add_argument("--no-failover", action="store_true")
-    ap.add_argument("--tmp", default=None, help="folder for the servers' and edges' files")
+    ap.add_argument("--tmp", default=None,
+                    help="keep the servers' and edges' files (logs) in this folder")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory(dir=args.tmp) as d, \
-            NatsCluster(Path(d) / "nats", partitions=PARTITIONS) as cluster:
+    keep = contextlib.nullcontext(args.tmp) if args.tmp else tempfile.TemporaryDirectory()
+    with keep as d, NatsCluster(Path(d) / "nats", partitions=PARTITIONS) as cluster:
         ix = InfluxServer(Path(d) / "ix").start()
         try:
             for n in (int(x) for x in args.edges.split(",")):

@@ -224,6 +224,11 @@ class PartitionedSource:
 
     async def stop(self, *, release: bool = True) -> None:
         """Stop reading; with ``release`` give the partitions back."""
+        if release and self._tasks:
+            # Every reader finishes its batch in hand at once, not one
+            # partition after the other as they are given back below.
+            self._draining.update(self._tasks)
+            await asyncio.wait(list(self._tasks.values()), timeout=self._bound_s)
         await self.ownership.stop(release=release)
         for p in list(self._tasks):
             await self._lost(p, "stopped" if release else "crashed")
