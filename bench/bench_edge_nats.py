@@ -169,6 +169,7 @@ class Run:
             "FARMEDGE_SOURCE_PARTITIONS": str(PARTITIONS),
             "FARMEDGE_SOURCE_CONSUMER_PREFIX": self.prefix,
             "FARMEDGE_SOURCE_LEASE_BUCKET": f"b{tag}",
+            "FARMEDGE_SOURCE_ALERT_BUCKET": f"b{tag}-alerts",
             "FARMEDGE_SOURCE_LEASE_TTL_S": str(args.ttl),
             "FARMEDGE_SOURCE_REBALANCE_S": str(args.rebalance),
             "FARMEDGE_SOURCE_ACK_WAIT_S": str(args.ack_wait),

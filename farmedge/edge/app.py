@@ -195,15 +195,18 @@ def _nats_source(s: EdgeSettings, metrics: EdgeMetrics, max_pending: int,
     return src, SourceFence(src)
 
 
-def _alert_store(s: EdgeSettings, src: NatsSource | None) -> Any:
-    """Where the alert engine keeps each partition's state: the key-value
-    bucket ``[source] alert_bucket``, opened once the source is connected
-    (docs/scaling.md, "Alert state and handover")."""
+def _attach_fence(stages: Stages, nats: NatsSource, fence: SourceFence,
+                  s: EdgeSettings) -> None:
+    """Cluster mode for the stages that have it (the alert engine): the fence,
+    and the partitions' state in the cluster's key-value store."""
     from farmedge.cluster.alertstate import KvPartitionStore
 
-    assert src is not None
-    return KvPartitionStore(lambda: src.nc.jetstream() if src.nc is not None else None,
-                            s.source.alert_bucket, replicas=s.source.replicas)
+    for st in stages.running:
+        attach = getattr(st, "attach_fence", None)
+        if attach is not None:
+            attach(fence, store=KvPartitionStore(
+                lambda: nats.nc.jetstream() if nats.nc is not None else None,
+                s.source.alert_bucket, replicas=s.source.replicas))
 
 
 class EdgeService:
@@ -249,11 +252,8 @@ class EdgeService:
         else:
             stages = observers
         self.stages = Stages(stages, self.incidents)
-        if self.fence is not None:
-            for st in self.stages.running:
-                attach = getattr(st, "attach_fence", None)  # the alert engine
-                if attach is not None:
-                    attach(self.fence, store=_alert_store(s, self.nats))
+        if self.fence is not None and self.nats is not None:
+            _attach_fence(self.stages, self.nats, self.fence, s)
         if validator is None:
             self.validator.keep_readings = bool(self.stages.running)
         self.clock = ClockWatch()

@@ -38,6 +38,7 @@ from typing import Any
 
 from farmedge.backoff import Backoff
 from farmedge.cluster import Lease, PartitionedSource
+from farmedge.cluster.statusfeed import StatusFeed
 from farmedge.contract import MessageRejected, parse_status, status_topic, telemetry_topic
 from farmedge.logs import get_logger, redact_url
 from farmedge.records import StatusEvent
@@ -84,6 +85,7 @@ class NatsSource:
         self._metrics = metrics
         self._hooks = hooks
         self._county_status = county_status
+        self._feed: StatusFeed | None = None
         self._tickets: dict[int, _Ticket] = {}
         self._accepting = True
         self._log = get_logger("farmedge.edge.nats", instance=instance)
@@ -200,41 +202,38 @@ class NatsSource:
                     await nc.close()
                 await asyncio.sleep(backoff.next())
                 continue
-            if self._county_status is not None:
-                await self._watch_statuses(nc)
             self.nc, self.partitioned, self.error = nc, ps, ""
             self.connects += 1
             self._log.info("nats.started", servers=[redact_url(u) for u in self.cfg.nats_urls],
                            stream=self.cfg.stream, partitions=self.cfg.partitions)
+        while self._county_status is not None and self._feed is None:
+            try:
+                await self._watch_statuses(self.nc)
+            except tn.NatsTransportError as exc:  # county-wide rules see only our partitions
+                self._log.warning("nats.status_feed_failed", error=str(exc)[:300])
+                await asyncio.sleep(backoff.next())
         await asyncio.Event().wait()  # until cancelled by stop()
 
     async def _watch_statuses(self, nc: Any) -> None:
-        """Every gateway's status as the servers map it (a plain
-        subscription: at most once, nothing stored), for the county-wide
+        """Every gateway's status (farmedge/cluster/statusfeed.py: a read-only
+        consumer on every partition's status subjects), for the county-wide
         rules of the alert engine; those of partitions this edge owns come
-        through the stream, as every message does."""
+        through its own readers, as every message does."""
 
-        async def on_msg(msg: Any) -> None:
-            try:
-                w = tn.parse_stored_subject(msg.subject)
-            except tn.NatsTransportError:
-                return
+        def on_status(w: tn.StoredSubject, data: bytes) -> None:
             if self.partitioned is None or w.partition in self.partitioned.ownership.owned:
                 return
             try:
-                st = parse_status(msg.data)
+                st = parse_status(data)
             except MessageRejected:
                 return  # its owner dead-letters it
             if st.gateway != w.gateway:
                 return
             assert self._county_status is not None
-            try:
-                self._county_status(StatusEvent(w.county, w.farm, w.gateway, st,
-                                                int(time.time() * 1000)))
-            except Exception as exc:  # a stage's failure stays with the stage
-                self._log.warning("nats.county_status_failed", error=repr(exc)[:300])
+            self._county_status(StatusEvent(w.county, w.farm, w.gateway, st,
+                                            int(time.time() * 1000)))
 
-        await nc.subscribe(f"{tn.PARTITIONED_PREFIX}.*.*.*.*.status", cb=on_msg)
+        self._feed = await StatusFeed(nc, self.cfg, on_status).start()
 
     def stop_accepting(self) -> None:
         self._accepting = False
@@ -251,6 +250,9 @@ class NatsSource:
             self._task.cancel()
             with contextlib.suppress(BaseException):
                 await self._task
+        if self._feed is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._feed.stop(), 5)
         if self.partitioned is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self.partitioned.stop(), 30)

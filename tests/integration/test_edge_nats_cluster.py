@@ -54,6 +54,7 @@ def source_env(cluster: NatsCluster, prefix: str, bucket: str) -> dict[str, str]
         "FARMEDGE_SOURCE_PARTITIONS": str(NATS_PARTITIONS),
         "FARMEDGE_SOURCE_CONSUMER_PREFIX": prefix,
         "FARMEDGE_SOURCE_LEASE_BUCKET": bucket,
+        "FARMEDGE_SOURCE_ALERT_BUCKET": bucket + "-alerts",
         "FARMEDGE_SOURCE_LEASE_TTL_S": str(LEASE_TTL_S),
         "FARMEDGE_SOURCE_REBALANCE_S": str(REBALANCE_S),
         "FARMEDGE_SOURCE_ACK_WAIT_S": str(ACK_WAIT_S),

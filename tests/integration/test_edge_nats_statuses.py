@@ -32,7 +32,7 @@ async def test_each_edge_sees_the_statuses_of_the_partitions_it_does_not_own(
     pub = Publisher(nats_cluster.nodes[2].mqtt_port).connect()
     try:
         deadline = time.monotonic() + 60
-        while not (all(e.owned for e in edges.values())
+        while not (all(e.owned and e._feed is not None for e in edges.values())
                    and sorted(p for e in edges.values() for p in e.owned)
                    == list(range(cfg.partitions))):
             assert time.monotonic() < deadline, {n: e.owned for n, e in edges.items()}
