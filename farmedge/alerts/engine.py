@@ -288,7 +288,7 @@ class AlertEngine:
             ds = await self.cluster.allowed(ds, now)
         self.outbox.mark(ds, now)
         await self._writer.commit_or_hold()
-        self.outbox.start(ds)
+        self.outbox.start(ds if self.cluster is None else self.cluster.written(ds))
 
     def open(self) -> None:
         """Load the state file. ``run()`` does it; tools and tests that drive
