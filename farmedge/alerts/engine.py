@@ -18,8 +18,10 @@ The work is split by job (docs/architecture.md, "Alerts"):
   :class:`~farmedge.records.CenterEvent`) and its incidents, to operators;
 - :mod:`.state`    the state machine per rule and entity, groups;
 - :mod:`.route`    groups into messages: texts, recipients, budgets, quiet hours;
-- :mod:`.delivery` the outbox: retries, rate limits;
-- :mod:`.store`    the state file.
+- :mod:`.delivery` the outbox: the intent to send, retries, rate limits;
+- :mod:`.store`    the state file, :mod:`.commit` writing it once per pass;
+- :mod:`.partitions` cluster mode (:mod:`.cluster`): partitions' state
+  loaded, written and dropped as the edge gains and loses them, the fence.
 """
 
 from __future__ import annotations
