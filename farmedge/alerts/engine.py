@@ -18,8 +18,10 @@ The work is split by job (docs/architecture.md, "Alerts"):
   :class:`~farmedge.records.CenterEvent`) and its incidents, to operators;
 - :mod:`.state`    the state machine per rule and entity, groups;
 - :mod:`.route`    groups into messages: texts, recipients, budgets, quiet hours;
-- :mod:`.delivery` the outbox: retries, rate limits;
-- :mod:`.store`    the state file.
+- :mod:`.delivery` the outbox: the intent to send, retries, rate limits;
+- :mod:`.store`    the state file, :mod:`.commit` writing it once per pass;
+- :mod:`.partitions` cluster mode (:mod:`.cluster`): partitions' state
+  loaded, written and dropped as the edge gains and loses them, the fence.
 """
 
 from __future__ import annotations
@@ -286,7 +288,7 @@ class AlertEngine:
             ds = await self.cluster.allowed(ds, now)
         self.outbox.mark(ds, now)
         await self._writer.commit_or_hold()
-        self.outbox.start(ds)
+        self.outbox.start(ds if self.cluster is None else self.cluster.written(ds))
 
     def open(self) -> None:
         """Load the state file. ``run()`` does it; tools and tests that drive

@@ -61,6 +61,8 @@ class Partitions:
         #: sent or written for them (the store's state would be overwritten)
         #: until a later pass loads it.
         self.unloaded: set[int] = set()
+        #: Partitions whose last write failed (their messages wait).
+        self.unwritten: set[int] = set()
         self._retry_at = 0.0
 
     def of(self, county: str, farm: str) -> int:
@@ -101,23 +103,38 @@ class Partitions:
         return out
 
     async def write(self, changes: Changes) -> None:
-        """Local rows to the state file, each owned partition's to the store
-        (all acknowledged when this returns). Rows of a partition no longer
-        ours are not written: its new owner's state is the truth."""
+        """Each owned partition's rows to the store, then the local rows to
+        the state file (all acknowledged when this returns). Rows of a
+        partition no longer ours are not written: its new owner's state is
+        the truth. A partition whose write failed is in :attr:`unwritten`
+        until one succeeds: its messages wait (their intent is not stored)."""
         owned = self.fence.owned()
         parts = self.split(changes)
         local = parts.pop(LOCAL, None)
+        error: BaseException | None = None
+        if self.store is not None:
+            todo = [p for p in parts if p in owned and p not in self.unloaded]
+            results = await asyncio.gather(*(self.store.write(p, parts[p]) for p in todo),
+                                           return_exceptions=True)
+            for p, r in zip(todo, results, strict=True):
+                if isinstance(r, BaseException):
+                    self.unwritten.add(p)
+                    error = error or r
+                else:
+                    self.unwritten.discard(p)
         if local:
             self.engine._store.write(local)
-        if self.store is None:
-            return
-        writes = [self.store.write(p, rows) for p, rows in parts.items()
-                  if p in owned and p not in self.unloaded]
-        results = await asyncio.gather(*writes, return_exceptions=True)
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r if isinstance(r, StateError) else StateError(
-                    f"alert state in the key-value store: {r}") from r
+        if error is not None:
+            raise error if isinstance(error, StateError) else StateError(
+                f"alert state in the key-value store: {error}") from error
+
+    def written(self, ds: list[Delivery]) -> list[Delivery]:
+        """Of the deliveries marked, those whose intent is stored (the
+        others wait for a write that works)."""
+        if not self.unwritten:
+            return ds
+        return [d for d in ds if d.farm == CENTER_FARM
+                or self.of(d.county, d.farm) not in self.unwritten]
 
     # ------------------------------------------------------------ the fence
 
@@ -254,6 +271,7 @@ class Partitions:
         self._forget(p)
         self.gained_at.pop(p, None)
         self.unloaded.discard(p)
+        self.unwritten.discard(p)
         log.info("alerts.partition_dropped", partition=p)
 
     def _in(self, key: str, p: int, table: str) -> bool:

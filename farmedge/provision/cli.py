@@ -4,14 +4,17 @@ broker (Mosquitto's dynamic security plugin) and the registry.
   farmedge provision gateway --county suihua --farm wang-12 --gateway gw-0007 \\
       --mqtt-url mqtts://mqtt.example.org:8883 --output gw-0007.toml
   farmedge provision gateway --county suihua --farm wang-12 --gateway gw-0007 \\
-      --cluster-url mqtts://nats-1.example.org:8883 --cluster-url ... --output gw-0007.toml
+      --cluster-url mqtts://nats-1.example.org:8883 \\
+      --cluster-url mqtts://nats-2.example.org:8883 \\
+      --cluster-url mqtts://nats-3.example.org:8883 --output gw-0007.toml
   farmedge provision edge --env-file .env
   farmedge provision simulator --env-file .env
   farmedge provision revoke --county suihua --farm wang-12 --gateway gw-0007
   farmedge provision revoke --user edge
   farmedge provision import-passwd --passwd passwd --acl acl
   farmedge provision init
-  farmedge provision nats gateway|edge|admin|revoke|config|sessions ...   (a NATS cluster's users)
+  farmedge provision nats WHAT ...   (the users of a NATS cluster: gateway, edge, admin,
+      revoke, config, sessions)
   farmedge provision influx [--env-file FILE]
   farmedge provision dashboards [--check]
   farmedge provision nats-cluster [--check]

@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .nats_auth import UserStore
@@ -38,6 +38,10 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                         description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="nats_command", metavar="WHAT", required=True)
+    from farmedge.cli import ParagraphHelpFormatter
+
+    def add(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, formatter_class=ParagraphHelpFormatter, **kw)
 
     def common(q: argparse.ArgumentParser) -> None:
         q.add_argument("--nats-dir", type=Path,
@@ -48,7 +52,13 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                        default=Path(os.environ.get("FARMEDGE_REGISTRY", "registry.yaml")),
                        help="the registry YAML (default: $FARMEDGE_REGISTRY or registry.yaml)")
 
-    g = sub.add_parser("gateway", help="register a gateway and give it a NATS user",
+    g = add("gateway", help="register a gateway and give it a NATS user",
+                       epilog="example:\n  farmedge provision nats gateway --county suihua "
+                              "--farm wang-12 "
+                              "--gateway gw-0007 --url mqtts://nats-1.example.org:8883 "
+                              "--url mqtts://nats-2.example.org:8883 "
+                              "--url mqtts://nats-3.example.org:8883 "
+                              "--ca-file /etc/farmedge/ca.crt -o gw-0007.toml",
                        description="Add the gateway to the registry, give it a NATS user "
                                    "(or a new password), write auth.conf and print the "
                                    "gateway's gateway.toml.")
@@ -68,7 +78,9 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     for kind, what in (("edge", "an edge instance (reads the stream, its key-value "
                                 "buckets; publishes alerts)"),
                        ("admin", "operators' tools (anything in the account)")):
-        e = sub.add_parser(kind, help=f"a NATS user for {what}",
+        e = add(kind, help=f"a NATS user for {what}",
+                           epilog=f"example:\n  farmedge provision nats {kind} --name "
+                                  f"{'edge-a --env-file .env' if kind == 'edge' else 'admin'}",
                            description=f"Create (or give a new password to) the NATS user "
                                        f"svc~NAME for {what}, and write auth.conf.")
         e.add_argument("--name", default=kind, help=f"the user is svc~NAME (default: {kind})")
@@ -78,20 +90,25 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         common(e)
         e.set_defaults(func=_run(_service), kind=kind)
 
-    r = sub.add_parser("revoke", help="take a gateway's or a service's NATS user out",
+    r = add("revoke", help="take a gateway's or a service's NATS user out",
+                       epilog="examples:\n  farmedge provision nats revoke --county suihua "
+                              "--farm wang-12 "
+                              "--gateway gw-0007\n  farmedge provision nats revoke --user edge-a",
                        description="Remove the user and write auth.conf; after the "
                                    "reload the nodes close its connections and refuse it.")
-    r.add_argument("--county")
-    r.add_argument("--farm")
-    r.add_argument("--gateway")
+    r.add_argument("--county", help="the gateway's county id")
+    r.add_argument("--farm", help="the gateway's farm id")
+    r.add_argument("--gateway", help="the gateway id")
     r.add_argument("--user", help="a service (edge-a or svc~edge-a) instead of a gateway")
     common(r)
     r.add_argument("--keep-registry", action="store_true",
                    help="remove the gateway's NATS user but leave its registry entry")
     r.set_defaults(func=_run(_revoke))
 
-    c = sub.add_parser("config", help="write auth.conf again (after registry edits, or with "
+    c = add("config", help="write auth.conf again (after registry edits, or with "
                                       "new settings)",
+                       epilog="examples:\n  farmedge provision nats config\n"
+                              "  farmedge provision nats config --partitions 32",
                        description="Write NATS_DIR/auth.conf from users.json and the "
                                    "registry. The settings given are kept in users.json.")
     c.add_argument("--partitions", type=int,
@@ -103,7 +120,10 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     common(c)
     c.set_defaults(func=_run(_config))
 
-    w = sub.add_parser("sessions", help="find MQTT sessions held by another user than their own",
+    w = add("sessions", help="find MQTT sessions held by another user than their own",
+                       epilog="example:\n  farmedge provision nats sessions "
+                              "--monitor http://nats-1:8222 "
+                              "--monitor http://nats-2:8222 --monitor http://nats-3:8222",
                        description="Ask each node's monitoring endpoint for its MQTT "
                                    "connections and list those whose client id is not their "
                                    "user's (NATS binds no client id to a user: one gateway's "

@@ -502,3 +502,38 @@ async def test_a_partition_whose_state_cannot_be_loaded_sends_nothing_until_it_i
 
 def _firing_states(rig: Rig) -> list[str]:
     return [st for _r, _e, st in rig.engine.firing()]
+
+
+class WriteFails(FakeStore):
+    """Refuses writes while ``down`` (no quorum in the cluster)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    async def write(self, partition: int,
+                    changes: Mapping[str, Mapping[str, Any | None]]) -> None:
+        if self.down:
+            raise OSError("nats: timeout")
+        await super().write(partition, changes)
+
+
+async def test_a_message_whose_intent_cannot_be_stored_waits(tmp_path: Path) -> None:
+    """The partition's store refuses the pass's write: its messages are not
+    handed to the notifier (a crash would leave no intent, and the next
+    owner would send them again); they go once the store takes writes."""
+    rig = _rig(tmp_path)
+    store = WriteFails()
+    rig.engine.attach_fence(FakeFence(), store=store)
+    await rig.engine.partition_gained(3)
+    await _dry(rig, 1)
+    store.down = True
+    await _dry(rig, 3)
+    assert rig.events("raise") == ["raise"] and rig.notifier.sent == []
+    assert rig.engine.state_error is not None
+    store.down = False
+    await rig.step(10)
+    await rig.step(10)
+    assert rig.notifier.messages(SMS) == [DRY12]
+    assert rig.engine.state_error is None
+    assert store.data[3].get("outbox", {}) == {}
