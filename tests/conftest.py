@@ -18,7 +18,7 @@ import signal
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pytest
 
@@ -86,13 +86,14 @@ def county() -> str:
     return "c" + uuid.uuid4().hex[:10]
 
 
-def _made(cls: Callable[[Path], S], workdir: Callable[[int], Path]) -> Iterator[Callable[[], S]]:
+def _made(cls: Callable[..., S], workdir: Callable[[int], Path]) -> Iterator[Callable[..., S]]:
     """A factory of started servers, each stopped at teardown (also one whose
-    start() failed after spawning it)."""
+    start() failed after spawning it). Keywords go to the server's class
+    (``mosquitto_factory(extra_conf="message_size_limit 400\\n")``)."""
     made: list[S] = []
 
-    def make() -> S:
-        s = cls(workdir(len(made)))
+    def make(**kw: Any) -> S:
+        s = cls(workdir(len(made)), **kw)
         made.append(s)
         s.start()
         return s
@@ -105,12 +106,12 @@ def _made(cls: Callable[[Path], S], workdir: Callable[[int], Path]) -> Iterator[
 
 
 @pytest.fixture
-def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[[], MosquittoServer]]:
+def mosquitto_factory(tmp_path: Path) -> Iterator[Callable[..., MosquittoServer]]:
     yield from _made(MosquittoServer, lambda i: tmp_path / f"mosquitto{i}")
 
 
 @pytest.fixture
-def influx_factory(tmp_path: Path) -> Iterator[Callable[[], InfluxServer]]:
+def influx_factory(tmp_path: Path) -> Iterator[Callable[..., InfluxServer]]:
     yield from _made(InfluxServer, lambda i: tmp_path / f"influxdb{i}")
 
 

@@ -20,6 +20,7 @@ import signal
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -63,18 +64,15 @@ class _Readings:
         pass
 
 
-def _broker(tmp: Path, conf: str) -> MosquittoServer:
-    return MosquittoServer(tmp / "mosquitto", extra_conf=conf).start()
-
-
 def test_messages_the_broker_finds_too_large_are_split_although_it_drops_the_connection(
-        tmp_path: Path, county: str) -> None:
+        tmp_path: Path, county: str,
+        mosquitto_factory: Callable[..., MosquittoServer]) -> None:
     """The shipped broker settings (``max_inflight_messages 0``): Mosquitto
     2.0.11 answers a PUBLISH over ``message_size_limit`` with PUBACK 0x95,
     then closes the connection. JSON messages of 3 readings (338 bytes) fit
     in 400, of 4 (423) not: the uplink learns the limit across the
     reconnects and every reading arrives; nothing is set aside or dropped."""
-    broker = _broker(tmp_path, "message_size_limit 400\n")
+    broker = mosquitto_factory(extra_conf="message_size_limit 400\n")
     sub = Subscriber(broker.url, county)
     drv = _Readings()
     s = gw_settings(tmp_path, broker.url, county, uplink={"encoding": "json"},
@@ -95,11 +93,11 @@ def test_messages_the_broker_finds_too_large_are_split_although_it_drops_the_con
         assert all(n <= 400 for n in sub.sizes)
     finally:
         sub.close()
-        broker.stop()
 
 
 def test_a_reading_too_large_even_alone_is_set_aside_and_the_rest_flows(
-        tmp_path: Path, county: str) -> None:
+        tmp_path: Path, county: str,
+        mosquitto_factory: Callable[..., MosquittoServer]) -> None:
     """A broker that keeps the connection after a refusal (Mosquitto with
     limits on in-flight and queued messages) and takes 200 bytes at most: JSON
     messages of one reading (168 bytes) go, of two (253) not. The one
@@ -107,7 +105,7 @@ def test_a_reading_too_large_even_alone_is_set_aside_and_the_rest_flows(
     ``refused`` table, counted in the status's ``refused``), not dropped,
     and every other reading arrives. (The status, 300 bytes, is refused
     too, so it is read from the agent.)"""
-    broker = _broker(tmp_path, "message_size_limit 200\nmax_inflight_messages 20\n"
+    broker = mosquitto_factory(extra_conf="message_size_limit 200\nmax_inflight_messages 20\n"
                      "max_queued_messages 1000\n")
     sub = Subscriber(broker.url, county)
     drv = _Readings(big_at=5)
@@ -135,18 +133,18 @@ def test_a_reading_too_large_even_alone_is_set_aside_and_the_rest_flows(
             assert db.execute("SELECT sensor, code FROM refused").fetchall() == [(BIG, 0x95)]
     finally:
         sub.close()
-        broker.stop()
 
 
 def test_a_broker_that_denies_the_telemetry_topic_keeps_the_readings_until_it_allows_it(
-        tmp_path: Path, county: str) -> None:
+        tmp_path: Path, county: str,
+        mosquitto_factory: Callable[..., MosquittoServer]) -> None:
     """An ACL that lets the gateway publish its status but not its
     telemetry (PUBACK 0x87): the readings wait in the outbox, the status
     says ``publish_refused: 135``; once the ACL allows it (the broker
     reloads it on SIGHUP), every reading arrives, none set aside or dropped."""
     acl = tmp_path / "acl"
     acl.write_text("topic read farm/#\ntopic write farm/v1/+/+/+/status\n")
-    broker = _broker(tmp_path, f"acl_file {acl}\n")
+    broker = mosquitto_factory(extra_conf=f"acl_file {acl}\n")
     sub = Subscriber(broker.url, county)
     drv = _Readings()
     s = gw_settings(tmp_path, broker.url, county,
@@ -179,4 +177,3 @@ def test_a_broker_that_denies_the_telemetry_topic_keeps_the_readings_until_it_al
                    what=f"all {agent.agent.samples} readings delivered via {broker_url}")
     finally:
         sub.close()
-        broker.stop()
