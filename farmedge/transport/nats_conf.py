@@ -142,6 +142,10 @@ max_payload: 1MB
 cluster {{
   name: {_q(n.cluster_name)}
   listen: {_q(n.cluster_listen)}
+  # Clients use the URLs they were given, not the nodes' own listen
+  # addresses the cluster would tell them of (which a site's NAT, proxy or
+  # firewall may not let them reach).
+  no_advertise: true
 {tls("route")}  routes: [
     {routes}
   ]
