@@ -39,6 +39,7 @@ from farmedge_dev.natscluster import NatsCluster, NatsSecurity
 from farmedge_dev.tlscerts import CertFiles, make_certs, openssl_available
 from tests.conftest import NATS_PARTITIONS
 from tests.edgeproc import EdgeProcess
+from tests.nats_support import prepare
 from tests.support import eventually, influx_query, make_payload
 
 pytestmark = pytest.mark.skipif(not openssl_available(), reason="openssl is not installed")
@@ -231,16 +232,6 @@ async def _drain(cfg: SourceSection, quiet_s: float = 2.0) -> list[tuple[str, st
         await nc.close()
 
 
-async def _prepare(cfg: SourceSection) -> None:
-    nc = await tn.connect(cfg, "test-setup")
-    try:
-        js = nc.jetstream()
-        await tn.ensure_stream(js, cfg)
-        await tn.ensure_consumers(js, cfg)
-    finally:
-        await nc.close()
-
-
 async def _drop_consumers(cfg: SourceSection) -> None:
     nc = await tn.connect(cfg, "test-cleanup")
     try:
@@ -257,7 +248,7 @@ def edge_cfg(secured: Secured) -> Iterator[SourceSection]:
     """Partition consumers of this test's own, made by the edge's user
     before any gateway publishes (the stream stores only what they want)."""
     cfg = secured.source()
-    run(_prepare(cfg))
+    run(prepare(cfg))
     yield cfg
     run(_drop_consumers(cfg))
 
