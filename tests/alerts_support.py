@@ -39,6 +39,27 @@ def local_ts(y: int, mo: int, d: int, h: int, mi: int = 0) -> float:
     return datetime(y, mo, d, h, mi, tzinfo=CST).timestamp()
 
 
+def soil_dry_rules(for_s: float) -> str:
+    """A rule file of one soil-moisture rule held ``for_s`` seconds (below 20 %
+    raises, from 24 % clears) and no device rules: short enough for the
+    cluster tests' handovers."""
+    return f"""
+profiles:
+  test-dry:
+    description: one soil rule with short times, for tests
+    rules:
+      - id: soil-dry
+        kind: soil_moisture
+        when: {{below: 20}}
+        clear: {{at_least: 24}}
+        for: {for_s:g}s
+        group_by: plot
+        template: soil-dry
+  device:
+    rules: []
+"""
+
+
 class SimClock:
     """Simulated time in epoch seconds; tests move it with ``advance``."""
 

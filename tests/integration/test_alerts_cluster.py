@@ -39,27 +39,13 @@ from farmedge.registry import Contact, Registry
 from farmedge.transport import nats as tn
 from farmedge.transport.nats_settings import SourceSection
 from farmedge_dev.natscluster import NatsCluster
-from tests.alerts_support import HttpReceiver, farm_registry, until
+from tests.alerts_support import HttpReceiver, farm_registry, soil_dry_rules, until
 from tests.nats_support import source
 from tests.unit.alerts.support import rules_of
 
 pytestmark = [pytest.mark.servers]
 
-RULES = """
-profiles:
-  test-dry:
-    description: one soil rule with short times, for tests
-    rules:
-      - id: soil-dry
-        kind: soil_moisture
-        when: {below: 20}
-        clear: {at_least: 24}
-        for: 4s
-        group_by: plot
-        template: soil-dry
-  device:
-    rules: []
-"""
+RULES = soil_dry_rules(4)
 FARM = "wang-12"
 
 

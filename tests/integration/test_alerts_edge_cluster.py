@@ -31,7 +31,7 @@ from farmedge.transport import nats as tn
 from farmedge.transport.nats_settings import SourceSection
 from farmedge_dev.devservers import InfluxServer
 from farmedge_dev.natscluster import NatsCluster
-from tests.alerts_support import HttpReceiver
+from tests.alerts_support import HttpReceiver, soil_dry_rules
 from tests.conftest import NATS_PARTITIONS
 from tests.edgeproc import EdgeProcess
 from tests.nats_support import Publisher, delete_consumers
@@ -40,21 +40,7 @@ from tests.support import eventually, make_payload
 
 pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.cluster]
 
-RULES = """
-profiles:
-  test-dry:
-    description: one soil rule with short times, for tests
-    rules:
-      - id: soil-dry
-        kind: soil_moisture
-        when: {below: 20}
-        clear: {at_least: 24}
-        for: 8s
-        group_by: plot
-        template: soil-dry
-  device:
-    rules: []
-"""
+RULES = soil_dry_rules(8)
 FARM = "wang-12"
 
 
