@@ -23,7 +23,7 @@ import re
 import tomllib
 import types
 import typing
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -367,24 +367,35 @@ def duplicate_key(root: yaml.Node | None) -> tuple[int, str] | None:
     replace its first); None when there is none."""
     import yaml
 
-    seen: set[int] = set()  # aliases share nodes: visit each once
+    for node in _yaml_nodes(root):
+        if isinstance(node, yaml.MappingNode):
+            keys: set[str] = set()
+            for k, _ in node.value:
+                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
+                    if k.value in keys:
+                        return k.start_mark.line + 1, k.value
+                    keys.add(k.value)
+    return None
+
+
+def _yaml_nodes(root: Any) -> Iterator[Any]:
+    """Every node of a composed YAML tree once (aliases share nodes), depth
+    first."""
+    import yaml
+
+    seen: set[int] = set()
     todo = [root] if root is not None else []
     while todo:
         node = todo.pop()
         if id(node) in seen:
             continue
         seen.add(id(node))
+        yield node
         if isinstance(node, yaml.MappingNode):
-            keys: set[str] = set()
             for k, v in node.value:
-                if isinstance(k, yaml.ScalarNode) and k.value != "<<":
-                    if k.value in keys:
-                        return k.start_mark.line + 1, k.value
-                    keys.add(k.value)
                 todo.extend((k, v))
         elif isinstance(node, yaml.SequenceNode):
             todo.extend(node.value)
-    return None
 
 
 def load_yaml_model(model: type[M], path: Path | str) -> M:
@@ -428,23 +439,12 @@ def _surrogate(root: Any) -> tuple[int, str] | None:
     it would fail. None when there is none."""
     import yaml
 
-    seen: set[int] = set()
-    todo = [root] if root is not None else []
-    while todo:
-        node = todo.pop()
-        if id(node) in seen:
-            continue
-        seen.add(id(node))
+    for node in _yaml_nodes(root):
         if isinstance(node, yaml.ScalarNode):
             try:
                 node.value.encode()
             except UnicodeEncodeError:
                 return node.start_mark.line + 1, node.value[:60]
-        elif isinstance(node, yaml.MappingNode):
-            for k, v in node.value:
-                todo.extend((k, v))
-        elif isinstance(node, yaml.SequenceNode):
-            todo.extend(node.value)
     return None
 
 
