@@ -78,19 +78,25 @@ def test_a_sample_the_wire_cannot_carry_is_not_kept(tmp_path: Path) -> None:
 def test_sampling_goes_on_after_a_sample_that_cannot_be_sent(tmp_path: Path) -> None:
     driver = ListDriver([Sample("soil_moisture", math.nan, "%")], [GOOD], [GOOD])
     a = agent(tmp_path, driver)
+    _sample(a, driver, until=2)
+    assert a.samples == 2 and a.read_errors == 1
+
+
+def _sample(a: Any, driver: Any, *, until: int) -> None:
+    """Run the first sensor's sampling loop until ``until`` samples are taken
+    (or it ends), with a deadline of 20 s."""
     cfg = a.s.sensors[0]
 
     async def main() -> None:
         task = asyncio.create_task(a._sample_loop(cfg, driver))
-        for _ in range(2000):  # a deadline of 20 s
-            if a.samples >= 2 or task.done():
+        for _ in range(2000):
+            if a.samples >= until or task.done():
                 break
             await asyncio.sleep(0.01)
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
-    assert a.samples == 2 and a.read_errors == 1
 
 
 def test_sampling_goes_on_after_a_number_too_big_for_a_float(tmp_path: Path) -> None:
@@ -99,18 +105,7 @@ def test_sampling_goes_on_after_a_number_too_big_for_a_float(tmp_path: Path) -> 
     huge = Sample("soil_moisture", 10**400, "%")
     driver = ListDriver([huge, GOOD], [GOOD])
     a = agent(tmp_path, driver)
-    cfg = a.s.sensors[0]
-
-    async def main() -> None:
-        task = asyncio.create_task(a._sample_loop(cfg, driver))
-        for _ in range(2000):  # a deadline of 20 s
-            if a.samples >= 2 or task.done():
-                break
-            await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(main())
+    _sample(a, driver, until=2)
     assert a.samples == 2 and a.read_errors == 1
 
 
@@ -120,18 +115,7 @@ def test_sampling_goes_on_after_a_sample_of_no_known_quality(tmp_path: Path) -> 
     odd = Sample("soil_moisture", 1.0, "%", quality="bad")  # type: ignore[arg-type]
     driver = ListDriver([odd, GOOD], [GOOD])
     a = agent(tmp_path, driver)
-    cfg = a.s.sensors[0]
-
-    async def main() -> None:
-        task = asyncio.create_task(a._sample_loop(cfg, driver))
-        for _ in range(2000):  # a deadline of 20 s
-            if a.samples >= 2 or task.done():
-                break
-            await asyncio.sleep(0.01)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
-
-    asyncio.run(main())
+    _sample(a, driver, until=2)
     assert a.samples == 2 and a.read_errors == 1
 
 
