@@ -145,15 +145,23 @@ def _nats_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture
-def nats_cluster(_nats_cluster_session: NatsCluster) -> NatsCluster:
+def nats_cluster(_nats_cluster_session: NatsCluster) -> Iterator[NatsCluster]:
     """A real three-node NATS cluster (JetStream, MQTT listeners, routes) on
     free ports, started at the first test that asks for it and stopped at
     the end of the session. Every node is running and ready when a test
     starts: a node a test killed is restarted first. Tests share the
-    cluster, so each uses its own county, consumers and buckets."""
+    cluster, so each uses its own county, consumers and buckets; what a
+    test made (streams, buckets, consumers) is removed after it, so that
+    the cluster does not carry hundreds of replicated groups into the
+    later tests of a session."""
+    from tests.nats_support import clear_test_assets
+
     cluster = _nats_cluster_session
     for i, node in enumerate(cluster.nodes):
         if not node.running():
             cluster.restart(i)
     cluster.wait_ready()
-    return cluster
+    yield cluster
+    import asyncio
+
+    asyncio.run(clear_test_assets(cluster))

@@ -123,6 +123,47 @@ async def connect_any(cluster: NatsCluster) -> NatsClient:
                               reconnect_time_wait=0.2)
 
 
+async def clear_test_assets(cluster: NatsCluster, timeout_s: float = 15.0) -> None:
+    """Delete what a test made on the shared cluster: every stream but the
+    MQTT listeners' own (``$MQTT_*``: lease and alert buckets, test
+    streams) and every consumer the edge's code made (its description
+    starts with "farmedge:"). Bounded, and never failing the test (a
+    leftover costs only load): what could not be removed is printed."""
+    import nats.errors
+
+    left: list[str] = []
+
+    async def clear() -> None:
+        nc = await connect_any(cluster)
+        try:
+            js = nc.jetstream()
+            for info in await js.streams_info():
+                name = info.config.name
+                if name is None:
+                    continue
+                if not name.startswith("$MQTT"):
+                    try:
+                        await js.delete_stream(name)
+                    except nats.errors.Error as exc:
+                        left.append(f"stream {name}: {exc}")
+                    continue
+                for c in await js.consumers_info(name):
+                    if (c.config.description or "").startswith("farmedge:"):
+                        try:
+                            await js.delete_consumer(name, c.name)
+                        except nats.errors.Error as exc:
+                            left.append(f"consumer {name}/{c.name}: {exc}")
+        finally:
+            await nc.close()
+
+    try:
+        await asyncio.wait_for(clear(), timeout_s)
+    except (TimeoutError, OSError, nats.errors.Error) as exc:
+        left.append(f"{type(exc).__name__}: {exc}")
+    if left:
+        print("nats cleanup left:", left)
+
+
 async def step_down_until(cluster: NatsCluster, stream: str, avoid: Iterable[str],
                           deadline_s: float = 60.0) -> str:
     """Ask ``stream``'s leader to step down until it is none of ``avoid``."""

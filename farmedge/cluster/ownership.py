@@ -6,8 +6,8 @@ instance
 
 1. writes its own instance key (``instance.<encoded name>``, with the lease
    TTL: the key of a dead instance expires like its leases);
-2. renews every lease it holds; a renewal refused means someone else has
-   the partition now, and it is dropped (``on_lost``);
+2. renews every lease it holds (side by side); a renewal refused means
+   someone else has the partition now, and it is dropped (``on_lost``);
 3. counts the live instances and aims for ``ceil(partitions / instances)``
    partitions: above it, it gives the extra ones back (``on_lost`` first,
    so the edge stops reading them, then the release); below it, it takes
@@ -121,24 +121,53 @@ class Ownership:
         self.changes += 1
         await self._bounded("on_lost", self.on_lost(partition, reason))
 
+    async def _drop_all(self, gone: list[tuple[int, str]]) -> None:
+        """Drop these partitions side by side (each ``on_lost`` bounded)."""
+        await asyncio.gather(*(self._drop(p, reason) for p, reason in gone))
+
     async def _renew_all(self) -> None:
-        for p, lease in sorted(self.owned.items()):
-            try:
-                self.owned[p] = await self.store.renew(lease)
-            except LeaseLost:
-                await self._drop(p, "taken")
-            except LeaseError as exc:
-                log.warning("cluster.renew_failed", partition=p, error=str(exc))
+        """Renew every lease held, side by side (one round trip, not one per
+        partition), then drop those lost."""
+        leases = [lease for _, lease in sorted(self.owned.items())]
+        renewed = await asyncio.gather(*(self.store.renew(lease) for lease in leases),
+                                       return_exceptions=True)
+        gone: list[tuple[int, str]] = []
+        for lease, outcome in zip(leases, renewed, strict=True):
+            p = lease.partition
+            if isinstance(outcome, Lease):
+                if p in self.owned:
+                    self.owned[p] = outcome
+            elif isinstance(outcome, LeaseLost):
+                gone.append((p, "taken"))
+            elif isinstance(outcome, LeaseError):
+                log.warning("cluster.renew_failed", partition=p, error=str(outcome))
                 if not lease.valid():
-                    await self._drop(p, "expired")
+                    gone.append((p, "expired"))
+            else:
+                raise outcome
+        await self._drop_all(gone)
+
+    async def _let_go(self, leases: list[Lease], reason: str) -> None:
+        """Drop (``on_lost``) then release each lease, the partitions side by
+        side: a round must not last the sum of their stops."""
+
+        async def one(lease: Lease) -> None:
+            await self._drop(lease.partition, reason)
+            await self.store.release(lease)
+
+        done = await asyncio.gather(*(one(lease) for lease in leases), return_exceptions=True)
+        for lease, outcome in zip(leases, done, strict=True):
+            if isinstance(outcome, LeaseError):
+                # Not released: it expires after its TTL, then is taken.
+                log.warning("cluster.release_failed", partition=lease.partition,
+                            error=str(outcome))
+            elif isinstance(outcome, BaseException):
+                raise outcome
 
     async def _give_back(self, n: int) -> None:
         # The ones this instance likes least go first.
         worst = sorted(self.owned, key=lambda p: _preference(self.instance, p))[:n]
-        for p in worst:
-            lease = self.owned[p]
-            await self._drop(p, "rebalance")
-            await self.store.release(lease)
+        await self._let_go([self.owned[p] for p in worst], "rebalance")
 
     async def _take(self, want: int) -> None:
         order = sorted((p for p in range(self.cfg.partitions) if p not in self.owned),
@@ -169,9 +198,8 @@ class Ownership:
                 await self._take(target - len(self.owned))
         except (LeaseError, nats.errors.Error) as exc:
             log.warning("cluster.rebalance_failed", error=str(exc))
-            for p, lease in list(self.owned.items()):
-                if not lease.valid():
-                    await self._drop(p, "expired")
+            await self._drop_all([(p, "expired") for p, lease in sorted(self.owned.items())
+                                  if not lease.valid()])
 
     # ------------------------------------------------------------ running
 
@@ -194,9 +222,6 @@ class Ownership:
                 await self._task
             self._task = None
         if release:
-            for p, lease in sorted(self.owned.items()):
-                await self._drop(p, "stopped")
-                with contextlib.suppress(LeaseError):
-                    await self.store.release(lease)
+            await self._let_go([lease for _, lease in sorted(self.owned.items())], "stopped")
             with contextlib.suppress(nats.errors.Error):
                 await self.store.kv.delete(self.store.instance_key)

@@ -19,9 +19,11 @@ loading and persisting a partition's state) run in order per partition:
 ``on_gained(p)`` before the partition's reader fetches anything,
 ``on_lost(p)`` after its reader stopped, and a partition gained again waits
 for the ``on_lost`` before it. They never hold up the ownership round that
-renews the other leases: each runs as a task of its own, and the round waits
-for it at most ``hook_wait_s`` (a reader whose ``on_gained`` is slower starts
-when it ends).
+renews the other leases: each runs as a task of its own. The round does not
+wait for an ``on_gained`` at all (the partition's reader starts when it
+ends); it waits for an ``on_lost`` at most ``hook_wait_s`` before the lease
+is released, and partitions given back in one round are given back side by
+side, so a round lasts about one partition's stop, not the sum of them.
 """
 
 from __future__ import annotations
@@ -139,8 +141,10 @@ class PartitionedSource:
         self._draining.discard(p)
         self.gained_at[p] = time.time()
         hook = self._hook(p, self.on_gained, "on_gained")
+        # Not waited for here: the partition's reader waits for it, and the
+        # round that gained this partition goes on to renew and take others
+        # (16 slow hooks waited for in turn outlasted the leases).
         self._tasks[p] = asyncio.create_task(self._run(p, hook), name=f"partition-{p}")
-        await asyncio.wait({hook}, timeout=self.hook_wait_s)
 
     async def _lost(self, partition: int, reason: str) -> None:
         task = self._tasks.pop(partition, None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable
 
 import nats.errors
@@ -36,11 +37,14 @@ OnStatus = Callable[[tn.StoredSubject, bytes], None]
 
 class StatusFeed:
     def __init__(self, nc: NatsClient, cfg: SourceSection, on_status: OnStatus, *,
-                 retry_s: float = 1.0) -> None:
+                 retry_s: float = 1.0, idle_check_s: float = 10.0) -> None:
         self.nc = nc
         self.cfg = cfg
         self.on_status = on_status
         self.retry_s = retry_s
+        #: After this long without a status, the feed checks that its
+        #: consumer still exists (and makes it again if not).
+        self.idle_check_s = idle_check_s
         self.received = 0
         self._sub: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
@@ -70,12 +74,25 @@ class StatusFeed:
         return self
 
     async def _run(self) -> None:
+        idle_since = time.monotonic()
         while True:
             try:
                 if self._sub is None:
                     self._sub = await self._subscribe()
+                    idle_since = time.monotonic()
                 msgs = await self._sub.fetch(batch=256, timeout=1.0)
+                idle_since = time.monotonic()
             except nats.errors.TimeoutError:
+                if time.monotonic() - idle_since > self.idle_check_s:
+                    # Quiet, or a consumer that is gone (removed for
+                    # inactivity while the connection was away, lost with
+                    # its nodes) and times out for ever: ask the servers.
+                    idle_since = time.monotonic()
+                    try:
+                        await self._sub.consumer_info()  # type: ignore[union-attr]
+                    except nats.errors.Error as exc:
+                        log.warning("cluster.status_feed_lost", error=str(exc)[:300])
+                        self._sub = None
                 continue
             except nats.errors.Error as exc:
                 log.warning("cluster.status_feed_lost", error=str(exc)[:300])

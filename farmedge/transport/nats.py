@@ -46,7 +46,7 @@ import contextlib
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import nats
 import nats.errors
@@ -96,6 +96,9 @@ __all__ = [
 ]
 
 log = get_logger("farmedge.transport.nats")
+
+#: Seconds for one node to answer a connection (TCP, INFO, CONNECT).
+CONNECT_TIMEOUT_S = 5.0
 
 #: How the server names a QoS 1 MQTT message in its MQTT stream.
 MQTT_STREAM_PREFIX = "$MQTT.msgs."
@@ -202,9 +205,12 @@ def consumer_config(cfg: SourceSection, partition: int) -> ConsumerConfig:
 # ---------------------------------------------------------------- connection
 
 
-async def connect(cfg: SourceSection, name: str) -> NatsClient:
+async def connect(cfg: SourceSection, name: str, *,
+                  first_s: float | None = None) -> NatsClient:
     """A client connection to the cluster, moving between its nodes and
-    reconnecting for ever; raises NatsTransportError when no node answers."""
+    reconnecting for ever once made; raises NatsTransportError when no node
+    accepts the first connection within ``first_s`` (by default two rounds
+    of every node)."""
 
     async def on_error(exc: Exception) -> None:
         log.warning("transport.nats_error", error=str(exc))
@@ -227,16 +233,32 @@ async def connect(cfg: SourceSection, name: str) -> NatsClient:
         except (OSError, ssl.SSLError) as exc:
             raise NatsTransportError(f"[source] nats_ca_file {cfg.nats_ca_file}: {exc}") \
                 from None
+    where = ", ".join(redact_url(u) for u in cfg.nats_urls)
+    # The client, told to reconnect for ever, also tries its first
+    # connection for ever (nats-py 2.16: the server pool never runs out), so
+    # that one is bounded here: a round of every node, twice.
+    if first_s is None:
+        first_s = 2 * CONNECT_TIMEOUT_S * len(cfg.nats_urls) + 1.0
+    # (a dict: the client's hints say int seconds, it takes fractions)
+    options: dict[str, Any] = {
+        "servers": cfg.nats_urls, "name": name, "user": cfg.nats_user, "tls": tls,
+        "password": cfg.nats_password.get_secret_value() if cfg.nats_password else None,
+        "max_reconnect_attempts": -1, "reconnect_time_wait": 0.5,
+        "connect_timeout": CONNECT_TIMEOUT_S, "allow_reconnect": True, "error_cb": on_error,
+        "disconnected_cb": on_disconnect, "reconnected_cb": on_reconnect}
+    nc = NatsClient()
     try:
-        nc = await nats.connect(
-            servers=cfg.nats_urls, name=name, user=cfg.nats_user, tls=tls,
-            password=cfg.nats_password.get_secret_value() if cfg.nats_password else None,
-            max_reconnect_attempts=-1, reconnect_time_wait=0.5, connect_timeout=5,
-            allow_reconnect=True, error_cb=on_error, disconnected_cb=on_disconnect,
-            reconnected_cb=on_reconnect,
-        )
-    except (TimeoutError, OSError, nats.errors.Error) as exc:
-        where = ", ".join(redact_url(u) for u in cfg.nats_urls)
+        await asyncio.wait_for(nc.connect(**options), first_s)
+    except TimeoutError:
+        last = nc.last_error
+        made.append(nc)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(nc.close(), 2)
+        raise NatsTransportError(
+            f"cannot reach NATS at {where}: no node accepted the connection within "
+            f"{first_s:.0f} s" + (f" (last: {type(last).__name__}: {last})" if last else "")
+        ) from None
+    except (OSError, nats.errors.Error) as exc:
         raise NatsTransportError(f"cannot reach NATS at {where}: {exc}") from None
     made.append(nc)
     return nc

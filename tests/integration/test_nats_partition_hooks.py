@@ -8,7 +8,6 @@ hands in a batch and on_lost after the last one."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
@@ -20,15 +19,7 @@ from farmedge.transport import nats as tn
 from farmedge_dev.natscluster import NatsCluster
 from tests.nats_support import Publisher, delete_consumers, source
 
-pytestmark = [
-    pytest.mark.servers, pytest.mark.slow,
-    # Opt-in (FARMEDGE_SOAK=1): on a loaded 2-core machine this test took 1.5 to
-    # over 10 minutes and its leases lapsed in some runs (renewal rounds
-    # slower than the lease TTL while half the hooks hang): an open defect of
-    # the ownership round under load, written up in docs/scaling.md.
-    pytest.mark.skipif(not os.environ.get("FARMEDGE_SOAK"),
-                       reason="soak test: set FARMEDGE_SOAK=1"),
-]
+pytestmark = [pytest.mark.servers, pytest.mark.slow]
 
 
 async def test_a_hung_hook_holds_up_no_lease_and_hooks_bracket_the_batches(
@@ -38,7 +29,7 @@ async def test_a_hung_hook_holds_up_no_lease_and_hooks_bracket_the_batches(
 
 
 async def _hung_hooks(nats_cluster: NatsCluster, county: str) -> None:
-    cfg = source(nats_cluster, lease_ttl_s=6, rebalance_s=0.5)
+    cfg = source(nats_cluster, lease_ttl_s=3, rebalance_s=0.5)
     events: list[tuple[str, str, int]] = []
     never = asyncio.Event()
     running: list[tuple[NatsClient, PartitionedSource]] = []

@@ -302,6 +302,10 @@ class NatsCluster:
                 if not isinstance(size, int) or size < len(self.nodes):
                     why.append(f"{node.name}: the JetStream meta group has {size} peers")
                     continue
+                if not (isinstance(meta, dict) and meta.get("leader")):
+                    # (a stream made before it has one times out)
+                    why.append(f"{node.name}: the JetStream meta group has no leader yet")
+                    continue
             except OSError as exc:
                 why.append(f"{node.name}: monitoring endpoint: {exc}")
                 continue
