@@ -182,3 +182,28 @@ class Throttle:
             return suppressed
         self._last[key] = (last, suppressed + 1)
         return None
+
+
+class Budget:
+    """At most ``n`` log lines per key per ``every`` seconds, whatever else
+    they name; counts the rest. Above a :class:`Throttle` keyed by sender:
+    a flood of ids each new (a client inventing a gateway id per message)
+    passes a per-id throttle once per id and would write a line for each."""
+
+    def __init__(self, n: int = 20, every: float = 10.0) -> None:
+        self.n = n
+        self.every = every
+        self._windows: dict[str, tuple[float, int, int]] = {}
+
+    def allow(self, key: str) -> int | None:
+        """None: stay quiet. A number: log now, with this many suppressed
+        (in windows before this one, for this key)."""
+        now = time.monotonic()
+        start, used, suppressed = self._windows.get(key, (-1e9, 0, 0))
+        if now - start >= self.every:
+            start, used = now, 0
+        if used < self.n:
+            self._windows[key] = (start, used + 1, 0)
+            return suppressed
+        self._windows[key] = (start, used, suppressed + 1)
+        return None

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from farmedge.contract import excerpt, parse_gateway_topic
-from farmedge.logs import Throttle, get_logger
+from farmedge.logs import Budget, Throttle, get_logger
 from farmedge.storage.lineproto import escape_tag, field_str
 from farmedge.storage.schema import DeadLetterField, Measurement, Tag
 from farmedge.transport.mqtt import Inbound
@@ -93,6 +93,8 @@ class DeadLetters:
         self.current_digest: bytes | None = None
         self._log = get_logger("farmedge.edge.validate")
         self._throttle = Throttle()
+        #: Lines per reason, over all gateways (a flood of invented ids).
+        self._budget = Budget()
 
     def _error_ts(self) -> tuple[int, int]:
         """(ms, slot), unique per edge instance: the clock's millisecond and a
@@ -140,10 +142,12 @@ class DeadLetters:
         c[reason] = c.get(reason, 0) + 1
         ms, slot = self._dead_letter_time(reason, index)
         suppressed = self._throttle.allow((reason, gateway or topic[:100]))
-        if suppressed is not None:
+        others = self._budget.allow(reason) if suppressed is not None else None
+        if suppressed is not None and others is not None:
             self._log.warning("ingest.rejected", reason=reason, detail=detail[:300],
                               topic=excerpt(topic, 200), gateway=gateway, index=index,
-                              suppressed_since_last=suppressed)
+                              suppressed_since_last=suppressed,
+                              **({"reason_suppressed": others} if others else {}))
         return Rejected(reason, detail, topic, county, farm, gateway, index, excerpt(raw),
                         ms, slot)
 

@@ -245,3 +245,23 @@ def test_open_enrollment_takes_at_most_max_open_gateways() -> None:
     assert "max_open_gateways" in rej.detail
     v = val.validate(_msg(make_payload("gw-1", 2, [_reading("s2")])))
     assert len(v.lines) == 1 and v.rejected == []
+
+
+def test_a_flood_of_invented_gateway_ids_writes_a_bounded_number_of_lines() -> None:
+    """Each new id passes the per-gateway throttle once: 500 invented ids
+    were 500 log lines in a second. Past the per-reason budget they are
+    counted, not written; every message is still its own dead letter."""
+    from structlog.testing import capture_logs
+
+    val = _validator(max_open_gateways=1)
+    with capture_logs() as logs:
+        rejected = []
+        for i in range(500):
+            gw = f"x-{i}"
+            rejected += val.validate(_msg(make_payload(gw, 1, [_reading("s1")]),
+                                          topic=f"farm/v1/c1/f1/{gw}/telemetry")).rejected
+    assert len(rejected) == 499
+    assert {r.reason for r in rejected} == {"open_enrollment_full"}
+    lines = [e for e in logs if e["event"] == "ingest.rejected"]
+    assert 1 <= len(lines) <= 20, len(lines)
+    assert lines[0]["gateway"] == "x-1"
