@@ -57,7 +57,8 @@ class PartitionedSource:
     def __init__(self, nc: NatsClient, cfg: SourceSection, instance: str, handler: Handler,
                  *, check_mapping: bool = True, retry_delay_s: float = 1.0,
                  on_gained: PartitionHook | None = None,
-                 on_lost: PartitionHook | None = None) -> None:
+                 on_lost: PartitionHook | None = None,
+                 idle_check_s: float = 10.0) -> None:
         self.nc = nc
         self.cfg = cfg
         self.instance = instance
@@ -78,6 +79,11 @@ class PartitionedSource:
         #: Batches acknowledged, and refused by the fence, since the start.
         self.acked = 0
         self.fenced = 0
+        #: Partition consumers found missing and made again.
+        self.consumers_made = 0
+        #: After this long without a message a reader checks that its
+        #: partition's consumer still exists.
+        self.idle_check_s = idle_check_s
 
     @property
     def _bound_s(self) -> float:
@@ -176,6 +182,7 @@ class PartitionedSource:
         if gained is not None:
             await asyncio.wait({gained})  # the partition's state first
         reader = tn.PartitionReader(self.nc.jetstream(), self.cfg, p)
+        quiet_since = time.monotonic()
         try:
             while p not in self._draining:
                 try:
@@ -185,10 +192,35 @@ class PartitionedSource:
                     await asyncio.sleep(self.retry_delay_s)
                     continue
                 if batch.deliveries:
+                    quiet_since = time.monotonic()
                     await self._settle(batch)
+                elif time.monotonic() - quiet_since > self.idle_check_s:
+                    quiet_since = time.monotonic()
+                    await self._check_consumer(reader)
         finally:
             closing = asyncio.ensure_future(reader.close())
             await asyncio.wait({closing}, timeout=self._bound_s)
+
+    async def _check_consumer(self, reader: tn.PartitionReader) -> None:
+        """A quiet partition, or one whose consumer is gone (removed by hand:
+        its fetches time out for ever, and on the interest stream
+        ``$MQTT_msgs`` a partition without a consumer keeps nothing, PUBACKs
+        and all): ask the servers, and make it again if it is gone."""
+        try:
+            if await reader.exists():
+                return
+        except tn.NatsTransportError:
+            return  # the cluster unreachable: the fetches say so
+        self.consumers_made += 1
+        log.error("cluster.consumer_missing", partition=reader.partition,
+                  consumer=self.cfg.consumer_name(reader.partition), stream=self.cfg.stream,
+                  action="made again; messages stored while it was gone may be lost")
+        try:
+            await tn.ensure_consumer(self.nc.jetstream(), self.cfg, reader.partition)
+        except tn.NatsTransportError as exc:
+            log.warning("cluster.consumer_make_failed", partition=reader.partition,
+                        error=str(exc))
+        await reader.close()  # bound again at the next fetch
 
     async def _settle(self, batch: tn.Batch) -> None:
         p = batch.partition

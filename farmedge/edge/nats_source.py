@@ -304,6 +304,7 @@ class NatsSource:
             "lease_changes": ps.ownership.changes if ps is not None else 0,
             "batches_acked": ps.acked if ps is not None else 0,
             "acks_fenced": ps.fenced if ps is not None else 0,
+            "consumers_made_again": ps.consumers_made if ps is not None else 0,
         }
 
     def update_gauges(self) -> None:

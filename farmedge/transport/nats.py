@@ -83,6 +83,7 @@ __all__ = [
     "check_partition_mapping",
     "connect",
     "consumer_config",
+    "ensure_consumer",
     "ensure_consumers",
     "ensure_stream",
     "gateway_subject",
@@ -343,9 +344,14 @@ async def check_partition_mapping(nc: NatsClient, cfg: SourceSection,
 
 async def ensure_consumers(js: JetStreamContext, cfg: SourceSection) -> None:
     """One durable pull consumer per partition (created or updated)."""
+    for p in range(cfg.partitions):
+        await ensure_consumer(js, cfg, p)
+
+
+async def ensure_consumer(js: JetStreamContext, cfg: SourceSection, partition: int) -> None:
+    """The durable pull consumer of one partition (created or updated)."""
     try:
-        for p in range(cfg.partitions):
-            await js.add_consumer(cfg.stream, consumer_config(cfg, p))
+        await js.add_consumer(cfg.stream, consumer_config(cfg, partition))
     except nats.errors.Error as exc:
         raise NatsTransportError(f"consumers of stream {cfg.stream}: {exc}") from None
 
@@ -487,6 +493,17 @@ class PartitionReader:
         except nats.errors.Error as exc:
             raise NatsTransportError(f"partition {self.partition}: {exc}") from None
         return int(info.num_pending or 0)
+
+    async def exists(self) -> bool:
+        """Whether the partition's consumer is on the servers (False only
+        when they say it is not: removed by hand, or with its stream)."""
+        try:
+            await self.js.consumer_info(self.cfg.stream, self.cfg.consumer_name(self.partition))
+        except nats.js.errors.NotFoundError:
+            return False
+        except nats.errors.Error as exc:
+            raise NatsTransportError(f"partition {self.partition}: {exc}") from None
+        return True
 
     async def close(self) -> None:
         if self._sub is not None:

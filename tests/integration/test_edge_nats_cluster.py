@@ -284,6 +284,7 @@ def test_one_edge_with_alerts_shows_its_partitions_in_healthz_and_metrics(
         assert h["source"] == "nats" and h["nats_connected"] is True
         assert h["instances"] == ["edge-solo"] and h["lease_changes"] >= NATS_PARTITIONS
         assert h["batches_acked"] > 0 and h["acks_fenced"] == 0
+        assert h["consumers_made_again"] == 0
         # Caught up (other tests' messages still in the shared stream are
         # read too: a new consumer starts at the stream's first message).
         eventually(lambda: (lambda lag: len(lag) == NATS_PARTITIONS

@@ -114,3 +114,52 @@ async def test_edges_crash_and_join_while_gateways_publish(
         pub.close()
         await edges.stop_all()
         await delete_consumers(nats_cluster, cfg)
+
+
+async def test_a_consumer_removed_by_hand_is_made_again(nats_cluster: NatsCluster,
+                                                       county: str) -> None:
+    """An operator removes a partition's consumer while its edge reads it
+    (``nats consumer rm``). Its fetches would time out for ever and, on the
+    interest stream ``$MQTT_msgs``, nothing published to the partition would
+    be kept, PUBACKs and all. The reader notices within ``idle_check_s`` of
+    quiet, says so (cluster.consumer_missing), makes it again, and what is
+    published afterwards is handled."""
+    from structlog.testing import capture_logs
+
+    cfg = source(nats_cluster)
+    got: list[str] = []
+
+    async def handle(batch: tn.Batch, lease: Lease) -> bool:
+        got.extend(d.data.decode() for d in batch.deliveries if d.where.county == county)
+        return True
+
+    nc = await tn.connect(cfg, "edge-a")
+    src = PartitionedSource(nc, cfg, "edge-a", handle, idle_check_s=1.0)
+    pub = Publisher(nats_cluster.nodes[0].mqtt_port).connect()
+    try:
+        with capture_logs() as logs:
+            await src.start()
+            deadline = time.monotonic() + 30
+            while len(src.owned) < cfg.partitions:
+                assert time.monotonic() < deadline, src.owned
+                await asyncio.sleep(0.1)
+            p = tn.partition_of(county, "farm-1", cfg.partitions)
+            await nc.jetstream().delete_consumer(cfg.stream, cfg.consumer_name(p))
+            deadline = time.monotonic() + 30
+            while src.consumers_made < 1:
+                assert time.monotonic() < deadline, "the consumer was not made again"
+                await asyncio.sleep(0.1)
+            pub.publish(telemetry_topic(county, "farm-1", "gw-1"), "after")
+            assert await asyncio.to_thread(pub.wait_acked, 1, 30) == 1
+            deadline = time.monotonic() + 30
+            while "after" not in got:
+                assert time.monotonic() < deadline, got
+                await asyncio.sleep(0.1)
+        missing = [e for e in logs if e["event"] == "cluster.consumer_missing"]
+        assert [e["partition"] for e in missing] == [p]
+        assert missing[0]["log_level"] == "error"
+    finally:
+        pub.close()
+        await src.stop()
+        await nc.close()
+        await delete_consumers(nats_cluster, cfg)
