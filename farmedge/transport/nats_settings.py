@@ -72,7 +72,9 @@ class SourceSection(Section):
     ack_when: Literal["influx", "durable"] = "influx"
     #: Messages fetched at once per partition.
     fetch_batch: Annotated[int, Field(ge=1, le=10000)] = 500
-    #: How long the stream keeps messages (a backlog older than this is lost).
+    #: How long a stream of the edge's own (``stream`` not "$MQTT_msgs") keeps
+    #: messages (a backlog older than this is lost); "$MQTT_msgs" is the
+    #: server's, with no age limit.
     max_age_days: Annotated[float, Field(gt=0)] = 7.0
     #: Key-value bucket of the partition leases and edge instances.
     lease_bucket: str = "farmedge_leases"

@@ -278,7 +278,7 @@ async def test_a_firing_alert_is_not_sent_again_after_the_handover(setup: Setup)
         await until(lambda: s.http.messages("sms"), timeout=20, what="the alert sent")
         await until(lambda: x.engine is not None and not x.engine.outbox.items,
                     timeout=10, what="its delivery confirmed")
-        await _quiet(0.6)          # the confirmation's pass committed
+        await until(lambda: _committed(x), timeout=10, what="the confirmation's pass committed")
         await x.crash()
         await until(lambda: y.owns(s.partition), timeout=s.cfg.takeover_bound_s + 10,
                     what="the other took the partition over")
