@@ -264,7 +264,7 @@ class EdgeService:
         if validator is None:
             self.validator.keep_readings = bool(self.stages.running)
         self.clock = ClockWatch()
-        self.center = CenterWatch(s.spool.alert_share)
+        self.center = CenterWatch(s.spool.alert_share, broker=s.source.kind)
         self.health: Callable[[], Health] = HealthCheck(
             s.http, source=self.source, sink=self.sink, batcher=self.batcher,
             validator=self.validator, clock=self.clock,
