@@ -455,6 +455,13 @@ def check_edge(path: Path | None) -> tuple[Report, EdgeSettings | None, Registry
         _check_nats_source(report, s, path)
     if s.alerts.enabled:
         check_alerts(report, s.alerts, registry, s.registry, config_path=path)
+        if s.alerts.publish_mqtt:
+            from .logs import redact_url
+
+            report.summary.append(
+                "alert events on farm/v1/<county>/<farm>/alerts: "
+                + ("over the edge's NATS connection, to the cluster's MQTT listeners"
+                   if s.nats else f"MQTT 5 to {redact_url(s.mqtt.url)}"))
     else:
         report.summary.append("alerts: off")
     return report, s, registry

@@ -24,8 +24,8 @@ from farmedge.contract.models import GatewayStatus
 from farmedge.contract.parse import NormalizedReading
 from farmedge.registry import GatewayEntry, SensorMeta
 
-__all__ = ["Accepted", "AcceptedReading", "CenterAware", "CenterEvent", "CenterWhat", "Stage",
-           "StatusEvent"]
+__all__ = ["Accepted", "AcceptedReading", "BrokerKind", "CenterAware", "CenterEvent",
+           "CenterWhat", "Stage", "StatusEvent"]
 
 _NO_TAGS: Mapping[str, str] = MappingProxyType({})
 _EMPTY_META = SensorMeta()
@@ -109,6 +109,9 @@ class StatusEvent:
 CenterWhat = Literal["edge_started", "broker_down", "broker_up", "influx_down", "influx_up",
                      "replay_started", "replay_done", "disk_full", "disk_ok",
                      "spool_filling", "spool_ok"]
+#: What the edge receives from: an MQTT broker ([source] kind = "mqtt") or a
+#: NATS cluster (kind = "nats").
+BrokerKind = Literal["mqtt", "nats"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +120,8 @@ class CenterEvent:
 
     ``edge_started`` comes first, before the broker is connected: until the
     next ``broker_up`` the edge receives nothing. ``broker_down`` /
-    ``broker_up``: the edge's connection to its broker. ``influx_down`` /
+    ``broker_up``: the edge's connection to its broker, which ``broker``
+    names (its MQTT broker, or the NATS cluster). ``influx_down`` /
     ``influx_up``: InfluxDB (readings go to the spool meanwhile).
     ``replay_started`` / ``replay_done``: the spool is being written back.
     ``disk_full`` / ``disk_ok``: the spool cannot take a batch (with InfluxDB
@@ -134,6 +138,8 @@ class CenterEvent:
     detail: str = ""
     #: A number the event carries (spool_filling: percent full), or None.
     value: float | None = None
+    #: broker_down / broker_up: what the edge lost or has again.
+    broker: BrokerKind = "mqtt"
 
 
 class CenterAware(Protocol):

@@ -155,6 +155,27 @@ class HttpReceiver:
             await self._runner.cleanup()
 
 
+class ThreadedReceiver:
+    """An :class:`HttpReceiver` on an event loop of its own thread, for tests
+    that are not async (those running the edge as a process): the
+    ``threaded_http`` fixture."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.http = asyncio.run_coroutine_threadsafe(HttpReceiver().start(),
+                                                     self.loop).result(30)
+
+    def messages(self, path: str) -> list[str]:
+        return list(self.http.messages(path))
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.http.stop(), self.loop).result(30)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+
+
 class SmtpReceiver:
     """A local SMTP server (aiosmtpd) collecting mails for ``mailto://``."""
 

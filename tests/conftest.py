@@ -26,7 +26,7 @@ from farmedge_dev.devservers import InfluxServer, MosquittoServer
 
 if TYPE_CHECKING:
     from farmedge_dev.natscluster import NatsCluster
-    from tests.alerts_support import HttpReceiver
+    from tests.alerts_support import HttpReceiver, ThreadedReceiver
 
 S = TypeVar("S", MosquittoServer, InfluxServer)
 
@@ -125,6 +125,18 @@ async def http() -> AsyncIterator[HttpReceiver]:
         yield r
     finally:
         await r.stop()
+
+
+@pytest.fixture
+def threaded_http() -> Iterator[ThreadedReceiver]:
+    """:func:`http` for tests that are not async: its server on a thread of its own."""
+    from tests.alerts_support import ThreadedReceiver
+
+    r = ThreadedReceiver()
+    try:
+        yield r
+    finally:
+        r.stop()
 
 
 # ---------------------------------------------------------------- NATS

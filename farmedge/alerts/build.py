@@ -3,6 +3,7 @@ edge constructs its observers calls :func:`engine_from_settings`)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,14 @@ from farmedge.storage.settings import InfluxSection
 from .engine import AlertEngine
 from .errors import AlertsError
 from .notify import AppriseNotifier
-from .record import InfluxRecorder, MqttRecorder, Recorder, RecordSink, SinkRecorder
+from .record import (
+    InfluxRecorder,
+    MqttRecorder,
+    NatsRecorder,
+    Recorder,
+    RecordSink,
+    SinkRecorder,
+)
 from .rules import load_rules
 from .settings import AlertsSettings
 
@@ -30,15 +38,21 @@ def _secret(v: Any) -> str | None:
 def engine_from_settings(alerts: AlertsSettings, *, registry: Registry | None, data_dir: Path,
                          mqtt: Any = None, influx: InfluxSection | None = None,
                          records: RecordSink | None = None,
+                         nats: Callable[[], Any] | None = None,
                          instance: str = "edge") -> AlertEngine:
-    """The engine with Apprise delivery, the MQTT alerts topic (``mqtt``: the
-    edge's [mqtt] section) and the InfluxDB ``alerts`` measurement: as lines
-    into ``records`` (the edge's sink: its writer and spool), or else with a
-    client of its own (``influx``: an [influx] section). Raises ConfigError
-    for wrong rules or a registry naming an unknown profile."""
+    """The engine with Apprise delivery, the MQTT alerts topic and the
+    InfluxDB ``alerts`` measurement. The alerts topic: with ``nats`` (cluster
+    mode: a function giving the edge's NATS client) over that connection to
+    the cluster, else with an MQTT client of its own to ``mqtt`` (the edge's
+    [mqtt] section). The measurement: as lines into ``records`` (the edge's
+    sink: its writer and spool), or else with a client of its own
+    (``influx``: an [influx] section). Raises ConfigError for wrong rules or
+    a registry naming an unknown profile."""
     rules = load_rules(alerts.rules, shipped=alerts.shipped_profiles)
     recorders: list[Recorder] = []
-    if alerts.publish_mqtt and mqtt is not None:
+    if alerts.publish_mqtt and nats is not None:
+        recorders.append(NatsRecorder(nats))
+    elif alerts.publish_mqtt and mqtt is not None:
         recorders.append(MqttRecorder(
             url=mqtt.url, client_id=f"{mqtt.client_id}-alerts" if mqtt.client_id else "",
             username=mqtt.username, password=_secret(mqtt.password),

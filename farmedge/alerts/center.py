@@ -56,8 +56,13 @@ log = get_logger("farmedge.alerts")
 #: farm id CENTER_FARM.
 CENTER_COUNTY = "_center"
 #: Checks of the center profile.
-CENTER_CHECKS = ("edge_restarted", "broker_down", "influx_down", "disk_full", "mass_offline",
-                 "delivery_failing", "clock_hold", "spool_filling", "delivery_unconfirmed")
+CENTER_CHECKS = ("edge_restarted", "broker_down", "cluster_down", "influx_down", "disk_full",
+                 "mass_offline", "delivery_failing", "clock_hold", "spool_filling",
+                 "delivery_unconfirmed")
+#: What the edge lost, by CenterEvent.broker: (check, entity id, name). A
+#: profile without cluster_down (a site's own center) tells of the cluster
+#: with its broker_down rule.
+_BROKERS = {"mqtt": ("broker_down", "mqtt", "MQTT"), "nats": ("cluster_down", "nats", "NATS")}
 #: Blind intervals remembered (older ones no longer matter to any silence).
 _BLIND_MAX = 4096
 
@@ -302,13 +307,19 @@ class CenterIncidents:
         what = ev.what
         c = CENTER_COUNTY
         if what == "edge_started":
-            self._forget_pending(("broker_down", "influx_down", "disk_full", "spool_filling"))
+            self._forget_pending(("broker_down", "cluster_down", "influx_down", "disk_full",
+                                  "spool_filling"))
             grace = fmt_duration(h.grace_s(self._longest_interval()))
             self.notice("edge_restarted", c, "edge", "edge", now, {"duration": grace})
         elif what == "broker_down" and was_connected:
-            self._start("broker_down", c, "mqtt", "MQTT", now)
+            check, eid, name = _BROKERS[ev.broker]
+            if check not in self.rule:
+                check = "broker_down"
+            self._start(check, c, eid, name, now)
         elif what == "broker_up":
-            self._end("broker_down", c, "mqtt", now)
+            for check in ("broker_down", "cluster_down"):
+                for _, eid, _ in _BROKERS.values():
+                    self._end(check, c, eid, now)
         elif what == "influx_down" and was_influx:
             self._start("influx_down", c, "influxdb", "InfluxDB", now)
         elif what == "influx_up":

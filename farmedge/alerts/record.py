@@ -1,6 +1,13 @@
 """Where alert events go besides people: InfluxDB (measurement ``alerts``,
 for Grafana annotations) and the MQTT topic ``farm/v1/{county}/{farm}/alerts``.
 
+On the alerts topic an edge publishes with :class:`MqttRecorder` to its
+``[mqtt]`` broker (MQTT 5), and, in cluster mode (``[source] kind =
+"nats"``), with :class:`NatsRecorder` over its own NATS connection to the
+cluster, whose MQTT listeners hand the events to the topic's subscribers
+(the edge's NATS user may not connect over MQTT: docs/scaling.md, "Trust on
+NATS").
+
 Inside the edge, events go to InfluxDB as lines through the edge's own sink
 (:class:`SinkRecorder` over a :class:`RecordSink`): the same writer, retries
 and spool as readings, so they survive an InfluxDB outage.
@@ -20,8 +27,9 @@ import contextlib
 import json
 import math
 from collections import deque
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from farmedge.backoff import Backoff
 from farmedge.contract.topics import alerts_topic
@@ -33,8 +41,8 @@ from farmedge.transport.broker import parse_broker_url
 from farmedge.transport.publisher import REFUSED, Publisher
 from farmedge.transport.reconnect import reconnect_forever
 
-__all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "RecordSink",
-           "Recorder", "SinkRecorder", "line_protocol"]
+__all__ = ["AlertEvent", "InfluxRecorder", "MemoryRecorder", "MqttRecorder", "NatsRecorder",
+           "RecordSink", "Recorder", "SinkRecorder", "line_protocol"]
 
 log = get_logger("farmedge.alerts.record")
 
@@ -301,3 +309,72 @@ class MqttRecorder:
             lost, self._inflight = list(self._inflight.values()), {}
             self._q.extendleft(reversed(lost))
             await asyncio.shield(pub.aclose())
+
+
+class NatsRecorder:
+    """Cluster mode (``[source] kind = "nats"``): publishes each event as JSON
+    on the farm's alerts subject (``farm.v1.<county>.<farm>.alerts``,
+    :func:`farmedge.transport.nats.alerts_subject`) through the edge's own
+    NATS connection, ``client()`` (a nats-py client, or None while the edge
+    has none). The cluster's MQTT listeners deliver it to the subscribers of
+    ``farm/v1/<county>/<farm>/alerts``, as QoS 0: a message published over
+    NATS carries no MQTT QoS. The edge's NATS user may publish there and
+    may not connect over MQTT (docs/scaling.md, "Trust on NATS"), so this,
+    not an MQTT client, is how the alerts topic reaches a cluster.
+
+    ``record`` only queues (bounded: past ``max_queue`` the oldest are
+    dropped and counted). An event leaves the recorder once the server has
+    it (the flush after its batch was answered); a batch whose publishing or
+    flush failed goes again, first, once the client is connected (so an
+    event may be published twice, as with QoS 1)."""
+
+    def __init__(self, client: Callable[[], Any], *, max_queue: int = 10_000,
+                 batch: int = 500, flush_timeout_s: float = 5.0) -> None:
+        # nats-py (the nats extra) is imported only in cluster mode
+        from farmedge.transport.nats import alerts_subject
+
+        self._client = client
+        self._subject = alerts_subject
+        self.batch = batch
+        self.flush_timeout_s = flush_timeout_s
+        self._q: deque[AlertEvent] = deque(maxlen=max_queue)
+        self._wake = asyncio.Event()
+        self._failing = False
+        self.published = 0
+        self.dropped = 0
+
+    def record(self, ev: AlertEvent) -> None:
+        if len(self._q) == self._q.maxlen:
+            self.dropped += 1
+        self._q.append(ev)
+        self._wake.set()
+
+    async def run(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(0.5):
+                    await self._wake.wait()
+            self._wake.clear()
+            await self._send()
+
+    async def _send(self) -> None:
+        while self._q:
+            nc = self._client()
+            if nc is None or not nc.is_connected:
+                return  # kept until the edge's connection is up
+            batch = [self._q.popleft() for _ in range(min(len(self._q), self.batch))]
+            try:
+                for ev in batch:
+                    await nc.publish(self._subject(ev.county, ev.farm), ev.to_json())
+                await nc.flush(timeout=self.flush_timeout_s)
+            except Exception as exc:  # nats-py's errors, a timeout: sent again later
+                self._q.extendleft(reversed(batch))
+                if not self._failing:
+                    log.warning("alerts.nats_publish_failed", events=len(batch),
+                                error=f"{type(exc).__name__}: {exc}"[:300])
+                self._failing = True
+                return
+            if self._failing:
+                log.info("alerts.nats_publishing_again")
+            self._failing = False
+            self.published += len(batch)

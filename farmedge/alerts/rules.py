@@ -60,11 +60,11 @@ Derived = Literal[
 CHECKS = ("gateway_offline", "sensor_silent", "flatline", "out_of_range", "clock_unsynced",
           "outbox_backlog", "edge_restarted", "broker_down", "influx_down", "disk_full",
           "mass_offline", "delivery_failing", "clock_hold", "spool_filling",
-          "delivery_unconfirmed")
+          "delivery_unconfirmed", "cluster_down")
 Check = Literal["gateway_offline", "sensor_silent", "flatline", "out_of_range",
                 "clock_unsynced", "outbox_backlog", "edge_restarted", "broker_down",
                 "influx_down", "disk_full", "mass_offline", "delivery_failing",
-                "clock_hold", "spool_filling", "delivery_unconfirmed"]
+                "clock_hold", "spool_filling", "delivery_unconfirmed", "cluster_down"]
 
 #: Placeholders a template may use, with the widest value each is expected to
 #: take (for the one-SMS-segment check of Chinese texts).

@@ -68,6 +68,8 @@ class AlertsSettings(Section):
     #: A gateway holding readings for an unsynced clock this long (its status's
     #: held_for_s) is one operator incident.
     clock_hold_incident_s: Annotated[float, Field(gt=0)] = 900.0
-    #: Publish events on farm/v1/{county}/{farm}/alerts and write them to InfluxDB.
+    #: Publish events on farm/v1/{county}/{farm}/alerts (through the broker
+    #: the edge reads: [mqtt]'s, or the NATS cluster with [source] kind =
+    #: "nats") and write them to InfluxDB.
     publish_mqtt: bool = True
     write_influx: bool = True

@@ -54,18 +54,25 @@ StagesFactory = Callable[[Batcher], Sequence[Stage]]
 
 
 def build_observers(settings: EdgeSettings, registry: Registry | None,
-                    records: Batcher | None = None) -> list[Stage]:
+                    records: Batcher | None = None,
+                    nats: NatsSource | None = None) -> list[Stage]:
     """The stages after the edge (the alert engine), built from the config;
     their records go to ``records`` (the edge's batcher: the same writer and
     spool as readings; without it, to InfluxDB by a client of the engine's
-    own). Raises ConfigError for a wrong rules file."""
+    own). The alerts topic goes through the broker the edge reads: the
+    [mqtt] broker, or, with [source] kind = "nats", the cluster over
+    ``nats``'s connection (never an MQTT client of [mqtt] then: the cluster's
+    MQTT listeners take MQTT 3.1.1 only, and not from the edge's user).
+    Raises ConfigError for a wrong rules file."""
     observers: list[Stage] = []
     if settings.alerts.enabled:
         from farmedge.alerts import engine_from_settings
 
+        src = nats
         observers.append(engine_from_settings(
             settings.alerts, registry=registry, data_dir=settings.data_dir,
-            mqtt=settings.mqtt, records=records,
+            mqtt=None if settings.nats else settings.mqtt, records=records,
+            nats=(lambda: src.nc) if src is not None else None,
             influx=settings.influx if records is None else None, instance=settings.instance))
     return observers
 
@@ -246,7 +253,7 @@ class EdgeService:
         self.batcher = Batcher(s.influx, source=self.source, validator=self.validator,
                                on_internal=self.incidents)
         if observers is None:
-            stages: Sequence[Stage] = build_observers(s, registry, self.batcher)
+            stages: Sequence[Stage] = build_observers(s, registry, self.batcher, self.nats)
         elif callable(observers):
             stages = observers(self.batcher)
         else:
@@ -257,7 +264,7 @@ class EdgeService:
         if validator is None:
             self.validator.keep_readings = bool(self.stages.running)
         self.clock = ClockWatch()
-        self.center = CenterWatch(s.spool.alert_share)
+        self.center = CenterWatch(s.spool.alert_share, broker=s.source.kind)
         self.health: Callable[[], Health] = HealthCheck(
             s.http, source=self.source, sink=self.sink, batcher=self.batcher,
             validator=self.validator, clock=self.clock,

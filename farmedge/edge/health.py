@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from farmedge.records import CenterEvent
+from farmedge.records import BrokerKind, CenterEvent
 
 if TYPE_CHECKING:
     from .batcher import Batcher
@@ -99,8 +99,10 @@ class CenterWatch:
     """Turns the edge's state, looked at every second, into
     :class:`CenterEvent` records: only changes, ``edge_started`` first."""
 
-    def __init__(self, spool_alert_share: float = 0.8) -> None:
+    def __init__(self, spool_alert_share: float = 0.8, broker: BrokerKind = "mqtt") -> None:
         self._last: tuple[bool, bool, bool, bool] | None = None
+        #: What the edge receives from ([source] kind), named in broker events.
+        self.broker: BrokerKind = broker
         #: [spool] alert_share: filling from this share, ok again 5 points below.
         self.spool_alert_share = spool_alert_share
         self.filling = False
@@ -144,7 +146,8 @@ class CenterWatch:
                 out.append(CenterEvent("spool_filling" if self.filling else "spool_ok", at_ms,
                                        mb, round(share * 100, 1)))
         if connected != was[0]:
-            out.append(CenterEvent("broker_up" if connected else "broker_down", at_ms))
+            out.append(CenterEvent("broker_up" if connected else "broker_down", at_ms,
+                                   broker=self.broker))
         if influx_up != was[1]:
             out.append(CenterEvent("influx_up" if influx_up else "influx_down", at_ms,
                                    "" if influx_up else detail))

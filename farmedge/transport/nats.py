@@ -80,6 +80,7 @@ __all__ = [
     "NatsTransportError",
     "PartitionReader",
     "StoredSubject",
+    "alerts_subject",
     "check_partition_mapping",
     "connect",
     "consumer_config",
@@ -128,6 +129,14 @@ def gateway_subject(county: str, farm: str, gateway: str, channel: Channel) -> s
     """The subject of ``farm/v1/<county>/<farm>/<gateway>/<channel>``."""
     return ".".join((SUBJECT_PREFIX, subject_token(county), subject_token(farm),
                      subject_token(gateway), channel))
+
+
+def alerts_subject(county: str, farm: str) -> str:
+    """The subject of ``farm/v1/<county>/<farm>/alerts``: what an edge publishes
+    a farm's alert events on over NATS, and what the cluster's MQTT
+    listeners hand to the MQTT subscribers of that topic (a four-level
+    subject: the partition mapping, of gateway subjects, leaves it alone)."""
+    return ".".join((SUBJECT_PREFIX, subject_token(county), subject_token(farm), "alerts"))
 
 
 def partition_of(county: str, farm: str, partitions: int) -> int:

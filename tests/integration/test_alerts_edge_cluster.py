@@ -17,10 +17,8 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import threading
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +29,7 @@ from farmedge.transport import nats as tn
 from farmedge.transport.nats_settings import SourceSection
 from farmedge_dev.devservers import InfluxServer
 from farmedge_dev.natscluster import NatsCluster
-from tests.alerts_support import HttpReceiver, soil_dry_rules
+from tests.alerts_support import ThreadedReceiver, soil_dry_rules
 from tests.conftest import NATS_PARTITIONS
 from tests.edgeproc import EdgeProcess
 from tests.nats_support import Publisher, delete_consumers
@@ -42,34 +40,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.slow, pytest.mark.cluster]
 
 RULES = soil_dry_rules(8)
 FARM = "wang-12"
-
-
-class Receiver:
-    """HttpReceiver on a loop of its own thread (the test is not async)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        self.http = asyncio.run_coroutine_threadsafe(HttpReceiver().start(),
-                                                     self.loop).result(30)
-
-    def messages(self, path: str) -> list[str]:
-        return list(self.http.messages(path))
-
-    def stop(self) -> None:
-        asyncio.run_coroutine_threadsafe(self.http.stop(), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-
-
-@pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    r = Receiver()
-    try:
-        yield r
-    finally:
-        r.stop()
 
 
 def _rows(cfg: SourceSection, partition: int) -> int:
@@ -91,7 +61,8 @@ def _rows(cfg: SourceSection, partition: int) -> int:
 @pytest.mark.parametrize("lost", ["killed", "cut_off"])
 def test_an_alert_pending_when_its_edge_is_lost_fires_once_from_the_other(
         nats_cluster: NatsCluster, influxdb: InfluxServer, influx_db: str, county: str,
-        receiver: Receiver, tmp_path: Path, lost: str) -> None:
+        threaded_http: ThreadedReceiver, tmp_path: Path, lost: str) -> None:
+    receiver = threaded_http
     tag = uuid.uuid4().hex[:8]
     cfg = SourceSection(kind="nats", nats_urls=nats_cluster.urls, partitions=NATS_PARTITIONS,
                         consumer_prefix=f"t{tag}-p", lease_bucket=f"t{tag}",

@@ -331,8 +331,8 @@ def test_the_edge_user_reads_its_stream_and_leases_only(
         secured: Secured, edge_cfg: SourceSection) -> None:
     """As the edge's user: the partition mapping check, the partition
     consumers (made by the fixture), reading and acknowledging, the lease
-    bucket, the alert state bucket; not deleting the stream, not
-    publishing as a gateway."""
+    bucket, the alert state bucket, publishing a farm's alert events; not
+    deleting the stream, not publishing as a gateway."""
     a = gw(secured, "A")
     a.connect()
     mids = [a.publish(topic(A, "telemetry"), f"r{i}".encode()) for i in range(20)]
@@ -379,11 +379,15 @@ def test_the_edge_user_reads_its_stream_and_leases_only(
                 password=secured.edge_password,
                 tls=ssl.create_default_context(cafile=str(secured.certs.ca_file)),
                 error_cb=on_error)
+            # Its farms' alert events (the alerts topic over NATS) pass; the
+            # server's errors come in order, so the first is the forgery's.
+            await nc2.publish(tn.alerts_subject(A[0], A[1]), b'{"v":1}')
             await nc2.publish(tn.gateway_subject(*A, "telemetry"), b"forged")
             await nc2.flush()
             err = await asyncio.wait_for(errors.get(), 10)
             await nc2.close()
             assert "permissions violation" in err.lower(), err
+            assert err.rstrip('"').endswith(".telemetry"), err    # (named as mapped)
         finally:
             await nc.close()
 

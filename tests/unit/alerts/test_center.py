@@ -10,10 +10,10 @@ from pathlib import Path
 from farmedge.alerts import AlertsSettings
 from farmedge.alerts.center import CenterHealth, fmt_duration
 from farmedge.edge.health import CenterWatch
-from farmedge.records import CenterEvent
+from farmedge.records import BrokerKind, CenterEvent
 from farmedge.registry import Contact
 
-from .support import farm_registry, local_ts, make_rig, rules_file
+from .support import DRY_RULES, farm_registry, local_ts, make_rig, rules_file
 from .test_scenarios import CENTER, County, county_registry, messages
 
 T0 = local_ts(2026, 6, 10, 10)
@@ -238,3 +238,72 @@ async def test_a_flood_of_wills_walks_the_registry_once_not_once_per_will() -> N
     assert eng.center.mass, "the flood is one mass offline"
     assert _Counted.walks + _CountedIndex.walks <= 3, (_Counted.walks, _CountedIndex.walks)
     rig.close()
+
+
+def test_the_edge_watch_names_what_it_receives_from() -> None:
+    w = CenterWatch(broker="nats")
+    w.started(1)
+    got = w.poll(connected=True, influx_up=True, replaying=False, at_ms=2)
+    got += w.poll(connected=False, influx_up=True, replaying=False, at_ms=3)
+    assert [(e.what, e.broker) for e in got] == [("broker_up", "nats"), ("broker_down", "nats")]
+    w = CenterWatch()
+    w.started(1)
+    [up] = w.poll(connected=True, influx_up=True, replaying=False, at_ms=2)
+    assert up.broker == "mqtt"
+
+
+async def _outage(tmp_path: Path, broker: BrokerKind, minutes: float,
+                  rules: str = DRY_RULES) -> list[tuple[str, str]]:
+    """An outage of the edge's broker (``broker``) of ``minutes``, in a county
+    reporting before and after: what the operators and farmers were sent."""
+    reg = county_registry()
+    rig = make_rig(reg, rules=rules_file(tmp_path, rules), start=T0)
+    county = County(rig, reg)
+    await county.minutes(10)
+    rig.engine.on_center(CenterEvent("broker_down", rig.clock.ms, broker=broker))
+    await county.idle(minutes * 60)
+    rig.engine.on_center(CenterEvent("broker_up", rig.clock.ms, broker=broker))
+    await rig.step(5)
+    await county.minutes(10)
+    got = messages(rig.notifier)
+    rig.close()
+    return got
+
+
+async def test_an_edge_on_nats_tells_the_operators_it_lost_the_cluster(tmp_path: Path) -> None:
+    """The outage notice says what the edge lost: the NATS cluster, not an
+    MQTT broker it does not have ([source] kind = "nats")."""
+    assert await _outage(tmp_path, "nats", 40) == [
+        ("operator", "中心NATS集群已中断5min，收不到网关数据；离线告警暂停，未通知农户。"),
+        ("operator", "中心NATS集群中断40min后已恢复，未向农户发离线告警。"),
+    ]
+    # shorter than the rule's for: one notice afterwards, with the true duration
+    assert await _outage(tmp_path, "nats", 2) == [
+        ("operator", "中心NATS集群中断2min后已恢复，未向农户发离线告警。"),
+    ]
+    assert await _outage(tmp_path, "mqtt", 2) == [
+        ("operator", "中心MQTT服务器中断2min后已恢复，未向农户发离线告警。"),
+    ]
+
+
+async def test_a_center_profile_without_cluster_down_tells_of_the_cluster_as_broker_down(
+        tmp_path: Path) -> None:
+    """A site's own center profile written before cluster-down existed still
+    tells the operators of a lost cluster, with its broker-down rule."""
+    own_center = """  center:
+    rules:
+      - id: broker-down
+        check: broker_down
+        for: 5m
+        entity: farm
+        audience: [center]
+        template: own-broker-down
+templates:
+  own-broker-down:
+    raise: {zh: "中心数据服务已中断{duration}。", en: "Data service down ({duration})."}
+    clear: {zh: "中心数据服务中断{duration}后已恢复。", en: "Data service back ({duration})."}
+"""
+    assert await _outage(tmp_path, "nats", 40, rules=DRY_RULES + own_center) == [
+        ("operator", "中心数据服务已中断5min。"),
+        ("operator", "中心数据服务中断40min后已恢复。"),
+    ]

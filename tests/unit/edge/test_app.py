@@ -112,3 +112,36 @@ async def test_the_stages_close_before_the_sink_and_their_last_records_are_writt
     await asyncio.wait_for(task, 60)
     assert "alerts,county=c,farm=f,event=closed count=1i 1" in writer.stored
     assert svc.spool.lines == 0
+
+
+def test_the_alerts_topic_goes_through_the_broker_the_edge_reads(tmp_path: Path) -> None:
+    """With [source] kind = "mqtt" the alerts topic is an MQTT client of
+    [mqtt]'s broker; with "nats" it is the edge's NATS connection to the
+    cluster, and no MQTT client at all (the cluster's MQTT listeners refuse
+    MQTT 5, and the edge's NATS user may not use MQTT)."""
+    from farmedge.alerts import AlertEngine, AlertsSettings, MqttRecorder, NatsRecorder
+    from farmedge.transport.nats_settings import SourceSection
+
+    def engine_of(svc: EdgeService) -> AlertEngine:
+        [engine] = svc.observers
+        assert isinstance(engine, AlertEngine)
+        return engine
+
+    def recorders(svc: EdgeService) -> list[str]:
+        return [type(r).__name__ for r in engine_of(svc).recorders]
+
+    alerts = AlertsSettings(rules=[])
+    mqtt_edge = EdgeService(_settings(tmp_path, 0).model_copy(update={"alerts": alerts}))
+    assert recorders(mqtt_edge) == [MqttRecorder.__name__, "SinkRecorder"]
+    nats_edge = EdgeService(_settings(tmp_path, 0).model_copy(
+        update={"alerts": alerts, "source": SourceSection(kind="nats")}))
+    assert recorders(nats_edge) == [NatsRecorder.__name__, "SinkRecorder"]
+    [rec, _] = engine_of(nats_edge).recorders
+    assert isinstance(rec, NatsRecorder)
+    assert nats_edge.nats is not None and rec._client() is None   # not connected yet
+    nats_edge.nats.nc = marker = object()
+    assert rec._client() is marker            # the source's connection, whenever it has one
+    off = EdgeService(_settings(tmp_path, 0).model_copy(update={
+        "alerts": AlertsSettings(rules=[], publish_mqtt=False),
+        "source": SourceSection(kind="nats")}))
+    assert recorders(off) == ["SinkRecorder"]

@@ -59,3 +59,19 @@ def test_one_url_for_three_replicas_is_a_warning(tmp_path: Path) -> None:
     report, _, _ = check_edge(path)
     assert not report.errors
     assert any(f"{path}:6: [source] nats_urls lists 1 node" in w for w in report.warnings)
+
+
+@pytest.mark.parametrize(("source", "says"), [
+    ("", "MQTT 5 to mqtt://broker.example.org:1883"),
+    ('[source]\nkind = "nats"\nnats_urls = ["nats://n1:4222", "nats://n2:4222", '
+     '"nats://n3:4222"]\n', "over the edge's NATS connection"),
+])
+def test_check_config_says_where_alert_events_go(tmp_path: Path, source: str,
+                                                 says: str) -> None:
+    p = tmp_path / "edge.toml"
+    p.write_text(f'data_dir = "{tmp_path / "edge"}"\n'
+                 f'[mqtt]\nurl = "mqtt://broker.example.org:1883"\n{source}', encoding="utf-8")
+    report, _, _ = check_edge(p)
+    assert not report.errors, report.errors
+    [line] = [x for x in report.summary if x.startswith("alert events on farm/v1/")]
+    assert says in line, line

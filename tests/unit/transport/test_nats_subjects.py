@@ -35,6 +35,12 @@ def test_ids_map_as_the_servers_mqtt_listener_maps_them() -> None:
         "farm.v1.黑龙江.farm//7.gw-1.status"
 
 
+def test_a_farms_alerts_subject_is_its_alerts_topic_as_the_listener_maps_it() -> None:
+    assert tn.alerts_subject("黑龙江", "farm.7") == "farm.v1.黑龙江.farm//7.alerts"
+    # four levels under farm.v1: not a gateway subject, so not partitioned
+    assert len(tn.alerts_subject("c", "f").split(".")) == 5
+
+
 def test_the_partition_hash_is_fnv1a_of_the_two_tokens() -> None:
     # FNV-1a 32 of b"" is the offset basis; of "a" it is 0xE40C292C.
     assert tn.partition_of("a", "", 2**32) == 0xE40C292C
