@@ -9,7 +9,8 @@ docker-compose.cluster.yml see as /etc/nats/certs):
   ``ca.key`` stays here (keep a copy offline: it signs every node).
 * ``<host>.crt`` and ``<host>.key`` for each of ``--hosts``, signed by the
   CA, valid for the host name (and for localhost and 127.0.0.1, where the
-  compose file publishes the ports, unless ``--no-localhost``), for servers
+  compose file publishes the ports, unless ``--no-localhost``, and for
+  ``--extra-names``, such as the compose host's address), for servers
   and clients alike: on their routes the nodes present them to each other.
 
 Keys are mode 600. An existing CA is kept (the nodes' certificates are
@@ -55,11 +56,13 @@ def _san(name: str) -> str:
         return f"DNS:{name}"
 
 
-def sans(host: str, *, localhost: bool = True) -> list[str]:
+def sans(host: str, *, localhost: bool = True, extra: Iterable[str] = ()) -> list[str]:
     """The subjectAltName entries of ``host``'s certificate."""
     out = [_san(host)]
-    if localhost:
-        out += [s for s in ("DNS:localhost", "IP:127.0.0.1") if s not in out]
+    for s in [*(_san(e) for e in extra),
+              *(("DNS:localhost", "IP:127.0.0.1") if localhost else ())]:
+        if s not in out:
+            out.append(s)
     return out
 
 
@@ -72,13 +75,14 @@ def _openssl() -> str:
 
 
 def make_site_certs(out: Path, hosts: Iterable[str], *, days: int = 825,
-                    ca_days: int = 3650, force: bool = False, localhost: bool = True) -> list[Path]:
+                    ca_days: int = 3650, force: bool = False, localhost: bool = True,
+                    extra_names: Iterable[str] = ()) -> list[Path]:
     """Make (or keep) the CA and make each host's certificate in ``out``;
     returns the files written."""
-    names = list(hosts)
+    names, extra = list(hosts), list(extra_names)
     if not names or len(set(names)) != len(names):
         raise ProvisionError("give each node's host name once (--hosts nats-1,nats-2,nats-3)")
-    for h in names:
+    for h in [*names, *extra]:
         if h in ("ca", "") or not (_HOST.match(h) or _is_ip(h)):
             raise ProvisionError(f"{h!r} is not a host name")
     if days < 1 or ca_days < 1:
@@ -119,7 +123,7 @@ def make_site_certs(out: Path, hosts: Iterable[str], *, days: int = 825,
             signer_crt, signer_key = ca_crt.resolve(), ca_key.resolve()
         for h in names:
             (tmp / f"{h}.ext").write_text(
-                _NODE_EXT.format(sans=",".join(sans(h, localhost=localhost))))
+                _NODE_EXT.format(sans=",".join(sans(h, localhost=localhost, extra=extra))))
             run("req", "-newkey", "rsa:2048", "-nodes", "-sha256", "-config", os.devnull,
                 "-subj", f"/O=farmedge/CN={h}", "-keyout", f"{h}.key", "-out", f"{h}.csr")
             run("x509", "-req", "-in", f"{h}.csr", "-CA", str(signer_crt),
@@ -157,6 +161,10 @@ def _arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--no-localhost", dest="localhost", action="store_false",
                     help="leave localhost and 127.0.0.1 out of the nodes' certificates "
                          "(needed only where clients reach a node on this machine)")
+    ap.add_argument("--extra-names", default="",
+                    help="names or addresses every node's certificate is valid for too, "
+                         "comma-separated: in compose the host's, as the gateways reach "
+                         "its published ports (e.g. 192.168.1.10,center.example.org)")
     ap.add_argument("--force", action="store_true",
                     help="make a new CA even if there is one (every gateway and edge then "
                          "needs the new ca.crt)")
@@ -167,7 +175,9 @@ def _run(args: argparse.Namespace) -> int:
     try:
         had_ca = (args.out / "ca.crt").exists() and not args.force
         written = make_site_certs(args.out, hosts, days=args.days, ca_days=args.ca_days,
-                                  force=args.force, localhost=args.localhost)
+                                  force=args.force, localhost=args.localhost,
+                                  extra_names=[e.strip() for e in args.extra_names.split(",")
+                                               if e.strip()])
     except ProvisionError as exc:
         print(f"{_COMMAND}: {exc}", file=sys.stderr)
         return 2

@@ -67,6 +67,12 @@ def test_the_ca_is_kept_unless_forced_and_the_nodes_signed_again(
                    "nats-4.example.org").returncode == 0
     assert _verify(out, "10.0.0.7", "-verify_ip", "10.0.0.7").returncode == 0
     assert _verify(out, "nats-1", "-verify_hostname", "localhost").returncode != 0
+    # The compose host's address, as the gateways reach its published ports.
+    assert main(["provision", "nats-certs", "--out", str(out), "--hosts", "nats-2",
+                 "--extra-names", "192.168.1.10,center.example.org"]) == 0
+    for check in (("-verify_ip", "192.168.1.10"), ("-verify_hostname", "center.example.org"),
+                  ("-verify_hostname", "nats-2"), ("-verify_ip", "127.0.0.1")):
+        assert _verify(out, "nats-2", *check).returncode == 0, check
     assert main(["provision", "nats-certs", "--out", str(out), "--force"]) == 0
     assert (out / "ca.crt").read_bytes() != ca
     assert _verify(out, "nats-2", "-verify_hostname", "nats-2").returncode == 0
@@ -88,11 +94,12 @@ def test_a_ca_without_its_key_is_not_replaced_silently(
     assert (out / "ca.crt").read_bytes() == ca and (out / "nats-1.crt").read_bytes() == node
 
 
-@pytest.mark.parametrize("hosts", ["", "nats-1,nats-1", "nats_1", "ca", "a b"])
-def test_bad_host_names_are_refused(tmp_path: Path, hosts: str,
+@pytest.mark.parametrize("args", [["--hosts", ""], ["--hosts", "nats-1,nats-1"],
+                                  ["--hosts", "nats_1"], ["--hosts", "ca"], ["--hosts", "a b"],
+                                  ["--extra-names", "bad name"]])
+def test_bad_host_names_are_refused(tmp_path: Path, args: list[str],
                                     capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["provision", "nats-certs", "--out", str(tmp_path / "c"),
-                 "--hosts", hosts]) == 2
+    assert main(["provision", "nats-certs", "--out", str(tmp_path / "c"), *args]) == 2
     assert "farmedge provision nats-certs:" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
 
