@@ -42,6 +42,8 @@ class Publisher:
     inflight: int = 20
     username: str | None = None
     password: str | None = None
+    #: MQTT over TLS (mqtts), checking the server against this CA.
+    ca_file: str | None = None
     acked: set[str] = field(default_factory=set)
     _mids: dict[int, str] = field(default_factory=dict)
     _early: set[int] = field(default_factory=set)
@@ -52,6 +54,8 @@ class Publisher:
                                   protocol=mqtt.MQTTv311, clean_session=False)
         if self.username is not None:
             self.client.username_pw_set(self.username, self.password)
+        if self.ca_file is not None:
+            self.client.tls_set(ca_certs=self.ca_file)
         self.client.max_inflight_messages_set(self.inflight)
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(0.1, 1)

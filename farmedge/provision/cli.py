@@ -18,6 +18,7 @@ broker (Mosquitto's dynamic security plugin) and the registry.
   farmedge provision influx [--env-file FILE]
   farmedge provision dashboards [--check]
   farmedge provision nats-cluster [--check]
+  farmedge provision nats-certs [--hosts nats-1,nats-2,nats-3]
 
 With the broker running, changes are sent to it over MQTT as the plugin's
 administrator and apply at once: nobody else is disconnected, no reload.
@@ -173,12 +174,14 @@ def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None
 
     from .dashboards import add_parser as add_dashboards_parser
     from .influx import add_parser as add_influx_parser
+    from .nats_certs import add_parser as add_nats_certs_parser
     from .nats_cli import add_parser as add_nats_parser
     from .nats_cluster import add_parser as add_nats_cluster_parser
 
     add_influx_parser(psub)
     add_dashboards_parser(psub)
     add_nats_cluster_parser(psub)
+    add_nats_certs_parser(psub)
     add_nats_parser(psub)
 
 

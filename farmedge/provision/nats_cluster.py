@@ -16,7 +16,10 @@ without it. ``--hosts`` names the nodes as the others reach them: the
 compose services by default, or a site's own machines. ``--tls-dir`` adds
 TLS to the client, MQTT and route listeners, with each node's certificate
 ``<host>.crt`` and key ``<host>.key`` and the site's ``ca.crt`` in that
-folder as the node sees it.
+folder as the node sees it (``farmedge provision nats-certs`` makes them);
+deploy/nats/tls holds the files of docker-compose.cluster-tls.yml, written
+with ``--tls-dir /etc/nats/certs --auth-include ../auth.conf --out
+deploy/nats/tls``.
 """
 
 from __future__ import annotations
@@ -43,15 +46,17 @@ _COMMAND = "farmedge provision nats-cluster"
 
 def files(out: Path, hosts: Iterable[str] = DEFAULT_HOSTS, *, tls_dir: str | None = None,
           max_file_store: str = "64GB", max_memory_store: str = "1GB",
-          cluster_name: str = "farmedge") -> dict[Path, str]:
+          cluster_name: str = "farmedge",
+          auth_include: str = AUTH_INCLUDE) -> dict[Path, str]:
     """Path -> text of every node's configuration file."""
     names = list(hosts)
     if len(set(names)) != len(names) or not names:
         raise ValueError("give each node's host name once")
     head = (f"# Written by `{_COMMAND}`: do not edit, run it again with other options\n"
             f"# (`{_COMMAND} --check` says whether this file is current).\n"
-            f"# Node {{i}} of {len(names)}; its routes go to the others. {AUTH_INCLUDE}, beside\n"
-            "# it, is written by `farmedge provision nats` (the users, their permissions\n"
+            f"# Node {{i}} of {len(names)}; its routes go to the others. {auth_include}"
+            + (", beside\n# it," if auth_include == AUTH_INCLUDE else "\n#")
+            + " is written by `farmedge provision nats` (the users, their permissions\n"
             "# and the partition mapping).\n")
     out_files: dict[Path, str] = {}
     for i, host in enumerate(names):
@@ -66,7 +71,7 @@ def files(out: Path, hosts: Iterable[str] = DEFAULT_HOSTS, *, tls_dir: str | Non
             routes=[f"{h}:{PORTS['cluster']}" for h in names if h != host],
             cluster_name=cluster_name, mqtt_replicas=min(3, len(names)),
             max_file_store=max_file_store, max_memory_store=max_memory_store,
-            tls=tls, auth_include=AUTH_INCLUDE)
+            tls=tls, auth_include=auth_include)
         out_files[out / f"{host}.conf"] = head.format(i=i + 1) + node_conf(conf)
     return out_files
 
@@ -81,6 +86,10 @@ def _arguments(ap: argparse.ArgumentParser) -> None:
                     help="TLS on the client, MQTT and route listeners, with HOST.crt, "
                          "HOST.key and ca.crt in this folder as the nodes see it "
                          "(e.g. /etc/nats/certs)")
+    ap.add_argument("--auth-include", default=AUTH_INCLUDE,
+                    help=f"the users' file as the nodes include it, relative to their own "
+                         f"files (default {AUTH_INCLUDE}, beside them; ../{AUTH_INCLUDE} for "
+                         "the TLS files of deploy/nats/tls)")
     ap.add_argument("--max-file-store", default="64GB",
                     help="JetStream's disk limit per node (default 64GB)")
     ap.add_argument("--max-memory-store", default="1GB",
@@ -95,7 +104,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         wanted = files(args.out, hosts, tls_dir=args.tls_dir,
                        max_file_store=args.max_file_store,
-                       max_memory_store=args.max_memory_store)
+                       max_memory_store=args.max_memory_store,
+                       auth_include=args.auth_include)
     except ValueError as exc:
         print(f"{_COMMAND}: {exc}", file=sys.stderr)
         return 2
@@ -136,6 +146,8 @@ def add_parser(psub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
                "  farmedge provision nats-cluster --check\n"
                "  farmedge provision nats-cluster --hosts nats-a.example.org,"
                "nats-b.example.org,nats-c.example.org --tls-dir /etc/nats/certs "
-               "--out site/nats")
+               "--out site/nats\n"
+               "  farmedge provision nats-cluster --tls-dir /etc/nats/certs "
+               "--auth-include ../auth.conf --out deploy/nats/tls   (the compose TLS files)")
     _arguments(p)
     p.set_defaults(func=_run)

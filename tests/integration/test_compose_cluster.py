@@ -13,6 +13,8 @@ import asyncio
 import json
 import os
 import re
+import shutil
+import ssl
 import subprocess
 import sys
 import time
@@ -40,6 +42,7 @@ from tests.compose_support import (
 from tests.stack_support import ROOT
 
 CLUSTER = ROOT / "docker-compose.cluster.yml"
+TLS = ROOT / "docker-compose.cluster-tls.yml"
 NODES = ("nats-1", "nats-2", "nats-3")
 EDGES = ("edge-a", "edge-b", "edge-c")
 SERVICES = ("preflight", *NODES, "influxdb", "grafana", *EDGES)
@@ -49,6 +52,26 @@ ETC = "/etc/nats"
 
 def cluster() -> dict[str, Any]:
     return load_compose(CLUSTER)
+
+
+def with_tls() -> dict[str, Any]:
+    """docker-compose.cluster.yml with docker-compose.cluster-tls.yml on top,
+    merged as compose merges (a command replaced, environment by name,
+    volumes by target)."""
+    doc = cluster()
+    for name, over in load_compose(TLS).get("services", {}).items():
+        svc = doc["services"][name]
+        for key, value in over.items():
+            if key == "environment":
+                svc[key] = {**svc[key], **value}
+            elif key == "volumes":
+                def target(v: Any) -> str:
+                    return str(v["target"] if isinstance(v, dict) else v.split(":")[1])
+                theirs = {target(v) for v in value}
+                svc[key] = [v for v in svc[key] if target(v) not in theirs] + value
+            else:
+                svc[key] = value
+    return doc
 
 
 def single() -> dict[str, Any]:
@@ -69,8 +92,8 @@ def _conf(node: str) -> Path:
     return ROOT / _mounts(node)[ETC] / f"{node}.conf"
 
 
-def _script(node: str) -> str:
-    cmd = cluster()["services"][node]["command"]
+def _script(node: str, doc: dict[str, Any] | None = None) -> str:
+    cmd = (doc or cluster())["services"][node]["command"]
     assert cmd[:2] == ["/bin/sh", "-c"]
     script: str = cmd[2]
     return script
@@ -176,11 +199,13 @@ def test_each_node_runs_its_generated_file_and_the_edges_read_its_partitions() -
         assert services[edge]["healthcheck"] == theirs["healthcheck"]
 
 
-def _edge_env(edge: str, site: dict[str, str], tmp_path: Path) -> dict[str, str]:
+def _edge_env(edge: str, site: dict[str, str], tmp_path: Path,
+              doc: dict[str, Any] | None = None) -> dict[str, str]:
     """An edge service's environment as compose gives it (``site`` is the
-    .env), container paths moved here: the registry and rules to the
+    .env; ``doc`` the compose files, docker-compose.cluster.yml's by
+    default), container paths moved here: the registry and rules to the
     repository's files, the data folder to ``tmp_path``."""
-    svc = cluster()["services"][edge]
+    svc = (doc or cluster())["services"][edge]
     env = {k: interpolate(str(v), site) for k, v in svc["environment"].items()}
     mounts = {t: interpolate(v["source"], site) for t, v in binds(svc).items()}
     env["FARMEDGE_REGISTRY"] = str(ROOT / mounts[env["FARMEDGE_REGISTRY"]])
@@ -279,10 +304,11 @@ def _here(text: str, node: NatsNode, nodes: list[NatsNode]) -> str:
     return text
 
 
-def _node_argv(node: str, etc: Path, binary: str) -> list[str]:
+def _node_argv(node: str, etc: Path, binary: str,
+               doc: dict[str, Any] | None = None) -> list[str]:
     """A node service's command line, run here: its folder mount at ``etc``,
     ``nats-server`` the binary given."""
-    script = _script(node).replace(f"{ETC}/", f"{etc}/")
+    script = _script(node, doc).replace(f"{ETC}/", f"{etc}/")
     script = script.replace("exec nats-server ", f"exec {binary} ")
     return ["/bin/sh", "-c", script]
 
@@ -311,21 +337,33 @@ def test_a_node_refuses_to_start_without_the_users_file(tmp_path: Path) -> None:
     assert (tmp_path / "ran").read_text().split() == ["--config", f"{etc}/nats-2.conf"]
 
 
-def _start_nodes(nodes: NatsCluster, tmp_path: Path, auth_conf: Path) -> None:
+def _start_nodes(nodes: NatsCluster, tmp_path: Path, auth_conf: Path,
+                 certs: Path | None = None) -> None:
     """The three node services' command lines, each with its committed file
     moved to its loopback ports and the given auth.conf beside it; returns
     once the cluster is ready (routes, JetStream's meta group of 3, the MQTT
-    ports)."""
+    ports). With ``certs`` (what `provision nats-certs` wrote), the TLS
+    layout's: docker-compose.cluster-tls.yml's command lines and
+    deploy/nats/tls/, the certificates in the folder's certs/."""
     from farmedge_dev.natscluster import nats_server_binary
 
     binary = nats_server_binary()
     for node in nodes.nodes:
         etc = tmp_path / "etc" / node.name  # its deploy/nats, with its own ports
         etc.mkdir(parents=True)
-        (etc / f"{node.name}.conf").write_text(
-            _here(_conf(node.name).read_text(), node, nodes.nodes))
         (etc / AUTH_INCLUDE).write_text(auth_conf.read_text())
-        node.spawn_argv(_node_argv(node.name, etc, binary))
+        if certs is None:
+            (etc / f"{node.name}.conf").write_text(
+                _here(_conf(node.name).read_text(), node, nodes.nodes))
+            node.spawn_argv(_node_argv(node.name, etc, binary))
+            continue
+        shutil.copytree(certs, etc / "certs")
+        (etc / "tls").mkdir()
+        text = _here((ROOT / "deploy" / "nats" / "tls" / f"{node.name}.conf").read_text(),
+                     node, nodes.nodes)
+        (etc / "tls" / f"{node.name}.conf").write_text(
+            text.replace(f'"{ETC}/certs/', f'"{etc}/certs/'))
+        node.spawn_argv(_node_argv(node.name, etc, binary, with_tls()))
     nodes.wait_ready(120)
 
 
@@ -535,3 +573,153 @@ def _free_port() -> int:
     from farmedge_dev.devservers import free_port
 
     return free_port()
+
+
+# ---------------------------------------------------------------- TLS
+# docker-compose.cluster-tls.yml, on top of docker-compose.cluster.yml.
+
+
+def test_the_tls_file_runs_the_tls_node_files_and_gives_the_edges_the_ca() -> None:
+    schema = json.loads((ROOT / "tests" / "schemas" / "compose-spec.json").read_text())
+    over = load_compose(TLS)
+    jsonschema.validate(over, schema, cls=jsonschema.Draft201909Validator)
+    assert set(over["services"]) == {*NODES, *EDGES}  # nothing added, nothing else changed
+    doc = with_tls()
+    for node in NODES:
+        script = _script(node, doc)
+        assert script.endswith(f"exec nats-server --config {ETC}/tls/{node}.conf")
+        assert _script(node).split("fi;")[0] == script.split("fi;")[0]  # the auth.conf check
+        assert f"{ETC}/certs/{node}.crt" in script and "provision nats-certs" in " ".join(
+            script.split())
+        # The certificates come through the folder mount the plain layout has.
+        assert doc["services"][node]["volumes"] == cluster()["services"][node]["volumes"]
+        assert (ROOT / "deploy" / "nats" / "tls" / f"{node}.conf").is_file()
+    for edge in EDGES:
+        env = doc["services"][edge]["environment"]
+        assert json.loads(env["FARMEDGE_SOURCE_NATS_URLS"]) == [
+            f"tls://{n}:{PORTS['client']}" for n in NODES]
+        ca = binds(doc["services"][edge])[env["FARMEDGE_SOURCE_NATS_CA_FILE"]]
+        assert ca["source"] == "./deploy/nats/certs/ca.crt" and ca["read_only"] is True
+        plain = cluster()["services"][edge]["environment"]
+        assert {k for k in env if env[k] != plain.get(k)} == {
+            "FARMEDGE_SOURCE_NATS_URLS", "FARMEDGE_SOURCE_NATS_CA_FILE"}
+
+
+def test_docker_compose_config_accepts_the_tls_layout(tmp_path: Path) -> None:
+    tool = docker_compose()
+    env = filled_env(tmp_path)
+    out = subprocess.run(
+        [tool, "--project-directory", str(ROOT), "-f", str(CLUSTER), "-f", str(TLS),
+         "--env-file", str(env), "config"], capture_output=True, text=True, check=False,
+        env={k: v for k, v in os.environ.items()
+             if not k.startswith(("INFLUX_", "GRAFANA_", "EDGE_"))})
+    assert out.returncode == 0, out.stderr
+    cfg = yaml.safe_load(out.stdout)
+    assert set(cfg["services"]) == set(SERVICES)
+    for edge in EDGES:
+        svc = cfg["services"][edge]
+        assert svc["environment"]["FARMEDGE_SOURCE_NATS_CA_FILE"] == "/etc/farmedge/nats-ca.crt"
+        assert svc["environment"]["FARMEDGE_SOURCE_NATS_URLS"].startswith('["tls://nats-1:')
+        assert svc["environment"]["FARMEDGE_INFLUX_PASSWORD"] == "s3cret-influx_edge_password"
+        targets = {v["target"] if isinstance(v, dict) else v.split(":")[1]
+                   for v in svc["volumes"]}
+        assert {"/etc/farmedge/nats-ca.crt", "/etc/farmedge/registry.yaml"} <= targets
+    for node in NODES:
+        assert cfg["services"][node]["command"][-1].endswith(f"{ETC}/tls/{node}.conf")
+
+
+@pytest.mark.servers
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+async def test_the_tls_layout_forms_a_cluster_and_carries_an_mqtts_message(
+        tmp_path: Path, county: str) -> None:
+    """The TLS layout's node command lines (docker-compose.cluster-tls.yml,
+    deploy/nats/tls/) with the certificates of `farmedge provision
+    nats-certs` in the folder standing in for deploy/nats/certs: the three
+    nodes form a cluster over TLS routes, a plain NATS client is refused, an
+    edge's environment passes check-config, and a provisioned gateway's QoS 1
+    message, published with mqtts:// and the site's CA, reaches the stream
+    and is read as the edges' user over tls://."""
+    import tomllib
+
+    import nats
+    import nats.errors
+
+    from farmedge.cli import main
+    from tests.nats_support import Publisher, drain, prepare
+
+    certs = tmp_path / "certs"
+    assert main(["provision", "nats-certs", "--out", str(certs)]) == 0
+    nats_dir, registry = tmp_path / "users", tmp_path / "registry.yaml"
+    common = ["--nats-dir", str(nats_dir), "--registry", str(registry)]
+    env_file = filled_env(tmp_path)
+    assert main(["provision", "nats", "edge", "--env-file", str(env_file), *common]) == 0
+    nc3 = _named_nodes(tmp_path / "nats")
+    gw_toml = tmp_path / "gw.toml"
+    assert main(["provision", "gateway", "--county", county, "--farm", "farm.7",
+                 "--gateway", "gw-1", "-o", str(gw_toml), "--ca-file", str(certs / "ca.crt"),
+                 *common, *[a for n in nc3.nodes
+                            for a in ("--cluster-url", f"mqtts://127.0.0.1:{n.mqtt_port}")]]
+                ) == 0
+    gw = tomllib.loads(gw_toml.read_text())["mqtt"]
+    assert gw["ca_file"] == str(certs / "ca.crt")
+    assert all(u.startswith("mqtts://") for u in gw["urls"])
+    site = dotenv(env_file)
+    # (the shipped registry: the provisioned farm has no contacts, a warning)
+    site["FARMEDGE_REGISTRY_FILE"] = str(ROOT / "registry.example.yaml")
+
+    # The edge's environment, container paths and host names moved here.
+    doc = with_tls()
+    env = _edge_env("edge-b", site, tmp_path, doc)
+    assert env["FARMEDGE_SOURCE_NATS_CA_FILE"] in binds(doc["services"]["edge-b"])
+    env["FARMEDGE_SOURCE_NATS_CA_FILE"] = str(certs / "ca.crt")
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FARMEDGE_")}
+    out = await asyncio.to_thread(
+        subprocess.run, [sys.executable, "-m", "farmedge", "edge", "check-config"], cwd=ROOT,
+        env={**base, **env, "PYTHONPATH": str(ROOT)}, capture_output=True, text=True,
+        timeout=120, check=False)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "warning" not in (out.stdout + out.stderr).lower(), out.stdout + out.stderr
+    assert ("source: NATS tls://nats-1:4222, tls://nats-2:4222, tls://nats-3:4222"
+            in out.stdout), out.stdout
+
+    try:
+        await asyncio.to_thread(_start_nodes, nc3, tmp_path, nats_dir / AUTH_INCLUDE, certs)
+        # The routes are TLS ones (a plain route would not be accepted).
+        for node in nc3.nodes:
+            _, varz = node.monitor("/varz")
+            assert isinstance(varz["cluster"], dict)
+            assert varz["cluster"].get("tls_required") is True, varz["cluster"]
+            assert varz.get("tls_required") is True
+        urls = {f"tls://{n.name}:{PORTS['client']}": f"tls://127.0.0.1:{n.client_port}"
+                for n in nc3.nodes}
+        cfg = SourceSection.model_validate({
+            "kind": "nats", "consumer_prefix": "compose-tls-p",
+            "nats_urls": [urls[u] for u in json.loads(env["FARMEDGE_SOURCE_NATS_URLS"])],
+            "nats_ca_file": env["FARMEDGE_SOURCE_NATS_CA_FILE"],
+            "nats_user": env["FARMEDGE_SOURCE_NATS_USER"],
+            "nats_password": env["FARMEDGE_SOURCE_NATS_PASSWORD"]})
+        await prepare(cfg)
+
+        # A plain client, with the right user, is refused.
+        async def plain() -> None:
+            conn = await nats.connect(
+                servers=[f"nats://127.0.0.1:{nc3.nodes[0].client_port}"],
+                user=cfg.nats_user, password=cfg.nats_password, allow_reconnect=False,
+                max_reconnect_attempts=0, connect_timeout=5)
+            await conn.close()
+
+        with pytest.raises((nats.errors.Error, OSError, ssl.SSLError)):
+            await plain()
+
+        pub = Publisher(nc3.nodes[0].mqtt_port, client_id=gw["client_id"],
+                        username=gw["username"], password=gw["password"],
+                        ca_file=gw["ca_file"]).connect()
+        try:
+            pub.publish(telemetry_topic(county, "farm.7", "gw-1"), "over-tls")
+            assert await asyncio.to_thread(pub.wait_acked, 1) == 1
+        finally:
+            pub.close()
+        far = cfg.model_copy(update={"nats_urls": [cfg.nats_urls[2]]})
+        assert await drain(far, county) == ["over-tls"]
+    finally:
+        nc3.stop()

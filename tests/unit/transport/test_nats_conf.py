@@ -26,6 +26,25 @@ def test_the_committed_node_files_are_what_the_command_writes() -> None:
         "nats-1.conf", "nats-2.conf", "nats-3.conf"]
 
 
+def test_the_committed_tls_node_files_are_what_the_command_writes() -> None:
+    """deploy/nats/tls (docker-compose.cluster-tls.yml): the same nodes with
+    TLS on every listener, the certificates of /etc/nats/certs, and the
+    users' file of the folder above."""
+    tls = DEPLOY / "tls"
+    assert main(["provision", "nats-cluster", "--check", "--tls-dir", "/etc/nats/certs",
+                 "--auth-include", "../auth.conf", "--out", str(tls)]) == 0
+    assert sorted(p.name for p in tls.iterdir()) == ["nats-1.conf", "nats-2.conf",
+                                                      "nats-3.conf"]
+    for host in ("nats-1", "nats-2", "nats-3"):
+        plain, text = (DEPLOY / f"{host}.conf").read_text(), (tls / f"{host}.conf").read_text()
+        assert text.count(f'cert_file: "/etc/nats/certs/{host}.crt"') == 3
+        assert text.count("verify: true") == 1  # the routes
+        assert text.endswith('include "../auth.conf"\n')
+        # Nothing else differs from the plain files.
+        strip = [ln for ln in text.splitlines() if "tls {" not in ln]
+        assert strip[5:-1] == plain.splitlines()[5:-1]
+
+
 def test_check_fails_on_a_stale_or_stray_file(tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "nats"
