@@ -385,6 +385,18 @@ def _check_nats_source(report: Report, s: EdgeSettings, path: Path | None) -> No
     if src.nats_password is not None and is_placeholder_secret(_secret(src.nats_password)):
         report.warn(f"{_line_in(path, ('source', 'nats_password'))}[source] nats_password "
                     "is a placeholder")
+    if src.nats_ca_file is not None:
+        where = f"{_line_in(path, ('source', 'nats_ca_file'))}[source]"
+        missing = len(report.errors)
+        _check_files_exist(report, where, [("nats_ca_file", src.nats_ca_file)])
+        if len(report.errors) == missing:
+            import ssl
+
+            try:
+                ssl.create_default_context(cafile=str(src.nats_ca_file))
+            except (OSError, ssl.SSLError) as exc:
+                report.error(f"{where} nats_ca_file {src.nats_ca_file}: holds no CA "
+                             f"certificate ({exc})")
     if len(src.nats_urls) < src.replicas:
         report.warn(f"{_line_in(path, ('source', 'nats_urls'))}[source] nats_urls lists "
                     f"{len(src.nats_urls)} node(s) for {src.replicas} replicas: list every node, "

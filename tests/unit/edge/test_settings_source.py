@@ -75,3 +75,20 @@ def test_check_config_says_where_alert_events_go(tmp_path: Path, source: str,
     assert not report.errors, report.errors
     [line] = [x for x in report.summary if x.startswith("alert events on farm/v1/")]
     assert says in line, line
+
+
+def test_a_missing_or_empty_nats_ca_file_is_an_error_at_check_config(tmp_path: Path) -> None:
+    """A CA mount forgotten (compose with TLS) was "configuration OK" and
+    failed only when the edge connected."""
+    urls = 'nats_urls = ["tls://n1:4222", "tls://n2:4222", "tls://n3:4222"]\n'
+    path = _config(tmp_path, f'[source]\nkind = "nats"\n{urls}'
+                   f'nats_ca_file = "{tmp_path / "none.crt"}"\n')
+    report, _, _ = check_edge(path)
+    assert any("[source] nats_ca_file" in e and "no such file" in e for e in report.errors), \
+        report.errors
+    empty = tmp_path / "empty.crt"
+    empty.write_text("not a certificate\n")
+    path = _config(tmp_path, f'[source]\nkind = "nats"\n{urls}nats_ca_file = "{empty}"\n')
+    report, _, _ = check_edge(path)
+    assert any("[source] nats_ca_file" in e and "holds no CA" in e for e in report.errors), \
+        report.errors
