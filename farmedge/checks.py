@@ -393,7 +393,7 @@ def _check_nats_source(report: Report, s: EdgeSettings, path: Path | None) -> No
             import ssl
 
             try:
-                ssl.create_default_context(cafile=str(src.nats_ca_file))
+                src.tls_context()
             except (OSError, ssl.SSLError) as exc:
                 report.error(f"{where} nats_ca_file {src.nats_ca_file}: holds no CA "
                              f"certificate ({exc})")

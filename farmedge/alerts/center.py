@@ -66,6 +66,15 @@ _BROKERS = {"mqtt": ("broker_down", "mqtt", "MQTT"), "nats": ("cluster_down", "n
 #: Blind intervals remembered (older ones no longer matter to any silence).
 _BLIND_MAX = 4096
 
+
+def _broker(ev: CenterEvent, rules: Mapping[str, object]) -> tuple[str, str, str]:
+    """(check, entity id, name) of the broker ``ev`` names; a profile
+    without that check (a site's own center) tells of it with its
+    broker_down rule."""
+    check, eid, name = _BROKERS[ev.broker]
+    return (check if check in rules else "broker_down"), eid, name
+
+
 GKey = tuple[str, str, str]
 
 
@@ -312,11 +321,11 @@ class CenterIncidents:
             grace = fmt_duration(h.grace_s(self._longest_interval()))
             self.notice("edge_restarted", c, "edge", "edge", now, {"duration": grace})
         elif what == "broker_down" and was_connected:
-            check, eid, name = _BROKERS[ev.broker]
-            if check not in self.rule:
-                check = "broker_down"
+            check, eid, name = _broker(ev, self.rule)
             self._start(check, c, eid, name, now)
         elif what == "broker_up":
+            # Every check and entity a lost broker can have been told under
+            # (an incident may predate a change of [source] kind).
             for check in ("broker_down", "cluster_down"):
                 for _, eid, _ in _BROKERS.values():
                     self._end(check, c, eid, now)

@@ -223,7 +223,25 @@ class InfluxRecorder:
                 self.dropped += len(batch)
 
 
-class MqttRecorder:
+class _Queued:
+    """The bounded queue of a recorder that publishes in the background:
+    ``record`` only queues; past ``max_queue`` the oldest event is dropped
+    and counted."""
+
+    def __init__(self, max_queue: int) -> None:
+        self._q: deque[AlertEvent] = deque(maxlen=max_queue)
+        self._wake = asyncio.Event()
+        self.published = 0
+        self.dropped = 0
+
+    def record(self, ev: AlertEvent) -> None:
+        if len(self._q) == self._q.maxlen:
+            self.dropped += 1
+        self._q.append(ev)
+        self._wake.set()
+
+
+class MqttRecorder(_Queued):
     """Publishes each event as JSON (QoS 1, not retained) on the farm's alerts
     topic through the transport's :class:`~farmedge.transport.publisher.Publisher`
     (MQTT 5; paho's network thread, so publishing never blocks the edge's
@@ -242,20 +260,11 @@ class MqttRecorder:
         self.client_id = client_id
         self.qos = qos
         self.max_inflight = max_inflight
-        self._q: deque[AlertEvent] = deque(maxlen=max_queue)
+        super().__init__(max_queue)
         self._inflight: dict[int, AlertEvent] = {}
-        self._wake = asyncio.Event()
         self._gone = asyncio.Event()
         self._gen = 0
         self._log = get_logger("farmedge.alerts.record", broker=self.broker.redacted)
-        self.published = 0
-        self.dropped = 0
-
-    def record(self, ev: AlertEvent) -> None:
-        if len(self._q) == self._q.maxlen:
-            self.dropped += 1
-        self._q.append(ev)
-        self._wake.set()
 
     async def run(self) -> None:
         await reconnect_forever(self._connect, self._session, backoff=Backoff(1.0, 30.0),
@@ -311,7 +320,7 @@ class MqttRecorder:
             await asyncio.shield(pub.aclose())
 
 
-class NatsRecorder:
+class NatsRecorder(_Queued):
     """Cluster mode (``[source] kind = "nats"``): publishes each event as JSON
     on the farm's alerts subject (``farm.v1.<county>.<farm>.alerts``,
     :func:`farmedge.transport.nats.alerts_subject`) through the edge's own
@@ -333,21 +342,12 @@ class NatsRecorder:
         # nats-py (the nats extra) is imported only in cluster mode
         from farmedge.transport.nats import alerts_subject
 
+        super().__init__(max_queue)
         self._client = client
         self._subject = alerts_subject
         self.batch = batch
         self.flush_timeout_s = flush_timeout_s
-        self._q: deque[AlertEvent] = deque(maxlen=max_queue)
-        self._wake = asyncio.Event()
         self._failing = False
-        self.published = 0
-        self.dropped = 0
-
-    def record(self, ev: AlertEvent) -> None:
-        if len(self._q) == self._q.maxlen:
-            self.dropped += 1
-        self._q.append(ev)
-        self._wake.set()
 
     async def run(self) -> None:
         while True:

@@ -57,6 +57,7 @@ from nats.js import JetStreamContext
 from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
+    ConsumerInfo,
     DeliverPolicy,
     DiscardPolicy,
     RetentionPolicy,
@@ -235,14 +236,10 @@ async def connect(cfg: SourceSection, name: str, *,
     async def on_reconnect() -> None:
         log.info("transport.nats_reconnected")
 
-    tls: ssl.SSLContext | None = None
-    if cfg.nats_ca_file is not None or any(u.startswith("tls://") for u in cfg.nats_urls):
-        try:
-            tls = ssl.create_default_context(
-                cafile=str(cfg.nats_ca_file) if cfg.nats_ca_file else None)
-        except (OSError, ssl.SSLError) as exc:
-            raise NatsTransportError(f"[source] nats_ca_file {cfg.nats_ca_file}: {exc}") \
-                from None
+    try:
+        tls = cfg.tls_context()
+    except (OSError, ssl.SSLError) as exc:
+        raise NatsTransportError(f"[source] nats_ca_file {cfg.nats_ca_file}: {exc}") from None
     where = ", ".join(redact_url(u) for u in cfg.nats_urls)
     # The client, told to reconnect for ever, also tries its first
     # connection for ever (nats-py 2.16: the server pool never runs out), so
@@ -494,25 +491,29 @@ class PartitionReader:
                     await m.ack()
         return Batch(self.partition, out, skipped)
 
-    async def pending(self) -> int:
-        """Messages of the partition not yet delivered (its lag)."""
+    async def _info(self) -> ConsumerInfo | None:
+        """The partition's consumer as the servers have it; None when they
+        say it is not there (removed by hand, or with its stream)."""
+        name = self.cfg.consumer_name(self.partition)
         try:
-            info = await self.js.consumer_info(self.cfg.stream,
-                                               self.cfg.consumer_name(self.partition))
+            info: ConsumerInfo = await self.js.consumer_info(self.cfg.stream, name)
+        except nats.js.errors.NotFoundError:
+            return None
         except nats.errors.Error as exc:
             raise NatsTransportError(f"partition {self.partition}: {exc}") from None
+        return info
+
+    async def pending(self) -> int:
+        """Messages of the partition not yet delivered (its lag)."""
+        info = await self._info()
+        if info is None:
+            raise NatsTransportError(f"partition {self.partition}: no consumer "
+                                     f"{self.cfg.consumer_name(self.partition)}")
         return int(info.num_pending or 0)
 
     async def exists(self) -> bool:
-        """Whether the partition's consumer is on the servers (False only
-        when they say it is not: removed by hand, or with its stream)."""
-        try:
-            await self.js.consumer_info(self.cfg.stream, self.cfg.consumer_name(self.partition))
-        except nats.js.errors.NotFoundError:
-            return False
-        except nats.errors.Error as exc:
-            raise NatsTransportError(f"partition {self.partition}: {exc}") from None
-        return True
+        """Whether the partition's consumer is on the servers."""
+        return await self._info() is not None
 
     async def close(self) -> None:
         if self._sub is not None:

@@ -15,6 +15,7 @@ later by the server.
 from __future__ import annotations
 
 import re
+import ssl
 from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
@@ -140,6 +141,17 @@ class SourceSection(Section):
 
     def consumer_name(self, partition: int) -> str:
         return f"{self.consumer_prefix}{partition}"
+
+    def tls_context(self) -> ssl.SSLContext | None:
+        """The client's TLS context: for tls:// URLs or a CA file (verifying
+        with ``nats_ca_file``, else the system's CAs); None for plain nats://.
+        Raises OSError or ssl.SSLError for a CA file that is missing or
+        holds no certificate."""
+        if self.nats_ca_file is None and not any(u.startswith("tls://")
+                                                 for u in self.nats_urls):
+            return None
+        return ssl.create_default_context(
+            cafile=str(self.nats_ca_file) if self.nats_ca_file else None)
 
     @property
     def takeover_bound_s(self) -> float:
